@@ -1,0 +1,332 @@
+//! Agent configuration in layers: built-in defaults, then the TOML file, then
+//! `AERIS_*` environment variables (`AERIS_CLOUD__PORT=8883` sets
+//! `cloud.port`; `__` separates levels). Unknown keys in the file are errors,
+//! so a typo is named instead of silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This device's id: its topic level and its key in the cloud database.
+    pub device_id: String,
+    /// Folder for the buffer database; created if missing.
+    pub data_dir: PathBuf,
+    /// The board's local broker, where sensors publish.
+    pub local: LocalConfig,
+    /// The cloud broker the agent syncs to.
+    pub cloud: CloudConfig,
+    pub ingest: IngestConfig,
+    pub uplink: UplinkConfig,
+    /// Fixed positions of sensors without GPS, by sensor id.
+    pub sensors: BTreeMap<String, SensorConfig>,
+    /// How long SIGTERM may spend flushing in-flight work.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    pub host: String,
+    pub port: u16,
+    /// Filter the agent subscribes to.
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    pub host: String,
+    pub port: u16,
+    /// Topic prefix of the wire protocol.
+    pub prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Heartbeat period of the retained status message.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Larger sensor payloads are rejected unread.
+    pub max_payload_bytes: usize,
+    /// Readings stamped further ahead of the board's clock are rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// A batch is closed when it holds this many readings...
+    pub batch_max_readings: usize,
+    /// ...or when its oldest reading has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_age: Duration,
+    /// Batches sent and not yet acked, at most.
+    pub max_inflight_batches: usize,
+    /// A batch not acked within this time is sent again.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorConfig {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            device_id: "aeris-edge".into(),
+            data_dir: PathBuf::from("/var/lib/aeris"),
+            local: LocalConfig::default(),
+            cloud: CloudConfig::default(),
+            ingest: IngestConfig::default(),
+            uplink: UplinkConfig::default(),
+            sensors: BTreeMap::new(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            topic: "sensors/#".into(),
+        }
+    }
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            prefix: "aeris/v1".into(),
+            keep_alive: Duration::from_secs(30),
+            status_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_payload_bytes: 4096,
+            max_future: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            batch_max_readings: 500,
+            batch_max_age: Duration::from_secs(1),
+            max_inflight_batches: 8,
+            ack_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Every key, its environment variable and what it means; `--help` prints
+/// this and a test checks that it names every key the struct has.
+pub const KEYS_HELP: &str = "\
+CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '__'):
+  device_id                     this device's id, [A-Za-z0-9._-]{1,64} [aeris-edge]
+  data_dir                      folder of the buffer database [/var/lib/aeris]
+  shutdown_grace                time SIGTERM may spend flushing, e.g. \"5s\" [5s]
+  local.host, local.port        the board's sensor broker [127.0.0.1:1883]
+  local.topic                   filter sensors publish under [sensors/#]
+  cloud.host, cloud.port        the cloud broker [127.0.0.1:1883]
+  cloud.prefix                  wire-protocol topic prefix [aeris/v1]
+  cloud.keep_alive              MQTT keep-alive [30s]
+  cloud.status_interval         heartbeat period of up/status [10s]
+  ingest.max_payload_bytes      larger sensor payloads are rejected [4096]
+  ingest.max_future             readings stamped further ahead are rejected [5m]
+  uplink.batch_max_readings     readings per batch, at most [500]
+  uplink.batch_max_age          a partial batch leaves after this wait [1s]
+  uplink.max_inflight_batches   batches sent but not acked, at most [8]
+  uplink.ack_timeout            an unacked batch is sent again after [15s]
+  sensors.<id>.lat, .lon        fixed position of a sensor without GPS
+";
+
+/// A configuration that could not be loaded; the message names the key and
+/// the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Defaults, then `file` (if given; it must exist), then `AERIS_*`.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, Env::prefixed("AERIS_"))
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // Only variables whose first level is one of ours: AERIS_ is shared
+        // with other Aeris programs on the same host.
+        let known = ["device_id", "data_dir", "shutdown_grace", "local", "cloud"];
+        let known_sections = ["ingest", "uplink", "sensors"];
+        let env = env.split("__").filter(move |k| {
+            // Keys are lower-cased only after this filter runs.
+            let first = k.as_str().split('.').next().unwrap_or("").to_ascii_lowercase();
+            known.contains(&first.as_str()) || known_sections.contains(&first.as_str())
+        });
+        let config: Config = fig
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("invalid `{key}`: {why}")));
+        if let Err(e) = aeris_wire::validate_device_id(&self.device_id) {
+            return bad("device_id", e.to_string());
+        }
+        if let Err(e) = aeris_wire::Topics::new(&self.cloud.prefix) {
+            return bad("cloud.prefix", e.to_string());
+        }
+        let u = &self.uplink;
+        if u.batch_max_readings == 0
+            || u.batch_max_readings > aeris_wire::message::MAX_BATCH_READINGS
+        {
+            return bad(
+                "uplink.batch_max_readings",
+                format!("must be 1..={}", aeris_wire::message::MAX_BATCH_READINGS),
+            );
+        }
+        if u.max_inflight_batches == 0 {
+            return bad("uplink.max_inflight_batches", "must be at least 1".into());
+        }
+        for (id, s) in &self.sensors {
+            if !(-90.0..=90.0).contains(&s.lat) || !(-180.0..=180.0).contains(&s.lon) {
+                return bad(&format!("sensors.{id}"), "lat/lon outside WGS84".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The buffer database inside `data_dir`.
+    pub fn buffer_path(&self) -> PathBuf {
+        self.data_dir.join("buffer.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let f = file(text);
+        Config::load_with_env(Some(f.path()), Env::prefixed("AERIS_TEST_NONE_"))
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_parses_durations() {
+        let c = load(
+            "device_id = \"lamp-7\"\n[uplink]\nbatch_max_age = \"250ms\"\n[sensors.s1]\nlat = 52.5\nlon = 13.4\n",
+        )
+        .unwrap();
+        assert_eq!(c.device_id, "lamp-7");
+        assert_eq!(c.uplink.batch_max_age, Duration::from_millis(250));
+        assert_eq!(c.uplink.batch_max_readings, 500);
+        assert_eq!(c.sensors["s1"].lat, 52.5);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = load("[cloud]\nport = \"eighty\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cloud.port"), "{e}");
+        let e = load("[uplink]\nbatch_max_age = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("uplink.batch_max_age"), "{e}");
+        let e = load("[cloud]\nprot = 1\n").unwrap_err().to_string();
+        assert!(e.contains("prot"), "{e}");
+        let e = load("device_id = \"a/b\"\n").unwrap_err().to_string();
+        assert!(e.contains("device_id"), "{e}");
+        let e = load("[uplink]\nbatch_max_readings = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("uplink.batch_max_readings"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let f = file("[cloud]\nport = 1884\n");
+        // Env reads the process environment; a unique prefix keeps this test
+        // independent of the others.
+        std::env::set_var("AERIS_CFGTEST_CLOUD__PORT", "8883");
+        std::env::set_var("AERIS_CFGTEST_DEVICE_ID", "from-env");
+        std::env::set_var("AERIS_CFGTEST_UNRELATED_THING", "ignored");
+        let c = Config::load_with_env(Some(f.path()), Env::prefixed("AERIS_CFGTEST_")).unwrap();
+        assert_eq!(c.cloud.port, 8883);
+        assert_eq!(c.device_id, "from-env");
+    }
+
+    #[test]
+    fn help_names_every_key() {
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        let mut missing = vec![];
+        for (k, v) in value.as_table().unwrap() {
+            match v.as_table() {
+                Some(t) if k != "sensors" => {
+                    for sub in t.keys() {
+                        if !KEYS_HELP.contains(&format!("{k}.{sub}")) {
+                            missing.push(format!("{k}.{sub}"));
+                        }
+                    }
+                }
+                _ => {
+                    if !KEYS_HELP.contains(k.as_str()) {
+                        missing.push(k.clone());
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not in --help: {missing:?}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/edge.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/edge.toml"));
+    }
+}

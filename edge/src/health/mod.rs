@@ -1,0 +1,47 @@
+//! Counters of what the agent did, shared by its tasks and read by the
+//! status heartbeat, the logs and the demo's progress line.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Readings committed to the buffer.
+    pub accepted: AtomicU64,
+    /// Sensor messages rejected, all reasons.
+    pub rejected: AtomicU64,
+    rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    /// Readings that could not be committed (buffer errors).
+    pub buffer_errors: AtomicU64,
+    /// Readings lost from the buffer (corrupt rows).
+    pub lost_corrupt: AtomicU64,
+    pub batches_sent: AtomicU64,
+    pub readings_sent: AtomicU64,
+    /// Readings the cloud acknowledged and the buffer deleted.
+    pub readings_acked: AtomicU64,
+    pub uplink_connects: AtomicU64,
+    /// Readings currently held in the buffer (last known).
+    pub buffered: AtomicU64,
+}
+
+impl Stats {
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.fetch_add(1, Relaxed);
+        if let Ok(mut m) = self.rejected_by_reason.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// Rejections so far, by reason.
+    pub fn rejected_by_reason(&self) -> BTreeMap<&'static str, u64> {
+        self.rejected_by_reason
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+}

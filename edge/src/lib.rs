@@ -1,0 +1,25 @@
+//! aeris-edge: the device agent.
+//!
+//! Pipeline, one folder each:
+//! - [`ingest`]: subscribes to the board's sensor broker, parses and validates
+//!   each message (rejections counted by reason), hands readings to the buffer
+//!   and acknowledges a message only once its reading is committed.
+//! - [`buffer`]: the SQLite (WAL) buffer; assigns each reading its
+//!   never-reused seq in the same transaction that stores it.
+//! - [`uplink`]: sends contiguous seq ranges as batches to the cloud broker
+//!   and deletes what the cloud acknowledges.
+//! - [`health`]: counters shared by the tasks.
+//! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
+//! - [`agent`]: the start-up and shutdown sequence tying them together.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod buffer;
+pub mod config;
+pub mod health;
+pub mod ingest;
+pub mod uplink;
+
+pub use agent::run;
+pub use config::Config;
+pub use health::Stats;

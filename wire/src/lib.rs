@@ -1,0 +1,19 @@
+//! aeris-wire: the one definition of every message the edge agent and the
+//! cloud gateway exchange. No I/O lives here.
+//!
+//! - [`message`]: the payload types of the topic table in `DESIGN.md`
+//!   (`Batch`, `Ack`, `Status`, `Event`, `Command`), each documenting its layout.
+//! - [`codec`]: `[format version byte][postcard body]`; decoding never panics and
+//!   returns only messages that pass their own validation.
+//! - [`topic`]: topic builders and parsers under a configurable prefix.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod message;
+pub mod topic;
+
+pub use codec::{decode, encode, WireError, WireMessage, FORMAT_VERSION};
+pub use message::{
+    Ack, Batch, Command, CommandKind, DeviceState, Event, EventKind, Loss, Reading, Status, Value,
+};
+pub use topic::{validate_device_id, Channel, TopicError, Topics};

@@ -1,0 +1,264 @@
+//! Payload types. Every field list below is the postcard layout, in order,
+//! after the version byte (see [`crate::codec`]). Integers are varints,
+//! `f64` is 8 bytes little-endian, strings and vectors are varint-length
+//! prefixed, `Option` is a 0/1 tag byte then the value, enums are a varint
+//! variant index then the variant's fields.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{WireError, WireMessage};
+use crate::topic::validate_device_id;
+
+/// Most readings one batch may carry; bounds the memory a decoder commits to.
+pub const MAX_BATCH_READINGS: usize = 10_000;
+/// Most values one reading may carry.
+pub const MAX_VALUES_PER_READING: usize = 64;
+/// Longest sensor id, quantity name or free-text field, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// One measured quantity. Layout: `quantity: String, value: f64`.
+///
+/// `quantity` is the normalised name (`pm25`, `pm10`, `no2`, `temp`, `rh`, ...);
+/// model outputs use `model:<name>@<version>` so they travel like any value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Value {
+    pub quantity: String,
+    pub value: f64,
+}
+
+/// What one sensor measured at one instant and place.
+///
+/// Layout: `sensor: String, ts_ms: i64, lat: f64, lon: f64, flags: u32,
+/// values: Vec<Value>`. `ts_ms` is Unix time in milliseconds (UTC); `lat`/`lon`
+/// are WGS84 degrees; `flags` is a bit set of quality flags (0 = no flag).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub sensor: String,
+    pub ts_ms: i64,
+    pub lat: f64,
+    pub lon: f64,
+    pub flags: u32,
+    pub values: Vec<Value>,
+}
+
+/// Readings of one device with a contiguous seq range: reading `i` has seq
+/// `first_seq + i`. Topic `{p}/{device}/up/batch`.
+///
+/// Layout: `device: String, first_seq: u64, readings: Vec<Reading>`.
+/// Invariants: 1..=[`MAX_BATCH_READINGS`] readings, the range does not
+/// overflow `u64`, every reading is valid (see [`Reading::check`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub device: String,
+    pub first_seq: u64,
+    pub readings: Vec<Reading>,
+}
+
+/// The cloud's acknowledgement: seqs `first_seq..=last_seq` of `device` are
+/// durably committed. Topic `{p}/{device}/down/ack`.
+///
+/// Layout: `device: String, first_seq: u64, last_seq: u64`. A range rather
+/// than a single high-water mark because gateways scale out and may commit a
+/// device's batches out of order; the edge deletes exactly what is acked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub device: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// Whether the device is up; the last will carries `Offline`.
+/// Layout: variant index (0 = Online, 1 = Offline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceState {
+    Online,
+    Offline,
+}
+
+/// Readings lost for one reason. Layout: `reason: String, count: u64`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loss {
+    pub reason: String,
+    pub count: u64,
+}
+
+/// The device's heartbeat and data debt. Topic `{p}/{device}/up/status`,
+/// retained.
+///
+/// Layout: `device: String, boot_id: u64, ts_ms: i64, state: DeviceState,
+/// agent_version: String, last_seq: u64, queued_readings: u64,
+/// queued_bytes: u64, oldest_unsent_ms: Option<i64>, losses: Vec<Loss>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub device: String,
+    /// Random per agent start, so the cloud can tell restarts apart.
+    pub boot_id: u64,
+    pub ts_ms: i64,
+    pub state: DeviceState,
+    pub agent_version: String,
+    /// Highest seq the device has assigned so far (0 = none yet).
+    pub last_seq: u64,
+    pub queued_readings: u64,
+    pub queued_bytes: u64,
+    pub oldest_unsent_ms: Option<i64>,
+    pub losses: Vec<Loss>,
+}
+
+/// What an event is about. Layout: variant index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Alert,
+    SensorFault,
+    Ota,
+    Model,
+    Agent,
+}
+
+/// Something worth telling the cloud about. Topic `{p}/{device}/up/event`.
+/// Layout: `device: String, ts_ms: i64, kind: EventKind, message: String`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub device: String,
+    pub ts_ms: i64,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+/// What the cloud asks of a device. Layout: variant index then fields, in the
+/// order written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandKind {
+    /// 0: send again every reading still held with seq >= `from_seq`.
+    Resend { from_seq: u64 },
+    /// 1: set one config key (dotted path) to a TOML value.
+    SetConfig { key: String, value: String },
+    /// 2: an OTA update manifest, signed; opaque to the wire layer.
+    Ota { manifest: Vec<u8> },
+    /// 3: a model update to fetch, check and shadow-evaluate.
+    Model {
+        name: String,
+        version: String,
+        url: String,
+        sha256: [u8; 32],
+    },
+}
+
+/// A command with an id the device echoes in its events.
+/// Topic `{p}/{device}/down/cmd`. Layout: `id: u64, kind: CommandKind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: u64,
+    pub kind: CommandKind,
+}
+
+fn invalid(msg: impl Into<String>) -> WireError {
+    WireError::Invalid(msg.into())
+}
+
+fn check_name(what: &str, s: &str) -> Result<(), WireError> {
+    if s.is_empty() || s.len() > MAX_NAME_LEN {
+        return Err(invalid(format!("{what} must be 1..={MAX_NAME_LEN} bytes")));
+    }
+    Ok(())
+}
+
+fn check_device(device: &str) -> Result<(), WireError> {
+    validate_device_id(device).map_err(|e| invalid(e.to_string()))
+}
+
+impl Reading {
+    /// Structural checks the cloud relies on: coordinates on the globe,
+    /// finite values, bounded names.
+    pub fn check(&self) -> Result<(), WireError> {
+        check_name("sensor id", &self.sensor)?;
+        if !(-90.0..=90.0).contains(&self.lat) || !(-180.0..=180.0).contains(&self.lon) {
+            return Err(invalid("position outside WGS84 range"));
+        }
+        if self.values.is_empty() || self.values.len() > MAX_VALUES_PER_READING {
+            return Err(invalid(format!(
+                "a reading carries 1..={MAX_VALUES_PER_READING} values"
+            )));
+        }
+        for v in &self.values {
+            check_name("quantity", &v.quantity)?;
+            if !v.value.is_finite() {
+                return Err(invalid("non-finite value"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Batch {
+    /// Seq of the last reading; `None` for an empty batch.
+    pub fn last_seq(&self) -> Option<u64> {
+        let n = u64::try_from(self.readings.len()).ok()?;
+        self.first_seq.checked_add(n.checked_sub(1)?)
+    }
+
+    /// Readings paired with their seq.
+    pub fn with_seqs(&self) -> impl Iterator<Item = (u64, &Reading)> {
+        (self.first_seq..).zip(self.readings.iter())
+    }
+}
+
+impl WireMessage for Batch {
+    fn validate(&self) -> Result<(), WireError> {
+        check_device(&self.device)?;
+        if self.readings.is_empty() || self.readings.len() > MAX_BATCH_READINGS {
+            return Err(invalid(format!(
+                "a batch carries 1..={MAX_BATCH_READINGS} readings"
+            )));
+        }
+        if self.last_seq().is_none() {
+            return Err(invalid("seq range overflows"));
+        }
+        self.readings.iter().try_for_each(Reading::check)
+    }
+}
+
+impl WireMessage for Ack {
+    fn validate(&self) -> Result<(), WireError> {
+        check_device(&self.device)?;
+        if self.first_seq > self.last_seq {
+            return Err(invalid("ack range is reversed"));
+        }
+        Ok(())
+    }
+}
+
+impl WireMessage for Status {
+    fn validate(&self) -> Result<(), WireError> {
+        check_device(&self.device)?;
+        check_name("agent version", &self.agent_version)?;
+        self.losses
+            .iter()
+            .try_for_each(|l| check_name("loss reason", &l.reason))
+    }
+}
+
+impl WireMessage for Event {
+    fn validate(&self) -> Result<(), WireError> {
+        check_device(&self.device)
+    }
+}
+
+impl WireMessage for Command {
+    fn validate(&self) -> Result<(), WireError> {
+        match &self.kind {
+            CommandKind::Resend { .. } | CommandKind::Ota { .. } => Ok(()),
+            CommandKind::SetConfig { key, .. } => check_name("config key", key),
+            CommandKind::Model { name, version, .. } => {
+                check_name("model name", name)?;
+                check_name("model version", version)
+            }
+        }
+    }
+}
+
+/// Readings are stored one by one in the edge buffer with the same framing.
+impl WireMessage for Reading {
+    fn validate(&self) -> Result<(), WireError> {
+        self.check()
+    }
+}
