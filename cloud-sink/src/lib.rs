@@ -1,1 +1,62 @@
+//! aeris-sink: where the gateway stores what devices send.
+//!
+//! - [`Sink`]: the seam. `write` returns only after the readings are durably
+//!   committed, and ignores `(device_id, seq)` pairs already stored, so the
+//!   gateway may ack exactly what `write` returned for.
+//! - [`postgis`]: PostgreSQL + PostGIS, with versioned migrations applied at
+//!   start under an advisory lock (several gateways may start at once).
+//! - [`sqlite`]: an embedded SQLite file for the zero-setup default.
+#![forbid(unsafe_code)]
 
+pub mod postgis;
+pub mod sqlite;
+
+use aeris_wire::Batch;
+
+pub use postgis::PostgisSink;
+pub use sqlite::SqliteSink;
+
+/// Why a write did not commit. Nothing of the call is stored then.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database rejected the write: {0}")]
+    Rejected(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Readings newly stored.
+    pub inserted: u64,
+    /// Readings whose `(device_id, seq)` was already stored.
+    pub duplicates: u64,
+}
+
+/// Durable storage of batches.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Stores every reading of `batches` in one transaction.
+    async fn write(&self, batches: &[Batch]) -> Result<WriteOutcome, SinkError>;
+
+    /// A short name for logs ("postgis", "sqlite").
+    fn kind(&self) -> &'static str;
+}
+
+/// Readings in `batches`.
+fn reading_count(batches: &[Batch]) -> u64 {
+    batches.iter().map(|b| b.readings.len() as u64).sum()
+}
+
+/// The values of a reading as a JSON object, `{"pm25": 12.5, ...}`.
+fn values_json(r: &aeris_wire::Reading) -> serde_json::Value {
+    serde_json::Value::Object(
+        r.values
+            .iter()
+            .map(|v| (v.quantity.clone(), serde_json::json!(v.value)))
+            .collect(),
+    )
+}

@@ -195,7 +195,12 @@ impl Config {
         let known_sections = ["ingest", "uplink", "sensors"];
         let env = env.split("__").filter(move |k| {
             // Keys are lower-cased only after this filter runs.
-            let first = k.as_str().split('.').next().unwrap_or("").to_ascii_lowercase();
+            let first = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
             known.contains(&first.as_str()) || known_sections.contains(&first.as_str())
         });
         let config: Config = fig

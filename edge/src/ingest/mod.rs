@@ -77,6 +77,9 @@ pub async fn run(
                     warn!(error = %e, "cannot queue sensor subscription");
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                info!(topic = %config.local.topic, "subscribed to sensor topic");
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 handle(&config, &client, &buffer, &stats, p).await;
             }

@@ -1,0 +1,84 @@
+//! Versioned, idempotent schema migrations.
+//!
+//! `aeris_schema_migrations(version, name, applied_at)` records what ran.
+//! Each migration runs in its own transaction together with its record, under
+//! a transaction-scoped advisory lock, so two gateways starting at once apply
+//! each migration exactly once and a failed migration leaves no trace.
+
+use tokio_postgres::Client;
+
+use crate::SinkError;
+
+/// Every migration, in order. Append only: a released migration never changes.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "readings",
+    include_str!("../../migrations/0001_readings.sql"),
+)];
+
+/// Arbitrary constant naming the migration lock.
+const LOCK_KEY: i64 = 0x0AE1_5001;
+
+const CREATE_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS aeris_schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)";
+
+fn failed(e: tokio_postgres::Error) -> SinkError {
+    SinkError::Migration(e.to_string())
+}
+
+/// The highest applied migration (0 for none).
+pub async fn applied_version(client: &Client) -> Result<i32, SinkError> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM aeris_schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(failed)?;
+    Ok(row.get(0))
+}
+
+/// Applies what is missing; returns the resulting version.
+pub async fn run(client: &mut Client) -> Result<i32, SinkError> {
+    {
+        let tx = client.transaction().await.map_err(failed)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(failed)?;
+        tx.batch_execute(CREATE_TABLE).await.map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+    }
+    for &(version, name, sql) in MIGRATIONS {
+        let tx = client.transaction().await.map_err(failed)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(failed)?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM aeris_schema_migrations WHERE version = $1",
+                &[&version],
+            )
+            .await
+            .map_err(failed)?
+            .is_some();
+        if done {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| SinkError::Migration(format!("{version} {name}: {e}")))?;
+        tx.execute(
+            "INSERT INTO aeris_schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        tracing::info!(version, name, "migration applied");
+    }
+    applied_version(client).await
+}

@@ -1,0 +1,133 @@
+//! Gateway configuration: built-in defaults, then the TOML file, then
+//! `AERIS_*` environment variables (`__` separates levels, e.g.
+//! `AERIS_BROKER__PORT`). Unknown keys in the file are errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    /// PostgreSQL URL (`postgres://user:pass@host/db`); when absent the
+    /// embedded SQLite sink at `sqlite_path` is used. Never logged.
+    pub database_url: Option<String>,
+    pub sqlite_path: PathBuf,
+    pub writer: WriterConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub host: String,
+    pub port: u16,
+    pub prefix: String,
+    /// MQTT client id; empty means `aeris-gateway-<random>`.
+    pub client_id: String,
+    /// Shared-subscription group all gateways of a deployment join.
+    pub share_group: String,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// Batches committed in one transaction, at most.
+    pub max_batches_per_commit: usize,
+    /// Longest wait between retries of a failed write.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            broker: BrokerConfig::default(),
+            database_url: None,
+            sqlite_path: PathBuf::from("aeris-cloud.db"),
+            writer: WriterConfig::default(),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            prefix: "aeris/v1".into(),
+            client_id: String::new(),
+            share_group: "aeris".into(),
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            max_batches_per_commit: 64,
+            max_retry_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+pub const KEYS_HELP: &str = "\
+CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '__'):
+  broker.host, broker.port          the cloud broker [127.0.0.1:1883]
+  broker.prefix                     wire-protocol topic prefix [aeris/v1]
+  broker.client_id                  MQTT client id [aeris-gateway-<random>]
+  broker.share_group                shared-subscription group of all gateways [aeris]
+  broker.keep_alive                 MQTT keep-alive [30s]
+  database_url                      PostgreSQL+PostGIS URL; unset = embedded SQLite
+  sqlite_path                       embedded sink file when database_url is unset [aeris-cloud.db]
+  writer.max_batches_per_commit     batches per transaction, at most [64]
+  writer.max_retry_delay            longest wait between retries of a failed write [10s]
+";
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // Only our own top-level keys: AERIS_ is shared with the edge agent.
+        let env = Env::prefixed("AERIS_").split("__").filter(|k| {
+            let first = k
+                .as_str()
+                .split('.')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            ["broker", "database_url", "sqlite_path", "writer"].contains(&first.as_str())
+        });
+        let config: Config = fig
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        if let Err(e) = aeris_wire::Topics::new(&config.broker.prefix) {
+            return Err(ConfigError(format!("invalid `broker.prefix`: {e}")));
+        }
+        if config.writer.max_batches_per_commit == 0 {
+            return Err(ConfigError(
+                "invalid `writer.max_batches_per_commit`: must be at least 1".into(),
+            ));
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,216 @@
+//! The whole pipeline for one scenario: a local (sensor) broker, a cloud
+//! broker, a fresh PostGIS database, one gateway and one edge agent, all real
+//! processes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aeris_wire::{decode, Status, Topics};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::watch;
+
+use crate::mosquitto::Mosquitto;
+use crate::postgres::TestDb;
+use crate::process::Proc;
+use crate::sensors::SensorReading;
+
+pub const DEVICE: &str = "edge-test-1";
+
+pub struct Stack {
+    pub local: Mosquitto,
+    pub cloud: Mosquitto,
+    pub db: TestDb,
+    pub gateway: Proc,
+    pub edge: Proc,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let local = Mosquitto::start();
+        let cloud = Mosquitto::start();
+        let db = TestDb::create().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gateway = Proc::start(
+            "aeris-gateway",
+            &[
+                ("AERIS_BROKER__PORT", cloud.port.to_string()),
+                ("AERIS_DATABASE_URL", db.url.clone()),
+            ],
+            dir.path().join("gateway.log"),
+        );
+        let edge = Proc::start(
+            "aeris-edge",
+            &[
+                ("AERIS_DEVICE_ID", DEVICE.to_owned()),
+                (
+                    "AERIS_DATA_DIR",
+                    dir.path().join("edge").display().to_string(),
+                ),
+                ("AERIS_LOCAL__PORT", local.port.to_string()),
+                ("AERIS_CLOUD__PORT", cloud.port.to_string()),
+                ("AERIS_CLOUD__STATUS_INTERVAL", "300ms".to_owned()),
+                ("AERIS_UPLINK__BATCH_MAX_AGE", "100ms".to_owned()),
+                ("AERIS_UPLINK__ACK_TIMEOUT", "3s".to_owned()),
+            ],
+            dir.path().join("edge.log"),
+        );
+        let stack = Stack {
+            local,
+            cloud,
+            db,
+            gateway,
+            edge,
+            dir,
+        };
+        stack.wait_edge_subscribed(1).await;
+        stack
+    }
+
+    /// Waits until the agent's log shows its `n`th acknowledged sensor
+    /// subscription: sensors publishing before that are not heard (as with
+    /// any MQTT subscriber), so scenarios publish only after it.
+    pub async fn wait_edge_subscribed(&self, n: usize) {
+        let start = std::time::Instant::now();
+        while self
+            .edge
+            .log()
+            .matches("subscribed to sensor topic")
+            .count()
+            < n
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "edge never subscribed\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Logs of every process, for a failing assertion's message.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- edge ---\n{}\n--- gateway ---\n{}\n--- cloud broker ---\n{}",
+            tail(&self.edge.log()),
+            tail(&self.gateway.log()),
+            tail(&self.cloud.log())
+        )
+    }
+
+    /// Rows in PostGIS.
+    pub async fn row_count(&self) -> i64 {
+        match self
+            .db
+            .client()
+            .await
+            .query_one("SELECT count(*) FROM readings", &[])
+            .await
+        {
+            Ok(row) => row.get(0),
+            // The gateway may not have migrated yet.
+            Err(_) => 0,
+        }
+    }
+
+    /// Waits until PostGIS holds `n` rows (or panics with the logs).
+    pub async fn wait_rows(&self, n: i64, timeout: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            let got = self.row_count().await;
+            if got >= n {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!("only {got} of {n} rows after {timeout:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Checks that every published reading is stored exactly once, with its
+    /// values, and its geometry's ST_X/ST_Y equal to lon/lat.
+    pub async fn assert_exactly_once(&self, published: &[SensorReading]) {
+        let rows = self
+            .db
+            .client()
+            .await
+            .query(
+                "SELECT device_id, seq, sensor_id, round(extract(epoch FROM ts) * 1000)::int8,
+                        ST_X(geom), ST_Y(geom), ST_SRID(geom), (\"values\"->>'pm25')::float8
+                 FROM readings",
+                &[],
+            )
+            .await
+            .expect("query readings");
+        let mut stored: HashMap<(String, i64), Vec<(f64, f64, f64)>> = HashMap::new();
+        let mut seqs = std::collections::HashSet::new();
+        for row in &rows {
+            let device: String = row.get(0);
+            assert_eq!(device, DEVICE);
+            assert!(seqs.insert(row.get::<_, i64>(1)), "seq stored twice");
+            assert_eq!(row.get::<_, i32>(6), 4326, "SRID");
+            stored.entry((row.get(2), row.get(3))).or_default().push((
+                row.get(4),
+                row.get(5),
+                row.get(7),
+            ));
+        }
+        let dup: Vec<_> = stored.iter().filter(|(_, v)| v.len() > 1).take(3).collect();
+        assert!(dup.is_empty(), "readings stored more than once: {dup:?}");
+        for r in published {
+            let got = stored.get(&(r.sensor.clone(), r.ts_ms)).unwrap_or_else(|| {
+                panic!(
+                    "reading {} @ {} lost ({} rows stored)\n{}",
+                    r.sensor,
+                    r.ts_ms,
+                    rows.len(),
+                    self.logs()
+                )
+            });
+            assert_eq!(
+                got[0],
+                (r.lon, r.lat, r.pm25),
+                "geometry (ST_X, ST_Y) or value of {r:?}"
+            );
+        }
+        assert_eq!(rows.len(), published.len(), "rows that no sensor published");
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Follows a device's retained `up/status` on the cloud broker.
+pub async fn watch_status(port: u16, device: &str) -> watch::Receiver<Option<Status>> {
+    let mut opts = MqttOptions::new(
+        format!("status-{:08x}", fastrand::u32(..)),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let topic = Topics::default().status(device);
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.subscribe(topic.clone(), QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(s) = decode::<Status>(&p.payload) {
+                        if tx.send(Some(s)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    rx
+}
