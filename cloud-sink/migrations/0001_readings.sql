@@ -9,7 +9,7 @@ CREATE TABLE readings (
     ts          timestamptz NOT NULL,
     geom        geometry(Point, 4326) NOT NULL,
     flags       integer     NOT NULL DEFAULT 0,
-    "values"    jsonb       NOT NULL,
+    measurements jsonb       NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (device_id, seq)
 );

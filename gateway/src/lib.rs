@@ -4,7 +4,7 @@
 //!   authorizes, writes through the sink and acks after the commit.
 //! - [`auth`]: a device may write only its own data.
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
-//! - [`stats`]: counters.
+//! - [`stats`], counters.
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -16,6 +16,11 @@ use crate::sensors::SensorReading;
 
 pub const DEVICE: &str = "edge-test-1";
 
+/// (sensor id, ts_ms): what identifies a sensor's reading.
+type ReadingKey = (String, i64);
+/// (ST_X, ST_Y, pm25) of a stored row.
+type StoredPoint = (f64, f64, f64);
+
 pub struct Stack {
     pub local: Mosquitto,
     pub cloud: Mosquitto,
@@ -137,13 +142,13 @@ impl Stack {
             .await
             .query(
                 "SELECT device_id, seq, sensor_id, round(extract(epoch FROM ts) * 1000)::int8,
-                        ST_X(geom), ST_Y(geom), ST_SRID(geom), (\"values\"->>'pm25')::float8
+                        ST_X(geom), ST_Y(geom), ST_SRID(geom), (measurements->>'pm25')::float8
                  FROM readings",
                 &[],
             )
             .await
             .expect("query readings");
-        let mut stored: HashMap<(String, i64), Vec<(f64, f64, f64)>> = HashMap::new();
+        let mut stored: HashMap<ReadingKey, Vec<StoredPoint>> = HashMap::new();
         let mut seqs = std::collections::HashSet::new();
         for row in &rows {
             let device: String = row.get(0);

@@ -303,7 +303,8 @@ fn semantic_checks_reject_what_postcard_accepts() {
         }],
     };
     assert_eq!(good.last_seq(), Some(5));
-    let cases: Vec<(&str, Box<dyn Fn(&mut Batch)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Batch)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("empty", Box::new(|b| b.readings.clear())),
         (
             "overflow",

@@ -21,7 +21,7 @@ use crate::{reading_count, values_json, Sink, SinkError, WriteOutcome};
 /// All readings of a write go in as arrays in one statement: one round trip
 /// whatever the batch size. SQL is fixed; data only travels as parameters.
 const INSERT: &str = "
-INSERT INTO readings (device_id, seq, sensor_id, ts, geom, flags, \"values\")
+INSERT INTO readings (device_id, seq, sensor_id, ts, geom, flags, measurements)
 SELECT d, s, sensor, to_timestamp(t / 1000.0), ST_SetSRID(ST_MakePoint(lon, lat), 4326), f, v
 FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::float8[], $6::float8[], $7::int4[], $8::jsonb[])
      AS u(d, s, sensor, t, lon, lat, f, v)

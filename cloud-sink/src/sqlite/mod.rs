@@ -2,7 +2,7 @@
 //! guarantees (one transaction per write, `(device_id, seq)` stored once).
 //!
 //! Layout (schema version 1, `PRAGMA user_version`):
-//! `readings(device_id, seq, sensor_id, ts_ms, lat, lon, flags, "values" JSON
+//! `readings(device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements JSON
 //! text, received_ms)`, primary key `(device_id, seq)`.
 
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ CREATE TABLE readings (
     lat         REAL    NOT NULL,
     lon         REAL    NOT NULL,
     flags       INTEGER NOT NULL DEFAULT 0,
-    \"values\"  TEXT    NOT NULL,
+    measurements  TEXT    NOT NULL,
     received_ms INTEGER NOT NULL,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
@@ -31,7 +31,7 @@ PRAGMA user_version = 1;
 ";
 
 const INSERT: &str = "INSERT OR IGNORE INTO readings
-    (device_id, seq, sensor_id, ts_ms, lat, lon, flags, \"values\", received_ms)
+    (device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements, received_ms)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 pub struct SqliteSink {
@@ -192,7 +192,7 @@ mod tests {
         assert_eq!((n, lat), (7, 54.0));
         let v: String = conn
             .query_row(
-                "SELECT \"values\" FROM readings WHERE device_id='b' AND seq=2",
+                "SELECT measurements FROM readings WHERE device_id='b' AND seq=2",
                 [],
                 |r| r.get(0),
             )

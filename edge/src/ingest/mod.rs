@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -94,9 +94,23 @@ pub async fn run(
             }
         }
     }
-    let _ = client.try_disconnect();
-    // Let the disconnect (and any queued acks) go out.
-    let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+    // Barrier: the buffer thread answers this only after committing every
+    // reading handed to it before, so their acks are queued by now.
+    if buffer.depth().await.is_err() {
+        warn!("buffer closed before the last commit");
+    }
+    // DISCONNECT is queued behind those acks: once it is written, they are
+    // too, and the broker will not deliver them again. Messages arriving
+    // meanwhile stay unacked and come again on the next start.
+    if client.try_disconnect().is_ok() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match tokio::time::timeout_at(deadline, events.poll()).await {
+                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
 }
 
 async fn handle(

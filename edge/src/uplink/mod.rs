@@ -316,7 +316,7 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let topic = p.topic.as_str();
-                match topics.parse(&topic) {
+                match topics.parse(topic) {
                     Ok((d, Channel::DownAck)) if d == device => match decode::<Ack>(&p.payload) {
                         Ok(ack) if ack.device == device => {
                             let _ = tx.send(Link::Ack(ack));

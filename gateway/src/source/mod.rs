@@ -64,13 +64,23 @@ pub async fn run(
     ));
     let filter = topics.shared(&config.broker.share_group, Channel::UpBatch);
     let mut forward = Some(tx);
+    let mut writer = writer;
+    let mut writer_done = false;
     let mut backoff = Duration::from_millis(200);
     loop {
         let ev = tokio::select! {
             // On shutdown stop taking batches; keep polling so the writer's
-            // last acks still go out.
+            // last acks still go out, then disconnect.
             _ = shutdown.cancelled(), if forward.is_some() => {
                 forward = None;
+                continue;
+            }
+            res = &mut writer, if !writer_done => {
+                writer_done = true;
+                res?;
+                if client.try_disconnect().is_err() {
+                    break;
+                }
                 continue;
             }
             ev = events.poll() => ev,
@@ -83,22 +93,21 @@ pub async fn run(
                     warn!(error = %e, "cannot queue subscription");
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => match &forward {
-                Some(tx) => {
-                    if let Some(incoming) = accept(&topics, &stats, &client, p) {
-                        if tx.send(incoming).await.is_err() {
-                            break;
-                        }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // Without a forward (shutting down) the message stays
+                // unacked: the broker forgets it with the clean session, and
+                // the device sends it again after its ack timeout.
+                if let (Some(tx), Some(incoming)) = (&forward, accept(&topics, &stats, &client, p))
+                {
+                    if tx.send(incoming).await.is_err() {
+                        break;
                     }
                 }
-                // Left unacked: with a clean session the broker forgets it,
-                // and the device sends it again after its ack timeout.
-                None => {}
-            },
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => {
-                if forward.is_none() && writer.is_finished() {
+                if writer_done {
                     break;
                 }
                 warn!(error = %e, retry_in = ?backoff, "broker connection lost");
@@ -106,11 +115,10 @@ pub async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
-        if forward.is_none() && writer.is_finished() {
-            let _ = client.try_disconnect();
-        }
     }
-    writer.await?;
+    if !writer_done {
+        writer.await?;
+    }
     Ok(())
 }
 

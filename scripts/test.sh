@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every Aeris test. On a fresh Debian machine it first installs what the
+# tests talk to (PostgreSQL 15 + PostGIS 3, Mosquitto, Redis), starts
+# PostgreSQL if it is not running, and creates the test role. The tests then
+# start their own brokers on free ports and create and drop their own
+# databases; nothing else on the machine is touched.
+#
+# Environment: AERIS_TEST_PG_URL overrides the PostgreSQL server the tests
+# use (default postgres://aeris_test:aeris_test@127.0.0.1:5432/postgres).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
+
+missing=()
+for pkg in postgresql-15-postgis-3 mosquitto redis-server; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ -z "${AERIS_TEST_PG_URL:-}" ]; then
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    step "starting PostgreSQL"
+    cluster=$(ls /etc/postgresql | sort -V | tail -n 1)
+    as_root pg_ctlcluster --skip-systemctl-redirect "$cluster" main start || true
+    for _ in $(seq 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+    pg_isready -h 127.0.0.1 -p 5432
+  fi
+  if ! as_postgres psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname = 'aeris_test'" | grep -q 1; then
+    step "creating the test role aeris_test"
+    as_postgres psql -qc "CREATE ROLE aeris_test SUPERUSER LOGIN PASSWORD 'aeris_test'"
+  fi
+fi
+
+step "building"
+cargo build --workspace --bins --quiet
+step "testing"
+cargo test --workspace
+step "done"
