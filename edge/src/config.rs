@@ -193,20 +193,17 @@ impl Config {
         // with other Aeris programs on the same host.
         let known = ["device_id", "data_dir", "shutdown_grace", "local", "cloud"];
         let known_sections = ["ingest", "uplink", "sensors"];
-        let env = env.split("__").filter(move |k| {
-            // Keys are lower-cased only after this filter runs.
-            let first = k
-                .as_str()
-                .split('.')
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            known.contains(&first.as_str()) || known_sections.contains(&first.as_str())
+        let env = env.split("__").filter_map(move |k| {
+            // Keys reach this filter before figment lower-cases them; lower
+            // them here so errors name `cloud.port`, as in the file.
+            let key = k.as_str().to_ascii_lowercase();
+            let first = key.split('.').next().unwrap_or("");
+            (known.contains(&first) || known_sections.contains(&first)).then(|| key.into())
         });
         let config: Config = fig
             .merge(env)
             .extract()
-            .map_err(|e| ConfigError(e.to_string()))?;
+            .map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -243,6 +240,38 @@ impl Config {
     pub fn buffer_path(&self) -> PathBuf {
         self.data_dir.join("buffer.db")
     }
+}
+
+/// One line per problem: the dotted key, where the value came from (the file,
+/// or the exact environment variable), and what is wrong.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = match &e.metadata {
+                Some(m) if m.name.contains("environment") => format!(
+                    "environment variable AERIS_{}",
+                    e.path
+                        .iter()
+                        .map(|p| p.to_ascii_uppercase())
+                        .collect::<Vec<_>>()
+                        .join("__")
+                ),
+                Some(m) => m
+                    .source
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| m.name.to_string()),
+                None => "configuration".to_owned(),
+            };
+            if key.is_empty() {
+                format!("{source}: {}", e.kind)
+            } else {
+                format!("`{key}` in {source}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

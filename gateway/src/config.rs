@@ -107,19 +107,17 @@ impl Config {
             fig = fig.merge(Toml::file_exact(path));
         }
         // Only our own top-level keys: AERIS_ is shared with the edge agent.
-        let env = Env::prefixed("AERIS_").split("__").filter(|k| {
-            let first = k
-                .as_str()
-                .split('.')
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            ["broker", "database_url", "sqlite_path", "writer"].contains(&first.as_str())
+        let env = Env::prefixed("AERIS_").split("__").filter_map(|k| {
+            let key = k.as_str().to_ascii_lowercase();
+            let first = key.split('.').next().unwrap_or("");
+            ["broker", "database_url", "sqlite_path", "writer"]
+                .contains(&first)
+                .then(|| key.into())
         });
         let config: Config = fig
             .merge(env)
             .extract()
-            .map_err(|e| ConfigError(e.to_string()))?;
+            .map_err(|e| ConfigError(describe(e)))?;
         if let Err(e) = aeris_wire::Topics::new(&config.broker.prefix) {
             return Err(ConfigError(format!("invalid `broker.prefix`: {e}")));
         }
@@ -130,4 +128,35 @@ impl Config {
         }
         Ok(config)
     }
+}
+/// One line per problem: the dotted key, where the value came from (the file,
+/// or the exact environment variable), and what is wrong.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = match &e.metadata {
+                Some(m) if m.name.contains("environment") => format!(
+                    "environment variable AERIS_{}",
+                    e.path
+                        .iter()
+                        .map(|p| p.to_ascii_uppercase())
+                        .collect::<Vec<_>>()
+                        .join("__")
+                ),
+                Some(m) => m
+                    .source
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| m.name.to_string()),
+                None => "configuration".to_owned(),
+            };
+            if key.is_empty() {
+                format!("{source}: {}", e.kind)
+            } else {
+                format!("`{key}` in {source}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
