@@ -17,6 +17,7 @@ pub mod agent;
 pub mod buffer;
 pub mod config;
 pub mod health;
+pub mod infer;
 pub mod ingest;
 pub mod uplink;
 

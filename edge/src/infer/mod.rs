@@ -1,0 +1,18 @@
+//! On-device inference with tract.
+//!
+//! - [`model`]: a model checked (sha256, ed25519 when keys are configured),
+//!   loaded with a fixed input shape and optimised once;
+//! - [`features`]: input rows from each sensor's recent readings;
+//! - [`engine`]: the active model per slot, its outputs attached to readings,
+//!   and shadow evaluation of candidates;
+//! - [`store`]: the models folder (active, staging, incoming, rejected) and
+//!   the loader that turns dropped folders and `down/cmd` model updates into
+//!   candidates without stalling ingest.
+
+pub mod engine;
+pub mod features;
+pub mod manifest;
+pub mod model;
+
+pub use engine::{Change, Engine, EngineConfig, InferStats, FLAG_MODEL_ANOMALY};
+pub use model::{Model, ModelError};

@@ -1,0 +1,181 @@
+//! A model checked and loaded: sha256 (and ed25519 signature when keys are
+//! configured) verified against the bytes, graph loaded with tract, input
+//! shape fixed to `[batch, width]`, optimised once.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+
+use super::features::FeatureSpec;
+use super::manifest::Manifest;
+
+/// Why a model could not be used. [`ModelError::reason`] is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {error}")]
+    Io { path: String, error: String },
+    #[error("manifest is not valid: {0}")]
+    Manifest(String),
+    #[error("sha256 {actual} does not match the expected {expected}")]
+    Checksum { expected: String, actual: String },
+    #[error("signature missing or not made by a trusted key")]
+    Signature,
+    #[error("model cannot be loaded: {0}")]
+    Load(String),
+    #[error("model does not fit its manifest: {0}")]
+    Incompatible(String),
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+impl ModelError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ModelError::Io { .. } => "io",
+            ModelError::Manifest(_) => "manifest",
+            ModelError::Checksum { .. } => "checksum",
+            ModelError::Signature => "signature",
+            ModelError::Load(_) => "load",
+            ModelError::Incompatible(_) => "incompatible",
+            ModelError::Run(_) => "run",
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A model ready to run on batches of exactly `batch` rows.
+pub struct Model {
+    pub manifest: Manifest,
+    pub features: FeatureSpec,
+    plan: Arc<TypedRunnableModel>,
+    batch: usize,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Model({}@{})", self.manifest.name, self.manifest.version)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
+    std::fs::read(path).map_err(|e| ModelError::Io {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    })
+}
+
+/// Checks `signature` (64 bytes) over `bytes` against any of `trusted`.
+pub fn verify_signature(
+    bytes: &[u8],
+    signature: &[u8],
+    trusted: &[VerifyingKey],
+) -> Result<(), ModelError> {
+    let sig = Signature::from_slice(signature).map_err(|_| ModelError::Signature)?;
+    if trusted.iter().any(|k| k.verify(bytes, &sig).is_ok()) {
+        Ok(())
+    } else {
+        Err(ModelError::Signature)
+    }
+}
+
+impl Model {
+    /// Loads `dir/model.onnx` described by `dir/manifest.json`. With trusted
+    /// keys, `dir/model.onnx.sig` (raw 64 bytes or hex) must verify.
+    pub fn load_dir(
+        dir: &Path,
+        trusted: &[VerifyingKey],
+        batch: usize,
+    ) -> Result<Model, ModelError> {
+        let manifest: Manifest = serde_json::from_slice(&read(&dir.join("manifest.json"))?)
+            .map_err(|e| ModelError::Manifest(e.to_string()))?;
+        let bytes = read(&dir.join("model.onnx"))?;
+        if !trusted.is_empty() {
+            let raw = read(&dir.join("model.onnx.sig")).map_err(|_| ModelError::Signature)?;
+            let sig = match hex::decode(String::from_utf8_lossy(&raw).trim()) {
+                Ok(decoded) => decoded,
+                Err(_) => raw,
+            };
+            verify_signature(&bytes, &sig, trusted)?;
+        }
+        Model::from_bytes(manifest, &bytes, batch)
+    }
+
+    /// Checks the bytes against the manifest's sha256, then loads them.
+    pub fn from_bytes(manifest: Manifest, bytes: &[u8], batch: usize) -> Result<Model, ModelError> {
+        let actual = sha256_hex(bytes);
+        if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+            return Err(ModelError::Checksum {
+                expected: manifest.sha256.clone(),
+                actual,
+            });
+        }
+        let features =
+            FeatureSpec::parse(&manifest.feature_names()).map_err(ModelError::Incompatible)?;
+        let width = features.width();
+        let load = |e: TractError| ModelError::Load(format!("{e:#}"));
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(load)?
+            .with_input_fact(0, f32::fact([batch, width]).into())
+            .map_err(|e| ModelError::Incompatible(format!("input [{batch}, {width}]: {e:#}")))?
+            .into_optimized()
+            .map_err(|e| ModelError::Incompatible(format!("{e:#}")))?
+            .into_runnable()
+            .map_err(load)?;
+        let model = Model {
+            manifest,
+            features,
+            plan,
+            batch,
+        };
+        // A model must answer a neutral input with one finite value per row;
+        // this catches a graph whose shapes do not match its manifest.
+        let probe = model.run(&vec![0.0; batch * width])?;
+        if probe.len() != batch {
+            return Err(ModelError::Incompatible(format!(
+                "{} outputs for {batch} rows",
+                probe.len()
+            )));
+        }
+        Ok(model)
+    }
+
+    pub fn width(&self) -> usize {
+        self.features.width()
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Runs one batch (`batch * width` values, row-major); one output per row.
+    pub fn run(&self, rows: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let width = self.width();
+        if rows.len() != self.batch * width {
+            return Err(ModelError::Incompatible(format!(
+                "{} values for a [{}, {width}] input",
+                rows.len(),
+                self.batch
+            )));
+        }
+        let input = tract_ndarray::Array2::from_shape_vec((self.batch, width), rows.to_vec())
+            .map_err(|e| ModelError::Run(e.to_string()))?;
+        let out = self
+            .plan
+            .run(tvec!(Tensor::from(input).into()))
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        let first = out
+            .first()
+            .ok_or_else(|| ModelError::Run("no output".into()))?;
+        let view = first
+            .to_plain_array_view::<f32>()
+            .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+        Ok(view.iter().copied().collect())
+    }
+}

@@ -1,0 +1,265 @@
+//! The shipped models in tract: test vectors, corrupt and incompatible files,
+//! NaN inputs, and shadow evaluation.
+
+use std::path::{Path, PathBuf};
+
+use aeris_edge::infer::{Change, Engine, EngineConfig, Model, ModelError};
+use aeris_wire::{Reading, Value};
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+struct Vectors {
+    inputs: Vec<Vec<f32>>,
+    expected: Vec<f32>,
+}
+
+fn vectors(name: &str) -> Vectors {
+    let text = std::fs::read_to_string(models().join(name).join("test_vectors.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows = |k: &str| -> Vec<Vec<f32>> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|r| match r.as_array() {
+                Some(a) => a.iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+                None => vec![r.as_f64().unwrap() as f32],
+            })
+            .collect()
+    };
+    Vectors {
+        inputs: rows("inputs"),
+        expected: rows("expected").into_iter().map(|r| r[0]).collect(),
+    }
+}
+
+fn close(actual: f32, expected: f32) -> bool {
+    (actual - expected).abs() <= 1e-5 * expected.abs().max(1.0)
+}
+
+#[test]
+fn tract_matches_onnxruntime_test_vectors_at_batch_1_and_64() {
+    for name in ["pm25_nowcast", "pm_anomaly"] {
+        let v = vectors(name);
+        assert!(v.inputs.len() >= 128, "{name}: {} vectors", v.inputs.len());
+        let one = Model::load_dir(&models().join(name), &[], 1).unwrap();
+        for (row, want) in v.inputs.iter().zip(&v.expected) {
+            let got = one.run(row).unwrap()[0];
+            assert!(
+                close(got, *want),
+                "{name} batch 1: {got} vs {want} for {row:?}"
+            );
+        }
+        let many = Model::load_dir(&models().join(name), &[], 64).unwrap();
+        for (chunk, want) in v.inputs.chunks(64).zip(v.expected.chunks(64)) {
+            let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
+            let got = many.run(&flat).unwrap();
+            for (g, w) in got.iter().zip(want) {
+                assert!(close(*g, *w), "{name} batch 64: {g} vs {w}");
+            }
+        }
+    }
+}
+
+fn copy_model(name: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["model.onnx", "manifest.json"] {
+        std::fs::copy(models().join(name).join(f), to.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn a_corrupt_file_is_a_checksum_error_and_a_garbled_one_with_a_matching_manifest_a_load_error() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model("pm25_nowcast", dir.path());
+    let path = dir.path().join("model.onnx");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[40] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Model::load_dir(dir.path(), &[], 1).unwrap_err();
+    assert!(matches!(err, ModelError::Checksum { .. }), "{err}");
+
+    // Garbage whose sha256 the manifest does state: the loader must fail cleanly.
+    std::fs::write(&path, b"definitely not protobuf").unwrap();
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["sha256"] = aeris_edge::infer::model::sha256_hex(b"definitely not protobuf").into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let err = Model::load_dir(dir.path(), &[], 1).unwrap_err();
+    assert_eq!(err.reason(), "load", "{err}");
+}
+
+#[test]
+fn a_model_whose_graph_does_not_fit_its_manifest_is_incompatible() {
+    // The anomaly graph (8 inputs) behind the nowcast manifest (12 features).
+    let dir = tempfile::tempdir().unwrap();
+    copy_model("pm25_nowcast", dir.path());
+    let graph = std::fs::read(models().join("pm_anomaly/model.onnx")).unwrap();
+    std::fs::write(dir.path().join("model.onnx"), &graph).unwrap();
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["sha256"] = aeris_edge::infer::model::sha256_hex(&graph).into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let err = Model::load_dir(dir.path(), &[], 1).unwrap_err();
+    assert_eq!(err.reason(), "incompatible", "{err}");
+    // And a row of the wrong width is refused by a loaded model.
+    let ok = Model::load_dir(&models().join("pm25_nowcast"), &[], 1).unwrap();
+    assert_eq!(ok.run(&[1.0; 8]).unwrap_err().reason(), "incompatible");
+}
+
+fn engine(shadow_windows: u32) -> Engine {
+    let mut cadence = std::collections::BTreeMap::new();
+    cadence.insert("pm25_nowcast".to_owned(), 3_600_000);
+    Engine::new(EngineConfig {
+        shadow_windows,
+        utc_offset_ms: 8 * 3_600_000,
+        cadence_ms: cadence,
+    })
+}
+
+/// Hourly Beijing-like readings of one sensor.
+fn hourly(i: i64, pm25: f64) -> Reading {
+    let v = |q: &str, value: f64| Value {
+        quantity: q.into(),
+        value,
+    };
+    Reading {
+        sensor: "bj".into(),
+        ts_ms: 1_400_000_000_000 + i * 3_600_000,
+        lat: 39.9,
+        lon: 116.4,
+        flags: 0,
+        values: vec![
+            v("pm25", pm25),
+            v("dewp", -5.0),
+            v("temp", 10.0),
+            v("pres", 1020.0),
+            v("iws", 12.0),
+        ],
+    }
+}
+
+fn output(r: &Reading) -> Option<(&str, f64)> {
+    r.values
+        .iter()
+        .find(|v| v.quantity.starts_with("model:"))
+        .map(|v| (v.quantity.as_str(), v.value))
+}
+
+#[test]
+fn outputs_attach_once_the_window_is_full_and_nan_inputs_are_skipped() {
+    let mut e = engine(3);
+    assert!(matches!(
+        e.offer(
+            Model::load_dir(&models().join("pm25_nowcast"), &[], 1).unwrap(),
+            false
+        ),
+        Change::Installed { .. }
+    ));
+    for i in 0..6 {
+        let mut r = hourly(i, 50.0 + i as f64);
+        e.process(&mut r);
+        assert!(output(&r).is_none(), "hour {i}: no full window yet");
+    }
+    let mut r = hourly(6, 60.0);
+    e.process(&mut r);
+    let (q, v) = output(&r).expect("an output once 6 lags exist");
+    assert_eq!(q, "model:pm25_nowcast@1.0.0");
+    assert!(
+        v > 20.0 && v < 100.0,
+        "a nowcast near the recent level: {v}"
+    );
+    assert_eq!(e.stats.runs, 1);
+
+    let mut bad = hourly(7, 60.0);
+    bad.values[1].value = f64::NAN;
+    e.process(&mut bad);
+    assert!(output(&bad).is_none());
+    assert_eq!(e.stats.skipped.get("nan_input"), Some(&1));
+}
+
+fn variant(name: &str) -> Model {
+    Model::load_dir(&models().join("testdata").join(name), &[], 1).unwrap()
+}
+
+#[test]
+fn a_shadow_that_agrees_is_promoted_and_one_that_disagrees_is_not() {
+    let mut e = engine(5);
+    e.offer(
+        Model::load_dir(&models().join("pm25_nowcast"), &[], 1).unwrap(),
+        false,
+    );
+    assert!(matches!(
+        e.offer(variant("pm25_nowcast_disagree"), false),
+        Change::ShadowStarted { .. }
+    ));
+    let mut changes = vec![];
+    for i in 0..20 {
+        let mut r = hourly(i, 40.0 + (i % 5) as f64);
+        changes.extend(e.process(&mut r));
+        if i >= 6 {
+            // While in shadow the active model alone writes outputs.
+            assert_eq!(output(&r).unwrap().0, "model:pm25_nowcast@1.0.0");
+        }
+    }
+    assert!(
+        matches!(changes.as_slice(), [Change::Discarded { version, .. }] if version == "1.1.0"),
+        "{changes:?}"
+    );
+    assert_eq!(
+        e.active(),
+        vec![("pm25_nowcast".to_owned(), "1.0.0".to_owned())]
+    );
+
+    assert!(matches!(
+        e.offer(variant("pm25_nowcast_agree"), false),
+        Change::ShadowStarted { .. }
+    ));
+    let mut changes = vec![];
+    let mut last = None;
+    for i in 20..40 {
+        let mut r = hourly(i, 40.0 + (i % 5) as f64);
+        changes.extend(e.process(&mut r));
+        last = output(&r).map(|(q, _)| q.to_owned());
+    }
+    match changes.as_slice() {
+        [Change::Promoted {
+            from,
+            to,
+            windows,
+            max_diff,
+            forced: false,
+            ..
+        }] => {
+            assert_eq!(
+                (from.as_str(), to.as_str(), *windows),
+                ("1.0.0", "1.0.1", 5)
+            );
+            assert!((max_diff - 0.5).abs() < 1e-3, "{max_diff}");
+        }
+        other => panic!("expected one promotion, got {other:?}"),
+    }
+    assert_eq!(
+        last.as_deref(),
+        Some("model:pm25_nowcast@1.0.1"),
+        "the promoted model writes from then on"
+    );
+    assert_eq!((e.stats.promotions, e.stats.discards), (1, 1));
+}
+
+#[test]
+fn a_forced_candidate_is_promoted_without_shadow() {
+    let mut e = engine(100);
+    e.offer(
+        Model::load_dir(&models().join("pm25_nowcast"), &[], 1).unwrap(),
+        false,
+    );
+    assert!(matches!(
+        e.offer(variant("pm25_nowcast_disagree"), true),
+        Change::Promoted { forced: true, .. }
+    ));
+    assert_eq!(e.active()[0].1, "1.1.0");
+}
