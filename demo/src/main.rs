@@ -83,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", cli.out.display()))?;
     let out = cli.out.canonicalize()?;
     let cloud_db = out.join("cloud.db");
+    let _ = std::fs::remove_dir_all(out.join("edge/models"));
     for stale in [
         "cloud.db",
         "cloud.db-wal",
@@ -114,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
         gw_stop.clone(),
     ));
 
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
     let defaults = aeris_edge::Config::default();
     let edge_config = aeris_edge::Config {
         device_id: DEVICE.into(),
@@ -131,6 +133,12 @@ async fn main() -> anyhow::Result<()> {
             ..defaults.uplink.clone()
         },
         shutdown_grace: Duration::from_secs(15),
+        infer: aeris_edge::config::InferConfig {
+            models: vec![models.join("pm25_nowcast"), models.join("pm_anomaly")],
+            // The nowcast's hour features are Beijing local time.
+            utc_offset_hours: 8.0,
+            ..defaults.infer.clone()
+        },
         ..defaults
     };
     let edge_stats = Arc::new(aeris_edge::Stats::default());
@@ -213,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
                 let (accepted, acked) = (edge_stats.accepted.load(Relaxed), edge_stats.readings_acked.load(Relaxed));
                 let dt = last_t.elapsed().as_secs_f64();
                 println!(
-                    "[{:>4.0}s] published {:>7} | in {:>7} ({:>6.0}/s) | buffered {:>5} | acked {:>7} ({:>6.0}/s) | stored {:>7} | rejected {}",
+                    "[{:>4.0}s] published {:>7} | in {:>7} ({:>6.0}/s) | buffered {:>5} | acked {:>7} ({:>6.0}/s) | stored {:>7} | model runs {:>6} | rejected {}",
                     started.elapsed().as_secs_f64(),
                     published.load(Relaxed),
                     accepted,
@@ -222,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
                     acked,
                     (acked - last_acked) as f64 / dt,
                     gw_stats.readings_inserted.load(Relaxed),
+                    edge_stats.infer_runs.load(Relaxed),
                     edge_stats.rejected.load(Relaxed),
                 );
                 (last_in, last_acked, last_t) = (accepted, acked, Instant::now());
@@ -252,37 +261,62 @@ async fn main() -> anyhow::Result<()> {
         edge_stats.rejected.load(Relaxed),
         accepted.saturating_sub(acked),
     );
+    let runs = edge_stats.infer_runs.load(Relaxed);
+    if runs > 0 {
+        println!(
+            "models: {runs} runs on the board ({:.1} µs each), {} readings flagged as suspected sensor faults",
+            edge_stats.infer_run_micros.load(Relaxed) as f64 / runs as f64,
+            flagged(&cloud_db)?,
+        );
+    }
     summary(&cloud_db)
+}
+
+fn flagged(db: &Path) -> anyhow::Result<i64> {
+    let conn = rusqlite::Connection::open(db)?;
+    Ok(conn.query_row(
+        "SELECT count(*) FROM readings WHERE flags & 1 = 1",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 const QUERY: &str = "SELECT sensor_id, count(*) AS readings, \
     round(avg(coalesce(json_extract(measurements, '$.pm10'), json_extract(measurements, '$.pm25'))), 1) AS mean_pm, \
+    round(avg(json_extract(measurements, '$.\"model:pm25_nowcast@1.0.0\"')), 1) AS mean_nowcast, \
     round(lat, 3) AS lat, round(lon, 3) AS lon \
     FROM readings GROUP BY sensor_id ORDER BY readings DESC LIMIT 5";
 
 fn summary(db: &Path) -> anyhow::Result<()> {
     println!("cloud database: {}", db.display());
-    println!("look at it:     sqlite3 {} \"{QUERY}\"", db.display());
+    println!("look at it (sqlite3 is Debian's package sqlite3):");
+    println!(
+        "sqlite3 -header -column {} <<'SQL'\n{QUERY};\nSQL",
+        db.display()
+    );
     let conn = rusqlite::Connection::open(db)?;
     let mut stmt = conn.prepare(QUERY)?;
     println!(
-        "\n{:<24} {:>9} {:>9} {:>9} {:>9}",
-        "sensor_id", "readings", "mean_pm", "lat", "lon"
+        "\n{:<24} {:>9} {:>9} {:>12} {:>9} {:>9}",
+        "sensor_id", "readings", "mean_pm", "mean_nowcast", "lat", "lon"
     );
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, i64>(1)?,
             r.get::<_, Option<f64>>(2)?,
-            r.get::<_, f64>(3)?,
+            r.get::<_, Option<f64>>(3)?,
             r.get::<_, f64>(4)?,
+            r.get::<_, f64>(5)?,
         ))
     })?;
+    let show = |v: Option<f64>| v.map(|m| m.to_string()).unwrap_or_default();
     for row in rows {
-        let (sensor, n, mean, lat, lon) = row?;
+        let (sensor, n, mean, nowcast, lat, lon) = row?;
         println!(
-            "{sensor:<24} {n:>9} {:>9} {lat:>9} {lon:>9}",
-            mean.map(|m| m.to_string()).unwrap_or_default()
+            "{sensor:<24} {n:>9} {:>9} {:>12} {lat:>9} {lon:>9}",
+            show(mean),
+            show(nowcast)
         );
     }
     Ok(())

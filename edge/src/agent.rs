@@ -12,7 +12,12 @@ use tracing::info;
 use crate::buffer::Buffer;
 use crate::config::Config;
 use crate::health::Stats;
+use crate::infer::runtime::{Inference, Runtime};
+use crate::infer::store::{Loader, ModelCommand, ModelsDir};
+use crate::infer::{Engine, EngineConfig};
 use crate::uplink::{self, Identity};
+use aeris_wire::{Event, EventKind};
+use tokio::sync::mpsc;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -43,12 +48,23 @@ pub async fn run(
         "agent starting"
     );
 
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let loader_stop = CancellationToken::new();
+    let (inference, model_commands) = if config.infer.enabled {
+        let (inference, commands) =
+            start_inference(&config, &stats, event_tx.clone(), loader_stop.clone()).await?;
+        (Some(inference), Some(commands))
+    } else {
+        (None, None)
+    };
+
     let ingest_stop = shutdown.child_token();
     let ingest = tokio::spawn(crate::ingest::run(
         config.clone(),
         buffer.clone(),
         stats.clone(),
         ingest_stop,
+        inference,
     ));
     let uplink_stop = CancellationToken::new();
     let uplink = tokio::spawn(uplink::run(
@@ -57,11 +73,14 @@ pub async fn run(
         stats.clone(),
         identity,
         uplink_stop.clone(),
+        event_rx,
+        model_commands,
     ));
 
     shutdown.cancelled().await;
     info!("shutting down: stopping ingest");
     ingest.await.context("ingest task failed")?;
+    loader_stop.cancel();
     uplink_stop.cancel();
     let result = uplink.await.context("uplink task failed")?;
     drop(buffer);
@@ -71,4 +90,78 @@ pub async fn run(
         .ok();
     info!("agent stopped");
     result
+}
+
+/// Loads the active models (seeding empty slots from `infer.models`) and
+/// starts the loader that turns dropped folders and model commands into
+/// candidates.
+async fn start_inference(
+    config: &Arc<Config>,
+    stats: &Arc<Stats>,
+    events: mpsc::UnboundedSender<Event>,
+    stop: CancellationToken,
+) -> anyhow::Result<(Inference, mpsc::Sender<ModelCommand>)> {
+    let infer = &config.infer;
+    let trusted = infer.verifying_keys().map_err(anyhow::Error::msg)?;
+    let store = ModelsDir::create(&config.data_dir.join("models"))
+        .context("cannot create the models folder")?;
+    let (models, failures) = {
+        let (store, seeds, trusted) = (store.clone(), infer.models.clone(), trusted.clone());
+        tokio::task::spawn_blocking(move || store.load_active(&seeds, &trusted)).await?
+    };
+    for (dir, e) in &failures {
+        tracing::error!(model = %dir.display(), reason = e.reason(), error = %e, "model not loaded; running without it");
+        let _ = events.send(Event {
+            device: config.device_id.clone(),
+            ts_ms: crate::ingest::now_ms(),
+            kind: EventKind::Model,
+            message: format!(
+                "model at {} not loaded ({}): {e}",
+                dir.display(),
+                e.reason()
+            ),
+        });
+    }
+    let engine = Engine::new(EngineConfig {
+        shadow_windows: infer.shadow_windows,
+        utc_offset_ms: (infer.utc_offset_hours * 3_600_000.0) as i64,
+        cadence_ms: infer
+            .cadence
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_millis() as i64))
+            .collect(),
+    });
+    let mut runtime = Runtime {
+        engine,
+        store: store.clone(),
+        events,
+        device: config.device_id.clone(),
+        stats: stats.clone(),
+    };
+    for m in models {
+        runtime.offer(crate::infer::store::Candidate {
+            model: m,
+            force: false,
+        });
+    }
+    let (cand_tx, candidates) = mpsc::channel(4);
+    let (news_tx, news) = mpsc::unbounded_channel();
+    let (cmd_tx, cmd_rx) = mpsc::channel(8);
+    let loader = Loader {
+        dir: store,
+        trusted,
+        poll_interval: infer.poll_interval,
+        max_model_bytes: infer.max_model_bytes,
+        candidates: cand_tx,
+        news: news_tx,
+    };
+    tokio::spawn(loader.run(cmd_rx, stop));
+    Ok((
+        Inference {
+            runtime,
+            candidates,
+            news,
+        },
+        cmd_tx,
+    ))
 }

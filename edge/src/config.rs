@@ -25,6 +25,7 @@ pub struct Config {
     pub cloud: CloudConfig,
     pub ingest: IngestConfig,
     pub uplink: UplinkConfig,
+    pub infer: InferConfig,
     /// Fixed positions of sensors without GPS, by sensor id.
     pub sensors: BTreeMap<String, SensorConfig>,
     /// How long SIGTERM may spend flushing in-flight work.
@@ -80,6 +81,64 @@ pub struct UplinkConfig {
     pub ack_timeout: Duration,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferConfig {
+    /// Run models at all.
+    pub enabled: bool,
+    /// Model folders (model.onnx + manifest.json) installed when their slot
+    /// has no active model yet, e.g. the ones shipped with the agent.
+    pub models: Vec<PathBuf>,
+    /// Windows a candidate runs in shadow before it can be promoted.
+    pub shadow_windows: u32,
+    /// Local time offset of the board, for hour-of-day features.
+    pub utc_offset_hours: f64,
+    /// Spacing of each model's input series, by model name.
+    pub cadence: BTreeMap<String, humantime_serde::Serde<Duration>>,
+    /// Hex ed25519 public keys; when any is set, models must be signed by one.
+    pub trusted_keys: Vec<String>,
+    /// How often the drop folder is checked.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Largest model file accepted.
+    pub max_model_bytes: u64,
+}
+
+impl Default for InferConfig {
+    fn default() -> Self {
+        let cadence = [("pm25_nowcast", 3600), ("pm_anomaly", 86_400)]
+            .into_iter()
+            .map(|(n, s)| (n.to_owned(), Duration::from_secs(s).into()))
+            .collect();
+        InferConfig {
+            enabled: true,
+            models: Vec::new(),
+            shadow_windows: 24,
+            utc_offset_hours: 0.0,
+            cadence,
+            trusted_keys: Vec::new(),
+            poll_interval: Duration::from_secs(5),
+            max_model_bytes: 16 << 20,
+        }
+    }
+}
+
+impl InferConfig {
+    /// The trusted keys, parsed (`validate` has checked them).
+    pub fn verifying_keys(&self) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
+        self.trusted_keys
+            .iter()
+            .map(|k| {
+                let bytes: [u8; 32] = hex::decode(k.trim())
+                    .map_err(|e| e.to_string())?
+                    .try_into()
+                    .map_err(|_| "an ed25519 public key is 32 bytes (64 hex digits)".to_owned())?;
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensorConfig {
@@ -96,6 +155,7 @@ impl Default for Config {
             cloud: CloudConfig::default(),
             ingest: IngestConfig::default(),
             uplink: UplinkConfig::default(),
+            infer: InferConfig::default(),
             sensors: BTreeMap::new(),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -163,6 +223,14 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   uplink.batch_max_age          a partial batch leaves after this wait [1s]
   uplink.max_inflight_batches   batches sent but not acked, at most [8]
   uplink.ack_timeout            an unacked batch is sent again after [15s]
+  infer.enabled                 run models on the board [true]
+  infer.models                  model folders installed when their slot is empty []
+  infer.shadow_windows          windows a candidate model runs in shadow [24]
+  infer.utc_offset_hours        board's local time offset, for hour features [0]
+  infer.cadence.<model>         spacing of a model's input series [pm25_nowcast 1h, pm_anomaly 1d]
+  infer.trusted_keys            hex ed25519 keys; when set, models must be signed []
+  infer.poll_interval           how often <data_dir>/models/incoming is checked [5s]
+  infer.max_model_bytes         largest model file accepted [16777216]
   sensors.<id>.lat, .lon        fixed position of a sensor without GPS
 ";
 
@@ -192,7 +260,7 @@ impl Config {
         // Only variables whose first level is one of ours: AERIS_ is shared
         // with other Aeris programs on the same host.
         let known = ["device_id", "data_dir", "shutdown_grace", "local", "cloud"];
-        let known_sections = ["ingest", "uplink", "sensors"];
+        let known_sections = ["ingest", "uplink", "infer", "sensors"];
         let env = env.split("__").filter_map(move |k| {
             // Keys reach this filter before figment lower-cases them; lower
             // them here so errors name `cloud.port`, as in the file.
@@ -227,6 +295,12 @@ impl Config {
         }
         if u.max_inflight_batches == 0 {
             return bad("uplink.max_inflight_batches", "must be at least 1".into());
+        }
+        if let Err(e) = self.infer.verifying_keys() {
+            return bad("infer.trusted_keys", e);
+        }
+        if !(-14.0..=14.0).contains(&self.infer.utc_offset_hours) {
+            return bad("infer.utc_offset_hours", "must be within -14..=14".into());
         }
         for (id, s) in &self.sensors {
             if !(-90.0..=90.0).contains(&s.lat) || !(-180.0..=180.0).contains(&s.lon) {
@@ -342,7 +416,7 @@ mod tests {
         for (k, v) in value.as_table().unwrap() {
             match v.as_table() {
                 Some(t) if k != "sensors" => {
-                    for sub in t.keys() {
+                    for sub in t.keys().filter(|s| *s != "cadence") {
                         if !KEYS_HELP.contains(&format!("{k}.{sub}")) {
                             missing.push(format!("{k}.{sub}"));
                         }

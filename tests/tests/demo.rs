@@ -39,7 +39,7 @@ fn demo_runs_the_whole_pipeline_and_reports_its_database() {
         "{stdout}"
     );
     assert!(
-        stdout.contains(&format!("sqlite3 {}", db.display())),
+        stdout.contains(&format!("sqlite3 -header -column {} <<'SQL'", db.display())),
         "{stdout}"
     );
 
@@ -73,6 +73,15 @@ fn demo_runs_the_whole_pipeline_and_reports_its_database() {
     assert_eq!(rows, accepted);
     assert_eq!(dups, 0, "a reading stored twice");
     assert!(sensors >= 2, "both data sets replayed: {sensors} sensors");
+    // The board's models ran: nowcasts are stored with their model version.
+    let nowcasts: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM readings WHERE json_extract(measurements, '$.\"model:pm25_nowcast@1.0.0\"') IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(nowcasts > 100, "{nowcasts} nowcasts stored");
     // Beijing readings carry their real position.
     let (lat, lon): (f64, f64) = conn
         .query_row(

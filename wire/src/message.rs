@@ -134,12 +134,17 @@ pub enum CommandKind {
     SetConfig { key: String, value: String },
     /// 2: an OTA update manifest, signed; opaque to the wire layer.
     Ota { manifest: Vec<u8> },
-    /// 3: a model update to fetch, check and shadow-evaluate.
+    /// 3: a model update to fetch, check and shadow-evaluate. `url` names a
+    /// folder holding `manifest.json` and `model.onnx`; `sha256` is that of
+    /// `model.onnx`; `signature` is ed25519 over `model.onnx` (empty when the
+    /// fleet has no signing key); `force` promotes without shadow evaluation.
     Model {
         name: String,
         version: String,
         url: String,
         sha256: [u8; 32],
+        signature: Vec<u8>,
+        force: bool,
     },
 }
 

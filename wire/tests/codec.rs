@@ -96,14 +96,24 @@ fn command() -> impl Strategy<Value = Command> {
         (name(), ".{0,40}").prop_map(|(key, value)| CommandKind::SetConfig { key, value }),
         prop::collection::vec(any::<u8>(), 0..200)
             .prop_map(|manifest| CommandKind::Ota { manifest }),
-        (name(), name(), ".{0,40}", any::<[u8; 32]>()).prop_map(|(name, version, url, sha256)| {
-            CommandKind::Model {
-                name,
-                version,
-                url,
-                sha256,
-            }
-        }),
+        (
+            name(),
+            name(),
+            ".{0,40}",
+            any::<[u8; 32]>(),
+            prop::collection::vec(any::<u8>(), 0..65),
+            any::<bool>()
+        )
+            .prop_map(|(name, version, url, sha256, signature, force)| {
+                CommandKind::Model {
+                    name,
+                    version,
+                    url,
+                    sha256,
+                    signature,
+                    force,
+                }
+            }),
     ];
     (any::<u64>(), kind).prop_map(|(id, kind)| Command { id, kind })
 }

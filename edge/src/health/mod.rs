@@ -23,6 +23,21 @@ pub struct Stats {
     pub uplink_connects: AtomicU64,
     /// Readings currently held in the buffer (last known).
     pub buffered: AtomicU64,
+    /// Model runs, their total time, and runs that failed.
+    pub infer_runs: AtomicU64,
+    pub infer_run_micros: AtomicU64,
+    pub infer_errors: AtomicU64,
+    /// Windows not scored (NaN inputs, non-finite outputs).
+    pub infer_skipped: AtomicU64,
+    /// Shadow windows within / outside tolerance.
+    pub shadow_agreed: AtomicU64,
+    pub shadow_disagreed: AtomicU64,
+    pub model_promotions: AtomicU64,
+    pub model_discards: AtomicU64,
+    /// Candidate models that failed a check (checksum, signature, load).
+    pub model_rejections: AtomicU64,
+    /// Events dropped because the uplink was down too long.
+    pub events_dropped: AtomicU64,
 }
 
 impl Stats {

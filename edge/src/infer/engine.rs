@@ -34,7 +34,11 @@ pub struct EngineConfig {
 #[derive(Debug)]
 pub enum Change {
     /// A model for a new slot went live at once.
-    Installed { name: String, version: String },
+    Installed {
+        name: String,
+        version: String,
+        dir: Option<std::path::PathBuf>,
+    },
     ShadowStarted {
         name: String,
         version: String,
@@ -48,6 +52,8 @@ pub enum Change {
         windows: u32,
         max_diff: f64,
         forced: bool,
+        /// The promoted model's folder, to become the slot's active one.
+        dir: Option<std::path::PathBuf>,
         replaced: Box<Model>,
     },
     /// The candidate disagreed and was dropped.
@@ -122,6 +128,7 @@ impl Engine {
     pub fn offer(&mut self, model: Model, force: bool) -> Change {
         let name = model.manifest.name.clone();
         let version = model.manifest.version.clone();
+        let dir = model.dir.clone();
         let Some(slot) = self.slots.get_mut(&name) else {
             self.slots.insert(
                 name.clone(),
@@ -130,7 +137,7 @@ impl Engine {
                     shadow: None,
                 },
             );
-            return Change::Installed { name, version };
+            return Change::Installed { name, version, dir };
         };
         if force {
             let from = slot.active.manifest.version.clone();
@@ -144,6 +151,7 @@ impl Engine {
                 windows: 0,
                 max_diff: 0.0,
                 forced: true,
+                dir,
                 replaced: Box::new(replaced),
             };
         }
@@ -280,6 +288,7 @@ fn judge_shadow(
         stats.promotions += 1;
         let from = slot.active.manifest.version.clone();
         let to = model.manifest.version.clone();
+        let dir = model.dir.clone();
         let replaced = std::mem::replace(&mut slot.active, model);
         Some(Change::Promoted {
             name,
@@ -288,6 +297,7 @@ fn judge_shadow(
             windows,
             max_diff,
             forced: false,
+            dir,
             replaced: Box::new(replaced),
         })
     } else {

@@ -13,6 +13,8 @@ pub mod engine;
 pub mod features;
 pub mod manifest;
 pub mod model;
+pub mod runtime;
+pub mod store;
 
 pub use engine::{Change, Engine, EngineConfig, InferStats, FLAG_MODEL_ANOMALY};
 pub use model::{Model, ModelError};

@@ -52,6 +52,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// A model ready to run on batches of exactly `batch` rows.
 pub struct Model {
     pub manifest: Manifest,
+    /// The folder it was loaded from, if any (moved on promotion).
+    pub dir: Option<std::path::PathBuf>,
     pub features: FeatureSpec,
     plan: Arc<TypedRunnableModel>,
     batch: usize,
@@ -103,7 +105,9 @@ impl Model {
             };
             verify_signature(&bytes, &sig, trusted)?;
         }
-        Model::from_bytes(manifest, &bytes, batch)
+        let mut model = Model::from_bytes(manifest, &bytes, batch)?;
+        model.dir = Some(dir.to_owned());
+        Ok(model)
     }
 
     /// Checks the bytes against the manifest's sha256, then loads them.
@@ -130,6 +134,7 @@ impl Model {
             .map_err(load)?;
         let model = Model {
             manifest,
+            dir: None,
             features,
             plan,
             batch,

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 use crate::buffer::Buffer;
 use crate::config::Config;
 use crate::health::Stats;
+use crate::infer::runtime::{Inference, Runtime};
 use crate::uplink::backoff::Backoff;
 
 /// The topic level after the filter's fixed part names the sensor:
@@ -48,7 +49,12 @@ pub async fn run(
     buffer: Buffer,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    inference: Option<Inference>,
 ) {
+    let (mut runtime, mut candidates, mut news) = match inference {
+        Some(i) => (Some(i.runtime), Some(i.candidates), Some(i.news)),
+        None => (None, None, None),
+    };
     let mut opts = MqttOptions::new(
         format!("{}-ingest", config.device_id),
         config.local.host.clone(),
@@ -68,6 +74,18 @@ pub async fn run(
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
             ev = events.poll() => ev,
+            c = recv_opt(&mut candidates) => {
+                if let (Some(c), Some(rt)) = (c, runtime.as_mut()) {
+                    rt.offer(c);
+                }
+                continue;
+            }
+            n = recv_opt_unbounded(&mut news) => {
+                if let (Some(n), Some(rt)) = (n, runtime.as_mut()) {
+                    rt.on_news(n);
+                }
+                continue;
+            }
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -81,7 +99,7 @@ pub async fn run(
                 info!(topic = %config.local.topic, "subscribed to sensor topic");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                handle(&config, &client, &buffer, &stats, p).await;
+                handle(&config, &client, &buffer, &stats, runtime.as_mut(), p).await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -118,6 +136,7 @@ async fn handle(
     client: &AsyncClient,
     buffer: &Buffer,
     stats: &Arc<Stats>,
+    runtime: Option<&mut Runtime>,
     p: Publish,
 ) {
     let topic = p.topic.clone();
@@ -141,7 +160,10 @@ async fn handle(
                 warn!(error = %e, "cannot queue ack of a rejected message");
             }
         }
-        Ok(reading) => {
+        Ok(mut reading) => {
+            if let Some(rt) = runtime {
+                rt.process(&mut reading);
+            }
             let client = client.clone();
             let stats_cb = stats.clone();
             let on_commit = Box::new(
@@ -164,6 +186,36 @@ async fn handle(
                 warn!("buffer closed; reading left with the broker");
             }
         }
+    }
+}
+
+/// The next item of an optional channel; pends forever once it is closed
+/// or absent.
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(v) => Some(v),
+            None => {
+                *rx = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt_unbounded<T>(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>,
+) -> Option<T> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(v) => Some(v),
+            None => {
+                *rx = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

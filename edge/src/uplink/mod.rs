@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aeris_wire::{
-    decode, encode, Ack, Batch, Channel, Command, CommandKind, DeviceState, Loss, Status, Topics,
+    decode, encode, Ack, Batch, Channel, Command, CommandKind, DeviceState, Event as WireEvent,
+    Loss, Status, Topics,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::buffer::Buffer;
 use crate::config::Config;
 use crate::health::Stats;
+use crate::infer::store::ModelCommand;
 use crate::ingest::now_ms;
 use backoff::Backoff;
 use outbox::{leading_run, Outbox};
@@ -54,7 +57,12 @@ pub struct Uplink {
     connected: bool,
     /// When the run at `next_send` was first seen not full.
     pending_since: Option<Instant>,
+    /// Events waiting for a connection, oldest first, bounded.
+    unsent_events: VecDeque<WireEvent>,
 }
+
+/// Events kept while offline; older ones are dropped (and counted) first.
+const MAX_UNSENT_EVENTS: usize = 256;
 
 /// Runs until `stop` is cancelled, then tries for up to `shutdown_grace` to
 /// get everything held acked, publishes the offline status and disconnects.
@@ -64,6 +72,8 @@ pub async fn run(
     stats: Arc<Stats>,
     identity: Identity,
     stop: CancellationToken,
+    event_rx: mpsc::UnboundedReceiver<WireEvent>,
+    model_commands: Option<mpsc::Sender<ModelCommand>>,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.cloud.prefix)?;
     let mut opts = MqttOptions::new(
@@ -90,6 +100,7 @@ pub async fn run(
         topics.clone(),
         config.device_id.clone(),
         link_tx,
+        model_commands,
         link_stop.clone(),
     ));
     let mut up = Uplink {
@@ -105,8 +116,9 @@ pub async fn run(
         client,
         connected: false,
         pending_since: None,
+        unsent_events: VecDeque::new(),
     };
-    let result = up.serve(link_rx, stop).await;
+    let result = up.serve(link_rx, event_rx, stop).await;
     let _ = up.publish_status(DeviceState::Offline).await;
     let _ = up.client.disconnect().await;
     // Give the event loop a moment to write the offline status and DISCONNECT.
@@ -140,6 +152,7 @@ impl Uplink {
     async fn serve(
         &mut self,
         mut link: mpsc::UnboundedReceiver<Link>,
+        mut events: mpsc::UnboundedReceiver<WireEvent>,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut heartbeat = tokio::time::interval(self.config.cloud.status_interval);
@@ -166,6 +179,14 @@ impl Uplink {
                     drain_until = Some(tokio::time::Instant::now() + self.config.shutdown_grace);
                 }
                 _ = self.buffer.appended.notified() => {}
+                Some(ev) = events.recv() => {
+                    self.unsent_events.push_back(ev);
+                    if self.unsent_events.len() > MAX_UNSENT_EVENTS {
+                        self.unsent_events.pop_front();
+                        self.stats.events_dropped.fetch_add(1, Relaxed);
+                    }
+                    self.flush_events();
+                }
                 ev = link.recv() => match ev {
                     Some(ev) => self.on_link(ev).await?,
                     None => return Ok(()),
@@ -202,6 +223,7 @@ impl Uplink {
                 self.outbox.reset();
                 self.stats.uplink_connects.fetch_add(1, Relaxed);
                 self.publish_status(DeviceState::Online).await?;
+                self.flush_events();
             }
             Link::Down => self.connected = false,
             Link::Ack(ack) => {
@@ -262,6 +284,25 @@ impl Uplink {
         Ok(())
     }
 
+    /// Queues held events for publishing while connected; one that cannot be
+    /// queued stays for the next try.
+    fn flush_events(&mut self) {
+        if !self.connected {
+            return;
+        }
+        while let Some(ev) = self.unsent_events.pop_front() {
+            let topic = self.topics.event(&self.config.device_id);
+            if self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, encode(&ev))
+                .is_err()
+            {
+                self.unsent_events.push_front(ev);
+                return;
+            }
+        }
+    }
+
     async fn publish_status(&self, state: DeviceState) -> anyhow::Result<()> {
         let depth = self.buffer.depth().await?;
         self.stats.buffered.store(depth.0.readings, Relaxed);
@@ -293,6 +334,7 @@ async fn drive(
     topics: Topics,
     device: String,
     tx: mpsc::UnboundedSender<Link>,
+    model_commands: Option<mpsc::Sender<ModelCommand>>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
@@ -332,6 +374,35 @@ async fn drive(
                         }) => {
                             let _ = tx.send(Link::Resend(from_seq));
                         }
+                        Ok(Command {
+                            id,
+                            kind:
+                                CommandKind::Model {
+                                    name,
+                                    version,
+                                    url,
+                                    sha256,
+                                    signature,
+                                    force,
+                                },
+                        }) => match &model_commands {
+                            Some(tx) => {
+                                info!(id, model = %name, %version, "model update requested");
+                                let cmd = ModelCommand {
+                                    id,
+                                    name,
+                                    version,
+                                    url,
+                                    sha256,
+                                    signature,
+                                    force,
+                                };
+                                if tx.try_send(cmd).is_err() {
+                                    warn!(id, "model loader busy; update dropped, the cloud may send it again");
+                                }
+                            }
+                            None => warn!(id, "model update ignored: inference is disabled"),
+                        },
                         Ok(cmd) => {
                             warn!(id = cmd.id, "command not supported by this agent version")
                         }

@@ -1,0 +1,149 @@
+//! The engine as the ingest task uses it: outputs attached to each reading,
+//! candidates offered as the loader delivers them, and every change to a
+//! model slot persisted in the models folder, counted, and reported on
+//! `up/event`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use aeris_wire::{Event, EventKind, Reading};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::engine::{Change, Engine};
+use super::store::{Candidate, LoaderNews, ModelsDir};
+use crate::health::Stats;
+use crate::ingest::now_ms;
+
+pub struct Runtime {
+    pub engine: Engine,
+    pub store: ModelsDir,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub device: String,
+    pub stats: Arc<Stats>,
+}
+
+impl Runtime {
+    pub fn process(&mut self, reading: &mut Reading) {
+        for change in self.engine.process(reading) {
+            self.apply(change);
+        }
+        let s = &self.engine.stats;
+        let st = &self.stats;
+        st.infer_runs.store(s.runs, Relaxed);
+        st.infer_run_micros
+            .store(s.run_time.as_micros() as u64, Relaxed);
+        st.infer_errors.store(s.errors, Relaxed);
+        st.infer_skipped.store(s.skipped.values().sum(), Relaxed);
+        st.shadow_agreed.store(s.shadow_agreed, Relaxed);
+        st.shadow_disagreed.store(s.shadow_disagreed, Relaxed);
+    }
+
+    pub fn offer(&mut self, c: Candidate) {
+        let change = self.engine.offer(c.model, c.force);
+        self.apply(change);
+    }
+
+    pub fn on_news(&mut self, news: LoaderNews) {
+        match news {
+            LoaderNews::Loaded {
+                name,
+                version,
+                source,
+            } => {
+                self.event(format!(
+                    "model {name}@{version} received from {source}, checks passed"
+                ));
+            }
+            LoaderNews::Rejected {
+                source,
+                reason,
+                error,
+            } => {
+                self.stats.model_rejections.fetch_add(1, Relaxed);
+                self.event(format!(
+                    "model from {source} rejected ({reason}): {error}; active model kept"
+                ));
+            }
+        }
+    }
+
+    fn event(&self, message: String) {
+        let _ = self.events.send(Event {
+            device: self.device.clone(),
+            ts_ms: now_ms(),
+            kind: EventKind::Model,
+            message,
+        });
+    }
+
+    fn install(&self, name: &str, dir: Option<&std::path::Path>) {
+        if let Some(dir) = dir {
+            if let Err(e) = self.store.install(name, dir) {
+                warn!(model = %name, error = %e, "cannot persist the active model; it runs until restart");
+            }
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Installed { name, version, dir } => {
+                info!(model = %name, %version, "model active");
+                self.install(&name, dir.as_deref());
+                self.event(format!("model {name}@{version} active"));
+            }
+            Change::ShadowStarted {
+                name,
+                version,
+                active,
+            } => {
+                info!(model = %name, %version, %active, "candidate in shadow");
+                self.event(format!("model {name}@{version} in shadow beside {active}"));
+            }
+            Change::Promoted {
+                name,
+                from,
+                to,
+                windows,
+                max_diff,
+                forced,
+                dir,
+                ..
+            } => {
+                self.stats.model_promotions.fetch_add(1, Relaxed);
+                info!(model = %name, %from, %to, windows, max_diff, forced, "model promoted");
+                self.install(&name, dir.as_deref());
+                let how = if forced {
+                    "forced".to_owned()
+                } else {
+                    format!("agreed on {windows} windows, max diff {max_diff:.3}")
+                };
+                self.event(format!("model {name} promoted {from} -> {to} ({how})"));
+            }
+            Change::Discarded {
+                name,
+                version,
+                windows,
+                disagreed,
+                max_diff,
+                dropped,
+            } => {
+                self.stats.model_discards.fetch_add(1, Relaxed);
+                warn!(model = %name, %version, windows, disagreed, max_diff, "candidate disagreed; discarded");
+                if let Some(dir) = &dropped.dir {
+                    self.store.reject(dir);
+                }
+                self.event(format!(
+                    "model {name}@{version} discarded: disagreed on {disagreed} of {windows} windows (max diff {max_diff:.3})"
+                ));
+            }
+        }
+    }
+}
+
+/// The runtime and the channels the loader feeds it through.
+pub struct Inference {
+    pub runtime: Runtime,
+    pub candidates: mpsc::Receiver<Candidate>,
+    pub news: mpsc::UnboundedReceiver<LoaderNews>,
+}

@@ -1,0 +1,359 @@
+//! The models folder and the loader that feeds candidates to the engine.
+//!
+//! Layout under `<data_dir>/models/`:
+//! - `active/<name>/`: the model each slot runs (`model.onnx`,
+//!   `manifest.json`, `model.onnx.sig` when signed); loaded at start;
+//! - `incoming/<any>/`: the drop folder; a folder is taken once nothing in it
+//!   changed for a second;
+//! - `staging/`: candidates being loaded or in shadow;
+//! - `rejected/`: candidates that failed a check or their shadow run, kept
+//!   for the operator to inspect.
+//!
+//! Invariant: a candidate reaches the engine only after its sha256 (and, with
+//! trusted keys, its signature) matched and tract loaded it; the loading runs
+//! off the ingest task, so ingest never waits for it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use ed25519_dalek::VerifyingKey;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::model::{sha256_hex, verify_signature, Model, ModelError};
+
+/// A model ready for the engine.
+pub struct Candidate {
+    pub model: Model,
+    pub force: bool,
+}
+
+/// A model update asked for by the cloud (`down/cmd`).
+#[derive(Debug, Clone)]
+pub struct ModelCommand {
+    pub id: u64,
+    pub name: String,
+    pub version: String,
+    pub url: String,
+    pub sha256: [u8; 32],
+    pub signature: Vec<u8>,
+    pub force: bool,
+}
+
+/// What the loader reports, as `up/event` text and a counter.
+#[derive(Debug, Clone)]
+pub enum LoaderNews {
+    Loaded {
+        name: String,
+        version: String,
+        source: String,
+    },
+    Rejected {
+        source: String,
+        reason: &'static str,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelsDir {
+    root: PathBuf,
+}
+
+fn now_tag() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+impl ModelsDir {
+    pub fn create(root: &Path) -> std::io::Result<ModelsDir> {
+        let d = ModelsDir {
+            root: root.to_owned(),
+        };
+        for sub in ["active", "incoming", "staging", "rejected"] {
+            std::fs::create_dir_all(d.root.join(sub))?;
+        }
+        Ok(d)
+    }
+
+    pub fn incoming(&self) -> PathBuf {
+        self.root.join("incoming")
+    }
+
+    fn active(&self, name: &str) -> PathBuf {
+        self.root.join("active").join(name)
+    }
+
+    /// Loads every active model; seeds (config `infer.models`) fill slots that
+    /// have none yet. Failures are returned, not fatal: the agent runs without
+    /// that model.
+    pub fn load_active(
+        &self,
+        seeds: &[PathBuf],
+        trusted: &[VerifyingKey],
+    ) -> (Vec<Model>, Vec<(PathBuf, ModelError)>) {
+        let mut models = Vec::new();
+        let mut failures = Vec::new();
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.root.join("active"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        dirs.sort();
+        for dir in dirs {
+            match Model::load_dir(&dir, trusted, 1) {
+                Ok(m) => models.push(m),
+                Err(e) => failures.push((dir, e)),
+            }
+        }
+        for seed in seeds {
+            match Model::load_dir(seed, trusted, 1) {
+                Ok(m)
+                    if models
+                        .iter()
+                        .any(|a: &Model| a.manifest.name == m.manifest.name) => {}
+                Ok(mut m) => {
+                    let target = self.active(&m.manifest.name);
+                    if let Err(e) = copy_model_dir(seed, &target) {
+                        warn!(seed = %seed.display(), error = %e, "cannot copy seed model into the models folder; running it from its seed folder");
+                    } else {
+                        m.dir = Some(target);
+                    }
+                    models.push(m);
+                }
+                Err(e) => failures.push((seed.clone(), e)),
+            }
+        }
+        (models, failures)
+    }
+
+    /// Makes the model folder `dir` the active one of slot `name`.
+    pub fn install(&self, name: &str, dir: &Path) -> std::io::Result<()> {
+        let target = self.active(name);
+        if dir == target {
+            return Ok(());
+        }
+        let old = self
+            .root
+            .join("staging")
+            .join(format!("replaced-{name}-{}", now_tag()));
+        if target.exists() {
+            std::fs::rename(&target, &old)?;
+        }
+        std::fs::rename(dir, &target)?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Moves a candidate folder to `rejected/`.
+    pub fn reject(&self, dir: &Path) {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let to = self
+            .root
+            .join("rejected")
+            .join(format!("{name}-{}", now_tag()));
+        if let Err(e) = std::fs::rename(dir, &to) {
+            warn!(dir = %dir.display(), error = %e, "cannot move rejected model");
+        }
+    }
+
+    fn stage(&self, label: &str) -> PathBuf {
+        self.root
+            .join("staging")
+            .join(format!("{label}-{}", now_tag()))
+    }
+}
+
+fn copy_model_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for f in ["model.onnx", "manifest.json", "model.onnx.sig"] {
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), to.join(f))?;
+        }
+    }
+    Ok(())
+}
+
+/// A drop folder is taken once its newest file is this old.
+const SETTLE: Duration = Duration::from_secs(1);
+
+fn settled(dir: &Path) -> bool {
+    let newest = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+                .max()
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        })
+        .unwrap_or(SystemTime::now());
+    newest.elapsed().map(|age| age >= SETTLE).unwrap_or(false)
+}
+
+pub struct Loader {
+    pub dir: ModelsDir,
+    pub trusted: Vec<VerifyingKey>,
+    pub poll_interval: Duration,
+    pub max_model_bytes: u64,
+    pub candidates: mpsc::Sender<Candidate>,
+    pub news: mpsc::UnboundedSender<LoaderNews>,
+}
+
+impl Loader {
+    pub async fn run(
+        self,
+        mut commands: mpsc::Receiver<ModelCommand>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.poll_interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.scan_incoming().await,
+                Some(cmd) = commands.recv() => self.fetch(cmd).await,
+            }
+        }
+    }
+
+    async fn scan_incoming(&self) {
+        let Ok(rd) = std::fs::read_dir(self.dir.incoming()) else {
+            return;
+        };
+        let mut ready: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir() && settled(p))
+            .collect();
+        ready.sort();
+        for dir in ready {
+            let label = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let staged = self.dir.stage(&label);
+            if let Err(e) = std::fs::rename(&dir, &staged) {
+                warn!(dir = %dir.display(), error = %e, "cannot stage dropped model");
+                continue;
+            }
+            self.load(staged, format!("drop folder {label}"), false)
+                .await;
+        }
+    }
+
+    async fn load(&self, staged: PathBuf, source: String, force: bool) {
+        let trusted = self.trusted.clone();
+        let dir = staged.clone();
+        let loaded = tokio::task::spawn_blocking(move || Model::load_dir(&dir, &trusted, 1))
+            .await
+            .unwrap_or_else(|e| Err(ModelError::Load(format!("loader task failed: {e}"))));
+        match loaded {
+            Ok(model) => {
+                info!(model = %model.manifest.name, version = %model.manifest.version, %source, "candidate model loaded");
+                let _ = self.news.send(LoaderNews::Loaded {
+                    name: model.manifest.name.clone(),
+                    version: model.manifest.version.clone(),
+                    source,
+                });
+                let _ = self.candidates.send(Candidate { model, force }).await;
+            }
+            Err(e) => self.rejected(Some(&staged), source, e),
+        }
+    }
+
+    fn rejected(&self, staged: Option<&Path>, source: String, e: ModelError) {
+        warn!(%source, reason = e.reason(), error = %e, "model rejected; keeping the active one");
+        if let Some(dir) = staged {
+            self.dir.reject(dir);
+        }
+        let _ = self.news.send(LoaderNews::Rejected {
+            source,
+            reason: e.reason(),
+            error: e.to_string(),
+        });
+    }
+
+    async fn fetch(&self, cmd: ModelCommand) {
+        let source = format!(
+            "command {} ({}@{} from {})",
+            cmd.id, cmd.name, cmd.version, cmd.url
+        );
+        let staged = self.dir.stage(&format!("{}-{}", cmd.name, cmd.version));
+        match self.download(&cmd, &staged).await {
+            Ok(()) => self.load(staged, source, cmd.force).await,
+            Err(e) => {
+                let dir = staged.exists().then_some(staged.as_path());
+                self.rejected(dir, source, e)
+            }
+        }
+    }
+
+    /// Fetches `manifest.json` and `model.onnx` from `cmd.url` (http, https
+    /// or file) into `staged`, checking size, sha256 and signature.
+    async fn download(&self, cmd: &ModelCommand, staged: &Path) -> Result<(), ModelError> {
+        let io = |e: std::io::Error| ModelError::Io {
+            path: staged.display().to_string(),
+            error: e.to_string(),
+        };
+        std::fs::create_dir_all(staged).map_err(io)?;
+        let base = cmd.url.trim_end_matches('/');
+        let model = self.get(&format!("{base}/model.onnx")).await?;
+        let manifest = self.get(&format!("{base}/manifest.json")).await?;
+        let actual = sha256_hex(&model);
+        let expected = hex::encode(cmd.sha256);
+        if actual != expected {
+            return Err(ModelError::Checksum { expected, actual });
+        }
+        if !self.trusted.is_empty() {
+            verify_signature(&model, &cmd.signature, &self.trusted)?;
+            std::fs::write(staged.join("model.onnx.sig"), hex::encode(&cmd.signature))
+                .map_err(io)?;
+        }
+        std::fs::write(staged.join("model.onnx"), &model).map_err(io)?;
+        std::fs::write(staged.join("manifest.json"), &manifest).map_err(io)?;
+        Ok(())
+    }
+
+    async fn get(&self, url: &str) -> Result<Vec<u8>, ModelError> {
+        let fail = |e: String| ModelError::Io {
+            path: url.to_owned(),
+            error: e,
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            let len = std::fs::metadata(path)
+                .map_err(|e| fail(e.to_string()))?
+                .len();
+            if len > self.max_model_bytes {
+                return Err(fail(format!(
+                    "{len} bytes exceeds the {} byte limit",
+                    self.max_model_bytes
+                )));
+            }
+            return std::fs::read(path).map_err(|e| fail(e.to_string()));
+        }
+        let mut resp = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| fail(e.to_string()))?
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| fail(e.to_string()))?;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > self.max_model_bytes {
+                return Err(fail(format!(
+                    "more than the {} byte limit",
+                    self.max_model_bytes
+                )));
+            }
+        }
+        Ok(body)
+    }
+}
