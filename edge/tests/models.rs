@@ -263,3 +263,62 @@ fn a_forced_candidate_is_promoted_without_shadow() {
     ));
     assert_eq!(e.active()[0].1, "1.1.0");
 }
+
+#[test]
+fn with_trusted_keys_only_a_model_signed_by_one_of_them_loads() {
+    use ed25519_dalek::{Signer, SigningKey};
+    let dir = tempfile::tempdir().unwrap();
+    copy_model("pm25_nowcast", dir.path());
+    let bytes = std::fs::read(dir.path().join("model.onnx")).unwrap();
+    let fleet = SigningKey::from_bytes(&[7; 32]);
+    let other = SigningKey::from_bytes(&[9; 32]);
+    let trusted = [fleet.verifying_key()];
+
+    // No signature file at all.
+    assert_eq!(
+        Model::load_dir(dir.path(), &trusted, 1)
+            .unwrap_err()
+            .reason(),
+        "signature"
+    );
+    // Signed by a key the board does not trust.
+    std::fs::write(
+        dir.path().join("model.onnx.sig"),
+        hex::encode(other.sign(&bytes).to_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        Model::load_dir(dir.path(), &trusted, 1)
+            .unwrap_err()
+            .reason(),
+        "signature"
+    );
+    // The fleet key's signature over other bytes.
+    std::fs::write(
+        dir.path().join("model.onnx.sig"),
+        hex::encode(fleet.sign(b"other").to_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        Model::load_dir(dir.path(), &trusted, 1)
+            .unwrap_err()
+            .reason(),
+        "signature"
+    );
+    // The right one, hex or raw.
+    std::fs::write(
+        dir.path().join("model.onnx.sig"),
+        hex::encode(fleet.sign(&bytes).to_bytes()),
+    )
+    .unwrap();
+    assert!(Model::load_dir(dir.path(), &trusted, 1).is_ok());
+    std::fs::write(
+        dir.path().join("model.onnx.sig"),
+        fleet.sign(&bytes).to_bytes(),
+    )
+    .unwrap();
+    assert!(Model::load_dir(dir.path(), &trusted, 1).is_ok());
+    // Without configured keys no signature is asked for.
+    std::fs::remove_file(dir.path().join("model.onnx.sig")).unwrap();
+    assert!(Model::load_dir(dir.path(), &[], 1).is_ok());
+}

@@ -32,6 +32,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
+        Stack::start_with("").await
+    }
+
+    /// Like [`Stack::start`], with `edge_toml` as the agent's config file.
+    pub async fn start_with(edge_toml: &str) -> Stack {
         let local = Mosquitto::start();
         let cloud = Mosquitto::start();
         let db = TestDb::create().await;
@@ -44,9 +49,12 @@ impl Stack {
             ],
             dir.path().join("gateway.log"),
         );
+        let edge_config = dir.path().join("edge.toml");
+        std::fs::write(&edge_config, edge_toml).expect("write edge.toml");
         let edge = Proc::start(
             "aeris-edge",
             &[
+                ("AERIS_CONFIG", edge_config.display().to_string()),
                 ("AERIS_DEVICE_ID", DEVICE.to_owned()),
                 (
                     "AERIS_DATA_DIR",
@@ -218,4 +226,44 @@ pub async fn watch_status(port: u16, device: &str) -> watch::Receiver<Option<Sta
         }
     });
     rx
+}
+
+/// Collects the text of a device's `up/event` messages from the cloud broker.
+pub async fn watch_events(
+    port: u16,
+    device: &str,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let mut opts = MqttOptions::new(
+        format!("events-{:08x}", fastrand::u32(..)),
+        "127.0.0.1",
+        port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let topic = Topics::default().event(device);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = seen.clone();
+    let subscribed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let ready = subscribed.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.subscribe(topic.clone(), QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => ready.notify_one(),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(e) = decode::<aeris_wire::Event>(&p.payload) {
+                        if let Ok(mut v) = out.lock() {
+                            v.push(e.message);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    subscribed.notified().await;
+    seen
 }

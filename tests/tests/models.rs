@@ -1,0 +1,180 @@
+//! Models on the running agent: outputs reach PostGIS with the model
+//! version; a dropped candidate is shadowed and promoted; a commanded one is
+//! checked (sha256) and, disagreeing, discarded; the promotion survives a
+//! restart.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aeris_tests::sensors::Publisher;
+use aeris_tests::stack::{watch_events, Stack, DEVICE};
+use aeris_wire::{encode, Command, CommandKind, Topics};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use sha2::{Digest, Sha256};
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+/// An hourly Beijing-like reading, `hour` hours after a start ten days ago.
+fn hourly(hour: i64) -> String {
+    let start = (aeris_tests::now_ms() / 3_600_000 - 240) * 3600;
+    serde_json::json!({
+        "ts": start + hour * 3600,
+        "pm25": 40 + hour % 7, "dewp": -5, "temp": 10, "pres": 1020, "iws": 12,
+        "lat": 39.954, "lon": 116.468,
+    })
+    .to_string()
+}
+
+async fn publish_hours(sensors: &Publisher, hours: std::ops::Range<i64>) {
+    for h in hours {
+        sensors
+            .publish_raw("sensors/bj-embassy/air", hourly(h).into_bytes())
+            .await;
+    }
+}
+
+async fn wait_event(events: &std::sync::Mutex<Vec<String>>, needle: &str, stack: &Stack) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(e) = events.lock().unwrap().iter().find(|e| e.contains(needle)) {
+            return e.clone();
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            panic!(
+                "no event containing {needle:?}; got {:?}\n{}",
+                events.lock().unwrap(),
+                stack.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The model quantity stored with the reading of `hour`, if any.
+async fn output_version(stack: &Stack, hour: i64) -> Option<String> {
+    let ts = serde_json::from_str::<serde_json::Value>(&hourly(hour)).unwrap()["ts"]
+        .as_i64()
+        .unwrap();
+    let row = stack
+        .db
+        .client()
+        .await
+        .query_opt(
+            "SELECT k FROM readings, jsonb_object_keys(measurements) AS k
+             WHERE extract(epoch FROM ts)::int8 = $1 AND k LIKE 'model:%'",
+            &[&ts],
+        )
+        .await
+        .unwrap();
+    row.map(|r| r.get(0))
+}
+
+async fn send_command(port: u16, cmd: Command) {
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("test-operator", "127.0.0.1", port), 16);
+    client
+        .publish(
+            Topics::default().cmd(DEVICE),
+            QoS::AtLeastOnce,
+            false,
+            encode(&cmd),
+        )
+        .await
+        .unwrap();
+    // Drive the connection until the publish is acknowledged.
+    for _ in 0..10 {
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = events.poll().await {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_shadowed_promoted_discarded_and_persisted_on_the_running_agent() {
+    let config = format!(
+        "[infer]\nmodels = [\"{}\"]\nshadow_windows = 3\npoll_interval = \"200ms\"\nutc_offset_hours = 8.0\n",
+        models().join("pm25_nowcast").display()
+    );
+    let mut stack = Stack::start_with(&config).await;
+    let events = watch_events(stack.cloud.port, DEVICE).await;
+    let sensors = Publisher::connect(stack.local.port).await;
+
+    // Six hours of history, then every hour gets a nowcast from 1.0.0.
+    publish_hours(&sensors, 0..10).await;
+    stack.wait_rows(10, Duration::from_secs(60)).await;
+    assert_eq!(
+        output_version(&stack, 5).await,
+        None,
+        "hour 5 has only 5 lags"
+    );
+    assert_eq!(
+        output_version(&stack, 9).await.as_deref(),
+        Some("model:pm25_nowcast@1.0.0")
+    );
+
+    // A candidate dropped into the incoming folder runs in shadow, agrees
+    // (it differs by 0.5 µg/m³, tolerance 5) and is promoted after 3 windows.
+    let incoming = stack.dir.path().join("edge/models/incoming/agree");
+    std::fs::create_dir_all(&incoming).unwrap();
+    for f in ["model.onnx", "manifest.json"] {
+        std::fs::copy(
+            models().join("testdata/pm25_nowcast_agree").join(f),
+            incoming.join(f),
+        )
+        .unwrap();
+    }
+    wait_event(&events, "pm25_nowcast@1.0.1 in shadow", &stack).await;
+    publish_hours(&sensors, 10..14).await;
+    let promoted = wait_event(&events, "promoted 1.0.0 -> 1.0.1", &stack).await;
+    assert!(promoted.contains("agreed on 3 windows"), "{promoted}");
+    stack.wait_rows(14, Duration::from_secs(60)).await;
+    assert_eq!(
+        output_version(&stack, 13).await.as_deref(),
+        Some("model:pm25_nowcast@1.0.1")
+    );
+
+    // A commanded model with the wrong checksum is rejected outright...
+    let dir = models().join("testdata/pm25_nowcast_disagree");
+    let sha: [u8; 32] = Sha256::digest(std::fs::read(dir.join("model.onnx")).unwrap()).into();
+    let command = |id: u64, sha256: [u8; 32]| Command {
+        id,
+        kind: CommandKind::Model {
+            name: "pm25_nowcast".into(),
+            version: "1.1.0".into(),
+            url: format!("file://{}", dir.display()),
+            sha256,
+            signature: vec![],
+            force: false,
+        },
+    };
+    send_command(stack.cloud.port, command(1, [0; 32])).await;
+    wait_event(&events, "rejected (checksum)", &stack).await;
+    // ...and with the right one it is shadowed, disagrees (+20 µg/m³) and is
+    // discarded; 1.0.1 stays active.
+    send_command(stack.cloud.port, command(2, sha)).await;
+    wait_event(&events, "pm25_nowcast@1.1.0 in shadow", &stack).await;
+    publish_hours(&sensors, 14..16).await;
+    let discarded = wait_event(&events, "pm25_nowcast@1.1.0 discarded", &stack).await;
+    assert!(discarded.contains("disagreed on 1 of 1"), "{discarded}");
+    stack.wait_rows(16, Duration::from_secs(60)).await;
+    assert_eq!(
+        output_version(&stack, 15).await.as_deref(),
+        Some("model:pm25_nowcast@1.0.1")
+    );
+
+    // The promotion is on disk: after a hard kill the agent starts with
+    // 1.0.1. Input windows live in memory, so the first nowcast after a
+    // restart comes once six new hours have arrived.
+    stack.edge.kill();
+    stack.edge.restart();
+    stack.wait_edge_subscribed(2).await;
+    publish_hours(&sensors, 16..23).await;
+    stack.wait_rows(23, Duration::from_secs(60)).await;
+    assert_eq!(output_version(&stack, 21).await, None);
+    assert_eq!(
+        output_version(&stack, 22).await.as_deref(),
+        Some("model:pm25_nowcast@1.0.1")
+    );
+}
