@@ -322,3 +322,115 @@ fn with_trusted_keys_only_a_model_signed_by_one_of_them_loads() {
     std::fs::remove_file(dir.path().join("model.onnx.sig")).unwrap();
     assert!(Model::load_dir(dir.path(), &[], 1).is_ok());
 }
+
+/// Serves `files` (path -> body) over HTTP/1.1 on a free port, one request
+/// per connection, until the test ends.
+async fn serve(files: Vec<(String, Vec<u8>)>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let reply = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(body);
+                    r
+                }
+                None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = sock.write_all(&reply).await;
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_commanded_model_is_downloaded_over_http_checked_and_size_capped() {
+    use aeris_edge::infer::store::{Loader, LoaderNews, ModelCommand, ModelsDir};
+    use sha2::{Digest, Sha256};
+    let dir = models().join("testdata/pm25_nowcast_agree");
+    let model = std::fs::read(dir.join("model.onnx")).unwrap();
+    let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
+    let sha: [u8; 32] = Sha256::digest(&model).into();
+    let port = serve(vec![
+        ("/m/model.onnx".into(), model.clone()),
+        ("/m/manifest.json".into(), manifest),
+    ])
+    .await;
+
+    let root = tempfile::tempdir().unwrap();
+    let run = |max_model_bytes: u64| {
+        let (cand_tx, cand_rx) = tokio::sync::mpsc::channel(2);
+        let (news_tx, news_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(2);
+        let loader = Loader {
+            dir: ModelsDir::create(root.path()).unwrap(),
+            trusted: vec![],
+            poll_interval: std::time::Duration::from_secs(3600),
+            max_model_bytes,
+            candidates: cand_tx,
+            news: news_tx,
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(loader.run(cmd_rx, stop.clone()));
+        (cmd_tx, cand_rx, news_rx, stop)
+    };
+    let command = |url: String| ModelCommand {
+        id: 1,
+        name: "pm25_nowcast".into(),
+        version: "1.0.1".into(),
+        url,
+        sha256: sha,
+        signature: vec![],
+        force: false,
+    };
+
+    let (cmd, mut candidates, mut news, stop) = run(1 << 20);
+    cmd.send(command(format!("http://127.0.0.1:{port}/m")))
+        .await
+        .unwrap();
+    let c = tokio::time::timeout(std::time::Duration::from_secs(20), candidates.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.model.manifest.version, "1.0.1");
+    assert!(matches!(news.recv().await, Some(LoaderNews::Loaded { .. })));
+    // A missing file is a clear rejection, not a hang or a crash.
+    cmd.send(command(format!("http://127.0.0.1:{port}/nothing")))
+        .await
+        .unwrap();
+    match tokio::time::timeout(std::time::Duration::from_secs(20), news.recv())
+        .await
+        .unwrap()
+    {
+        Some(LoaderNews::Rejected { reason, error, .. }) => {
+            assert!(reason == "io" && error.contains("404"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    stop.cancel();
+
+    // A model larger than the cap is refused while downloading.
+    let (cmd, _candidates, mut news, stop) = run(model.len() as u64 - 1);
+    cmd.send(command(format!("http://127.0.0.1:{port}/m")))
+        .await
+        .unwrap();
+    match tokio::time::timeout(std::time::Duration::from_secs(20), news.recv())
+        .await
+        .unwrap()
+    {
+        Some(LoaderNews::Rejected { error, .. }) => assert!(error.contains("limit"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    stop.cancel();
+}
