@@ -48,6 +48,16 @@ pub async fn run(
         "agent starting"
     );
 
+    let health_stop = CancellationToken::new();
+    if !config.health_listen.is_empty() {
+        // Data comes first: without its endpoint the agent still runs.
+        if let Err(e) =
+            crate::health::http::start(&config.health_listen, stats.clone(), health_stop.clone())
+                .await
+        {
+            tracing::error!(listen = %config.health_listen, error = %e, "cannot serve /healthz and /metrics");
+        }
+    }
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let loader_stop = CancellationToken::new();
     let (inference, model_commands) = if config.infer.enabled {
@@ -88,6 +98,7 @@ pub async fn run(
     tokio::task::spawn_blocking(move || buffer_thread.join())
         .await
         .ok();
+    health_stop.cancel();
     info!("agent stopped");
     result
 }

@@ -26,6 +26,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub uplink: UplinkConfig,
     pub infer: InferConfig,
+    /// Local HTTP endpoint for /healthz, /readyz and /metrics; empty = off.
+    pub health_listen: String,
     /// Fixed positions of sensors without GPS, by sensor id.
     pub sensors: BTreeMap<String, SensorConfig>,
     /// How long SIGTERM may spend flushing in-flight work.
@@ -156,6 +158,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             uplink: UplinkConfig::default(),
             infer: InferConfig::default(),
+            health_listen: "127.0.0.1:9750".into(),
             sensors: BTreeMap::new(),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -211,6 +214,7 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   device_id                     this device's id, [A-Za-z0-9._-]{1,64} [aeris-edge]
   data_dir                      folder of the buffer database [/var/lib/aeris]
   shutdown_grace                time SIGTERM may spend flushing, e.g. \"5s\" [5s]
+  health_listen                 address of /healthz, /readyz, /metrics; \"\" = off [127.0.0.1:9750]
   local.host, local.port        the board's sensor broker [127.0.0.1:1883]
   local.topic                   filter sensors publish under [sensors/#]
   cloud.host, cloud.port        the cloud broker [127.0.0.1:1883]
@@ -259,7 +263,14 @@ impl Config {
         }
         // Only variables whose first level is one of ours: AERIS_ is shared
         // with other Aeris programs on the same host.
-        let known = ["device_id", "data_dir", "shutdown_grace", "local", "cloud"];
+        let known = [
+            "device_id",
+            "data_dir",
+            "shutdown_grace",
+            "health_listen",
+            "local",
+            "cloud",
+        ];
         let known_sections = ["ingest", "uplink", "infer", "sensors"];
         let env = env.split("__").filter_map(move |k| {
             // Keys reach this filter before figment lower-cases them; lower

@@ -27,6 +27,8 @@ pub struct Stack {
     pub db: TestDb,
     pub gateway: Proc,
     pub edge: Proc,
+    /// Port of the agent's /healthz, /readyz and /metrics.
+    pub edge_health: u16,
     pub dir: tempfile::TempDir,
 }
 
@@ -49,12 +51,14 @@ impl Stack {
             ],
             dir.path().join("gateway.log"),
         );
+        let edge_health = crate::free_port();
         let edge_config = dir.path().join("edge.toml");
         std::fs::write(&edge_config, edge_toml).expect("write edge.toml");
         let edge = Proc::start(
             "aeris-edge",
             &[
                 ("AERIS_CONFIG", edge_config.display().to_string()),
+                ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{edge_health}")),
                 ("AERIS_DEVICE_ID", DEVICE.to_owned()),
                 (
                     "AERIS_DATA_DIR",
@@ -74,6 +78,7 @@ impl Stack {
             db,
             gateway,
             edge,
+            edge_health,
             dir,
         };
         stack.wait_edge_subscribed(1).await;

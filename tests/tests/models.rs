@@ -164,6 +164,33 @@ async fn models_are_shadowed_promoted_discarded_and_persisted_on_the_running_age
         Some("model:pm25_nowcast@1.0.1")
     );
 
+    // Every outcome is a metric on the agent's endpoint.
+    let (status, ready) = aeris_tests::http_get(stack.edge_health, "/readyz")
+        .await
+        .unwrap();
+    assert_eq!((status, ready.trim()), (200, "ready"));
+    let (status, text) = aeris_tests::http_get(stack.edge_health, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let m =
+        |s: &str| aeris_tests::metric(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
+    assert_eq!(m("aeris_edge_model_promotions_total"), 1.0);
+    assert_eq!(m("aeris_edge_model_discards_total"), 1.0);
+    assert_eq!(m("aeris_edge_model_rejections_total"), 1.0);
+    assert_eq!(
+        m("aeris_edge_model_shadow_windows_total{outcome=\"agreed\"}"),
+        3.0
+    );
+    assert_eq!(
+        m("aeris_edge_model_shadow_windows_total{outcome=\"disagreed\"}"),
+        1.0
+    );
+    // Hours 6..=15 each got one nowcast.
+    assert_eq!(m("aeris_edge_infer_runs_total"), 10.0);
+    assert!(m("aeris_edge_infer_run_microseconds_total") > 0.0);
+    assert_eq!(m("aeris_edge_ingest_accepted_total"), 16.0);
+
     // The promotion is on disk: after a hard kill the agent starts with
     // 1.0.1. Input windows live in memory, so the first nowcast after a
     // restart comes once six new hours have arrived.

@@ -1,8 +1,11 @@
 //! Counters of what the agent did, shared by its tasks and read by the
-//! status heartbeat, the logs and the demo's progress line.
+//! status heartbeat, the logs, the demo's progress line and `/metrics`.
+
+pub mod http;
+pub mod metrics;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]
@@ -38,6 +41,8 @@ pub struct Stats {
     pub model_rejections: AtomicU64,
     /// Events dropped because the uplink was down too long.
     pub events_dropped: AtomicU64,
+    /// The sensor subscription is acknowledged (readiness).
+    pub ingest_subscribed: AtomicBool,
 }
 
 impl Stats {

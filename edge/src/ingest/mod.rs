@@ -96,6 +96,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
+                stats.ingest_subscribed.store(true, Relaxed);
                 info!(topic = %config.local.topic, "subscribed to sensor topic");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -103,6 +104,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                stats.ingest_subscribed.store(false, Relaxed);
                 let wait = backoff.next_delay();
                 warn!(error = %e, retry_in = ?wait, "local broker connection lost");
                 tokio::select! {

@@ -1,0 +1,185 @@
+//! The agent's counters in the Prometheus text format, read from [`Stats`]
+//! at scrape time. Names are stable; units are in the names.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::Stats;
+
+#[derive(Debug)]
+struct StatsCollector(Arc<Stats>);
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let m = ConstCounter::new(value);
+    m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let m = ConstGauge::new(value);
+    m.encode(enc.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
+/// One counter per label value, e.g. rejections by reason.
+fn labelled(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let probe = ConstCounter::new(0u64);
+    let mut family = enc.encode_descriptor(name, help, None, probe.metric_type())?;
+    for (l, v) in values {
+        ConstCounter::new(*v).encode(family.encode_family(&[(label, *l)])?)?;
+    }
+    Ok(())
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let g = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+        counter(
+            &mut enc,
+            "aeris_edge_ingest_accepted",
+            "Readings committed to the buffer.",
+            g(&s.accepted),
+        )?;
+        let reasons = s.rejected_by_reason();
+        let reasons: Vec<(&str, u64)> = reasons.iter().map(|(k, v)| (*k, *v)).collect();
+        labelled(
+            &mut enc,
+            "aeris_edge_ingest_rejected",
+            "Sensor messages rejected, by reason.",
+            "reason",
+            &reasons,
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_buffer_errors",
+            "Readings that could not be committed.",
+            g(&s.buffer_errors),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_buffer_lost_corrupt",
+            "Buffered readings lost to corrupt rows.",
+            g(&s.lost_corrupt),
+        )?;
+        gauge(
+            &mut enc,
+            "aeris_edge_buffer_readings",
+            "Readings held in the buffer (last heartbeat).",
+            g(&s.buffered) as i64,
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_uplink_batches",
+            "Batches published.",
+            g(&s.batches_sent),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_uplink_readings_sent",
+            "Readings published (resends included).",
+            g(&s.readings_sent),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_uplink_readings_acked",
+            "Readings acknowledged by the cloud and deleted.",
+            g(&s.readings_acked),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_uplink_connects",
+            "Connections to the cloud broker.",
+            g(&s.uplink_connects),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_uplink_events_dropped",
+            "Events dropped while offline.",
+            g(&s.events_dropped),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_infer_runs",
+            "Model runs.",
+            g(&s.infer_runs),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_infer_run_microseconds",
+            "Time spent in model runs.",
+            g(&s.infer_run_micros),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_infer_errors",
+            "Model runs that failed.",
+            g(&s.infer_errors),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_infer_skipped",
+            "Windows not scored (NaN input, non-finite output).",
+            g(&s.infer_skipped),
+        )?;
+        labelled(
+            &mut enc,
+            "aeris_edge_model_shadow_windows",
+            "Windows a candidate model ran in shadow, by outcome.",
+            "outcome",
+            &[
+                ("agreed", g(&s.shadow_agreed)),
+                ("disagreed", g(&s.shadow_disagreed)),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_model_promotions",
+            "Candidate models promoted.",
+            g(&s.model_promotions),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_model_discards",
+            "Candidate models discarded after disagreeing.",
+            g(&s.model_discards),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_model_rejections",
+            "Candidate models that failed a check.",
+            g(&s.model_rejections),
+        )?;
+        Ok(())
+    }
+}
+
+/// The exposition text of every metric.
+pub fn render(stats: &Arc<Stats>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StatsCollector(stats.clone())));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
