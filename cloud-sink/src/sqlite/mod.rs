@@ -8,10 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use aeris_wire::Batch;
+use aeris_wire::{Batch, Status};
 use rusqlite::{params, Connection};
 
+use crate::query::{DeviceReport, ReadingsQuery, StoredReading, MODEL_PREFIX};
 use crate::{reading_count, values_json, Sink, SinkError, WriteOutcome};
+
+const READINGS: &str = "SELECT seq, ts_ms, lat, lon, flags, measurements FROM readings
+    WHERE device_id = ?1 AND sensor_id = ?2 AND ts_ms >= ?3 AND ts_ms < ?4
+    ORDER BY ts_ms, seq LIMIT ?5";
 
 const SCHEMA: &str = "
 CREATE TABLE readings (
@@ -124,9 +129,68 @@ impl Sink for SqliteSink {
         })
     }
 
+    /// The embedded sink keeps no device status (the PostGIS sink does).
+    async fn record_status(&self, _status: &Status) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn readings(&self, q: &ReadingsQuery) -> Result<Vec<StoredReading>, SinkError> {
+        let conn = self.conn.clone();
+        let q = q.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .map_err(|_| SinkError::Unavailable("sqlite connection poisoned".into()))?;
+            read_blocking(&conn, &q).map_err(rejected)
+        })
+        .await
+        .map_err(|e| SinkError::Unavailable(e.to_string()))?
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceReport>, SinkError> {
+        Err(SinkError::Unsupported("sqlite"))
+    }
+
+    async fn ping(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     fn kind(&self) -> &'static str {
         "sqlite"
     }
+}
+
+fn read_blocking(
+    conn: &Connection,
+    q: &ReadingsQuery,
+) -> Result<Vec<StoredReading>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(READINGS)?;
+    let rows = stmt.query_map(
+        params![q.device, q.sensor, q.from_ms, q.to_ms, q.limit],
+        |r| {
+            let json: String = r.get(5)?;
+            let all: std::collections::BTreeMap<String, f64> =
+                serde_json::from_str(&json).unwrap_or_default();
+            let (models, values) = all
+                .into_iter()
+                .partition::<std::collections::BTreeMap<_, _>, _>(|(k, _)| {
+                    k.starts_with(MODEL_PREFIX)
+                });
+            Ok(StoredReading {
+                seq: r.get::<_, i64>(0)? as u64,
+                ts_ms: r.get(1)?,
+                lat: r.get(2)?,
+                lon: r.get(3)?,
+                flags: r.get(4)?,
+                values,
+                model_outputs: models
+                    .into_iter()
+                    .map(|(k, v)| (k[MODEL_PREFIX.len()..].to_owned(), v))
+                    .collect(),
+            })
+        },
+    )?;
+    rows.collect()
 }
 
 #[cfg(test)]
