@@ -41,6 +41,17 @@ impl Mosquitto {
     /// Starts a broker that admits only `users` (name, password) and
     /// applies the ACL file `acl`.
     pub fn start_with_auth(users: &[(&str, &str)], acl: &Path) -> Mosquitto {
+        Self::start_with_auth_and(users, acl, |_| String::new())
+    }
+
+    /// As [`Mosquitto::start_with_auth`], plus the config lines `extra`
+    /// returns for the broker's own folder (e.g. a TLS listener whose
+    /// files were put there).
+    pub fn start_with_auth_and(
+        users: &[(&str, &str)],
+        acl: &Path,
+        extra: impl FnOnce(&Path) -> String,
+    ) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let passwd = dir.path().join("passwd");
         for (i, (user, pass)) in users.iter().enumerate() {
@@ -57,19 +68,26 @@ impl Mosquitto {
                 .unwrap_or(false);
             assert!(ok, "mosquitto_passwd failed (Debian package `mosquitto`)");
         }
+        let extra = extra(dir.path());
         // Mosquitto started as root drops to its own user before reading
-        // these files.
+        // these files (test secrets only).
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
-        let _ = std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644));
+        for f in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644));
+        }
         let mut m = Mosquitto {
             port: crate::free_port(),
             dir,
             child: None,
             auth: Some(format!(
-                "allow_anonymous false\npassword_file {}\nacl_file {}\nlog_type all\n",
+                "per_listener_settings false\nallow_anonymous false\npassword_file {}\nacl_file {}\nlog_type all\n{extra}",
                 passwd.display(),
-                acl.display()
+                acl.display(),
             )),
         };
         m.launch();
@@ -127,6 +145,11 @@ impl Mosquitto {
         self.kill();
         std::thread::sleep(down_for);
         self.launch();
+    }
+
+    /// The broker's own folder (config, log, files a test put there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn log(&self) -> String {
