@@ -65,11 +65,17 @@
 
   function status(text) { document.getElementById('status').textContent = text; }
 
-  fetch('api/sensors').then(function (res) { return res.json(); }).then(function (list) {
-    if (Array.isArray(list)) { list.forEach(show); }
-    fit();
-    status(Object.keys(markers).length + ' sensors');
-  }).catch(function (e) { status('cannot load sensors: ' + e); });
+  // The whole picture, on load and after every (re)connect of the feed, so
+  // nothing missed while disconnected stays stale; show() ignores
+  // anything not newer than what a marker has.
+  function load() {
+    fetch('api/sensors').then(function (res) { return res.json(); }).then(function (list) {
+      if (Array.isArray(list)) { list.forEach(show); }
+      fit();
+      status(Object.keys(markers).length + ' sensors');
+    }).catch(function (e) { status('cannot load sensors: ' + e); });
+  }
+  load();
 
   var events = new EventSource('api/live');
   events.addEventListener('reading', function (ev) {
@@ -78,6 +84,11 @@
     fit();
     status(Object.keys(markers).length + ' sensors, ' + window.aerisUpdates + ' live updates');
   });
-  events.onopen = function () { window.aerisLive = true; };
+  var opened = false;
+  events.onopen = function () {
+    window.aerisLive = true;
+    if (opened) { load(); }
+    opened = true;
+  };
   events.onerror = function () { window.aerisLive = false; status('live feed reconnecting…'); };
 })();
