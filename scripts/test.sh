@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every Aeris test. On a fresh Debian machine it first installs what the
-# tests talk to (PostgreSQL 15 + PostGIS 3, Mosquitto, Redis), starts
-# PostgreSQL if it is not running, and creates the test role. The tests then
-# start their own brokers on free ports and create and drop their own
-# databases; nothing else on the machine is touched.
+# tests talk to (PostgreSQL 15 + PostGIS 3, Mosquitto and its clients,
+# OpenSSL for test certificates, Redis, and Chromium for the map test),
+# starts PostgreSQL if it is not running, and creates the test role. The tests then start their own brokers and Redis servers on free
+# ports and create and drop their own databases; nothing else on the machine
+# is touched.
 #
 # Environment: AERIS_TEST_PG_URL overrides the PostgreSQL server the tests
 # use (default postgres://aeris_test:aeris_test@127.0.0.1:5432/postgres).
@@ -15,7 +16,7 @@ as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else 
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
 missing=()
-for pkg in postgresql-15-postgis-3 mosquitto redis-server; do
+for pkg in postgresql-15-postgis-3 mosquitto mosquitto-clients openssl redis-server chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -6,12 +6,19 @@
 //! - [`postgis`]: PostgreSQL + PostGIS, with versioned migrations applied at
 //!   start under an advisory lock (several gateways may start at once).
 //! - [`sqlite`]: an embedded SQLite file for the zero-setup default.
+//! - [`redis`]: the live view (latest value per sensor, geo index, capped
+//!   stream, alerts); [`live`] is its in-memory stand-in when no Redis is
+//!   configured. Neither is on the ack path.
+//! - [`query`]: what the HTTP API reads back.
 #![forbid(unsafe_code)]
 
+pub mod live;
 pub mod postgis;
+pub mod query;
+pub mod redis;
 pub mod sqlite;
 
-use aeris_wire::Batch;
+use aeris_wire::{Batch, Status};
 
 pub use postgis::PostgisSink;
 pub use sqlite::SqliteSink;
@@ -25,6 +32,8 @@ pub enum SinkError {
     Rejected(String),
     #[error("migration failed: {0}")]
     Migration(String),
+    #[error("not supported by the {0} sink")]
+    Unsupported(&'static str),
 }
 
 /// What one write did.
@@ -41,6 +50,21 @@ pub struct WriteOutcome {
 pub trait Sink: Send + Sync {
     /// Stores every reading of `batches` in one transaction.
     async fn write(&self, batches: &[Batch]) -> Result<WriteOutcome, SinkError>;
+
+    /// Records a device's status if it is newer than the stored one.
+    async fn record_status(&self, status: &Status) -> Result<(), SinkError>;
+
+    /// Readings of one sensor over a time range, oldest first.
+    async fn readings(
+        &self,
+        q: &query::ReadingsQuery,
+    ) -> Result<Vec<query::StoredReading>, SinkError>;
+
+    /// Every device that reported a status, with its gaps.
+    async fn devices(&self) -> Result<Vec<query::DeviceReport>, SinkError>;
+
+    /// Whether the database answers (readiness).
+    async fn ping(&self) -> Result<(), SinkError>;
 
     /// A short name for logs ("postgis", "sqlite").
     fn kind(&self) -> &'static str;

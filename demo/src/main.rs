@@ -36,6 +36,9 @@ struct Cli {
     /// previous files there are replaced.
     #[arg(long, default_value = "aeris-demo-data")]
     out: PathBuf,
+    /// Address of the gateway's HTTP API and live map (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
     /// Log filter for the components (tracing syntax).
     #[arg(long, default_value = "warn,rumqttd=off")]
     log: String,
@@ -105,6 +108,15 @@ async fn main() -> anyhow::Result<()> {
             ..gw_defaults.broker.clone()
         },
         sqlite_path: cloud_db.clone(),
+        api: aeris_gateway::config::ApiConfig {
+            listen: if std::net::TcpListener::bind(&cli.listen).is_ok() {
+                cli.listen.clone()
+            } else {
+                eprintln!("{} is taken; the map listens on a free port", cli.listen);
+                "127.0.0.1:0".into()
+            },
+            ..gw_defaults.api.clone()
+        },
         ..gw_defaults
     };
     let gw_stats = Arc::new(aeris_gateway::Stats::default());
@@ -114,6 +126,17 @@ async fn main() -> anyhow::Result<()> {
         gw_stats.clone(),
         gw_stop.clone(),
     ));
+
+    for _ in 0..100 {
+        if gw_stats.api_addr.get().is_some() || gateway.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match gw_stats.api_addr.get() {
+        Some(addr) => println!("live map: http://{addr}/  (sensors coloured by AQI, updated live)"),
+        None => eprintln!("the gateway's HTTP API did not start (see --listen)"),
+    }
 
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
     let defaults = aeris_edge::Config::default();
@@ -229,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
                     accepted.saturating_sub(acked),
                     acked,
                     (acked - last_acked) as f64 / dt,
-                    gw_stats.readings_inserted.load(Relaxed),
+                    gw_stats.readings_inserted.get(),
                     edge_stats.infer_runs.load(Relaxed),
                     edge_stats.rejected.load(Relaxed),
                 );

@@ -18,6 +18,49 @@ pub struct Config {
     pub database_url: Option<String>,
     pub sqlite_path: PathBuf,
     pub writer: WriterConfig,
+    /// Redis URL (`redis://host:6379/0`); when absent the live view is kept
+    /// in memory. Never logged.
+    pub redis_url: Option<String>,
+    pub redis: RedisConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Prefix of every key the gateway writes.
+    pub prefix: String,
+    /// Approximate cap of the live stream.
+    pub stream_len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the HTTP API and map; port 0 picks a free one; empty
+    /// turns the API off.
+    pub listen: String,
+    /// Optional map tile URL template (`https://.../{z}/{x}/{y}.png`); the
+    /// default map has no base layer, so nothing is fetched from outside.
+    pub tile_url: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            prefix: "aeris:".into(),
+            stream_len: 10_000,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+            tile_url: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +71,10 @@ pub struct BrokerConfig {
     pub prefix: String,
     /// MQTT client id; empty means `aeris-gateway-<random>`.
     pub client_id: String,
+    /// Broker user name and password; empty means anonymous. The password
+    /// is never logged or printed.
+    pub username: String,
+    pub password: String,
     /// Shared-subscription group all gateways of a deployment join.
     pub share_group: String,
     #[serde(with = "humantime_serde")]
@@ -51,6 +98,9 @@ impl Default for Config {
             database_url: None,
             sqlite_path: PathBuf::from("aeris-cloud.db"),
             writer: WriterConfig::default(),
+            redis_url: None,
+            redis: RedisConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -62,6 +112,8 @@ impl Default for BrokerConfig {
             port: 1883,
             prefix: "aeris/v1".into(),
             client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
             share_group: "aeris".into(),
             keep_alive: Duration::from_secs(30),
         }
@@ -82,12 +134,18 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   broker.host, broker.port          the cloud broker [127.0.0.1:1883]
   broker.prefix                     wire-protocol topic prefix [aeris/v1]
   broker.client_id                  MQTT client id [aeris-gateway-<random>]
+  broker.username, broker.password  broker login; empty = anonymous
   broker.share_group                shared-subscription group of all gateways [aeris]
   broker.keep_alive                 MQTT keep-alive [30s]
   database_url                      PostgreSQL+PostGIS URL; unset = embedded SQLite
   sqlite_path                       embedded sink file when database_url is unset [aeris-cloud.db]
   writer.max_batches_per_commit     batches per transaction, at most [64]
   writer.max_retry_delay            longest wait between retries of a failed write [10s]
+  redis_url                         Redis URL for the live view; unset = kept in memory
+  redis.prefix                      prefix of the Redis keys [aeris:]
+  redis.stream_len                  approximate cap of the live stream [10000]
+  api.listen                        HTTP API and map address; port 0 = any, empty = off [127.0.0.1:8080]
+  api.tile_url                      map tile URL template; empty = no base layer
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +168,17 @@ impl Config {
         let env = Env::prefixed("AERIS_").split("__").filter_map(|k| {
             let key = k.as_str().to_ascii_lowercase();
             let first = key.split('.').next().unwrap_or("");
-            ["broker", "database_url", "sqlite_path", "writer"]
-                .contains(&first)
-                .then(|| key.into())
+            [
+                "broker",
+                "database_url",
+                "sqlite_path",
+                "writer",
+                "redis_url",
+                "redis",
+                "api",
+            ]
+            .contains(&first)
+            .then(|| key.into())
         });
         let config: Config = fig
             .merge(env)

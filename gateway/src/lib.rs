@@ -1,12 +1,16 @@
 //! aeris-gateway: the cloud side of the wire protocol.
 //!
-//! - [`source`]: consumes `up/batch` through a shared subscription, decodes,
-//!   authorizes, writes through the sink and acks after the commit.
+//! - [`source`]: consumes `up/batch`, `up/status` and `up/event` through
+//!   shared subscriptions, decodes, authorizes, writes batches through the
+//!   sink and acks after the commit; feeds the live view off the ack path.
 //! - [`auth`]: a device may write only its own data.
+//! - [`api`]: HTTP: health, metrics, sensors, readings, devices, the live
+//!   map and its event stream.
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
-//! - [`stats`], counters.
+//! - [`stats`]: Prometheus metrics and readiness flags.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod source;
@@ -14,7 +18,10 @@ pub mod stats;
 
 use std::sync::Arc;
 
+use aeris_sink::live::{Live, MemoryLive};
+use aeris_sink::redis::RedisLive;
 use aeris_sink::{PostgisSink, Sink, SqliteSink};
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -30,6 +37,15 @@ pub async fn open_sink(config: &Config) -> anyhow::Result<Arc<dyn Sink>> {
     })
 }
 
+/// The live view: Redis when `redis_url` is set (connected lazily, so a
+/// Redis that is down does not stop the gateway), else in memory.
+pub fn open_live(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Arc<dyn Live>> {
+    Ok(match &config.redis_url {
+        Some(url) => RedisLive::new(url, &config.redis.prefix, config.redis.stream_len, shutdown)?,
+        None => Arc::new(MemoryLive::default()),
+    })
+}
+
 /// Runs the gateway until `shutdown`; batches being written when it fires
 /// are committed and acked before this returns.
 pub async fn run(
@@ -38,8 +54,53 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let sink = open_sink(&config).await?;
-    info!(sink = sink.kind(), broker = %format!("{}:{}", config.broker.host, config.broker.port), "gateway starting");
-    source::run(Arc::new(config), sink, stats, shutdown).await?;
+    // Background parts (live view, API) stop after the source has drained.
+    let background = CancellationToken::new();
+    let live = open_live(&config, background.clone())?;
+    info!(
+        sink = sink.kind(),
+        live = live.kind(),
+        broker = %format!("{}:{}", config.broker.host, config.broker.port),
+        "gateway starting"
+    );
+    let feed = Arc::new(source::live::LiveFeed::default());
+    let updater = tokio::spawn(source::live::run(
+        feed.clone(),
+        live.clone(),
+        stats.clone(),
+        background.clone(),
+    ));
+    let api = if config.api.listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.api.listen)
+            .await
+            .with_context(|| format!("cannot listen on api.listen = {}", config.api.listen))?;
+        let addr = listener.local_addr()?;
+        let _ = stats.api_addr.set(addr);
+        info!(url = %format!("http://{addr}/"), "HTTP API and live map listening");
+        let router = api::router(api::ApiState {
+            sink: sink.clone(),
+            live: live.clone(),
+            stats: stats.clone(),
+            tile_url: config.api.tile_url.clone(),
+            shutdown: background.clone(),
+        });
+        let stop = background.clone();
+        Some(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }))
+    };
+    let outputs = source::Outputs { sink, live, feed };
+    let result = source::run(Arc::new(config), outputs, stats, shutdown).await;
+    background.cancel();
+    let _ = updater.await;
+    if let Some(api) = api {
+        api.await??;
+    }
+    result?;
     info!("gateway stopped");
     Ok(())
 }

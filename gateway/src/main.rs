@@ -15,7 +15,7 @@ struct Cli {
     /// TOML config file; AERIS_* environment variables override it.
     #[arg(short, long, env = "AERIS_GATEWAY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Print the merged configuration as TOML (database URL redacted) and exit.
+    /// Print the merged configuration as TOML (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
     /// Log filter (tracing syntax).
@@ -40,6 +40,12 @@ fn main() -> std::process::ExitCode {
     if cli.print_config {
         if config.database_url.is_some() {
             config.database_url = Some("<redacted>".into());
+        }
+        if config.redis_url.is_some() {
+            config.redis_url = Some("<redacted>".into());
+        }
+        if !config.broker.password.is_empty() {
+            config.broker.password = "<redacted>".into();
         }
         match toml::to_string_pretty(&config) {
             Ok(s) => print!("{s}"),

@@ -1,27 +1,121 @@
-//! Counters of what the gateway did.
+//! What the gateway did, as Prometheus metrics (served on `/metrics`) and
+//! the readiness flags of `/readyz`. Metric names are stable: dashboards and
+//! alerts use them.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::OnceLock;
 
-#[derive(Debug, Default)]
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+#[derive(Debug)]
 pub struct Stats {
-    pub batches_received: AtomicU64,
-    pub readings_inserted: AtomicU64,
-    pub readings_duplicate: AtomicU64,
-    pub acks_sent: AtomicU64,
-    pub write_errors: AtomicU64,
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    pub batches_received: Counter,
+    pub readings_inserted: Counter,
+    pub readings_duplicate: Counter,
+    pub acks_sent: Counter,
+    pub write_errors: Counter,
+    pub statuses_received: Counter,
+    pub live_errors: Counter,
+    /// Sensors whose latest reading still waits for the live view (Redis).
+    pub live_pending: Gauge,
+    rejected: Family<Reason, Counter>,
+    registry: Registry,
+    /// Connected to the broker with the subscriptions queued.
+    pub broker_connected: AtomicBool,
+    /// The last write or ping of the sink succeeded.
+    pub sink_ok: AtomicBool,
+    /// Where the HTTP API listens, once it does.
+    pub api_addr: OnceLock<SocketAddr>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let batches_received = counter(
+            "aeris_gateway_batches_received",
+            "Batches decoded and authorized.",
+        );
+        let readings_inserted = counter(
+            "aeris_gateway_readings_inserted",
+            "Readings newly committed to the database.",
+        );
+        let readings_duplicate = counter(
+            "aeris_gateway_readings_duplicate",
+            "Readings received again that were already stored.",
+        );
+        let acks_sent = counter("aeris_gateway_acks_sent", "Acks published after a commit.");
+        let write_errors = counter(
+            "aeris_gateway_write_errors",
+            "Failed database writes (retried, acks held).",
+        );
+        let statuses_received = counter(
+            "aeris_gateway_statuses_received",
+            "Device status messages accepted.",
+        );
+        let live_errors = counter(
+            "aeris_gateway_live_errors",
+            "Failed updates of the live view (Redis), retried.",
+        );
+        let live_pending = Gauge::default();
+        registry.register(
+            "aeris_gateway_live_pending_sensors",
+            "Sensors whose latest reading waits for the live view.",
+            live_pending.clone(),
+        );
+        let rejected = Family::<Reason, Counter>::default();
+        registry.register(
+            "aeris_gateway_messages_rejected",
+            "Messages dropped unstored, by reason.",
+            rejected.clone(),
+        );
+        Stats {
+            batches_received,
+            readings_inserted,
+            readings_duplicate,
+            acks_sent,
+            write_errors,
+            statuses_received,
+            live_errors,
+            live_pending,
+            rejected,
+            registry,
+            broker_connected: AtomicBool::new(false),
+            sink_ok: AtomicBool::new(true),
+            api_addr: OnceLock::new(),
+        }
+    }
 }
 
 impl Stats {
     pub fn reject(&self, reason: &'static str) {
-        if let Ok(mut m) = self.rejected.lock() {
-            *m.entry(reason).or_default() += 1;
-        }
+        self.rejected.get_or_create(&Reason { reason }).inc();
     }
 
-    pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
-        self.rejected.lock().map(|m| m.clone()).unwrap_or_default()
+    pub fn rejected(&self, reason: &'static str) -> u64 {
+        self.rejected.get_or_create(&Reason { reason }).get()
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
     }
 }

@@ -9,10 +9,21 @@
 //! - [`process`]: the `aeris-edge` / `aeris-gateway` binaries as child
 //!   processes that can be SIGKILLed and restarted.
 //! - [`sensors`]: simulated sensors publishing flat JSON.
+//! - [`redis`]: a Redis server without persistence.
+//! - [`cloud`]: broker + database (+ Redis) + gateway(s), without an edge;
+//!   [`device`] plays the devices.
+//! - [`http`]: a minimal HTTP GET for the gateway's API.
+//! - [`browser`]: headless Chromium over the DevTools protocol.
+//! - [`stack`]: the whole pipeline with an edge agent.
 
+pub mod browser;
+pub mod cloud;
+pub mod device;
+pub mod http;
 pub mod mosquitto;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 pub mod sensors;
 pub mod stack;
 

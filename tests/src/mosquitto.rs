@@ -9,6 +9,8 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Config lines replacing `allow_anonymous true`.
+    auth: Option<String>,
 }
 
 fn binary() -> PathBuf {
@@ -30,6 +32,63 @@ impl Mosquitto {
             port: crate::free_port(),
             dir,
             child: None,
+            auth: None,
+        };
+        m.launch();
+        m
+    }
+
+    /// Starts a broker that admits only `users` (name, password) and
+    /// applies the ACL file `acl`.
+    pub fn start_with_auth(users: &[(&str, &str)], acl: &Path) -> Mosquitto {
+        Self::start_with_auth_and(users, acl, |_| String::new())
+    }
+
+    /// As [`Mosquitto::start_with_auth`], plus the config lines `extra`
+    /// returns for the broker's own folder (e.g. a TLS listener whose
+    /// files were put there).
+    pub fn start_with_auth_and(
+        users: &[(&str, &str)],
+        acl: &Path,
+        extra: impl FnOnce(&Path) -> String,
+    ) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let passwd = dir.path().join("passwd");
+        for (i, (user, pass)) in users.iter().enumerate() {
+            let mut cmd = Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let ok = cmd
+                .arg("-b")
+                .arg(&passwd)
+                .args([user, pass])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "mosquitto_passwd failed (Debian package `mosquitto`)");
+        }
+        let extra = extra(dir.path());
+        // Mosquitto started as root drops to its own user before reading
+        // these files (test secrets only).
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
+        for f in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644));
+        }
+        let mut m = Mosquitto {
+            port: crate::free_port(),
+            dir,
+            child: None,
+            auth: Some(format!(
+                "per_listener_settings false\nallow_anonymous false\npassword_file {}\nacl_file {}\nlog_type all\n{extra}",
+                passwd.display(),
+                acl.display(),
+            )),
         };
         m.launch();
         m
@@ -37,8 +96,12 @@ impl Mosquitto {
 
     fn launch(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
+        let auth = self
+            .auth
+            .clone()
+            .unwrap_or_else(|| "allow_anonymous true\n".into());
         let text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+            "listener {} 127.0.0.1\n{auth}persistence false\n\
              max_queued_messages 1000000\nmax_inflight_messages 100\nmessage_size_limit 33554432\n",
             self.port
         );
@@ -82,6 +145,11 @@ impl Mosquitto {
         self.kill();
         std::thread::sleep(down_for);
         self.launch();
+    }
+
+    /// The broker's own folder (config, log, files a test put there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn log(&self) -> String {

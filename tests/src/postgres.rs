@@ -20,6 +20,14 @@ async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// A connection to the server's admin database (for faults: terminating
+/// backends, refusing connections to a test database).
+pub async fn admin() -> Client {
+    connect(&admin_url())
+        .await
+        .expect("connect to the admin database")
+}
+
 pub struct TestDb {
     pub name: String,
     /// URL of the test database, for the gateway.

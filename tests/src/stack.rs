@@ -9,6 +9,7 @@ use aeris_wire::{decode, Status, Topics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 
+use crate::cloud::Gateway;
 use crate::mosquitto::Mosquitto;
 use crate::postgres::TestDb;
 use crate::process::Proc;
@@ -26,6 +27,10 @@ pub struct Stack {
     pub cloud: Mosquitto,
     pub db: TestDb,
     pub gateway: Proc,
+    /// Port of the first gateway's HTTP API.
+    pub api_port: u16,
+    /// Gateways after the first, sharing its subscription.
+    pub more_gateways: Vec<Gateway>,
     pub edge: Proc,
     /// Port of the agent's /healthz, /readyz and /metrics.
     pub edge_health: u16,
@@ -34,23 +39,40 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
-        Stack::start_with("").await
+        Self::start_full("", 1).await
     }
 
     /// Like [`Stack::start`], with `edge_toml` as the agent's config file.
     pub async fn start_with(edge_toml: &str) -> Stack {
+        Self::start_full(edge_toml, 1).await
+    }
+
+    /// The pipeline with `n` gateways on one shared subscription.
+    pub async fn start_with_gateways(n: usize) -> Stack {
+        Self::start_full("", n).await
+    }
+
+    async fn start_full(edge_toml: &str, n: usize) -> Stack {
         let local = Mosquitto::start();
         let cloud = Mosquitto::start();
         let db = TestDb::create().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let gateway = Proc::start(
-            "aeris-gateway",
-            &[
-                ("AERIS_BROKER__PORT", cloud.port.to_string()),
-                ("AERIS_DATABASE_URL", db.url.clone()),
-            ],
-            dir.path().join("gateway.log"),
-        );
+        let extra = [("AERIS_WRITER__MAX_RETRY_DELAY", "1s".to_owned())];
+        let first = Gateway::start(cloud.port, &db.url, &extra, dir.path().join("gateway.log"));
+        let more_gateways: Vec<Gateway> = (1..n.max(1))
+            .map(|i| {
+                Gateway::start(
+                    cloud.port,
+                    &db.url,
+                    &extra,
+                    dir.path().join(format!("gateway-{i}.log")),
+                )
+            })
+            .collect();
+        for g in std::iter::once(&first).chain(&more_gateways) {
+            g.wait_ready(Duration::from_secs(30)).await;
+        }
+        let (gateway, api_port) = (first.proc, first.api_port);
         let edge_health = crate::free_port();
         let edge_config = dir.path().join("edge.toml");
         std::fs::write(&edge_config, edge_toml).expect("write edge.toml");
@@ -77,6 +99,8 @@ impl Stack {
             cloud,
             db,
             gateway,
+            api_port,
+            more_gateways,
             edge,
             edge_health,
             dir,
@@ -108,8 +132,12 @@ impl Stack {
 
     /// Logs of every process, for a failing assertion's message.
     pub fn logs(&self) -> String {
+        let mut more = String::new();
+        for (i, g) in self.more_gateways.iter().enumerate() {
+            more += &format!("--- gateway {} ---\n{}\n", i + 1, tail(&g.proc.log()));
+        }
         format!(
-            "--- edge ---\n{}\n--- gateway ---\n{}\n--- cloud broker ---\n{}",
+            "--- edge ---\n{}\n--- gateway ---\n{}\n{more}--- cloud broker ---\n{}",
             tail(&self.edge.log()),
             tail(&self.gateway.log()),
             tail(&self.cloud.log())
@@ -155,7 +183,7 @@ impl Stack {
             .await
             .query(
                 "SELECT device_id, seq, sensor_id, round(extract(epoch FROM ts) * 1000)::int8,
-                        ST_X(geom), ST_Y(geom), ST_SRID(geom), (measurements->>'pm25')::float8
+                        ST_X(geom), ST_Y(geom), ST_SRID(geom), pm25
                  FROM readings",
                 &[],
             )

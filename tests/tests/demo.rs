@@ -16,6 +16,8 @@ fn demo_runs_the_whole_pipeline_and_reports_its_database() {
             "max",
             "--data",
             data,
+            "--listen",
+            "127.0.0.1:0",
             "--out",
         ])
         .arg(out.path())
@@ -31,6 +33,7 @@ fn demo_runs_the_whole_pipeline_and_reports_its_database() {
         .filter(|l| l.contains("| in ") && l.contains("acked"))
         .count();
     assert!(progress >= 3, "expected progress lines: {stdout}");
+    assert!(stdout.contains("live map: http://127.0.0.1:"), "{stdout}");
 
     // It names the database and a query to look at it...
     let db = out.path().canonicalize().unwrap().join("cloud.db");

@@ -62,8 +62,8 @@ async fn output_version(stack: &Stack, hour: i64) -> Option<String> {
         .client()
         .await
         .query_opt(
-            "SELECT k FROM readings, jsonb_object_keys(measurements) AS k
-             WHERE extract(epoch FROM ts)::int8 = $1 AND k LIKE 'model:%'",
+            "SELECT 'model:' || k FROM readings, jsonb_object_keys(model_outputs) AS k
+             WHERE extract(epoch FROM ts)::int8 = $1",
             &[&ts],
         )
         .await

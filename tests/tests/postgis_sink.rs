@@ -86,7 +86,7 @@ async fn duplicates_are_ignored_and_geometry_matches() {
     let client = db.client().await;
     let rows = client
         .query(
-            "SELECT seq, ST_X(geom), ST_Y(geom), (measurements->>'pm25')::float8, sensor_id
+            "SELECT seq, ST_X(geom), ST_Y(geom), pm25, sensor_id
              FROM readings WHERE device_id = 'd1' ORDER BY seq",
             &[],
         )
@@ -121,4 +121,86 @@ async fn an_unreachable_database_is_a_clear_error() {
     let url = format!("postgres://nobody@127.0.0.1:{port}/none");
     let err = PostgisSink::connect(&url).await.err().expect("must fail");
     assert!(err.to_string().contains("unavailable"), "{err}");
+}
+
+#[tokio::test]
+async fn copy_path_puts_pollutants_in_columns_and_keeps_model_versions_and_flags() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    let mut b = batch("d1", 1, 2);
+    b.readings[0].flags = 5;
+    b.readings[0].values.extend([
+        Value {
+            quantity: "no2".into(),
+            value: 21.0,
+        },
+        Value {
+            quantity: "model:pm25_cal@1.2.0".into(),
+            value: 3.25,
+        },
+        Value {
+            quantity: "voc_index".into(),
+            value: 120.0,
+        },
+    ]);
+    sink.write(&[b]).await.unwrap();
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT pm25, no2, pm10, measurements, model_outputs, flags,
+                    round(extract(epoch FROM ts) * 1000)::int8
+             FROM readings WHERE device_id = 'd1' AND seq = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<f64>>(0), Some(3.5));
+    assert_eq!(row.get::<_, Option<f64>>(1), Some(21.0));
+    assert_eq!(row.get::<_, Option<f64>>(2), None);
+    assert_eq!(
+        row.get::<_, serde_json::Value>(3),
+        serde_json::json!({"rh": 50.0, "voc_index": 120.0})
+    );
+    assert_eq!(
+        row.get::<_, serde_json::Value>(4),
+        serde_json::json!({"pm25_cal@1.2.0": 3.25})
+    );
+    assert_eq!(row.get::<_, i32>(5), 5);
+    assert_eq!(row.get::<_, i64>(6), 1_600_000_000_000);
+}
+
+#[tokio::test]
+async fn migration_2_splits_rows_written_under_migration_1() {
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    client.batch_execute(MIGRATIONS[0].2).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE aeris_schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO aeris_schema_migrations (version, name) VALUES (1, 'readings');
+             INSERT INTO readings (device_id, seq, sensor_id, ts, geom, measurements)
+             VALUES ('old', 1, 's', now(), ST_SetSRID(ST_MakePoint(1, 2), 4326),
+                     '{\"pm10\": 7, \"rh\": 40, \"model:m@2\": 1.5}')",
+        )
+        .await
+        .unwrap();
+    PostgisSink::connect(&db.url).await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT pm10, measurements, model_outputs FROM readings WHERE device_id = 'old'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<f64>>(0), Some(7.0));
+    assert_eq!(
+        row.get::<_, serde_json::Value>(1),
+        serde_json::json!({"rh": 40})
+    );
+    assert_eq!(
+        row.get::<_, serde_json::Value>(2),
+        serde_json::json!({"m@2": 1.5})
+    );
 }

@@ -10,11 +10,18 @@ use tokio_postgres::Client;
 use crate::SinkError;
 
 /// Every migration, in order. Append only: a released migration never changes.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "readings",
-    include_str!("../../migrations/0001_readings.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "readings",
+        include_str!("../../migrations/0001_readings.sql"),
+    ),
+    (
+        2,
+        "pollutant_columns_and_devices",
+        include_str!("../../migrations/0002_pollutant_columns_and_devices.sql"),
+    ),
+];
 
 /// Arbitrary constant naming the migration lock.
 const LOCK_KEY: i64 = 0x0AE1_5001;

@@ -1,47 +1,64 @@
 //! The PostGIS sink.
 //!
-//! Invariants: a write is one transaction; rows conflicting on
-//! `(device_id, seq)` are skipped (`ON CONFLICT DO NOTHING`), so a batch sent
-//! twice is stored once; a lost connection is re-opened on the next write and
-//! the failed write reports `Unavailable` (the caller retries, holding acks).
+//! Invariants: a write is one transaction (binary COPY into a staging table,
+//! then one `INSERT ... ON CONFLICT DO NOTHING`, see [`copy`]); rows
+//! conflicting on `(device_id, seq)` are skipped, so a batch sent twice is
+//! stored once; a lost connection is re-opened on the next call and the
+//! failed call reports `Unavailable` (the writer retries, holding acks).
+//! Writes and API reads use separate connections, so a slow query never
+//! delays a commit (and its acks).
 
+mod copy;
 mod migrate;
+mod queries;
 
 use std::time::Duration;
 
-use aeris_wire::Batch;
+use aeris_wire::{Batch, Status};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
 
 pub use migrate::{applied_version, MIGRATIONS};
 
-use crate::{reading_count, values_json, Sink, SinkError, WriteOutcome};
+use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
+use crate::{reading_count, Sink, SinkError, WriteOutcome};
 
-/// All readings of a write go in as arrays in one statement: one round trip
-/// whatever the batch size. SQL is fixed; data only travels as parameters.
-const INSERT: &str = "
-INSERT INTO readings (device_id, seq, sensor_id, ts, geom, flags, measurements)
-SELECT d, s, sensor, to_timestamp(t / 1000.0), ST_SetSRID(ST_MakePoint(lon, lat), 4326), f, v
-FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::float8[], $6::float8[], $7::int4[], $8::jsonb[])
-     AS u(d, s, sensor, t, lon, lat, f, v)
-ON CONFLICT (device_id, seq) DO NOTHING";
+/// `application_name` of the gateway's connections (visible in
+/// `pg_stat_activity`) unless the URL sets one.
+pub const APPLICATION_NAME: &str = "aeris-gateway";
 
 pub struct PostgisSink {
     url: String,
-    client: Mutex<Option<Client>>,
+    writer: Mutex<Option<Client>>,
+    reader: Mutex<Option<Client>>,
 }
 
 fn unavailable(e: tokio_postgres::Error) -> SinkError {
     SinkError::Unavailable(e.to_string())
 }
 
+/// A lost connection or a network error is retryable; an error the
+/// database reported about the statement is not.
+fn classify(client: &Client, e: tokio_postgres::Error) -> SinkError {
+    if client.is_closed() || e.as_db_error().is_none() {
+        SinkError::Unavailable(e.to_string())
+    } else {
+        SinkError::Rejected(e.to_string())
+    }
+}
+
 async fn connect(url: &str) -> Result<Client, SinkError> {
-    let (client, connection) =
-        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
-            .await
-            .map_err(|_| SinkError::Unavailable("connect timed out".into()))?
-            .map_err(unavailable)?;
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| SinkError::Unavailable(e.to_string()))?;
+    if config.get_application_name().is_none() {
+        config.application_name(APPLICATION_NAME);
+    }
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(10), config.connect(NoTls))
+        .await
+        .map_err(|_| SinkError::Unavailable("connect timed out".into()))?
+        .map_err(unavailable)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             warn!(error = %e, "PostgreSQL connection closed");
@@ -50,60 +67,83 @@ async fn connect(url: &str) -> Result<Client, SinkError> {
     Ok(client)
 }
 
+async fn connect_writer(url: &str) -> Result<Client, SinkError> {
+    let client = connect(url).await?;
+    client
+        .batch_execute(copy::CREATE_STAGING)
+        .await
+        .map_err(unavailable)?;
+    Ok(client)
+}
+
+/// The open connection in `slot`, opening one if there is none.
+async fn ensure<'a>(
+    slot: &'a mut Option<Client>,
+    url: &str,
+    writer: bool,
+) -> Result<&'a mut Client, SinkError> {
+    if slot.as_ref().is_none_or(|c| c.is_closed()) {
+        *slot = None;
+        *slot = Some(if writer {
+            connect_writer(url).await?
+        } else {
+            connect(url).await?
+        });
+    }
+    slot.as_mut()
+        .ok_or_else(|| SinkError::Unavailable("no connection".into()))
+}
+
 impl PostgisSink {
     /// Connects and brings the schema to the latest migration.
     pub async fn connect(url: &str) -> Result<PostgisSink, SinkError> {
         let mut client = connect(url).await?;
         let version = migrate::run(&mut client).await?;
         info!(version, "PostGIS schema ready");
+        client
+            .batch_execute(copy::CREATE_STAGING)
+            .await
+            .map_err(unavailable)?;
         Ok(PostgisSink {
             url: url.to_owned(),
-            client: Mutex::new(Some(client)),
+            writer: Mutex::new(Some(client)),
+            reader: Mutex::new(None),
         })
+    }
+
+    /// Runs `f` on the read connection; a failure drops a broken connection.
+    async fn read<T, F>(&self, f: F) -> Result<T, SinkError>
+    where
+        F: for<'c> FnOnce(
+            &'c Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>,
+        >,
+    {
+        let mut guard = self.reader.lock().await;
+        let client = ensure(&mut guard, &self.url, false).await?;
+        match f(client).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let err = classify(client, e);
+                if matches!(err, SinkError::Unavailable(_)) {
+                    *guard = None;
+                }
+                Err(err)
+            }
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl Sink for PostgisSink {
     async fn write(&self, batches: &[Batch]) -> Result<WriteOutcome, SinkError> {
-        let n = reading_count(batches) as usize;
-        let mut devices = Vec::with_capacity(n);
-        let mut seqs = Vec::with_capacity(n);
-        let mut sensors = Vec::with_capacity(n);
-        let mut ts = Vec::with_capacity(n);
-        let mut lons = Vec::with_capacity(n);
-        let mut lats = Vec::with_capacity(n);
-        let mut flags = Vec::with_capacity(n);
-        let mut values = Vec::with_capacity(n);
-        for b in batches {
-            for (seq, r) in b.with_seqs() {
-                devices.push(b.device.as_str());
-                seqs.push(seq as i64);
-                sensors.push(r.sensor.as_str());
-                ts.push(r.ts_ms);
-                lons.push(r.lon);
-                lats.push(r.lat);
-                flags.push(r.flags as i32);
-                values.push(values_json(r));
-            }
-        }
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(connect(&self.url).await?);
-        }
-        let Some(client) = guard.as_mut() else {
-            return Err(SinkError::Unavailable("no connection".into()));
-        };
+        let n = reading_count(batches);
+        let mut guard = self.writer.lock().await;
+        let client = ensure(&mut guard, &self.url, true).await?;
         let result = async {
             let tx = client.transaction().await?;
-            let inserted = tx
-                .execute(
-                    INSERT,
-                    &[
-                        &devices, &seqs, &sensors, &ts, &lons, &lats, &flags, &values,
-                    ],
-                )
-                .await?;
+            let inserted = copy::write(&tx, batches).await?;
             tx.commit().await?;
             Ok::<u64, tokio_postgres::Error>(inserted)
         }
@@ -111,19 +151,38 @@ impl Sink for PostgisSink {
         match result {
             Ok(inserted) => Ok(WriteOutcome {
                 inserted,
-                duplicates: n as u64 - inserted,
+                duplicates: n.saturating_sub(inserted),
             }),
             Err(e) => {
-                // A closed connection is re-opened on the next write; a
-                // database-side error (constraint, type) is not retryable as is.
-                if client.is_closed() || e.as_db_error().is_none() {
+                let err = classify(client, e);
+                if matches!(err, SinkError::Unavailable(_)) {
                     *guard = None;
-                    Err(SinkError::Unavailable(e.to_string()))
-                } else {
-                    Err(SinkError::Rejected(e.to_string()))
                 }
+                Err(err)
             }
         }
+    }
+
+    async fn record_status(&self, status: &Status) -> Result<(), SinkError> {
+        let status = status.clone();
+        self.read(move |c| Box::pin(async move { queries::record_status(c, &status).await }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn readings(&self, q: &ReadingsQuery) -> Result<Vec<StoredReading>, SinkError> {
+        let q = q.clone();
+        self.read(move |c| Box::pin(async move { queries::readings(c, &q).await }))
+            .await
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceReport>, SinkError> {
+        self.read(|c| Box::pin(queries::devices(c))).await
+    }
+
+    async fn ping(&self) -> Result<(), SinkError> {
+        self.read(|c| Box::pin(async move { c.simple_query("SELECT 1").await.map(|_| ()) }))
+            .await
     }
 
     fn kind(&self) -> &'static str {

@@ -1,17 +1,23 @@
 //! The embedded SQLite sink: the zero-setup stand-in for PostGIS, same
 //! guarantees (one transaction per write, `(device_id, seq)` stored once).
 //!
-//! Layout (schema version 1, `PRAGMA user_version`):
+//! Layout (schema version 2, `PRAGMA user_version`):
 //! `readings(device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements JSON
-//! text, received_ms)`, primary key `(device_id, seq)`.
+//! text, received_ms)`, primary key `(device_id, seq)`; since version 2
+//! `devices(device_id, ..., losses JSON text)`, each device's last status.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use aeris_wire::Batch;
+use aeris_wire::{Batch, Status};
 use rusqlite::{params, Connection};
 
+use crate::query::{DeviceReport, ReadingsQuery, StoredReading, MODEL_PREFIX};
 use crate::{reading_count, values_json, Sink, SinkError, WriteOutcome};
+
+const READINGS: &str = "SELECT seq, ts_ms, lat, lon, flags, measurements FROM readings
+    WHERE device_id = ?1 AND sensor_id = ?2 AND ts_ms >= ?3 AND ts_ms < ?4
+    ORDER BY ts_ms, seq LIMIT ?5";
 
 const SCHEMA: &str = "
 CREATE TABLE readings (
@@ -29,6 +35,44 @@ CREATE TABLE readings (
 CREATE INDEX readings_sensor_ts ON readings (sensor_id, ts_ms);
 PRAGMA user_version = 1;
 ";
+
+/// Version 1 -> 2: device statuses.
+const SCHEMA_2: &str = "
+CREATE TABLE devices (
+    device_id       TEXT PRIMARY KEY,
+    status_ts_ms    INTEGER NOT NULL,
+    online          INTEGER NOT NULL,
+    agent_version   TEXT    NOT NULL,
+    last_seq        INTEGER NOT NULL,
+    queued_readings INTEGER NOT NULL,
+    queued_bytes    INTEGER NOT NULL,
+    oldest_unsent_ms INTEGER,
+    losses          TEXT    NOT NULL
+);
+PRAGMA user_version = 2;
+";
+
+/// Newer statuses replace older ones.
+const UPSERT_STATUS: &str = "INSERT INTO devices (device_id, status_ts_ms, online, agent_version,
+    last_seq, queued_readings, queued_bytes, oldest_unsent_ms, losses)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+    ON CONFLICT (device_id) DO UPDATE SET status_ts_ms = excluded.status_ts_ms,
+        online = excluded.online, agent_version = excluded.agent_version,
+        last_seq = excluded.last_seq, queued_readings = excluded.queued_readings,
+        queued_bytes = excluded.queued_bytes, oldest_unsent_ms = excluded.oldest_unsent_ms,
+        losses = excluded.losses
+    WHERE excluded.status_ts_ms >= devices.status_ts_ms";
+
+const DEVICES: &str = "SELECT d.device_id, d.online, d.agent_version, d.status_ts_ms, d.last_seq,
+    d.queued_readings, d.queued_bytes, d.oldest_unsent_ms, d.losses,
+    (SELECT count(*) FROM readings r WHERE r.device_id = d.device_id),
+    (SELECT coalesce(max(seq), 0) FROM readings r WHERE r.device_id = d.device_id)
+    FROM devices d ORDER BY d.device_id";
+
+/// Holes below the highest stored seq, as in the PostGIS sink.
+const GAPS: &str = "SELECT prev + 1, seq - 1 FROM (
+    SELECT seq, lag(seq, 1, 0) OVER (ORDER BY seq) AS prev FROM readings WHERE device_id = ?1)
+    WHERE seq - prev > 1 ORDER BY seq LIMIT 100";
 
 const INSERT: &str = "INSERT OR IGNORE INTO readings
     (device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements, received_ms)
@@ -53,14 +97,20 @@ impl SqliteSink {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| SinkError::Migration(e.to_string()))?;
+        let migrate = |sql: &str| {
+            conn.execute_batch(sql)
+                .map_err(|e| SinkError::Migration(e.to_string()))
+        };
         match version {
-            0 => conn
-                .execute_batch(SCHEMA)
-                .map_err(|e| SinkError::Migration(e.to_string()))?,
-            1 => {}
+            0 => {
+                migrate(SCHEMA)?;
+                migrate(SCHEMA_2)?;
+            }
+            1 => migrate(SCHEMA_2)?,
+            2 => {}
             v => {
                 return Err(SinkError::Migration(format!(
-                    "schema version {v} is newer than this gateway's 1"
+                    "schema version {v} is newer than this gateway's 2"
                 )))
             }
         }
@@ -73,6 +123,56 @@ impl SqliteSink {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Runs `f` on the connection on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .map_err(|_| SinkError::Unavailable("sqlite connection poisoned".into()))?;
+            f(&conn).map_err(rejected)
+        })
+        .await
+        .map_err(|e| SinkError::Unavailable(e.to_string()))?
+    }
+}
+
+fn devices_blocking(conn: &Connection) -> Result<Vec<DeviceReport>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(DEVICES)?;
+    let mut devices = stmt
+        .query_map([], |r| {
+            let losses: String = r.get(8)?;
+            let last_seq = r.get::<_, i64>(4)?.max(0) as u64;
+            let max_seq = r.get::<_, i64>(10)?.max(0) as u64;
+            Ok(DeviceReport {
+                device: r.get(0)?,
+                online: r.get(1)?,
+                agent_version: r.get(2)?,
+                status_ts_ms: r.get(3)?,
+                last_seq,
+                queued_readings: r.get::<_, i64>(5)?.max(0) as u64,
+                queued_bytes: r.get::<_, i64>(6)?.max(0) as u64,
+                oldest_unsent_ms: r.get(7)?,
+                losses: serde_json::from_str(&losses).unwrap_or_default(),
+                received: r.get::<_, i64>(9)?.max(0) as u64,
+                gaps: Vec::new(),
+                not_yet_received: last_seq.saturating_sub(max_seq),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut gaps = conn.prepare_cached(GAPS)?;
+    for d in &mut devices {
+        d.gaps = gaps
+            .query_map([&d.device], |r| {
+                Ok([r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64])
+            })?
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(devices)
 }
 
 fn write_blocking(conn: &mut Connection, batches: &[Batch]) -> Result<u64, rusqlite::Error> {
@@ -124,9 +224,82 @@ impl Sink for SqliteSink {
         })
     }
 
+    async fn record_status(&self, status: &Status) -> Result<(), SinkError> {
+        let s = status.clone();
+        self.blocking(move |conn| {
+            let losses: serde_json::Map<String, serde_json::Value> = s
+                .losses
+                .iter()
+                .map(|l| (l.reason.clone(), serde_json::json!(l.count)))
+                .collect();
+            conn.execute(
+                UPSERT_STATUS,
+                params![
+                    s.device,
+                    s.ts_ms,
+                    s.state == aeris_wire::DeviceState::Online,
+                    s.agent_version,
+                    s.last_seq as i64,
+                    s.queued_readings as i64,
+                    s.queued_bytes as i64,
+                    s.oldest_unsent_ms,
+                    serde_json::Value::Object(losses).to_string(),
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn readings(&self, q: &ReadingsQuery) -> Result<Vec<StoredReading>, SinkError> {
+        let q = q.clone();
+        self.blocking(move |conn| read_blocking(conn, &q)).await
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceReport>, SinkError> {
+        self.blocking(devices_blocking).await
+    }
+
+    async fn ping(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     fn kind(&self) -> &'static str {
         "sqlite"
     }
+}
+
+fn read_blocking(
+    conn: &Connection,
+    q: &ReadingsQuery,
+) -> Result<Vec<StoredReading>, rusqlite::Error> {
+    let mut stmt = conn.prepare_cached(READINGS)?;
+    let rows = stmt.query_map(
+        params![q.device, q.sensor, q.from_ms, q.to_ms, q.limit],
+        |r| {
+            let json: String = r.get(5)?;
+            let all: std::collections::BTreeMap<String, f64> =
+                serde_json::from_str(&json).unwrap_or_default();
+            let (models, values) = all
+                .into_iter()
+                .partition::<std::collections::BTreeMap<_, _>, _>(|(k, _)| {
+                    k.starts_with(MODEL_PREFIX)
+                });
+            Ok(StoredReading {
+                seq: r.get::<_, i64>(0)? as u64,
+                ts_ms: r.get(1)?,
+                lat: r.get(2)?,
+                lon: r.get(3)?,
+                flags: r.get(4)?,
+                values,
+                model_outputs: models
+                    .into_iter()
+                    .map(|(k, v)| (k[MODEL_PREFIX.len()..].to_owned(), v))
+                    .collect(),
+            })
+        },
+    )?;
+    rows.collect()
 }
 
 #[cfg(test)]
@@ -152,6 +325,51 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[tokio::test]
+    async fn reports_device_status_and_the_gaps_in_its_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = SqliteSink::open(&dir.path().join("cloud.db")).unwrap();
+        sink.write(&[batch("a", 1, 3), batch("a", 7, 2)])
+            .await
+            .unwrap();
+        let status = |ts_ms, last_seq| Status {
+            device: "a".into(),
+            boot_id: 1,
+            ts_ms,
+            state: aeris_wire::DeviceState::Online,
+            agent_version: "1.0".into(),
+            last_seq,
+            queued_readings: 2,
+            queued_bytes: 100,
+            oldest_unsent_ms: Some(5),
+            losses: vec![aeris_wire::Loss {
+                reason: "evicted".into(),
+                count: 4,
+            }],
+        };
+        sink.record_status(&status(20, 10)).await.unwrap();
+        // An older status arriving late changes nothing.
+        sink.record_status(&status(10, 3)).await.unwrap();
+        let d = sink.devices().await.unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].last_seq, 10);
+        assert_eq!(d[0].received, 5);
+        assert_eq!(d[0].gaps, vec![[4, 6]]);
+        assert_eq!(d[0].not_yet_received, 2);
+        assert_eq!(d[0].losses.get("evicted"), Some(&4));
+        let r = sink
+            .readings(&ReadingsQuery {
+                device: "a".into(),
+                sensor: "s1".into(),
+                from_ms: 0,
+                to_ms: i64::MAX,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 8]);
     }
 
     #[tokio::test]

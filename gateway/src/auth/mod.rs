@@ -1,8 +1,13 @@
-//! Who may write what. A batch is stored for the device named by the topic it
-//! arrived on (which the broker's ACL ties to the client's identity), and only
-//! if the payload names the same device: a device cannot write as another.
-
-use aeris_wire::Batch;
+//! Who may write what. A message is taken for the device named by the topic
+//! it arrived on, and only if the payload names the same device.
+//!
+//! Identity is split between the broker and the gateway: the device id is
+//! the MQTT user name (or the TLS client certificate's CN with
+//! `use_identity_as_username`), and the broker's ACL (`deploy/mosquitto/`)
+//! lets a client publish only under `{prefix}/<its id>/up/#`. MQTT 3.1.1
+//! does not tell a subscriber who published, so the gateway cannot see the
+//! identity itself; what it checks is that the payload agrees with the
+//! topic the ACL vouched for. Together: a device can only write its own data.
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -18,13 +23,27 @@ impl AuthError {
     }
 }
 
-pub fn authorize(topic_device: &str, batch: &Batch) -> Result<(), AuthError> {
-    if batch.device == topic_device {
+/// Accepts a payload naming `payload_device` on `topic_device`'s topic only
+/// if they are the same device.
+pub fn authorize(topic_device: &str, payload_device: &str) -> Result<(), AuthError> {
+    if payload_device == topic_device {
         Ok(())
     } else {
         Err(AuthError::DeviceMismatch {
             topic: topic_device.to_owned(),
-            payload: batch.device.clone(),
+            payload: payload_device.to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_naming_another_device_is_refused() {
+        assert!(authorize("a", "a").is_ok());
+        let e = authorize("a", "b").unwrap_err();
+        assert_eq!(e.reason(), "device_mismatch");
     }
 }

@@ -7,22 +7,25 @@
 //! subscription, so nothing here assumes it sees all of a device's batches
 //! or sees them in order.
 
+pub mod live;
 mod writer;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aeris_sink::live::Live;
 use aeris_sink::Sink;
-use aeris_wire::{decode, Batch, Channel, Topics};
+use aeris_wire::{decode, Batch, Channel, Event as DeviceEvent, EventKind, Status, Topics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::authorize;
 use crate::config::Config;
 use crate::stats::Stats;
+use live::LiveFeed;
 
 /// A decoded, authorized batch and the message it came in.
 pub(crate) struct Incoming {
@@ -30,9 +33,23 @@ pub(crate) struct Incoming {
     pub publish: Publish,
 }
 
+/// What the source hands on, besides batches.
+enum Accepted {
+    Batch(Incoming),
+    Status(Status),
+    Event(DeviceEvent),
+}
+
+/// The sink and live view the source writes to.
+pub struct Outputs {
+    pub sink: Arc<dyn Sink>,
+    pub live: Arc<dyn Live>,
+    pub feed: Arc<LiveFeed>,
+}
+
 pub async fn run(
     config: Arc<Config>,
-    sink: Arc<dyn Sink>,
+    out: Outputs,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -51,18 +68,29 @@ pub async fn run(
         .set_clean_session(true)
         .set_manual_acks(true)
         .set_max_packet_size(32 << 20, 1 << 20);
+    if !config.broker.username.is_empty() {
+        opts.set_credentials(
+            config.broker.username.clone(),
+            config.broker.password.clone(),
+        );
+    }
     let (client, mut events) = AsyncClient::new(opts, 4096);
     let (tx, rx) = mpsc::channel::<Incoming>(1024);
+    let (status_tx, status_rx) = mpsc::channel::<Accepted>(1024);
     let writer = tokio::spawn(writer::run(
         rx,
         client.clone(),
         topics.clone(),
-        sink,
+        out.sink.clone(),
+        out.feed.clone(),
         stats.clone(),
         config.writer.clone(),
         shutdown.clone(),
     ));
-    let filter = topics.shared(&config.broker.share_group, Channel::UpBatch);
+    tokio::spawn(side_channel(status_rx, out.sink, out.live, stats.clone()));
+    let group = &config.broker.share_group;
+    let filters =
+        [Channel::UpBatch, Channel::UpStatus, Channel::UpEvent].map(|c| topics.shared(group, c));
     let mut forward = Some(tx);
     let mut writer = writer;
     let mut writer_done = false;
@@ -88,25 +116,45 @@ pub async fn run(
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(200);
-                info!(client_id = %client_id, filter = %filter, "connected to broker");
-                if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
-                    warn!(error = %e, "cannot queue subscription");
+                info!(client_id = %client_id, filter = %filters[0], "connected to broker");
+                for f in &filters {
+                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                        warn!(error = %e, "cannot queue subscription");
+                    }
                 }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                // Ready only once the broker confirmed the subscriptions.
+                stats.broker_connected.store(true, Relaxed);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // Without a forward (shutting down) the message stays
                 // unacked: the broker forgets it with the clean session, and
                 // the device sends it again after its ack timeout.
-                if let (Some(tx), Some(incoming)) = (&forward, accept(&topics, &stats, &client, p))
-                {
-                    if tx.send(incoming).await.is_err() {
-                        break;
+                let Some(tx) = &forward else { continue };
+                match accept(&topics, &stats, &p) {
+                    Some(Accepted::Batch(incoming)) => {
+                        if tx.send(incoming).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(other) => {
+                        // Status and events are not on the ack path: acked
+                        // to the broker at once, handled on the side.
+                        if status_tx.try_send(other).is_err() {
+                            stats.reject("side_channel_full");
+                        }
+                        let _ = client.try_ack(&p);
+                    }
+                    None => {
+                        let _ = client.try_ack(&p);
                     }
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => {
+                stats.broker_connected.store(false, Relaxed);
                 if writer_done {
                     break;
                 }
@@ -116,6 +164,7 @@ pub async fn run(
             }
         }
     }
+    stats.broker_connected.store(false, Relaxed);
     if !writer_done {
         writer.await?;
     }
@@ -130,29 +179,79 @@ fn fastrand_u32() -> u32 {
     nanos ^ std::process::id().rotate_left(16)
 }
 
-/// Decodes and authorizes one message; a rejected one is counted, acked to
-/// the broker (so it is not redelivered) and dropped.
-fn accept(topics: &Topics, stats: &Stats, client: &AsyncClient, p: Publish) -> Option<Incoming> {
+/// Decodes and authorizes one message; a rejected one is counted, logged
+/// and dropped (the caller acks it to the broker so it is not redelivered).
+fn accept(topics: &Topics, stats: &Stats, p: &Publish) -> Option<Accepted> {
+    fn check<T: aeris_wire::WireMessage>(
+        device: &str,
+        payload: &[u8],
+        named: impl Fn(&T) -> &str,
+    ) -> Result<T, (&'static str, String)> {
+        let msg = decode::<T>(payload).map_err(|e| (e.reason(), e.to_string()))?;
+        authorize(device, named(&msg)).map_err(|e| (e.reason(), e.to_string()))?;
+        Ok(msg)
+    }
     let verdict = match topics.parse(&p.topic) {
-        Ok((device, Channel::UpBatch)) => match decode::<Batch>(&p.payload) {
-            Ok(batch) => match authorize(device, &batch) {
-                Ok(()) => Ok(batch),
-                Err(e) => Err((e.reason(), e.to_string())),
-            },
-            Err(e) => Err((e.reason(), e.to_string())),
-        },
+        Ok((device, Channel::UpBatch)) => {
+            check::<Batch>(device, &p.payload, |b| &b.device).map(|batch| {
+                Accepted::Batch(Incoming {
+                    batch,
+                    publish: p.clone(),
+                })
+            })
+        }
+        Ok((device, Channel::UpStatus)) => {
+            check::<Status>(device, &p.payload, |s| &s.device).map(Accepted::Status)
+        }
+        Ok((device, Channel::UpEvent)) => {
+            check::<DeviceEvent>(device, &p.payload, |e| &e.device).map(Accepted::Event)
+        }
         _ => Err(("unexpected_topic", format!("topic {}", p.topic))),
     };
     match verdict {
-        Ok(batch) => {
-            stats.batches_received.fetch_add(1, Relaxed);
-            Some(Incoming { batch, publish: p })
+        Ok(a) => {
+            match &a {
+                Accepted::Batch(_) => stats.batches_received.inc(),
+                Accepted::Status(_) => stats.statuses_received.inc(),
+                Accepted::Event(_) => 0,
+            };
+            Some(a)
         }
         Err((reason, error)) => {
             stats.reject(reason);
-            warn!(topic = %p.topic, reason, error = %error, "batch rejected");
-            let _ = client.try_ack(&p);
+            warn!(topic = %p.topic, reason, error = %error, "message rejected");
             None
+        }
+    }
+}
+
+/// Statuses go to the database (data debt for the API); alerts to the live
+/// view's pub/sub.
+async fn side_channel(
+    mut rx: mpsc::Receiver<Accepted>,
+    sink: Arc<dyn Sink>,
+    live: Arc<dyn Live>,
+    stats: Arc<Stats>,
+) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Accepted::Status(s) => {
+                if let Err(e) = sink.record_status(&s).await {
+                    stats.reject("status_not_stored");
+                    warn!(device = %s.device, error = %e, "device status not stored");
+                }
+            }
+            Accepted::Event(e) if matches!(e.kind, EventKind::Alert | EventKind::SensorFault) => {
+                let json = serde_json::json!({
+                    "device": e.device, "ts_ms": e.ts_ms,
+                    "kind": format!("{:?}", e.kind), "message": e.message,
+                })
+                .to_string();
+                if let Err(err) = live.alert(&json).await {
+                    debug!(device = %e.device, error = %err, "alert not published");
+                }
+            }
+            Accepted::Event(_) | Accepted::Batch(_) => {}
         }
     }
 }

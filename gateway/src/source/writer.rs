@@ -11,15 +11,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use super::live::LiveFeed;
 use super::Incoming;
 use crate::config::WriterConfig;
 use crate::stats::Stats;
 
+// Each argument is a distinct dependency; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Incoming>,
     client: AsyncClient,
     topics: Topics,
     sink: Arc<dyn Sink>,
+    feed: Arc<LiveFeed>,
     stats: Arc<Stats>,
     config: WriterConfig,
     shutdown: CancellationToken,
@@ -36,7 +40,8 @@ pub(crate) async fn run(
             match sink.write(&batches).await {
                 Ok(outcome) => break Some(outcome),
                 Err(e) => {
-                    stats.write_errors.fetch_add(1, Relaxed);
+                    stats.write_errors.inc();
+                    stats.sink_ok.store(false, Relaxed);
                     error!(error = %e, batches = batches.len(), retry_in = ?delay, "write failed; acks held");
                     if shutdown.is_cancelled() {
                         break None;
@@ -56,10 +61,10 @@ pub(crate) async fn run(
             );
             return;
         };
-        stats.readings_inserted.fetch_add(outcome.inserted, Relaxed);
-        stats
-            .readings_duplicate
-            .fetch_add(outcome.duplicates, Relaxed);
+        stats.sink_ok.store(true, Relaxed);
+        stats.readings_inserted.inc_by(outcome.inserted);
+        stats.readings_duplicate.inc_by(outcome.duplicates);
+        feed.offer(&batches);
         for Incoming { batch, publish } in group.drain(..) {
             let Some(last_seq) = batch.last_seq() else {
                 continue;
@@ -81,7 +86,7 @@ pub(crate) async fn run(
                 warn!(error = %e, device = %batch.device, "cannot queue ack; the device will resend");
                 continue;
             }
-            stats.acks_sent.fetch_add(1, Relaxed);
+            stats.acks_sent.inc();
             if let Err(e) = client.ack(&publish).await {
                 debug!(error = %e, "cannot ack to broker");
             }

@@ -1,0 +1,124 @@
+//! The bulk write path: binary `COPY` of every reading of a group into a
+//! session-local staging table, then one `INSERT ... SELECT ... ON CONFLICT
+//! DO NOTHING` into `readings`, all in one transaction.
+//!
+//! The staging table is `TEMP ... ON COMMIT DELETE ROWS`: private to the
+//! connection, never WAL-logged, and empty again after each commit or
+//! rollback, so a failed write leaves nothing behind.
+
+use aeris_wire::{Batch, Reading};
+use futures_util::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Transaction;
+
+use crate::query::{MODEL_PREFIX, POLLUTANT_COLUMNS};
+
+/// Created once per connection.
+pub(super) const CREATE_STAGING: &str = "
+CREATE TEMP TABLE IF NOT EXISTS aeris_staging (
+    device_id text, seq int8, sensor_id text, ts_ms int8, lon float8, lat float8, flags int4,
+    pm1 float8, pm25 float8, pm10 float8, no2 float8, o3 float8, co float8, so2 float8,
+    measurements jsonb, model_outputs jsonb
+) ON COMMIT DELETE ROWS";
+
+const COPY_IN: &str = "COPY aeris_staging FROM STDIN (FORMAT binary)";
+
+/// Column types of `aeris_staging`, in order.
+const TYPES: [Type; 16] = [
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::INT4,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::JSONB,
+    Type::JSONB,
+];
+
+/// Staging to `readings`. The timestamp is built from integer milliseconds
+/// (exact, unlike a float division).
+const MERGE: &str = "
+INSERT INTO readings (device_id, seq, sensor_id, ts, geom, flags,
+                      pm1, pm25, pm10, no2, o3, co, so2, measurements, model_outputs)
+SELECT device_id, seq, sensor_id, 'epoch'::timestamptz + ts_ms * interval '1 millisecond',
+       ST_SetSRID(ST_MakePoint(lon, lat), 4326), flags,
+       pm1, pm25, pm10, no2, o3, co, so2, measurements, model_outputs
+FROM aeris_staging
+ON CONFLICT (device_id, seq) DO NOTHING";
+
+/// A reading split into the staging table's columns.
+struct Row<'a> {
+    pollutants: [Option<f64>; 7],
+    rest: serde_json::Value,
+    models: serde_json::Value,
+    reading: &'a Reading,
+}
+
+fn split(reading: &Reading) -> Row<'_> {
+    let mut pollutants = [None; 7];
+    let mut rest = serde_json::Map::new();
+    let mut models = serde_json::Map::new();
+    for v in &reading.values {
+        if let Some(i) = POLLUTANT_COLUMNS.iter().position(|c| *c == v.quantity) {
+            pollutants[i] = Some(v.value);
+        } else if let Some(model) = v.quantity.strip_prefix(MODEL_PREFIX) {
+            models.insert(model.to_owned(), serde_json::json!(v.value));
+        } else {
+            rest.insert(v.quantity.clone(), serde_json::json!(v.value));
+        }
+    }
+    Row {
+        pollutants,
+        rest: serde_json::Value::Object(rest),
+        models: serde_json::Value::Object(models),
+        reading,
+    }
+}
+
+/// Copies `batches` into staging and merges them; returns the rows inserted.
+pub(super) async fn write(
+    tx: &Transaction<'_>,
+    batches: &[Batch],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx.copy_in(COPY_IN).await?;
+    let writer = BinaryCopyInWriter::new(sink, &TYPES);
+    pin_mut!(writer);
+    for b in batches {
+        for (seq, r) in b.with_seqs() {
+            let row = split(r);
+            let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+            let flags = row.reading.flags as i32;
+            let [pm1, pm25, pm10, no2, o3, co, so2] = &row.pollutants;
+            let values: [&(dyn ToSql + Sync); 16] = [
+                &b.device,
+                &seq,
+                &r.sensor,
+                &r.ts_ms,
+                &r.lon,
+                &r.lat,
+                &flags,
+                pm1,
+                pm25,
+                pm10,
+                no2,
+                o3,
+                co,
+                so2,
+                &row.rest,
+                &row.models,
+            ];
+            writer.as_mut().write(&values).await?;
+        }
+    }
+    writer.finish().await?;
+    tx.execute(MERGE, &[]).await
+}

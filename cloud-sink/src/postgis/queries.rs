@@ -1,0 +1,177 @@
+//! Reads for the HTTP API and the device-status upsert. Fixed SQL; data
+//! travels only as parameters.
+
+use std::collections::BTreeMap;
+
+use aeris_wire::{DeviceState, Status};
+use tokio_postgres::Client;
+
+use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
+
+/// Newer statuses replace older ones; a late retained copy does not.
+const UPSERT_STATUS: &str = "
+INSERT INTO devices (device_id, boot_id, status_ts, online, agent_version, last_seq,
+                     queued_readings, queued_bytes, oldest_unsent, losses)
+VALUES ($1, $2, 'epoch'::timestamptz + $3::int8 * interval '1 millisecond', $4, $5, $6, $7, $8,
+        'epoch'::timestamptz + $9::int8 * interval '1 millisecond', $10)
+ON CONFLICT (device_id) DO UPDATE SET
+    boot_id = EXCLUDED.boot_id, status_ts = EXCLUDED.status_ts, online = EXCLUDED.online,
+    agent_version = EXCLUDED.agent_version, last_seq = EXCLUDED.last_seq,
+    queued_readings = EXCLUDED.queued_readings, queued_bytes = EXCLUDED.queued_bytes,
+    oldest_unsent = EXCLUDED.oldest_unsent, losses = EXCLUDED.losses, updated_at = now()
+WHERE devices.status_ts <= EXCLUDED.status_ts";
+
+const READINGS: &str = "
+SELECT seq, (extract(epoch FROM ts) * 1000)::int8, ST_Y(geom), ST_X(geom), flags,
+       jsonb_strip_nulls(jsonb_build_object('pm1', pm1, 'pm25', pm25, 'pm10', pm10, 'no2', no2,
+                                            'o3', o3, 'co', co, 'so2', so2)) || measurements,
+       model_outputs
+FROM readings
+WHERE device_id = $1 AND sensor_id = $2
+  AND ts >= 'epoch'::timestamptz + $3::int8 * interval '1 millisecond'
+  AND ts <  'epoch'::timestamptz + $4::int8 * interval '1 millisecond'
+ORDER BY ts, seq
+LIMIT $5";
+
+/// Gaps are computed in the database from the primary key: each stored seq
+/// compared with the one before it (`lag`), the first against 0.
+const DEVICES: &str = "
+SELECT d.device_id, d.online, d.agent_version, (extract(epoch FROM d.status_ts) * 1000)::int8,
+       d.last_seq, d.queued_readings, d.queued_bytes,
+       (extract(epoch FROM d.oldest_unsent) * 1000)::int8, d.losses,
+       s.received, s.max_seq, g.gaps
+FROM devices d
+CROSS JOIN LATERAL (
+    SELECT count(*) AS received, coalesce(max(seq), 0) AS max_seq
+    FROM readings r WHERE r.device_id = d.device_id
+) s
+CROSS JOIN LATERAL (
+    SELECT coalesce(jsonb_agg(jsonb_build_array(first, last) ORDER BY first), '[]') AS gaps
+    FROM (
+        SELECT prev + 1 AS first, seq - 1 AS last
+        FROM (SELECT seq, lag(seq, 1, 0::int8) OVER (ORDER BY seq) AS prev
+              FROM readings r WHERE r.device_id = d.device_id) w
+        WHERE seq - prev > 1
+        ORDER BY first
+        LIMIT 100
+    ) h
+) g
+ORDER BY d.device_id";
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(super) async fn record_status(
+    client: &Client,
+    s: &Status,
+) -> Result<u64, tokio_postgres::Error> {
+    let losses = serde_json::Value::Object(
+        s.losses
+            .iter()
+            .map(|l| (l.reason.clone(), serde_json::json!(l.count)))
+            .collect(),
+    );
+    client
+        .execute(
+            UPSERT_STATUS,
+            &[
+                &s.device,
+                &(s.boot_id as i64),
+                &s.ts_ms,
+                &(s.state == DeviceState::Online),
+                &s.agent_version,
+                &to_i64(s.last_seq),
+                &to_i64(s.queued_readings),
+                &to_i64(s.queued_bytes),
+                &s.oldest_unsent_ms,
+                &losses,
+            ],
+        )
+        .await
+}
+
+fn numbers(v: serde_json::Value) -> BTreeMap<String, f64> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+pub(super) async fn readings(
+    client: &Client,
+    q: &ReadingsQuery,
+) -> Result<Vec<StoredReading>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            READINGS,
+            &[&q.device, &q.sensor, &q.from_ms, &q.to_ms, &q.limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredReading {
+            seq: to_u64(r.get(0)),
+            ts_ms: r.get(1),
+            lat: r.get(2),
+            lon: r.get(3),
+            flags: r.get::<_, i32>(4) as u32,
+            values: numbers(r.get(5)),
+            model_outputs: numbers(r.get(6)),
+        })
+        .collect())
+}
+
+pub(super) async fn devices(client: &Client) -> Result<Vec<DeviceReport>, tokio_postgres::Error> {
+    let rows = client.query(DEVICES, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let last_seq = to_u64(r.get(4));
+            let max_seq = to_u64(r.get(10));
+            let losses = numbers(r.get(8))
+                .into_iter()
+                .map(|(k, v)| (k, v as u64))
+                .collect();
+            let gaps = match r.get::<_, serde_json::Value>(11) {
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|g| Some([g.get(0)?.as_u64()?, g.get(1)?.as_u64()?]))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            DeviceReport {
+                device: r.get(0),
+                online: r.get(1),
+                agent_version: r.get(2),
+                status_ts_ms: r.get(3),
+                last_seq,
+                queued_readings: to_u64(r.get(5)),
+                queued_bytes: to_u64(r.get(6)),
+                oldest_unsent_ms: r.get(7),
+                losses,
+                received: to_u64(r.get(9)),
+                gaps,
+                not_yet_received: last_seq.saturating_sub(max_seq),
+            }
+        })
+        .collect())
+}
+
+/// Keeps the column list of [`POLLUTANT_COLUMNS`] and the SQL above in step.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readings_query_names_every_pollutant_column() {
+        for c in crate::query::POLLUTANT_COLUMNS {
+            assert!(super::READINGS.contains(&format!("'{c}', {c}")), "{c}");
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The live map page. Leaflet 1.9.4 (BSD-2-Clause, from the npm registry,
+//! `gateway/assets/leaflet/`) and the page's own script are compiled into
+//! the binary: the map works offline and never loads code from a CDN.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::ApiState;
+
+const INDEX: &str = include_str!("../../assets/map/index.html");
+const MAP_JS: &str = include_str!("../../assets/map/map.js");
+const LEAFLET_JS: &str = include_str!("../../assets/leaflet/leaflet.js");
+const LEAFLET_CSS: &str = include_str!("../../assets/leaflet/leaflet.css");
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/map", get(index))
+        .route("/assets/map.js", get(|| asset("text/javascript", MAP_JS)))
+        .route(
+            "/assets/leaflet.js",
+            get(|| asset("text/javascript", LEAFLET_JS)),
+        )
+        .route(
+            "/assets/leaflet.css",
+            get(|| asset("text/css", LEAFLET_CSS)),
+        )
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The page with its config inlined as JSON (`</` escaped so the JSON
+/// cannot close the script element).
+async fn index(State(s): State<ApiState>) -> Html<String> {
+    let config = serde_json::json!({ "tile_url": s.tile_url })
+        .to_string()
+        .replace("</", "<\\/");
+    Html(INDEX.replace("__AERIS_CONFIG__", &config))
+}

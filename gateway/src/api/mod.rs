@@ -1,0 +1,255 @@
+//! The HTTP API and the live map.
+//!
+//! - `GET /healthz`: the process runs. `GET /readyz`: connected to the
+//!   broker and the database answers (503 otherwise). `GET /metrics`:
+//!   Prometheus text.
+//! - `GET /api/sensors[?bbox=w,s,e,n | ?lat=&lon=&radius_m=]`: latest reading
+//!   of each sensor in the area, from the live view (Redis geo index).
+//! - `GET /api/readings?device=&sensor=&from=&to=&limit=`: a sensor's stored
+//!   readings over `[from, to)` (Unix ms or RFC 3339), from the database.
+//! - `GET /api/devices`: each device's last status and data debt next to the
+//!   seq ranges never received (computed in the database).
+//! - `GET /api/live`: server-sent events, one `reading` event per reading
+//!   that became its sensor's latest (the Redis stream).
+//! - `GET /`: the map page; its scripts are compiled into the binary
+//!   ([`map`]), nothing is fetched from a CDN.
+
+mod map;
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aeris_sink::live::{Area, Live};
+use aeris_sink::query::ReadingsQuery;
+use aeris_sink::{Sink, SinkError};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub sink: Arc<dyn Sink>,
+    pub live: Arc<dyn Live>,
+    pub stats: Arc<Stats>,
+    pub tile_url: String,
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/sensors", get(sensors))
+        .route("/api/readings", get(readings))
+        .route("/api/devices", get(devices))
+        .route("/api/live", get(live))
+        .merge(map::routes())
+        .with_state(state)
+}
+
+/// A JSON error body with a status.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": message.into() });
+    (status, Json(body)).into_response()
+}
+
+fn sink_error(e: SinkError) -> Response {
+    match e {
+        SinkError::Unsupported(_) => error(StatusCode::NOT_IMPLEMENTED, e.to_string()),
+        SinkError::Rejected(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn readyz(State(s): State<ApiState>) -> Response {
+    let broker = s.stats.broker_connected.load(Relaxed);
+    let db = matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.sink.ping()).await,
+        Ok(Ok(()))
+    );
+    let body = serde_json::json!({ "broker": broker, "database": db });
+    let status = if broker && db {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.stats.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct AreaParams {
+    bbox: Option<String>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    radius_m: Option<f64>,
+}
+
+fn area(p: &AreaParams) -> Result<Area, String> {
+    if let Some(b) = &p.bbox {
+        let v: Vec<f64> = b
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| "bbox must be four numbers: west,south,east,north".to_owned())?;
+        let [w, s, e, n] = v[..] else {
+            return Err("bbox must be four numbers: west,south,east,north".into());
+        };
+        let lon_ok = (-180.0..=180.0).contains(&w) && (-180.0..=180.0).contains(&e);
+        let lat_ok = (-90.0..=90.0).contains(&s) && (-90.0..=90.0).contains(&n);
+        if !(w < e && s < n && lon_ok && lat_ok) {
+            return Err("bbox must satisfy west < east and south < north, in degrees".into());
+        }
+        return Ok(Area::BBox {
+            min_lon: w,
+            min_lat: s,
+            max_lon: e,
+            max_lat: n,
+        });
+    }
+    match (p.lat, p.lon, p.radius_m) {
+        (None, None, None) => Ok(Area::All),
+        (Some(lat), Some(lon), Some(r))
+            if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) && r > 0.0 =>
+        {
+            Ok(Area::Radius {
+                lon,
+                lat,
+                meters: r,
+            })
+        }
+        _ => Err("give lat, lon (degrees) and radius_m > 0 together, or bbox".into()),
+    }
+}
+
+async fn sensors(State(s): State<ApiState>, Query(p): Query<AreaParams>) -> Response {
+    let area = match area(&p) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match s.live.search(area).await {
+        Ok(found) => Json(found).into_response(),
+        Err(e) => sink_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadingsParams {
+    device: String,
+    sensor: String,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Unix milliseconds or an RFC 3339 time.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("bad time {s:?}: {e}"))
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        })
+}
+
+async fn readings(State(s): State<ApiState>, Query(p): Query<ReadingsParams>) -> Response {
+    let from = p
+        .from
+        .as_deref()
+        .map(parse_time)
+        .unwrap_or(Ok(i64::MIN / 4));
+    let to = p.to.as_deref().map(parse_time).unwrap_or(Ok(i64::MAX / 4));
+    let (from_ms, to_ms) = match (from, to) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let q = ReadingsQuery {
+        device: p.device,
+        sensor: p.sensor,
+        from_ms,
+        to_ms,
+        limit: p.limit.unwrap_or(1000).clamp(1, 10_000),
+    };
+    match s.sink.readings(&q).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => sink_error(e),
+    }
+}
+
+async fn devices(State(s): State<ApiState>) -> Response {
+    match s.sink.devices().await {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => sink_error(e),
+    }
+}
+
+/// Ends with the gateway's shutdown, so a graceful stop does not wait for
+/// browsers to close their event streams.
+async fn live(State(s): State<ApiState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = s.live.subscribe();
+    let stream = tokio_stream::wrappers::BroadcastStream::new(rx)
+        .filter_map(|r| async move {
+            let r = r.ok()?;
+            let json = serde_json::to_string(&r).ok()?;
+            Some(Ok(Event::default().event("reading").data(json)))
+        })
+        .take_until(s.shutdown.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(bbox: Option<&str>, lat: Option<f64>, lon: Option<f64>, r: Option<f64>) -> AreaParams {
+        AreaParams {
+            bbox: bbox.map(str::to_owned),
+            lat,
+            lon,
+            radius_m: r,
+        }
+    }
+
+    #[test]
+    fn area_parameters_are_checked() {
+        assert_eq!(area(&p(None, None, None, None)), Ok(Area::All));
+        assert!(matches!(
+            area(&p(Some("6,47,7,48"), None, None, None)),
+            Ok(Area::BBox { .. })
+        ));
+        assert!(area(&p(Some("7,47,6,48"), None, None, None)).is_err());
+        assert!(area(&p(Some("6,47,7"), None, None, None)).is_err());
+        assert!(area(&p(None, Some(47.0), None, Some(10.0))).is_err());
+        assert!(matches!(
+            area(&p(None, Some(47.0), Some(6.0), Some(10.0))),
+            Ok(Area::Radius { .. })
+        ));
+        assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+    }
+}

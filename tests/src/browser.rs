@@ -1,0 +1,156 @@
+//! Headless Chromium (Debian `chromium`) driven over the DevTools protocol:
+//! open a page, evaluate JavaScript, take a screenshot. Nothing is
+//! downloaded; the browser runs with a fresh profile and no network
+//! services of its own.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+fn binary() -> &'static str {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("chromium")
+}
+
+impl Browser {
+    /// Starts Chromium on `url` and attaches to its page.
+    pub fn open(url: &str) -> Browser {
+        let profile = tempfile::tempdir().expect("tempdir");
+        let port = crate::free_port();
+        let mut child = Command::new(binary())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--window-size=1024,768",
+            ])
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start chromium: install the Debian package `chromium` (scripts/test.sh does)");
+        let start = Instant::now();
+        let ws_url = loop {
+            let found = crate::http::get(port, "/json/list")
+                .ok()
+                .and_then(|(_, body)| {
+                    let targets: serde_json::Value = serde_json::from_str(&body).ok()?;
+                    targets.as_array()?.iter().find_map(|t| {
+                        (t["type"] == "page")
+                            .then(|| t["webSocketDebuggerUrl"].as_str().map(String::from))?
+                    })
+                });
+            if let Some(u) = found {
+                break u;
+            }
+            if start.elapsed() > Duration::from_secs(30)
+                || child.try_wait().ok().flatten().is_some()
+            {
+                let _ = child.kill();
+                panic!("chromium's DevTools endpoint did not come up on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (ws, _) = tungstenite::connect(ws_url.as_str()).expect("DevTools websocket");
+        Browser {
+            child,
+            _profile: profile,
+            ws,
+            next_id: 1,
+        }
+    }
+
+    /// Sends one DevTools command and returns its `result`.
+    pub fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = serde_json::json!({ "id": id, "method": method, "params": params });
+        self.ws
+            .send(Message::text(msg.to_string()))
+            .expect("DevTools send");
+        loop {
+            let m = self.ws.read().expect("DevTools read");
+            let Ok(text) = m.to_text() else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+                continue;
+            };
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates a JavaScript expression in the page; its JSON value.
+    pub fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": expression, "returnByValue": true }),
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Polls `expression` until `ok` accepts its value, or panics.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        expression: &str,
+        timeout: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let v = self.eval(expression);
+            if ok(&v) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; last value {v}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Saves a PNG of the viewport.
+    pub fn screenshot(&mut self, path: &Path) {
+        let r = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({ "format": "png" }),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap_or_default())
+            .expect("screenshot base64");
+        std::fs::write(path, png).expect("write screenshot");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

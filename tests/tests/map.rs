@@ -1,0 +1,97 @@
+//! The live map in headless Chromium: markers for the test's sensors appear,
+//! coloured by AQI, and change colour when new readings arrive through the
+//! server-sent events. Leaves a screenshot in the target folder.
+
+use std::time::Duration;
+
+use aeris_tests::browser::Browser;
+use aeris_tests::cloud::Cloud;
+use aeris_tests::device::{reading, FakeDevice};
+use aeris_tests::now_ms;
+use aeris_wire::Batch;
+
+const DEV: &str = "dev-map";
+const GOOD: &str = "#00e400";
+const VERY_UNHEALTHY: &str = "#8f3f97";
+const SENSORS: [(&str, f64, f64); 3] = [
+    ("north", 52.55, 13.40),
+    ("centre", 52.52, 13.38),
+    ("east", 52.51, 13.46),
+];
+
+fn batch(first_seq: u64, ts: i64, pm25: f64) -> Batch {
+    Batch {
+        device: DEV.into(),
+        first_seq,
+        readings: SENSORS
+            .iter()
+            .map(|(s, lat, lon)| reading(s, ts, *lat, *lon, pm25))
+            .collect(),
+    }
+}
+
+/// `{sensor id: fill colour}` of the markers drawn in the page's SVG.
+const FILLS: &str = "Object.fromEntries(Array.from(document.querySelectorAll('path.aeris-sensor'))
+    .map(p => [p.getAttribute('data-sensor'), p.getAttribute('fill')]))";
+
+fn all_filled(v: &serde_json::Value, colour: &str) -> bool {
+    v.as_object()
+        .is_some_and(|m| m.len() == SENSORS.len() && m.values().all(|c| c == colour))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_shows_sensors_by_aqi_and_recolours_them_live() {
+    let cloud = Cloud::start(true).await;
+    let dev = FakeDevice::connect(cloud.broker.port, DEV).await;
+    let t = now_ms() - 60_000;
+    dev.send(&batch(1, t, 4.0)).await;
+    assert!(
+        dev.wait_acked(3, Duration::from_secs(20)).await,
+        "{}",
+        cloud.logs()
+    );
+    // The live view is written just after the commit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let url = format!("http://127.0.0.1:{}/", cloud.gateway.api_port);
+    tokio::task::block_in_place(|| {
+        let mut browser = Browser::open(&url);
+        let fills = browser.wait_for("three green markers", FILLS, Duration::from_secs(20), |v| {
+            all_filled(v, GOOD)
+        });
+        assert!(fills.get("dev-map/centre").is_some(), "{fills}");
+        // The page subscribed to the live feed before the new readings.
+        browser.wait_for(
+            "the event stream to open",
+            "window.aerisLive === true",
+            Duration::from_secs(10),
+            |v| v == true,
+        );
+        let rt = tokio::runtime::Handle::current();
+        rt.block_on(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            dev.send(&batch(4, t + 30_000, 180.0)).await;
+            assert!(dev.wait_acked(6, Duration::from_secs(20)).await);
+        });
+        browser.wait_for(
+            "markers turning purple",
+            FILLS,
+            Duration::from_secs(20),
+            |v| all_filled(v, VERY_UNHEALTHY),
+        );
+        let updates = browser.eval("window.aerisUpdates");
+        assert!(
+            updates.as_u64().unwrap_or(0) >= 3,
+            "live updates: {updates}"
+        );
+        let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("aeris-map.png");
+        browser.screenshot(&shot);
+        let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            size > 2_000,
+            "screenshot {} is {size} bytes",
+            shot.display()
+        );
+        eprintln!("map screenshot: {}", shot.display());
+    });
+}
