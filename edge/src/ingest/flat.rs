@@ -25,7 +25,7 @@ use crate::preprocess::units::{self, Reference};
 /// Why a sensor message was rejected. [`Reject::reason`] is the metric label.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Reject {
-    #[error("payload of {0} bytes exceeds the limit")]
+    #[error("payload too large ({0} bytes, records or values)")]
     Oversize(usize),
     #[error("payload is not JSON: {0}")]
     NotJson(String),

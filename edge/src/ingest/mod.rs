@@ -295,7 +295,41 @@ async fn recv_opt_unbounded<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::sensor_id;
+    use super::{flat, parse_message, sensor_id};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn format_is_chosen_by_content_and_the_allow_list_applies_to_both() {
+        let sensors = BTreeMap::new();
+        let cx = flat::Context {
+            now_ms: 1_700_000_000_000,
+            max_future_ms: 300_000,
+            retention_ms: 86_400_000,
+            max_payload_bytes: 256,
+            sensors: &sensors,
+            reference: Default::default(),
+        };
+        let allow = vec!["s1".to_owned()];
+        let flat = br#"{"pm25":1,"lat":1,"lon":1}"#;
+        let senml = br#"[{"n":"pm25","v":1},{"n":"pm25","v":2,"t":-1},{"n":"lat","v":1},{"n":"lon","v":1}]"#;
+        assert_eq!(
+            parse_message("s1", flat, &allow, &cx).map(|r| r.len()),
+            Ok(1)
+        );
+        assert_eq!(
+            parse_message("s1", senml, &allow, &cx).map(|r| r.len()),
+            Ok(2)
+        );
+        for payload in [&flat[..], &senml[..], b"not json"] {
+            let e = parse_message("s2", payload, &allow, &cx).unwrap_err();
+            assert_eq!(e.reason(), "unknown_sensor");
+        }
+        assert_eq!(parse_message("s2", flat, &[], &cx).map(|r| r.len()), Ok(1));
+        let e = parse_message("s1", &[b' '; 300], &allow, &cx).unwrap_err();
+        assert_eq!(e.reason(), "oversize");
+        let e = parse_message("s1", b"7", &allow, &cx).unwrap_err();
+        assert_eq!(e.reason(), "not_object");
+    }
 
     #[test]
     fn sensor_id_is_the_level_after_the_filter() {
