@@ -151,6 +151,12 @@ async fn main() -> anyhow::Result<()> {
             port,
             ..defaults.cloud.clone()
         },
+        // The replay keeps the data sets' original timestamps (from 2010),
+        // far beyond the default 7-day retention.
+        ingest: aeris_edge::config::IngestConfig {
+            retention: Duration::from_secs(100 * 365 * 86_400),
+            ..defaults.ingest.clone()
+        },
         uplink: aeris_edge::config::UplinkConfig {
             batch_max_age: Duration::from_millis(200),
             ..defaults.uplink.clone()

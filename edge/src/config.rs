@@ -24,6 +24,7 @@ pub struct Config {
     /// The cloud broker the agent syncs to.
     pub cloud: CloudConfig,
     pub ingest: IngestConfig,
+    pub preprocess: PreprocessConfig,
     pub uplink: UplinkConfig,
     pub infer: InferConfig,
     /// Local HTTP endpoint for /healthz, /readyz and /metrics; empty = off.
@@ -66,6 +67,59 @@ pub struct IngestConfig {
     /// Readings stamped further ahead of the board's clock are rejected.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+    /// Readings stamped further in the past are rejected (`too_old`).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Sensor ids accepted; empty = any. Others are rejected (`unknown_sensor`).
+    pub allow_list: Vec<String>,
+}
+
+/// Preprocessing between validation and inference (see `preprocess`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreprocessConfig {
+    /// Reference temperature (°C) for ppb/ppm → µg/m³.
+    pub reference_temp_c: f64,
+    /// Reference pressure (hPa) for ppb/ppm → µg/m³.
+    pub reference_pressure_hpa: f64,
+    /// A value this many times the recent median away from it is a spike;
+    /// 0 = off.
+    pub spike_ratio: f64,
+    /// ...and at least this far from it, in the quantity's unit.
+    pub spike_min_delta: f64,
+    /// A value repeated unchanged this many times in a row is stuck; 0 = off.
+    pub stuck_count: u32,
+    /// Default aggregation window; 0 = off.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Aggregation window by sensor id.
+    pub windows: BTreeMap<String, humantime_serde::Serde<Duration>>,
+    /// Attach US EPA AQI values (`aqi_<pollutant>`, `aqi`) to readings.
+    pub aqi: bool,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        PreprocessConfig {
+            reference_temp_c: 25.0,
+            reference_pressure_hpa: 1013.25,
+            spike_ratio: 4.0,
+            spike_min_delta: 50.0,
+            stuck_count: 30,
+            window: Duration::from_secs(300),
+            windows: BTreeMap::new(),
+            aqi: true,
+        }
+    }
+}
+
+impl PreprocessConfig {
+    pub fn reference(&self) -> crate::preprocess::units::Reference {
+        crate::preprocess::units::Reference {
+            temp_c: self.reference_temp_c,
+            pressure_hpa: self.reference_pressure_hpa,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +210,7 @@ impl Default for Config {
             local: LocalConfig::default(),
             cloud: CloudConfig::default(),
             ingest: IngestConfig::default(),
+            preprocess: PreprocessConfig::default(),
             uplink: UplinkConfig::default(),
             infer: InferConfig::default(),
             health_listen: "127.0.0.1:9750".into(),
@@ -192,6 +247,8 @@ impl Default for IngestConfig {
         IngestConfig {
             max_payload_bytes: 4096,
             max_future: Duration::from_secs(300),
+            retention: Duration::from_secs(7 * 86_400),
+            allow_list: Vec::new(),
         }
     }
 }
@@ -223,6 +280,16 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   cloud.status_interval         heartbeat period of up/status [10s]
   ingest.max_payload_bytes      larger sensor payloads are rejected [4096]
   ingest.max_future             readings stamped further ahead are rejected [5m]
+  ingest.retention              readings stamped further back are rejected [7d]
+  ingest.allow_list             sensor ids accepted; [] = any, else others rejected []
+  preprocess.reference_temp_c   reference temperature for ppb/ppm to ug/m3, degC [25]
+  preprocess.reference_pressure_hpa  reference pressure for ppb/ppm to ug/m3 [1013.25]
+  preprocess.spike_ratio        spike: this many times the recent median away; 0 = off [4]
+  preprocess.spike_min_delta    ...and at least this far from it, in its unit [50]
+  preprocess.stuck_count        stuck: value repeated unchanged this many times; 0 = off [30]
+  preprocess.window             aggregation window (mean/min/max/count); 0s = off [5m]
+  preprocess.windows.<sensor>   aggregation window of one sensor []
+  preprocess.aqi                attach US EPA AQI values aqi_<pollutant> and aqi [true]
   uplink.batch_max_readings     readings per batch, at most [500]
   uplink.batch_max_age          a partial batch leaves after this wait [1s]
   uplink.max_inflight_batches   batches sent but not acked, at most [8]
@@ -271,7 +338,7 @@ impl Config {
             "local",
             "cloud",
         ];
-        let known_sections = ["ingest", "uplink", "infer", "sensors"];
+        let known_sections = ["ingest", "preprocess", "uplink", "infer", "sensors"];
         let env = env.split("__").filter_map(move |k| {
             // Keys reach this filter before figment lower-cases them; lower
             // them here so errors name `cloud.port`, as in the file.
@@ -312,6 +379,27 @@ impl Config {
         }
         if !(-14.0..=14.0).contains(&self.infer.utc_offset_hours) {
             return bad("infer.utc_offset_hours", "must be within -14..=14".into());
+        }
+        let p = &self.preprocess;
+        if !(-60.0..=60.0).contains(&p.reference_temp_c) {
+            return bad(
+                "preprocess.reference_temp_c",
+                "must be within -60..=60".into(),
+            );
+        }
+        if !(500.0..=1100.0).contains(&p.reference_pressure_hpa) {
+            return bad(
+                "preprocess.reference_pressure_hpa",
+                "must be within 500..=1100".into(),
+            );
+        }
+        if !(p.spike_ratio >= 0.0 && p.spike_min_delta >= 0.0) {
+            return bad("preprocess.spike_ratio", "thresholds must be >= 0".into());
+        }
+        for id in &self.ingest.allow_list {
+            if id.is_empty() || id.contains('/') {
+                return bad("ingest.allow_list", format!("{id:?} is not a sensor id"));
+            }
         }
         for (id, s) in &self.sensors {
             if !(-90.0..=90.0).contains(&s.lat) || !(-180.0..=180.0).contains(&s.lon) {

@@ -4,6 +4,8 @@
 //! - [`ingest`]: subscribes to the board's sensor broker, parses and validates
 //!   each message (rejections counted by reason), hands readings to the buffer
 //!   and acknowledges a message only once its reading is committed.
+//! - [`preprocess`]: unit normalisation, spike/stuck flags, aggregation
+//!   windows and the US EPA AQI, applied to each reading before inference.
 //! - [`buffer`]: the SQLite (WAL) buffer; assigns each reading its
 //!   never-reused seq in the same transaction that stores it.
 //! - [`uplink`]: sends contiguous seq ranges as batches to the cloud broker
@@ -19,6 +21,7 @@ pub mod config;
 pub mod health;
 pub mod infer;
 pub mod ingest;
+pub mod preprocess;
 pub mod uplink;
 
 pub use agent::run;

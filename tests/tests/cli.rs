@@ -14,6 +14,10 @@ fn help_lists_every_config_key_of_both_binaries() {
                 "cloud.prefix",
                 "uplink.ack_timeout",
                 "sensors.<id>.lat",
+                "ingest.retention",
+                "ingest.allow_list",
+                "preprocess.reference_temp_c",
+                "preprocess.windows.<sensor>",
             ][..],
         ),
         (

@@ -93,8 +93,9 @@ async fn send_command(port: u16, cmd: Command) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_are_shadowed_promoted_discarded_and_persisted_on_the_running_agent() {
+    // The history starts ten days ago, beyond the default 7-day retention.
     let config = format!(
-        "[infer]\nmodels = [\"{}\"]\nshadow_windows = 3\npoll_interval = \"200ms\"\nutc_offset_hours = 8.0\n",
+        "[ingest]\nretention = \"30d\"\n[infer]\nmodels = [\"{}\"]\nshadow_windows = 3\npoll_interval = \"200ms\"\nutc_offset_hours = 8.0\n",
         models().join("pm25_nowcast").display()
     );
     let mut stack = Stack::start_with(&config).await;

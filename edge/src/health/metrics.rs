@@ -70,6 +70,28 @@ impl Collector for StatsCollector {
             "reason",
             &reasons,
         )?;
+        labelled(
+            &mut enc,
+            "aeris_edge_preprocess_flagged",
+            "Readings flagged by preprocessing (kept, not dropped), by flag.",
+            "flag",
+            &[
+                ("spike", g(&s.flagged_spike)),
+                ("stuck", g(&s.flagged_stuck)),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_preprocess_windows_closed",
+            "Aggregation windows closed (mean/min/max/count computed).",
+            g(&s.windows_closed),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_preprocess_windows_late",
+            "Values older than their series' open window, not aggregated.",
+            g(&s.windows_late),
+        )?;
         counter(
             &mut enc,
             "aeris_edge_buffer_errors",

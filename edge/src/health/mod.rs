@@ -15,6 +15,12 @@ pub struct Stats {
     /// Sensor messages rejected, all reasons.
     pub rejected: AtomicU64,
     rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    /// Readings preprocessing flagged as spikes / stuck values.
+    pub flagged_spike: AtomicU64,
+    pub flagged_stuck: AtomicU64,
+    /// Aggregation windows closed, and values too late for their window.
+    pub windows_closed: AtomicU64,
+    pub windows_late: AtomicU64,
     /// Readings that could not be committed (buffer errors).
     pub buffer_errors: AtomicU64,
     /// Readings lost from the buffer (corrupt rows).

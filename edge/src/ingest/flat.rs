@@ -6,7 +6,13 @@
 //! - `lat`/`lon`: WGS84 degrees; absent means the position configured for the
 //!   sensor.
 //! - every other key is a quantity whose value must be a finite number; names
-//!   are lower-cased and `pm2.5`/`pm2_5` become `pm25`.
+//!   are lower-cased and `pm2.5`/`pm2_5` become `pm25`. A gas named with a
+//!   `_ppb` or `_ppm` suffix (`no2_ppb`, `co_ppm`) is converted to µg/m³
+//!   (see [`crate::preprocess::units`]); every known quantity must lie in
+//!   its physical range in its canonical unit.
+//!
+//! The checks shared with [`super::senml`] live here too: quantity names,
+//! numbers, physical ranges and the accepted time span.
 
 use std::collections::BTreeMap;
 
@@ -14,11 +20,12 @@ use aeris_wire::{Reading, Value};
 use serde_json::Value as Json;
 
 use crate::config::SensorConfig;
+use crate::preprocess::units::{self, Reference};
 
 /// Why a sensor message was rejected. [`Reject::reason`] is the metric label.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Reject {
-    #[error("payload of {0} bytes exceeds the limit")]
+    #[error("payload too large ({0} bytes, records or values)")]
     Oversize(usize),
     #[error("payload is not JSON: {0}")]
     NotJson(String),
@@ -32,6 +39,14 @@ pub enum Reject {
     OutOfRange { quantity: String, value: f64 },
     #[error("timestamp is more than the allowed margin in the future")]
     FutureTimestamp,
+    #[error("timestamp is older than the retention window")]
+    TooOld,
+    #[error("sensor is not on the allow-list")]
+    UnknownSensor,
+    #[error("not a valid SenML pack: {0}")]
+    BadSenml(String),
+    #[error("{0}")]
+    BadUnit(String),
     #[error("timestamp is not valid: {0}")]
     BadTimestamp(String),
     #[error("no position in the payload or the config")]
@@ -54,6 +69,10 @@ impl Reject {
             Reject::NonFinite(_) => "non_finite",
             Reject::OutOfRange { .. } => "out_of_range",
             Reject::FutureTimestamp => "future_timestamp",
+            Reject::TooOld => "too_old",
+            Reject::UnknownSensor => "unknown_sensor",
+            Reject::BadSenml(_) => "bad_senml",
+            Reject::BadUnit(_) => "bad_unit",
             Reject::BadTimestamp(_) => "bad_timestamp",
             Reject::NoPosition => "no_position",
             Reject::NoValues => "no_values",
@@ -64,22 +83,25 @@ impl Reject {
 }
 
 /// Physical range of the quantities the agent knows; others need only be finite.
-fn physical_range(quantity: &str) -> Option<(f64, f64)> {
+pub(crate) fn physical_range(quantity: &str) -> Option<(f64, f64)> {
     Some(match quantity {
         "pm1" | "pm25" | "pm10" => (0.0, 2000.0), // µg/m³, beyond optical sensors' saturation
         "temp" | "dewp" => (-80.0, 70.0),         // °C
         "rh" => (0.0, 100.0),                     // %
         "pres" => (300.0, 1100.0),                // hPa
-        "no2" | "o3" | "so2" | "co" => (0.0, 100_000.0),
+        "no2" | "o3" | "so2" | "co" => (0.0, 100_000.0), // µg/m³
         _ => return None,
     })
 }
 
-fn normalise_quantity(key: &str) -> Result<String, Reject> {
+pub(crate) fn normalise_quantity(key: &str) -> Result<String, Reject> {
     let lower = key.to_ascii_lowercase();
     let name = match lower.as_str() {
         "pm2.5" | "pm2_5" => "pm25".to_owned(),
         "pm1.0" | "pm1_0" => "pm1".to_owned(),
+        "temperature" => "temp".to_owned(),
+        "humidity" | "relative_humidity" => "rh".to_owned(),
+        "pressure" => "pres".to_owned(),
         _ => lower,
     };
     let ok = !name.is_empty()
@@ -92,7 +114,7 @@ fn normalise_quantity(key: &str) -> Result<String, Reject> {
     }
 }
 
-fn number(key: &str, v: &Json) -> Result<f64, Reject> {
+pub(crate) fn number(key: &str, v: &Json) -> Result<f64, Reject> {
     match v {
         Json::Number(n) => n
             .as_f64()
@@ -133,8 +155,58 @@ fn timestamp_ms(v: &Json, now_ms: i64) -> Result<i64, Reject> {
 pub struct Context<'a> {
     pub now_ms: i64,
     pub max_future_ms: i64,
+    /// Readings older than `now_ms - retention_ms` are rejected.
+    pub retention_ms: i64,
     pub max_payload_bytes: usize,
     pub sensors: &'a BTreeMap<String, SensorConfig>,
+    /// Conditions for ppb/ppm → µg/m³.
+    pub reference: Reference,
+}
+
+/// Rejects a timestamp outside `[now - retention, now + max_future]`.
+pub(crate) fn check_time(ts_ms: i64, cx: &Context<'_>) -> Result<(), Reject> {
+    if ts_ms > cx.now_ms.saturating_add(cx.max_future_ms) {
+        return Err(Reject::FutureTimestamp);
+    }
+    if ts_ms < cx.now_ms.saturating_sub(cx.retention_ms) {
+        return Err(Reject::TooOld);
+    }
+    Ok(())
+}
+
+/// `value` in `unit` as a [`Value`] in canonical units, inside its
+/// physical range.
+pub(crate) fn measurement(
+    quantity: String,
+    unit: &str,
+    value: f64,
+    cx: &Context<'_>,
+) -> Result<Value, Reject> {
+    let value = units::to_canonical(&quantity, unit, value, &cx.reference)
+        .map_err(|e| Reject::BadUnit(e.to_string()))?;
+    if let Some((lo, hi)) = physical_range(&quantity) {
+        if !(lo..=hi).contains(&value) {
+            return Err(Reject::OutOfRange { quantity, value });
+        }
+    }
+    Ok(Value { quantity, value })
+}
+
+/// Rejects a position off the globe.
+pub(crate) fn check_position(lat: f64, lon: f64) -> Result<(), Reject> {
+    if !(-90.0..=90.0).contains(&lat) {
+        return Err(Reject::OutOfRange {
+            quantity: "lat".into(),
+            value: lat,
+        });
+    }
+    if !(-180.0..=180.0).contains(&lon) {
+        return Err(Reject::OutOfRange {
+            quantity: "lon".into(),
+            value: lon,
+        });
+    }
+    Ok(())
 }
 
 /// Parses and validates one flat JSON message from sensor `sensor`.
@@ -146,10 +218,17 @@ pub fn parse(sensor: &str, payload: &[u8], cx: &Context<'_>) -> Result<Reading, 
     let Json::Object(map) = json else {
         return Err(Reject::NotObject);
     };
+    from_object(sensor, &map, cx)
+}
+
+/// Validates a flat message already parsed as a JSON object.
+pub fn from_object(
+    sensor: &str,
+    map: &serde_json::Map<String, Json>,
+    cx: &Context<'_>,
+) -> Result<Reading, Reject> {
     let ts_ms = timestamp_ms(map.get("ts").unwrap_or(&Json::Null), cx.now_ms)?;
-    if ts_ms > cx.now_ms.saturating_add(cx.max_future_ms) {
-        return Err(Reject::FutureTimestamp);
-    }
+    check_time(ts_ms, cx)?;
     let (lat, lon) = match (map.get("lat"), map.get("lon")) {
         (Some(lat), Some(lon)) => (number("lat", lat)?, number("lon", lon)?),
         (None, None) => match cx.sensors.get(sensor) {
@@ -158,36 +237,23 @@ pub fn parse(sensor: &str, payload: &[u8], cx: &Context<'_>) -> Result<Reading, 
         },
         _ => return Err(Reject::NoPosition),
     };
-    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
-        let (quantity, value) = if (-90.0..=90.0).contains(&lat) {
-            ("lon", lon)
-        } else {
-            ("lat", lat)
-        };
-        return Err(Reject::OutOfRange {
-            quantity: quantity.into(),
-            value,
-        });
-    }
+    check_position(lat, lon)?;
     let mut values = Vec::new();
-    for (key, v) in &map {
+    for (key, v) in map {
         if matches!(key.as_str(), "ts" | "lat" | "lon") {
             continue;
         }
-        let quantity = normalise_quantity(key)?;
+        let name = normalise_quantity(key)?;
         let value = number(key, v)?;
-        if let Some((lo, hi)) = physical_range(&quantity) {
-            if !(lo..=hi).contains(&value) {
-                return Err(Reject::OutOfRange { quantity, value });
-            }
-        }
-        values.push(Value { quantity, value });
+        let (quantity, unit) = split_unit(name);
+        values.push(measurement(quantity, unit, value, cx)?);
     }
     if values.is_empty() {
         return Err(Reject::NoValues);
     }
-    if values.len() > aeris_wire::message::MAX_VALUES_PER_READING {
-        return Err(Reject::Oversize(payload.len()));
+    // Room is left for the AQI values preprocessing attaches.
+    if values.len() > MAX_MEASURED_VALUES {
+        return Err(Reject::Oversize(values.len()));
     }
     Ok(Reading {
         sensor: sensor.to_owned(),
@@ -197,6 +263,22 @@ pub fn parse(sensor: &str, payload: &[u8], cx: &Context<'_>) -> Result<Reading, 
         flags: 0,
         values,
     })
+}
+
+/// Most measured values one reading may carry; the rest of the wire's
+/// limit is for AQI and model outputs added later.
+pub const MAX_MEASURED_VALUES: usize = 48;
+
+/// `no2_ppb` → (`no2`, `ppb`) for gases; other names have no unit.
+fn split_unit(name: String) -> (String, &'static str) {
+    for unit in ["ppb", "ppm"] {
+        if let Some(base) = name.strip_suffix(unit).and_then(|b| b.strip_suffix('_')) {
+            if units::molar_mass(base).is_some() {
+                return (base.to_owned(), unit);
+            }
+        }
+    }
+    (name, "")
 }
 
 #[cfg(test)]
@@ -209,8 +291,10 @@ mod tests {
         Context {
             now_ms: NOW,
             max_future_ms: 300_000,
+            retention_ms: 7 * 86_400_000,
             max_payload_bytes: 512,
             sensors,
+            reference: Reference::default(),
         }
     }
 
@@ -227,6 +311,23 @@ mod tests {
         assert_eq!((r.lat, r.lon), (52.5, 13.4));
         let names: Vec<_> = r.values.iter().map(|v| v.quantity.as_str()).collect();
         assert_eq!(names, vec!["pm25", "rh"]);
+    }
+
+    #[test]
+    fn gases_in_ppb_or_ppm_are_stored_in_micrograms_per_cubic_metre() {
+        let s = BTreeMap::new();
+        let r = parse(
+            "s1",
+            br#"{"no2_ppb":100,"co_ppm":1,"o3":50,"lat":1,"lon":1}"#,
+            &cx(&s),
+        )
+        .unwrap();
+        let v: Vec<(&str, i64)> = r
+            .values
+            .iter()
+            .map(|v| (v.quantity.as_str(), v.value.round() as i64))
+            .collect();
+        assert_eq!(v, vec![("co", 1145), ("no2", 188), ("o3", 50)]);
     }
 
     #[test]
@@ -263,6 +364,10 @@ mod tests {
                 "future_timestamp",
             ),
             (br#"{"ts":-5,"pm25":1,"lat":1,"lon":1}"#, "bad_timestamp"),
+            (br#"{"ts":1690000000,"pm25":1,"lat":1,"lon":1}"#, "too_old"),
+            (br#"{"pm25":1e400,"lat":1,"lon":1}"#, "not_json"),
+            (br#"{"pm25":"Infinity","lat":1,"lon":1}"#, "non_finite"),
+            (br#"{"no2_ppb":60000,"lat":1,"lon":1}"#, "out_of_range"),
             (
                 br#"{"ts":"yesterday","pm25":1,"lat":1,"lon":1}"#,
                 "bad_timestamp",

@@ -5,8 +5,17 @@
 //! rejected. The session is persistent, so messages published while the agent
 //! is down, or received but not yet committed when it died, are delivered
 //! again. Rejections are counted per reason and never stop the loop.
+//!
+//! Format by content: a JSON object is a flat message ([`flat`]), a JSON
+//! array a SenML pack ([`senml`]). One message may yield several readings
+//! (a SenML pack with several times); they are preprocessed, scored, and
+//! appended in one call, so the message is acked once, after all of them
+//! are committed, or never.
+//!
+//! Order of checks: size, allow-list, JSON, then the format's own checks.
 
 pub mod flat;
+pub mod senml;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,6 +29,7 @@ use crate::buffer::Buffer;
 use crate::config::Config;
 use crate::health::Stats;
 use crate::infer::runtime::{Inference, Runtime};
+use crate::preprocess::Preprocessor;
 use crate::uplink::backoff::Backoff;
 
 /// The topic level after the filter's fixed part names the sensor:
@@ -33,6 +43,28 @@ pub fn sensor_id<'t>(filter: &str, topic: &'t str) -> Option<&'t str> {
     };
     let id = rest.split('/').next()?;
     (!id.is_empty() && id.len() <= aeris_wire::message::MAX_NAME_LEN).then_some(id)
+}
+
+/// Parses and validates one sensor message into its readings.
+pub fn parse_message(
+    sensor: &str,
+    payload: &[u8],
+    allow_list: &[String],
+    cx: &flat::Context<'_>,
+) -> Result<Vec<aeris_wire::Reading>, flat::Reject> {
+    if payload.len() > cx.max_payload_bytes {
+        return Err(flat::Reject::Oversize(payload.len()));
+    }
+    if !allow_list.is_empty() && !allow_list.iter().any(|a| a == sensor) {
+        return Err(flat::Reject::UnknownSensor);
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| flat::Reject::NotJson(e.to_string()))?;
+    match json {
+        serde_json::Value::Object(map) => Ok(vec![flat::from_object(sensor, &map, cx)?]),
+        serde_json::Value::Array(records) => senml::from_pack(sensor, &records, cx),
+        _ => Err(flat::Reject::NotObject),
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -69,6 +101,7 @@ pub async fn run(
     // Acks are queued from the buffer thread with try_ack; the broker's
     // in-flight window bounds how many can be outstanding, far below this.
     let (client, mut events) = AsyncClient::new(opts, 65_536);
+    let mut pre = Preprocessor::new(config.preprocess.clone());
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let event = tokio::select! {
@@ -100,7 +133,16 @@ pub async fn run(
                 info!(topic = %config.local.topic, "subscribed to sensor topic");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                handle(&config, &client, &buffer, &stats, runtime.as_mut(), p).await;
+                handle(
+                    &config,
+                    &client,
+                    &buffer,
+                    &stats,
+                    &mut pre,
+                    runtime.as_mut(),
+                    p,
+                )
+                .await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -138,7 +180,8 @@ async fn handle(
     client: &AsyncClient,
     buffer: &Buffer,
     stats: &Arc<Stats>,
-    runtime: Option<&mut Runtime>,
+    pre: &mut Preprocessor,
+    mut runtime: Option<&mut Runtime>,
     p: Publish,
 ) {
     let topic = p.topic.clone();
@@ -148,10 +191,12 @@ async fn handle(
             let cx = flat::Context {
                 now_ms: now_ms(),
                 max_future_ms: config.ingest.max_future.as_millis() as i64,
+                retention_ms: config.ingest.retention.as_millis() as i64,
                 max_payload_bytes: config.ingest.max_payload_bytes,
                 sensors: &config.sensors,
+                reference: config.preprocess.reference(),
             };
-            flat::parse(sensor, &p.payload, &cx)
+            parse_message(sensor, &p.payload, &config.ingest.allow_list, &cx)
         }
     };
     match parsed {
@@ -162,32 +207,59 @@ async fn handle(
                 warn!(error = %e, "cannot queue ack of a rejected message");
             }
         }
-        Ok(mut reading) => {
-            if let Some(rt) = runtime {
-                rt.process(&mut reading);
+        Ok(mut readings) => {
+            for reading in &mut readings {
+                preprocess(pre, stats, reading);
+                if let Some(rt) = runtime.as_deref_mut() {
+                    rt.process(reading);
+                }
             }
+            let n = readings.len() as u64;
             let client = client.clone();
             let stats_cb = stats.clone();
             let on_commit = Box::new(
                 move |res: Result<(u64, u64), &crate::buffer::BufferError>| {
                     match res {
                         Ok(_) => {
-                            stats_cb.accepted.fetch_add(1, Relaxed);
+                            stats_cb.accepted.fetch_add(n, Relaxed);
                             if let Err(e) = client.try_ack(&p) {
                                 warn!(error = %e, "cannot queue ack of a stored reading");
                             }
                         }
                         // Not acked: the broker delivers it again after a reconnect.
                         Err(_) => {
-                            stats_cb.buffer_errors.fetch_add(1, Relaxed);
+                            stats_cb.buffer_errors.fetch_add(n, Relaxed);
                         }
                     }
                 },
             );
-            if buffer.append(vec![reading], on_commit).await.is_err() {
+            if buffer.append(readings, on_commit).await.is_err() {
                 warn!("buffer closed; reading left with the broker");
             }
         }
+    }
+}
+
+/// Runs preprocessing on one reading and counts what it found. Closed
+/// windows are logged and counted; the disk-budget work will store them.
+fn preprocess(pre: &mut Preprocessor, stats: &Stats, reading: &mut aeris_wire::Reading) {
+    let out = pre.process(reading);
+    if reading.flags & crate::preprocess::FLAG_SPIKE != 0 {
+        stats.flagged_spike.fetch_add(1, Relaxed);
+        debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "spike", "reading flagged");
+    }
+    if reading.flags & crate::preprocess::FLAG_STUCK != 0 {
+        stats.flagged_stuck.fetch_add(1, Relaxed);
+        debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "stuck", "reading flagged");
+    }
+    stats.windows_late.fetch_add(out.late, Relaxed);
+    for a in &out.aggregates {
+        stats.windows_closed.fetch_add(1, Relaxed);
+        debug!(
+            sensor = %a.sensor, quantity = %a.quantity, start_ms = a.start_ms, end_ms = a.end_ms,
+            mean = a.mean, min = a.min, max = a.max, count = a.count, flagged = a.flagged,
+            "aggregation window closed"
+        );
     }
 }
 
@@ -223,7 +295,41 @@ async fn recv_opt_unbounded<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::sensor_id;
+    use super::{flat, parse_message, sensor_id};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn format_is_chosen_by_content_and_the_allow_list_applies_to_both() {
+        let sensors = BTreeMap::new();
+        let cx = flat::Context {
+            now_ms: 1_700_000_000_000,
+            max_future_ms: 300_000,
+            retention_ms: 86_400_000,
+            max_payload_bytes: 256,
+            sensors: &sensors,
+            reference: Default::default(),
+        };
+        let allow = vec!["s1".to_owned()];
+        let flat = br#"{"pm25":1,"lat":1,"lon":1}"#;
+        let senml = br#"[{"n":"pm25","v":1},{"n":"pm25","v":2,"t":-1},{"n":"lat","v":1},{"n":"lon","v":1}]"#;
+        assert_eq!(
+            parse_message("s1", flat, &allow, &cx).map(|r| r.len()),
+            Ok(1)
+        );
+        assert_eq!(
+            parse_message("s1", senml, &allow, &cx).map(|r| r.len()),
+            Ok(2)
+        );
+        for payload in [&flat[..], &senml[..], b"not json"] {
+            let e = parse_message("s2", payload, &allow, &cx).unwrap_err();
+            assert_eq!(e.reason(), "unknown_sensor");
+        }
+        assert_eq!(parse_message("s2", flat, &[], &cx).map(|r| r.len()), Ok(1));
+        let e = parse_message("s1", &[b' '; 300], &allow, &cx).unwrap_err();
+        assert_eq!(e.reason(), "oversize");
+        let e = parse_message("s1", b"7", &allow, &cx).unwrap_err();
+        assert_eq!(e.reason(), "not_object");
+    }
 
     #[test]
     fn sensor_id_is_the_level_after_the_filter() {

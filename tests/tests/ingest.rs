@@ -1,0 +1,273 @@
+//! Ingest through a real Mosquitto: a corpus of malformed sensor messages,
+//! flat JSON and SenML, interleaved with good ones. Every bad message is
+//! counted under its reason in the agent's /metrics, the agent keeps going,
+//! and every good reading lands in PostGIS exactly once, preprocessed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use aeris_tests::sensors::Publisher;
+use aeris_tests::stack::Stack;
+
+const EDGE_TOML: &str = r#"
+[ingest]
+max_payload_bytes = 1024
+allow_list = ["good-1", "senml-1", "fixed-1", "bad"]
+
+[sensors.fixed-1]
+lat = 48.5
+lon = 9.25
+"#;
+
+/// A good message and the readings (sensor, ts_ms) it must produce.
+struct Good {
+    topic: String,
+    payload: String,
+    readings: Vec<(String, i64)>,
+}
+
+/// The `i`th good message: flat with GPS, SenML with two times, or flat
+/// with the configured position, in turn.
+fn good(i: i64, t0: i64, pm25: f64) -> Good {
+    let ts = t0 + i * 10_000;
+    match i % 3 {
+        0 => Good {
+            topic: "sensors/good-1/air".into(),
+            payload: serde_json::json!({
+                "ts": ts as f64 / 1000.0, "lat": 47.5, "lon": 8.5, "pm25": pm25, "rh": 40
+            })
+            .to_string(),
+            readings: vec![("good-1".into(), ts)],
+        },
+        1 => Good {
+            topic: "sensors/senml-1".into(),
+            payload: serde_json::json!([
+                {"bn": "urn:dev:mac:0024befffe804ff1:", "bt": ts as f64 / 1000.0,
+                 "bu": "ug/m3", "n": "pm25", "v": pm25},
+                {"n": "no2", "u": "ppb", "v": 20},
+                {"n": "lat", "u": "lat", "v": 46.25}, {"n": "lon", "u": "lon", "v": 7.75},
+                {"n": "pm25", "t": 1, "v": pm25 + 0.5}
+            ])
+            .to_string(),
+            readings: vec![("senml-1".into(), ts), ("senml-1".into(), ts + 1000)],
+        },
+        _ => Good {
+            topic: "sensors/fixed-1/air".into(),
+            payload: serde_json::json!({"ts": ts as f64 / 1000.0, "pm10": 30}).to_string(),
+            readings: vec![("fixed-1".into(), ts)],
+        },
+    }
+}
+
+/// (topic, payload, reason): at least one message per rejection reason.
+fn corpus(now_s: f64) -> Vec<(String, Vec<u8>, &'static str)> {
+    let bad = "sensors/bad/air";
+    let flat = |body: String, reason| (bad.to_owned(), body.into_bytes(), reason);
+    let fut = now_s + 600.0;
+    let old = now_s - 8.0 * 86_400.0;
+    vec![
+        flat(
+            format!(
+                r#"{{"pm25":1,"lat":1,"lon":1,"pad":"{}"}}"#,
+                "x".repeat(1100)
+            ),
+            "oversize",
+        ),
+        flat(
+            format!(r#"[{{"n":"pm25","v":1,"vs":"{}"}}]"#, "y".repeat(2000)),
+            "oversize",
+        ),
+        flat("hello".into(), "not_json"),
+        flat(r#"{"pm25": NaN, "lat":1, "lon":1}"#.into(), "not_json"),
+        flat(r#"{"pm25": 1e400, "lat":1, "lon":1}"#.into(), "not_json"),
+        flat(r#"{"pm25": 1, "lat":"#.into(), "not_json"),
+        (bad.to_owned(), vec![0xff, 0xfe, 0x00, 0x01], "not_json"),
+        flat("42".into(), "not_object"),
+        flat(r#""pm25""#.into(), "not_object"),
+        flat("null".into(), "not_object"),
+        flat(r#"{"pm25":"high","lat":1,"lon":1}"#.into(), "wrong_type"),
+        flat(
+            r#"{"ts":true,"pm25":1,"lat":1,"lon":1}"#.into(),
+            "wrong_type",
+        ),
+        flat(
+            r#"[{"n":"pm25","v":"12"},{"n":"lat","v":1},{"n":"lon","v":1}]"#.into(),
+            "wrong_type",
+        ),
+        flat(r#"{"pm25":1,"lat":"north","lon":1}"#.into(), "wrong_type"),
+        flat(r#"{"pm25":"NaN","lat":1,"lon":1}"#.into(), "non_finite"),
+        flat(
+            r#"{"pm25":"Infinity","lat":1,"lon":1}"#.into(),
+            "non_finite",
+        ),
+        flat(r#"{"rh":"-Infinity","lat":1,"lon":1}"#.into(), "non_finite"),
+        flat(
+            r#"[{"n":"pm25","v":"NaN"},{"n":"lat","v":1},{"n":"lon","v":1}]"#.into(),
+            "non_finite",
+        ),
+        flat(r#"{"pm25":-3,"lat":1,"lon":1}"#.into(), "out_of_range"),
+        flat(r#"{"rh":140,"lat":1,"lon":1}"#.into(), "out_of_range"),
+        flat(r#"{"pm25":1,"lat":91,"lon":1}"#.into(), "out_of_range"),
+        flat(r#"{"temp":-100,"lat":1,"lon":1}"#.into(), "out_of_range"),
+        flat(
+            r#"[{"n":"pm10","u":"ug/m3","v":5000},{"n":"lat","v":1},{"n":"lon","v":1}]"#.into(),
+            "out_of_range",
+        ),
+        flat(
+            format!(r#"{{"ts":{fut},"pm25":1,"lat":1,"lon":1}}"#),
+            "future_timestamp",
+        ),
+        flat(
+            format!(r#"[{{"bt":{fut},"n":"pm25","v":1}},{{"n":"lat","v":1}},{{"n":"lon","v":1}}]"#),
+            "future_timestamp",
+        ),
+        flat(
+            format!(r#"{{"ts":{old},"pm25":1,"lat":1,"lon":1}}"#),
+            "too_old",
+        ),
+        flat(
+            format!(r#"[{{"bt":{old},"n":"pm25","v":1}},{{"n":"lat","v":1}},{{"n":"lon","v":1}}]"#),
+            "too_old",
+        ),
+        flat(
+            r#"{"ts":"yesterday","pm25":1,"lat":1,"lon":1}"#.into(),
+            "bad_timestamp",
+        ),
+        flat(
+            r#"{"ts":-5,"pm25":1,"lat":1,"lon":1}"#.into(),
+            "bad_timestamp",
+        ),
+        flat(r#"{"pm25":1}"#.into(), "no_position"),
+        flat(
+            r#"[{"n":"pm25","v":1},{"n":"lat","v":1}]"#.into(),
+            "no_position",
+        ),
+        flat(r#"{"lat":1,"lon":1}"#.into(), "no_values"),
+        flat("[]".into(), "no_values"),
+        flat(r#"{"pm 25":1,"lat":1,"lon":1}"#.into(), "bad_quantity"),
+        flat("[1,2]".into(), "bad_senml"),
+        flat(r#"[{"n":"pm25"}]"#.into(), "bad_senml"),
+        flat(r#"[{"n":"pm25","v":1,"sig_":"x"}]"#.into(), "bad_senml"),
+        flat(
+            r#"[{"n":"pm25","u":"ppb","v":1},{"n":"lat","v":1},{"n":"lon","v":1}]"#.into(),
+            "bad_unit",
+        ),
+        (
+            "sensors/intruder/air".into(),
+            br#"{"pm25":1,"lat":1,"lon":1}"#.to_vec(),
+            "unknown_sensor",
+        ),
+        ("sensors/intruder".into(), b"[]".to_vec(), "unknown_sensor"),
+        (
+            "sensors//air".into(),
+            br#"{"pm25":1,"lat":1,"lon":1}"#.to_vec(),
+            "bad_sensor_id",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_rejected_by_reason_and_good_ones_around_them_all_arrive() {
+    let stack = Stack::start_with(EDGE_TOML).await;
+    let sensors = Publisher::connect(stack.local.port).await;
+    let now_ms = aeris_tests::now_ms();
+    let t0 = now_ms - 3_600_000;
+    let corpus = corpus(now_ms as f64 / 1000.0);
+    assert!(corpus.len() >= 30);
+
+    // A good message before, between and after the bad ones; pm25 is
+    // steady except one spike, which must arrive flagged, not dropped.
+    let spike_at = 12; // a flat good-1 message (12 % 3 == 0)
+    let mut expected: Vec<(String, i64)> = Vec::new();
+    let mut spike_key = None;
+    for i in 0..=corpus.len() {
+        let pm25 = if i == spike_at { 600.0 } else { 12.0 };
+        let g = good(i as i64, t0, pm25);
+        sensors.publish_raw(&g.topic, g.payload.into_bytes()).await;
+        if i == spike_at {
+            spike_key = Some(g.readings[0].clone());
+        }
+        expected.extend(g.readings);
+        if let Some((topic, payload, _)) = corpus.get(i) {
+            sensors.publish_raw(topic, payload.clone()).await;
+        }
+    }
+    stack
+        .wait_rows(expected.len() as i64, Duration::from_secs(20))
+        .await;
+
+    // Every reason's count in /metrics.
+    let mut want: BTreeMap<&str, u64> = BTreeMap::new();
+    for (_, _, reason) in &corpus {
+        *want.entry(*reason).or_default() += 1;
+    }
+    let (status, text) = aeris_tests::http_get(stack.edge_health, "/metrics")
+        .await
+        .expect("scrape /metrics");
+    assert_eq!(status, 200);
+    for (reason, n) in &want {
+        let sample = format!("aeris_edge_ingest_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(
+            aeris_tests::metric(&text, &sample),
+            Some(*n as f64),
+            "{sample}\n{text}"
+        );
+    }
+    let accepted = aeris_tests::metric(&text, "aeris_edge_ingest_accepted_total");
+    assert_eq!(accepted, Some(expected.len() as f64), "{text}");
+    assert_eq!(
+        aeris_tests::metric(&text, "aeris_edge_preprocess_flagged_total{flag=\"spike\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // Every good reading once, where it was, with its AQI and flags.
+    let rows = stack
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT sensor_id, round(extract(epoch FROM ts) * 1000)::int8, ST_Y(geom), ST_X(geom),
+                    flags, (measurements->>'aqi')::float8, no2
+             FROM readings",
+            &[],
+        )
+        .await
+        .expect("query readings");
+    type Row = (f64, f64, i32, Option<f64>, Option<f64>);
+    let mut stored: HashMap<(String, i64), Row> = HashMap::new();
+    for r in &rows {
+        let key = (r.get::<_, String>(0), r.get::<_, i64>(1));
+        let row = (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
+        assert!(
+            stored.insert(key.clone(), row).is_none(),
+            "{key:?} stored twice"
+        );
+    }
+    assert_eq!(rows.len(), expected.len(), "rows no good message produced");
+    for key in &expected {
+        let (lat, lon, flags, aqi, no2) = stored
+            .get(key)
+            .unwrap_or_else(|| panic!("good reading {key:?} lost\n{}", stack.logs()));
+        let (want_lat, want_lon) = match key.0.as_str() {
+            "good-1" => (47.5, 8.5),
+            "senml-1" => (46.25, 7.75),
+            _ => (48.5, 9.25),
+        };
+        assert_eq!((*lat, *lon), (want_lat, want_lon), "position of {key:?}");
+        let spike = Some(key) == spike_key.as_ref();
+        assert_eq!(*flags & 2 != 0, spike, "spike flag of {key:?}");
+        if key.0 == "fixed-1" {
+            // PM10 30 µg/m³: 50/54*30 = 27.8.
+            assert_eq!(*aqi, Some(28.0), "AQI of {key:?}");
+        } else if !spike && key.1 % 10_000 == t0 % 10_000 {
+            // PM2.5 12.0 µg/m³ (AQI 56) beats NO2 20 ppb (AQI 19).
+            assert_eq!(*aqi, Some(56.0), "AQI of {key:?}");
+        }
+        if key.0 == "senml-1" && key.1 % 10_000 == t0 % 10_000 {
+            // 20 ppb NO2 at 25 °C and 1013.25 hPa.
+            let no2 = no2.unwrap_or_else(|| panic!("no NO2 in {key:?}"));
+            assert!((no2 - 37.61).abs() < 0.01, "NO2 of {key:?}: {no2}");
+        }
+    }
+}
