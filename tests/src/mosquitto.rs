@@ -34,8 +34,28 @@ impl Mosquitto {
             child: None,
             auth: None,
         };
-        m.launch();
+        m.launch_on_free_port(|_| None);
         m
+    }
+
+    /// Launches, and while the bind fails (a port picked free was taken by
+    /// another socket before the broker bound it) tries again on new ports;
+    /// `reconfigure` may pick new ports for extra listeners too.
+    fn launch_on_free_port(&mut self, mut reconfigure: impl FnMut(&Path) -> Option<String>) {
+        let mut last = String::new();
+        for attempt in 0..5 {
+            if attempt > 0 {
+                self.port = crate::free_port();
+                if let Some(auth) = reconfigure(self.dir.path()) {
+                    self.auth = Some(auth);
+                }
+            }
+            match self.try_launch() {
+                Ok(()) => return,
+                Err(log) => last = log,
+            }
+        }
+        panic!("mosquitto did not start after 5 attempts: {last}");
     }
 
     /// Starts a broker that admits only `users` (name, password) and
@@ -50,7 +70,7 @@ impl Mosquitto {
     pub fn start_with_auth_and(
         users: &[(&str, &str)],
         acl: &Path,
-        extra: impl FnOnce(&Path) -> String,
+        extra: impl Fn(&Path) -> String,
     ) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let passwd = dir.path().join("passwd");
@@ -68,7 +88,7 @@ impl Mosquitto {
                 .unwrap_or(false);
             assert!(ok, "mosquitto_passwd failed (Debian package `mosquitto`)");
         }
-        let extra = extra(dir.path());
+        let first_extra = extra(dir.path());
         // Mosquitto started as root drops to its own user before reading
         // these files (test secrets only).
         use std::os::unix::fs::PermissionsExt;
@@ -84,17 +104,27 @@ impl Mosquitto {
             port: crate::free_port(),
             dir,
             child: None,
-            auth: Some(format!(
-                "per_listener_settings false\nallow_anonymous false\npassword_file {}\nacl_file {}\nlog_type all\n{extra}",
-                passwd.display(),
-                acl.display(),
-            )),
+            auth: Some(auth_block(&passwd, acl, &first_extra)),
         };
-        m.launch();
+        let dir = m.dir.path().to_owned();
+        m.launch_on_free_port(|_| Some(auth_block(&dir.join("passwd"), acl, &extra(&dir))));
         m
     }
 
     fn launch(&mut self) {
+        // The same port again (a restart): retry while it is briefly taken.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match self.try_launch() {
+                Ok(()) => return,
+                Err(log) => last = log,
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("mosquitto did not listen on {}: {last}", self.port);
+    }
+
+    fn try_launch(&mut self) -> Result<(), String> {
         let conf = self.dir.path().join("mosquitto.conf");
         let auth = self
             .auth
@@ -122,14 +152,18 @@ impl Mosquitto {
         self.child = Some(child);
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "mosquitto did not listen on {}: {}",
-                self.port,
-                self.log()
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .map(|c| matches!(c.try_wait(), Ok(Some(_))))
+                .unwrap_or(true);
+            if exited || start.elapsed() > Duration::from_secs(10) {
+                self.kill();
+                return Err(self.log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// Kills the broker (SIGKILL: in-flight messages and sessions are lost).
@@ -155,6 +189,14 @@ impl Mosquitto {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
+}
+
+fn auth_block(passwd: &Path, acl: &Path, extra: &str) -> String {
+    format!(
+        "per_listener_settings false\nallow_anonymous false\npassword_file {}\nacl_file {}\nlog_type all\n{extra}",
+        passwd.display(),
+        acl.display(),
+    )
 }
 
 impl Drop for Mosquitto {

@@ -174,15 +174,20 @@ fn certificates(dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_client_certificate_names_the_device_and_the_acl_holds_it_to_its_topic() {
     let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/aeris.acl");
-    let tls_port = aeris_tests::free_port();
+    // A new TLS port on each start attempt (a port picked free can be taken
+    // before the broker binds it).
+    let tls = std::cell::Cell::new(0u16);
     let broker = Mosquitto::start_with_auth_and(&[("aeris-gateway", "gw-secret")], &acl, |dir| {
         certificates(dir);
+        let tls_port = aeris_tests::free_port();
+        tls.set(tls_port);
         format!(
             "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/broker.pem\nkeyfile {d}/broker.key\n\
              require_certificate true\nuse_identity_as_username true\n",
             d = dir.display()
         )
     });
+    let tls_port = tls.get();
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(
