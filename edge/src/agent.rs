@@ -156,7 +156,7 @@ async fn start_inference(
         });
     }
     let (cand_tx, candidates) = mpsc::channel(4);
-    let (news_tx, news) = mpsc::unbounded_channel();
+    let (news_tx, news) = mpsc::channel(64);
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let loader = Loader {
         dir: store,

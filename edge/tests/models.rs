@@ -371,7 +371,7 @@ async fn a_commanded_model_is_downloaded_over_http_checked_and_size_capped() {
     let root = tempfile::tempdir().unwrap();
     let run = |max_model_bytes: u64| {
         let (cand_tx, cand_rx) = tokio::sync::mpsc::channel(2);
-        let (news_tx, news_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (news_tx, news_rx) = tokio::sync::mpsc::channel(8);
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(2);
         let loader = Loader {
             dir: ModelsDir::create(root.path()).unwrap(),

@@ -145,5 +145,5 @@ impl Runtime {
 pub struct Inference {
     pub runtime: Runtime,
     pub candidates: mpsc::Receiver<Candidate>,
-    pub news: mpsc::UnboundedReceiver<LoaderNews>,
+    pub news: mpsc::Receiver<LoaderNews>,
 }

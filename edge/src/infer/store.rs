@@ -202,7 +202,7 @@ pub struct Loader {
     pub poll_interval: Duration,
     pub max_model_bytes: u64,
     pub candidates: mpsc::Sender<Candidate>,
-    pub news: mpsc::UnboundedSender<LoaderNews>,
+    pub news: mpsc::Sender<LoaderNews>,
 }
 
 impl Loader {
@@ -254,11 +254,12 @@ impl Loader {
         match loaded {
             Ok(model) => {
                 info!(model = %model.manifest.name, version = %model.manifest.version, %source, "candidate model loaded");
-                let _ = self.news.send(LoaderNews::Loaded {
+                let news = LoaderNews::Loaded {
                     name: model.manifest.name.clone(),
                     version: model.manifest.version.clone(),
                     source,
-                });
+                };
+                let _ = self.news.send(news).await;
                 let _ = self.candidates.send(Candidate { model, force }).await;
             }
             Err(e) => self.rejected(Some(&staged), source, e),
@@ -270,11 +271,15 @@ impl Loader {
         if let Some(dir) = staged {
             self.dir.reject(dir);
         }
-        let _ = self.news.send(LoaderNews::Rejected {
+        let news = LoaderNews::Rejected {
             source,
             reason: e.reason(),
             error: e.to_string(),
-        });
+        };
+        // The log line above stands if the ingest task is too busy to take it.
+        if self.news.try_send(news).is_err() {
+            warn!("model news dropped: the ingest task is not keeping up");
+        }
     }
 
     async fn fetch(&self, cmd: ModelCommand) {

@@ -113,7 +113,7 @@ pub async fn run(
                 }
                 continue;
             }
-            n = recv_opt_unbounded(&mut news) => {
+            n = recv_opt(&mut news) => {
                 if let (Some(n), Some(rt)) = (n, runtime.as_mut()) {
                     rt.on_news(n);
                 }
@@ -266,21 +266,6 @@ fn preprocess(pre: &mut Preprocessor, stats: &Stats, reading: &mut aeris_wire::R
 /// The next item of an optional channel; pends forever once it is closed
 /// or absent.
 async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
-    match rx {
-        Some(r) => match r.recv().await {
-            Some(v) => Some(v),
-            None => {
-                *rx = None;
-                None
-            }
-        },
-        None => std::future::pending().await,
-    }
-}
-
-async fn recv_opt_unbounded<T>(
-    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>,
-) -> Option<T> {
     match rx {
         Some(r) => match r.recv().await {
             Some(v) => Some(v),
