@@ -349,7 +349,7 @@ impl Config {
         let config: Config = fig
             .merge(env)
             .extract()
-            .map_err(|e| ConfigError(describe(e)))?;
+            .map_err(|e| ConfigError(aeris_runtime::describe_config_error(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -413,38 +413,6 @@ impl Config {
     pub fn buffer_path(&self) -> PathBuf {
         self.data_dir.join("buffer.db")
     }
-}
-
-/// One line per problem: the dotted key, where the value came from (the file,
-/// or the exact environment variable), and what is wrong.
-fn describe(e: figment::Error) -> String {
-    e.into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let source = match &e.metadata {
-                Some(m) if m.name.contains("environment") => format!(
-                    "environment variable AERIS_{}",
-                    e.path
-                        .iter()
-                        .map(|p| p.to_ascii_uppercase())
-                        .collect::<Vec<_>>()
-                        .join("__")
-                ),
-                Some(m) => m
-                    .source
-                    .as_ref()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| m.name.to_string()),
-                None => "configuration".to_owned(),
-            };
-            if key.is_empty() {
-                format!("{source}: {}", e.kind)
-            } else {
-                format!("`{key}` in {source}: {}", e.kind)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]

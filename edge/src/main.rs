@@ -3,7 +3,6 @@ use std::sync::Arc;
 
 use aeris_edge::config::{Config, KEYS_HELP};
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// The Aeris edge agent: takes sensor readings from the board's MQTT broker,
 /// validates them, keeps every one in a crash-safe SQLite buffer and syncs
@@ -49,50 +48,7 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("aeris-edge: cannot start runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
-        aeris_edge::run(config, Arc::new(aeris_edge::Stats::default()), shutdown).await
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "agent failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// SIGINT or SIGTERM start the graceful shutdown.
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("signal received");
-    shutdown.cancel();
+    aeris_runtime::run_until_signal("aeris-edge", &cli.log, |shutdown| {
+        aeris_edge::run(config, Arc::new(aeris_edge::Stats::default()), shutdown)
+    })
 }

@@ -183,7 +183,7 @@ impl Config {
         let config: Config = fig
             .merge(env)
             .extract()
-            .map_err(|e| ConfigError(describe(e)))?;
+            .map_err(|e| ConfigError(aeris_runtime::describe_config_error(e)))?;
         if let Err(e) = aeris_wire::Topics::new(&config.broker.prefix) {
             return Err(ConfigError(format!("invalid `broker.prefix`: {e}")));
         }
@@ -194,35 +194,4 @@ impl Config {
         }
         Ok(config)
     }
-}
-/// One line per problem: the dotted key, where the value came from (the file,
-/// or the exact environment variable), and what is wrong.
-fn describe(e: figment::Error) -> String {
-    e.into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let source = match &e.metadata {
-                Some(m) if m.name.contains("environment") => format!(
-                    "environment variable AERIS_{}",
-                    e.path
-                        .iter()
-                        .map(|p| p.to_ascii_uppercase())
-                        .collect::<Vec<_>>()
-                        .join("__")
-                ),
-                Some(m) => m
-                    .source
-                    .as_ref()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| m.name.to_string()),
-                None => "configuration".to_owned(),
-            };
-            if key.is_empty() {
-                format!("{source}: {}", e.kind)
-            } else {
-                format!("`{key}` in {source}: {}", e.kind)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }

@@ -3,7 +3,6 @@ use std::sync::Arc;
 
 use aeris_gateway::config::{Config, KEYS_HELP};
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// The Aeris cloud gateway: consumes device batches from the broker (shared
 /// subscription, so several gateways split the load), stores them in PostGIS
@@ -53,43 +52,7 @@ fn main() -> std::process::ExitCode {
         }
         return std::process::ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("aeris-gateway: cannot start runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-                tracing::info!("signal received");
-                s.cancel();
-            }
-        });
-        aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown).await
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "gateway failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    aeris_runtime::run_until_signal("aeris-gateway", &cli.log, |shutdown| {
+        aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown)
+    })
 }

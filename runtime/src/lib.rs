@@ -1,0 +1,102 @@
+//! aeris-runtime: what every Aeris binary does around its own work.
+//!
+//! - [`describe_config_error`]: a figment error as one line per problem,
+//!   naming the dotted key and where the value came from (the file, or the
+//!   exact `AERIS_*` variable).
+//! - [`run_until_signal`]: logging to stderr, a multi-threaded runtime, and a
+//!   shutdown token cancelled by SIGINT or SIGTERM, handed to the program's
+//!   `run`; the exit code says whether it succeeded.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+/// One line per problem: the dotted key, where the value came from, and what
+/// is wrong.
+pub fn describe_config_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = match &e.metadata {
+                Some(m) if m.name.contains("environment") => format!(
+                    "environment variable AERIS_{}",
+                    e.path
+                        .iter()
+                        .map(|p| p.to_ascii_uppercase())
+                        .collect::<Vec<_>>()
+                        .join("__")
+                ),
+                Some(m) => m
+                    .source
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| m.name.to_string()),
+                None => "configuration".to_owned(),
+            };
+            if key.is_empty() {
+                format!("{source}: {}", e.kind)
+            } else {
+                format!("`{key}` in {source}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Sets up logging (`log` is a tracing filter), starts the runtime, and runs
+/// `run` with a token that SIGINT or SIGTERM cancels. `name` prefixes the
+/// messages printed before logging works.
+pub fn run_until_signal<F, Fut>(name: &str, log: &str, run: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        run(shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{name} failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT or SIGTERM start the graceful shutdown.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received");
+    shutdown.cancel();
+}
