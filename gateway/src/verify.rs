@@ -12,9 +12,10 @@
 //! 6. `canary-api`: the reading is served by the HTTP API.
 //! 7. `canary-removed`: the canary's rows (database, live view) are gone.
 //!
-//! The canary logs in as its own broker user when one is given: the
-//! broker's ACL lets a device publish only under its own id, so production
-//! brokers need a `aeris-verify` user (see `deploy/mosquitto/aeris.acl`).
+//! The canary logs in as its own broker user when a canary password is
+//! given: the broker's ACL lets a device publish only under its own id, so
+//! production brokers get an `aeris-verify` login, which the ACL's device
+//! pattern (`deploy/mosquitto/aeris.acl`) confines to the canary's topics.
 
 use std::time::Duration;
 
@@ -283,9 +284,17 @@ async fn remove(config: &Config, url: &str, device: &str) -> Result<String, Stri
         .await
         .map_err(|e| e.to_string())?;
     if let Some(redis) = &config.redis_url {
-        aeris_sink::redis::ops::remove_device(redis, &config.redis.prefix, device)
-            .await
-            .map_err(|e| format!("database cleaned, live view not: {e}"))?;
+        // The live view is written after the commit, off the ack path: give
+        // the canary a moment to arrive there before removing it.
+        for _ in 0..10 {
+            let n = aeris_sink::redis::ops::remove_device(redis, &config.redis.prefix, device)
+                .await
+                .map_err(|e| format!("database cleaned, live view not: {e}"))?;
+            if n > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
     match postgis::device_rows(url, device).await {
         Ok(0) => Ok(format!("{removed} row(s) deleted")),
