@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Aeris test. On a fresh Debian machine it first installs what the
 # tests talk to (PostgreSQL 15 + PostGIS 3, Mosquitto and its clients,
-# OpenSSL for test certificates, Redis, and Chromium for the map test),
+# OpenSSL for test certificates, Redis, Chromium for the map test,
+# Prometheus for the alert-rule tests, kubectl for the manifests),
 # starts PostgreSQL if it is not running, and creates the test role. The tests then start their own brokers and Redis servers on free
 # ports and create and drop their own databases; nothing else on the machine
 # is touched.
@@ -16,9 +17,11 @@ as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else 
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
 missing=()
-for pkg in postgresql-15-postgis-3 mosquitto mosquitto-clients openssl redis-server chromium; do
+for pkg in postgresql-15-postgis-3 mosquitto mosquitto-clients openssl redis-server chromium prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
+# kubectl (for `kubectl kustomize`) may come from another package already.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]}"
   as_root apt-get update -qq

@@ -18,6 +18,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod fleet;
 pub mod mqtt;
 pub mod opstats;
 pub mod resend;
@@ -118,10 +119,16 @@ pub async fn run(
             .await
         }))
     };
+    let fleet = tokio::spawn(fleet::run(
+        Arc::new(config.clone()),
+        stats.clone(),
+        background.clone(),
+    ));
     let outputs = source::Outputs { sink, live, feed };
     let result = source::run(Arc::new(config), outputs, stats, shutdown).await;
     background.cancel();
     let _ = updater.await;
+    let _ = fleet.await;
     if let Some(api) = api {
         api.await??;
     }

@@ -32,6 +32,12 @@ pub struct DeviceReasonLabel {
     pub reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceKindLabel {
+    pub device: String,
+    pub kind: &'static str,
+}
+
 #[derive(Debug)]
 pub struct OpsStats {
     api_refused: Family<ReasonLabel, Counter>,
@@ -49,7 +55,7 @@ pub struct OpsStats {
     pub device_last_seq: Family<DeviceLabel, Gauge>,
     pub device_lost: Family<DeviceReasonLabel, Gauge>,
     pub device_ota_failures: Family<DeviceLabel, Counter>,
-    pub device_events: Family<DeviceReasonLabel, Counter>,
+    pub device_events: Family<DeviceKindLabel, Counter>,
 }
 
 impl OpsStats {
@@ -64,7 +70,7 @@ impl OpsStats {
             m
         }
         let r = registry;
-        OpsStats {
+        let ops = OpsStats {
             api_refused: reg(r, "aeris_gateway_api_refused", "HTTP API requests refused, by reason (no_token, bad_token, forbidden, rate_limited).", Family::default()),
             actions: reg(r, "aeris_gateway_operator_actions", "Operator actions, by action and outcome (ok, error).", Family::default()),
             audit_errors: reg(r, "aeris_gateway_audit_errors", "Operator actions whose audit row could not be written.", Counter::default()),
@@ -79,7 +85,19 @@ impl OpsStats {
             device_lost: reg(r, "aeris_gateway_device_readings_lost", "Readings the device reports lost, by reason (evicted, corrupt, ...), since it was installed.", Family::default()),
             device_ota_failures: reg(r, "aeris_gateway_device_ota_failures", "OTA events from the device reporting a failure or rollback.", Family::default()),
             device_events: reg(r, "aeris_gateway_device_events", "Events received from devices, by kind.", Family::default()),
+        };
+        // Known label values start at 0, so rates and alerts see the series
+        // before the first event.
+        for reason in ["no_token", "bad_token", "forbidden", "rate_limited"] {
+            let _ = ops.api_refused.get_or_create(&ReasonLabel { reason });
         }
+        for outcome in ["ok", "error"] {
+            let _ = ops.actions.get_or_create(&ActionLabel {
+                action: "resend".into(),
+                outcome,
+            });
+        }
+        ops
     }
 
     pub fn api_refused(&self, reason: &'static str) {

@@ -31,6 +31,8 @@ use live::LiveFeed;
 pub(crate) struct Incoming {
     pub batch: Batch,
     pub publish: Publish,
+    /// When it arrived, for the ack-latency histogram.
+    pub received: std::time::Instant,
 }
 
 /// What the source hands on, besides batches.
@@ -176,6 +178,7 @@ fn accept(topics: &Topics, stats: &Stats, p: &Publish) -> Option<Accepted> {
                 Accepted::Batch(Incoming {
                     batch,
                     publish: p.clone(),
+                    received: std::time::Instant::now(),
                 })
             })
         }
