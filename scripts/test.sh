@@ -42,6 +42,21 @@ if [ -z "${AERIS_TEST_PG_URL:-}" ]; then
   fi
 fi
 
+# kubernetes-validate (pinned; it carries the Kubernetes schemas, so it
+# works offline) for the deploy/k8s test, in a virtualenv of its own.
+K8S_VENV=${AERIS_K8S_VENV:-$HOME/.cache/aeris-k8s-venv}
+export AERIS_K8S_VENV=$K8S_VENV
+if ! "$K8S_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1.37.0'; then
+  step "installing kubernetes-validate into $K8S_VENV"
+  python3 -c 'import ensurepip' 2>/dev/null || {
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  }
+  rm -rf "$K8S_VENV"
+  python3 -m venv "$K8S_VENV"
+  "$K8S_VENV/bin/pip" install -q kubernetes-validate==1.37.0
+fi
+
 step "building"
 cargo build --workspace --bins --quiet
 step "testing"
