@@ -100,6 +100,10 @@ pub fn record_status(ops: &OpsStats, s: &Status) {
         .get_or_create(&l)
         .set(s.oldest_unsent_ms.map(|ms| ms / 1000).unwrap_or(0));
     ops.device_last_seq.get_or_create(&l).set(clamp(s.last_seq));
+    // -1: the queue is not shrinking.
+    ops.device_drain_eta
+        .get_or_create(&l)
+        .set(s.drain_eta_s.map(clamp).unwrap_or(-1));
     for loss in &s.losses {
         ops.device_lost
             .get_or_create(&DeviceReasonLabel {
@@ -156,9 +160,11 @@ mod tests {
             queued_bytes: queued * 50,
             oldest_unsent_ms: Some(1_700_000_000_000),
             losses: vec![Loss {
-                reason: "evicted".into(),
+                reason: "dropped".into(),
                 count: 12,
             }],
+            models: vec![],
+            drain_eta_s: Some(40),
         }
     }
 
@@ -175,7 +181,8 @@ mod tests {
             "aeris_gateway_device_queued_bytes{device=\"d1\"} 350",
             "aeris_gateway_device_oldest_unsent_timestamp_seconds{device=\"d1\"} 1700000000",
             "aeris_gateway_device_last_status_timestamp_seconds{device=\"d1\"} 2000",
-            "aeris_gateway_device_readings_lost{device=\"d1\",reason=\"evicted\"} 12",
+            "aeris_gateway_device_readings_lost{device=\"d1\",reason=\"dropped\"} 12",
+            "aeris_gateway_device_drain_eta_seconds{device=\"d1\"} 40",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

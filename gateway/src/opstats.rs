@@ -53,6 +53,7 @@ pub struct OpsStats {
     pub device_queued_bytes: Family<DeviceLabel, Gauge>,
     pub device_oldest_unsent: Family<DeviceLabel, Gauge>,
     pub device_last_seq: Family<DeviceLabel, Gauge>,
+    pub device_drain_eta: Family<DeviceLabel, Gauge>,
     pub device_lost: Family<DeviceReasonLabel, Gauge>,
     pub device_ota_failures: Family<DeviceLabel, Counter>,
     pub device_events: Family<DeviceKindLabel, Counter>,
@@ -82,7 +83,8 @@ impl OpsStats {
             device_queued_bytes: reg(r, "aeris_gateway_device_queued_bytes", "Bytes of readings held on the device, not yet acked.", Family::default()),
             device_oldest_unsent: reg(r, "aeris_gateway_device_oldest_unsent_timestamp_seconds", "Time of the device's oldest unacked reading; 0 when nothing is owed.", Family::default()),
             device_last_seq: reg(r, "aeris_gateway_device_last_seq", "Highest seq the device has assigned.", Family::default()),
-            device_lost: reg(r, "aeris_gateway_device_readings_lost", "Readings the device reports lost, by reason (evicted, corrupt, ...), since it was installed.", Family::default()),
+            device_drain_eta: reg(r, "aeris_gateway_device_drain_eta_seconds", "Seconds until the device's queue is empty at its current drain rate; -1 while it is not shrinking.", Family::default()),
+            device_lost: reg(r, "aeris_gateway_device_readings_lost", "Readings the device reports lost, by reason (dropped, downsampled, corrupt), since its buffer was created.", Family::default()),
             device_ota_failures: reg(r, "aeris_gateway_device_ota_failures", "OTA events from the device reporting a failure or rollback.", Family::default()),
             device_events: reg(r, "aeris_gateway_device_events", "Events received from devices, by kind.", Family::default()),
         };

@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use aeris_tests::cloud::Cloud;
 use aeris_tests::device::{reading, status, FakeDevice};
-use aeris_tests::now_ms;
+use aeris_tests::http::get;
 use aeris_tests::postgres::TestDb;
 use aeris_tests::process::binary;
+use aeris_tests::sensors::{readings, Publisher};
+use aeris_tests::stack::{Stack, DEVICE};
+use aeris_tests::{now_ms, wait_for};
 use aeris_wire::{Batch, CommandKind};
 
 fn script() -> PathBuf {
@@ -85,7 +88,7 @@ async fn a_backup_restores_into_a_fresh_database_with_identical_rows_and_checksu
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(table.contains("dev-a") && table.contains("41"), "{table}");
-    let cmd = aeris_tests::wait_for("re-send to dev-a", Duration::from_secs(10), || async {
+    let cmd = wait_for("re-send to dev-a", Duration::from_secs(10), || async {
         a.commands().into_iter().next()
     })
     .await;
@@ -134,4 +137,96 @@ async fn a_backup_restores_into_a_fresh_database_with_identical_rows_and_checksu
         .unwrap();
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+}
+
+/// Readings acked after the backup was taken are lost by restoring it; the
+/// edge still holds them (acked grace window), and one `aeris-gateway
+/// resend` brings them back, each stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_restoring_an_older_backup_one_resend_brings_back_what_was_acked_since() {
+    let mut stack = Stack::start().await;
+    let sensors = Publisher::connect(stack.local.port).await;
+    let all = readings(300, 6);
+    let (before, after) = all.split_at(120);
+    for r in before {
+        sensors.publish(r).await;
+    }
+    stack
+        .wait_rows(before.len() as i64, Duration::from_secs(90))
+        .await;
+    // Let the acks reach the edge before the backup, so nothing of the
+    // first part is still in flight.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aeris.dump");
+    let file = file.to_str().unwrap();
+    aeris_db(&["backup", &stack.db.url, file]);
+
+    for r in after {
+        sensors.publish(r).await;
+    }
+    stack
+        .wait_rows(all.len() as i64, Duration::from_secs(90))
+        .await;
+    let acked = wait_for("the edge's acks", Duration::from_secs(30), || async {
+        let m =
+            aeris_tests::http::metric(stack.edge_health, "aeris_edge_uplink_readings_acked_total");
+        (m >= all.len() as f64).then_some(m)
+    })
+    .await;
+    assert!(acked >= all.len() as f64);
+
+    // Disaster: the database is replaced by the older backup. Gateways are
+    // stopped while it is restored, as docs/operations.md says.
+    stack.gateway.terminate();
+    let admin = aeris_tests::postgres::admin().await;
+    for sql in ["DROP DATABASE {} WITH (FORCE)", "CREATE DATABASE {}"] {
+        admin
+            .batch_execute(&sql.replace("{}", &stack.db.name))
+            .await
+            .unwrap();
+    }
+    aeris_db(&["restore", file, &stack.db.url]);
+    assert_eq!(stack.row_count().await, before.len() as i64);
+    stack.gateway.restart();
+    wait_for("the gateway ready", Duration::from_secs(30), || async {
+        matches!(get(stack.api_port, "/readyz"), Ok((200, _))).then_some(())
+    })
+    .await;
+    // Nothing comes back by itself: the edge deleted nothing, but it sends
+    // acked readings again only when asked.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        stack.row_count().await,
+        before.len() as i64,
+        "{}",
+        stack.logs()
+    );
+
+    let out = Command::new(binary("aeris-gateway"))
+        .arg("resend")
+        .env("AERIS_BROKER__PORT", stack.cloud.port.to_string())
+        .env("AERIS_DATABASE_URL", &stack.db.url)
+        .env("AERIS_LOG", "warn")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from = format!("{}", before.len() + 1);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(DEVICE) && l.contains(&from)),
+        "{DEVICE} from seq {from}:\n{table}"
+    );
+    stack
+        .wait_rows(all.len() as i64, Duration::from_secs(60))
+        .await;
+    // Nothing more arrives, and every reading is there exactly once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.assert_exactly_once(&all).await;
 }
