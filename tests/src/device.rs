@@ -147,6 +147,27 @@ pub fn reading(sensor: &str, ts_ms: i64, lat: f64, lon: f64, pm25: f64) -> Readi
     }
 }
 
+/// Readings `first_seq..first_seq + n` of `device`, one sensor, a second
+/// apart from `t0` (reading `k` at `t0 + k s`), each at its own position.
+pub fn batch(device: &str, first_seq: u64, n: usize, t0: i64) -> Batch {
+    Batch {
+        device: device.into(),
+        first_seq,
+        readings: (0..n)
+            .map(|i| {
+                let k = first_seq as i64 + i as i64;
+                reading(
+                    "s-1",
+                    t0 + k * 1000,
+                    48.0 + (k % 1000) as f64 / 100.0,
+                    11.5,
+                    (k % 500) as f64,
+                )
+            })
+            .collect(),
+    }
+}
+
 /// A status with the given data debt.
 pub fn status(device: &str, last_seq: u64, queued: u64) -> Status {
     Status {

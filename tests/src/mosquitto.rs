@@ -24,6 +24,11 @@ fn binary() -> PathBuf {
 }
 
 impl Mosquitto {
+    /// The broker's process id (for measuring its memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts a plain listener on 127.0.0.1 with anonymous access, no
     /// persistence, and queues deep enough that a slow client loses nothing.
     pub fn start() -> Mosquitto {

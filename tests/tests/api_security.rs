@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use aeris_tests::cloud::Cloud;
-use aeris_tests::device::{reading, status, FakeDevice};
+use aeris_tests::device::{batch, status, FakeDevice};
 use aeris_tests::http::{get, metric, request};
 use aeris_tests::{now_ms, wait_for};
-use aeris_wire::{Batch, CommandKind};
+use aeris_wire::CommandKind;
 use sha2::{Digest, Sha256};
 
 const DEV: &str = "dev-sec";
@@ -48,24 +48,6 @@ scopes = ["read"]
     )
 }
 
-fn batch(first_seq: u64, n: usize, t0: i64) -> Batch {
-    Batch {
-        device: DEV.into(),
-        first_seq,
-        readings: (0..n)
-            .map(|i| {
-                reading(
-                    "s-1",
-                    t0 + (first_seq as i64 + i as i64) * 1000,
-                    47.0,
-                    8.0,
-                    10.0,
-                )
-            })
-            .collect(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_endpoints_need_an_operate_token_and_every_action_is_audited() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,8 +64,8 @@ async fn operator_endpoints_need_an_operate_token_and_every_action_is_audited() 
     // hole, so a re-send must start at 4, not after the highest seq.
     let dev = FakeDevice::connect(cloud.broker.port, DEV).await;
     let t0 = now_ms() - 60_000;
-    dev.send(&batch(1, 3, t0)).await;
-    dev.send(&batch(6, 2, t0)).await;
+    dev.send(&batch(DEV, 1, 3, t0)).await;
+    dev.send(&batch(DEV, 6, 2, t0)).await;
     dev.send_status(&status(DEV, 7, 0)).await;
     assert!(
         dev.wait_acked(7, Duration::from_secs(20)).await,

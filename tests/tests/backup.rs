@@ -6,14 +6,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use aeris_tests::cloud::Cloud;
-use aeris_tests::device::{reading, status, FakeDevice};
+use aeris_tests::device::{batch, status, FakeDevice};
 use aeris_tests::http::get;
 use aeris_tests::postgres::TestDb;
 use aeris_tests::process::binary;
 use aeris_tests::sensors::{readings, Publisher};
 use aeris_tests::stack::{Stack, DEVICE};
 use aeris_tests::{now_ms, wait_for};
-use aeris_wire::{Batch, CommandKind};
+use aeris_wire::CommandKind;
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/backup/aeris-db")
@@ -35,23 +35,24 @@ fn aeris_db(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn batch(device: &str, first_seq: u64, n: usize, t0: i64) -> Batch {
-    Batch {
-        device: device.into(),
-        first_seq,
-        readings: (0..n)
-            .map(|i| {
-                let k = first_seq as i64 + i as i64;
-                reading(
-                    "s-1",
-                    t0 + k * 1000,
-                    48.0 + k as f64 / 100.0,
-                    11.5,
-                    k as f64,
-                )
-            })
-            .collect(),
-    }
+/// `aeris-gateway resend` as user `backup-test`: its table; panics unless
+/// it succeeds.
+fn resend(broker_port: u16, db_url: &str) -> String {
+    let out = Command::new(binary("aeris-gateway"))
+        .arg("resend")
+        .env("AERIS_BROKER__PORT", broker_port.to_string())
+        .env("AERIS_DATABASE_URL", db_url)
+        .env("AERIS_LOG", "warn")
+        .env("USER", "backup-test")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    table
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,20 +74,7 @@ async fn a_backup_restores_into_a_fresh_database_with_identical_rows_and_checksu
         );
     }
     // An operator action from the command line, so the audit log has a row.
-    let out = Command::new(binary("aeris-gateway"))
-        .arg("resend")
-        .env("AERIS_BROKER__PORT", cloud.broker.port.to_string())
-        .env("AERIS_DATABASE_URL", &cloud.db.url)
-        .env("AERIS_LOG", "warn")
-        .env("USER", "backup-test")
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let table = resend(cloud.broker.port, &cloud.db.url);
     assert!(table.contains("dev-a") && table.contains("41"), "{table}");
     let cmd = wait_for("re-send to dev-a", Duration::from_secs(10), || async {
         a.commands().into_iter().next()
@@ -203,19 +191,7 @@ async fn after_restoring_an_older_backup_one_resend_brings_back_what_was_acked_s
         stack.logs()
     );
 
-    let out = Command::new(binary("aeris-gateway"))
-        .arg("resend")
-        .env("AERIS_BROKER__PORT", stack.cloud.port.to_string())
-        .env("AERIS_DATABASE_URL", &stack.db.url)
-        .env("AERIS_LOG", "warn")
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{table}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let table = resend(stack.cloud.port, &stack.db.url);
     let from = format!("{}", before.len() + 1);
     assert!(
         table

@@ -26,6 +26,11 @@ fn help_lists_every_config_key_of_both_binaries() {
                 "database_url",
                 "broker.share_group",
                 "writer.max_batches_per_commit",
+                "api.auth.tokens",
+                "api.auth.open_reads",
+                "api.rate_limit.per_second",
+                "verify",
+                "resend",
             ][..],
         ),
     ] {
