@@ -35,6 +35,8 @@ pub async fn run(
     let (buffer, buffer_thread) =
         Buffer::open(&path).with_context(|| format!("cannot open buffer {}", path.display()))?;
     let (depth, next_seq) = buffer.depth().await?;
+    // Bad certificate files stop the start, naming the key.
+    let tls = uplink::tls::client_config(&config.cloud.tls)?;
     let identity = Identity {
         boot_id: fastrand::u64(..),
         agent_version: AGENT_VERSION.to_owned(),
@@ -79,6 +81,7 @@ pub async fn run(
     let uplink_stop = CancellationToken::new();
     let uplink = tokio::spawn(uplink::run(
         config.clone(),
+        tls,
         buffer.clone(),
         stats.clone(),
         identity,

@@ -57,6 +57,27 @@ pub struct CloudConfig {
     /// Heartbeat period of the retained status message.
     #[serde(with = "humantime_serde")]
     pub status_interval: Duration,
+    /// TLS to the cloud broker; off while `ca_file` is empty.
+    pub tls: TlsConfig,
+}
+
+/// Mutual TLS on the cloud link: the broker is checked against `ca_file`,
+/// and the device shows `cert_file` (its identity) with `key_file`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM bundle of the CAs that sign the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM certificate chain of this device (empty = no client certificate).
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.ca_file.as_os_str().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,6 +156,21 @@ pub struct UplinkConfig {
     /// A batch not acked within this time is sent again.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// Share of the in-flight window the backlog may take after a
+    /// reconnect; the rest is kept for the newest readings.
+    pub backlog_share: f64,
+    /// Batch layout on the wire.
+    pub encoding: BatchEncoding,
+}
+
+/// How batches are encoded (see `aeris_wire::columnar`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchEncoding {
+    /// Format version 2: columnar, delta-coded, zstd; the default.
+    Columnar,
+    /// Format version 1: plain postcard, for gateways older than version 2.
+    Postcard,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,6 +274,7 @@ impl Default for CloudConfig {
             prefix: "aeris/v1".into(),
             keep_alive: Duration::from_secs(30),
             status_interval: Duration::from_secs(10),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -260,6 +297,8 @@ impl Default for UplinkConfig {
             batch_max_age: Duration::from_secs(1),
             max_inflight_batches: 8,
             ack_timeout: Duration::from_secs(15),
+            backlog_share: 0.5,
+            encoding: BatchEncoding::Columnar,
         }
     }
 }
@@ -278,6 +317,10 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   cloud.prefix                  wire-protocol topic prefix [aeris/v1]
   cloud.keep_alive              MQTT keep-alive [30s]
   cloud.status_interval         heartbeat period of up/status [10s]
+  cloud.tls.ca_file             PEM CA bundle the cloud broker's certificate must chain to;
+                                set = TLS on the cloud link, \"\" = plain MQTT []
+  cloud.tls.cert_file           PEM certificate (chain) of this device, for mutual TLS []
+  cloud.tls.key_file            PEM private key of cloud.tls.cert_file []
   ingest.max_payload_bytes      larger sensor payloads are rejected [4096]
   ingest.max_future             readings stamped further ahead are rejected [5m]
   ingest.retention              readings stamped further back are rejected [7d]
@@ -294,6 +337,11 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   uplink.batch_max_age          a partial batch leaves after this wait [1s]
   uplink.max_inflight_batches   batches sent but not acked, at most [8]
   uplink.ack_timeout            an unacked batch is sent again after [15s]
+  uplink.backlog_share          after a reconnect the newest readings go first; the backlog
+                                drains behind them in at most this share of the in-flight
+                                window (at least one batch), 0 < share <= 1 [0.5]
+  uplink.encoding               batch layout: \"columnar\" (version 2, compact) or \"postcard\"
+                                (version 1, for gateways that cannot read version 2) [columnar]
   infer.enabled                 run models on the board [true]
   infer.models                  model folders installed when their slot is empty []
   infer.shadow_windows          windows a candidate model runs in shadow [24]
@@ -369,6 +417,24 @@ impl Config {
             return bad(
                 "uplink.batch_max_readings",
                 format!("must be 1..={}", aeris_wire::message::MAX_BATCH_READINGS),
+            );
+        }
+        if !(u.backlog_share > 0.0 && u.backlog_share <= 1.0) {
+            return bad("uplink.backlog_share", "must be > 0 and <= 1".into());
+        }
+        let tls = &self.cloud.tls;
+        let has_identity =
+            !tls.cert_file.as_os_str().is_empty() || !tls.key_file.as_os_str().is_empty();
+        if has_identity && !tls.enabled() {
+            return bad(
+                "cloud.tls.ca_file",
+                "must be set when a device certificate or key is".into(),
+            );
+        }
+        if tls.cert_file.as_os_str().is_empty() != tls.key_file.as_os_str().is_empty() {
+            return bad(
+                "cloud.tls.key_file",
+                "cert_file and key_file go together".into(),
             );
         }
         if u.max_inflight_batches == 0 {

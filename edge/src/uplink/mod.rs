@@ -6,9 +6,17 @@
 //! and deletes what each [`Ack`] covers. [`outbox::Outbox`] holds the
 //! bookkeeping. A batch is closed when it is full, when the run ends at a
 //! gap, or when its first reading has waited `batch_max_age`.
+//!
+//! Live first: at every (re)connect the newest `batch_max_readings` held
+//! readings and everything after them form the live lane, sent first; the
+//! older backlog drains behind it in seq order, holding at most
+//! `uplink.backlog_share` of the in-flight window, so the map is current
+//! within one round trip of reconnecting. Batches go out in the columnar
+//! layout (`aeris_wire::columnar`) unless `uplink.encoding = "postcard"`.
 
 pub mod backoff;
 pub mod outbox;
+pub mod tls;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -18,19 +26,22 @@ use aeris_wire::{
     decode, encode, Ack, Batch, Channel, Command, CommandKind, DeviceState, Event as WireEvent,
     Loss, Status, Topics,
 };
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
+};
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::buffer::Buffer;
-use crate::config::Config;
+use crate::config::{BatchEncoding, Config};
 use crate::health::Stats;
 use crate::infer::store::ModelCommand;
 use crate::ingest::now_ms;
 use backoff::Backoff;
-use outbox::{leading_run, Outbox};
+use outbox::{leading_run, Lane, Outbox};
 
 enum Link {
     Up,
@@ -66,8 +77,11 @@ const MAX_UNSENT_EVENTS: usize = 256;
 
 /// Runs until `stop` is cancelled, then tries for up to `shutdown_grace` to
 /// get everything held acked, publishes the offline status and disconnects.
+/// `tls` (from [`tls::client_config`]) puts the link on TLS.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: Arc<Config>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     buffer: Buffer,
     stats: Arc<Stats>,
     identity: Identity,
@@ -91,6 +105,9 @@ pub async fn run(
             QoS::AtLeastOnce,
             true,
         ));
+    if let Some(tls) = tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
     let (client, events) = AsyncClient::new(opts, 256);
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let link_stop = CancellationToken::new();
@@ -100,12 +117,14 @@ pub async fn run(
         topics.clone(),
         config.device_id.clone(),
         link_tx,
+        stats.clone(),
         model_commands,
         link_stop.clone(),
     ));
     let mut up = Uplink {
         outbox: Outbox::new(
             config.uplink.max_inflight_batches,
+            config.uplink.backlog_share,
             config.uplink.ack_timeout,
         ),
         config,
@@ -220,7 +239,11 @@ impl Uplink {
         match ev {
             Link::Up => {
                 self.connected = true;
-                self.outbox.reset();
+                // The newest full batch and what comes after it are live.
+                let (_, next_seq) = self.buffer.depth().await?;
+                let batch = self.config.uplink.batch_max_readings as u64;
+                self.outbox.reset(next_seq.saturating_sub(batch));
+                self.pending_since = None;
                 self.stats.uplink_connects.fetch_add(1, Relaxed);
                 self.publish_status(DeviceState::Online).await?;
                 self.flush_events();
@@ -228,7 +251,9 @@ impl Uplink {
             Link::Down => self.connected = false,
             Link::Ack(ack) => {
                 let deleted = self.buffer.delete(ack.first_seq, ack.last_seq).await?;
-                self.outbox.acked(ack.first_seq, ack.last_seq);
+                for sent_at in self.outbox.acked(ack.first_seq, ack.last_seq) {
+                    self.stats.ack_latency.observe(sent_at.elapsed());
+                }
                 self.stats.readings_acked.fetch_add(deleted as u64, Relaxed);
             }
             Link::Resend(from) => {
@@ -239,49 +264,79 @@ impl Uplink {
         Ok(())
     }
 
-    /// Publishes every batch that is ready while the outbox has room.
+    /// Publishes every batch that is ready while the outbox has room: the
+    /// live lane first, then the backlog within its share.
     async fn send_ready(&mut self, flush: bool) -> anyhow::Result<()> {
-        let max = self.config.uplink.batch_max_readings;
-        while self.outbox.has_room() {
-            let (rows, corrupt) = self.buffer.read_from(self.outbox.next_send(), max).await?;
-            if !corrupt.is_empty() {
-                self.stats
-                    .lost_corrupt
-                    .fetch_add(corrupt.len() as u64, Relaxed);
-                warn!(count = corrupt.len(), first_seq = corrupt[0].seq, error = %corrupt[0].error, "corrupt buffered readings removed");
+        loop {
+            if self.outbox.has_room(Lane::Live) && self.send_next(Lane::Live, flush).await? {
+                continue;
             }
-            let Some((first, readings, ended_at_gap)) = leading_run(rows) else {
-                self.pending_since = None;
-                return Ok(());
-            };
-            let full = readings.len() >= max || ended_at_gap;
+            if self.outbox.has_room(Lane::Backlog) && self.send_next(Lane::Backlog, true).await? {
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Publishes the next batch of `lane` if one is ready; returns whether
+    /// it did.
+    async fn send_next(&mut self, lane: Lane, flush: bool) -> anyhow::Result<bool> {
+        let max = self.config.uplink.batch_max_readings;
+        let (from, end) = self.outbox.next_send(lane);
+        let (mut rows, corrupt) = self.buffer.read_from(from, max).await?;
+        if !corrupt.is_empty() {
+            self.stats
+                .lost_corrupt
+                .fetch_add(corrupt.len() as u64, Relaxed);
+            warn!(count = corrupt.len(), first_seq = corrupt[0].seq, error = %corrupt[0].error, "corrupt buffered readings removed");
+        }
+        // The backlog stops at the live mark; a run cut there is complete.
+        let reached_end = rows.last().is_some_and(|(seq, _)| *seq >= end);
+        rows.retain(|(seq, _)| *seq < end);
+        let Some((first, readings, ended_at_gap)) = leading_run(rows) else {
+            match lane {
+                Lane::Live => self.pending_since = None,
+                Lane::Backlog => self.outbox.backlog_sent(),
+            }
+            return Ok(false);
+        };
+        let full = readings.len() >= max || ended_at_gap || reached_end;
+        if lane == Lane::Live {
             let waited = *self.pending_since.get_or_insert_with(Instant::now);
             if !full && !flush && waited.elapsed() < self.config.uplink.batch_max_age {
-                return Ok(());
+                return Ok(false);
             }
-            let n = readings.len() as u64;
-            let batch = Batch {
-                device: self.config.device_id.clone(),
-                first_seq: first,
-                readings,
-            };
-            let bytes = encode(&batch);
-            // `publish` only queues for the event loop; a lost connection
-            // shows up as Link::Down and the outbox resends after reconnect.
-            self.client
-                .publish(
-                    self.topics.batch(&self.config.device_id),
-                    QoS::AtLeastOnce,
-                    false,
-                    bytes,
-                )
-                .await?;
-            self.outbox.sent(first, first + n - 1, Instant::now());
             self.pending_since = None;
-            self.stats.batches_sent.fetch_add(1, Relaxed);
-            self.stats.readings_sent.fetch_add(n, Relaxed);
         }
-        Ok(())
+        let n = readings.len() as u64;
+        let batch = Batch {
+            device: self.config.device_id.clone(),
+            first_seq: first,
+            readings,
+        };
+        let bytes = match self.config.uplink.encoding {
+            BatchEncoding::Columnar => aeris_wire::columnar::encode(&batch),
+            BatchEncoding::Postcard => encode(&batch),
+        };
+        let size = bytes.len() as u64;
+        // `publish` only queues for the event loop; a lost connection
+        // shows up as Link::Down and the outbox resends after reconnect.
+        self.client
+            .publish(
+                self.topics.batch(&self.config.device_id),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
+            .await?;
+        self.outbox.sent(first, first + n - 1, Instant::now());
+        self.stats.batches_sent.fetch_add(1, Relaxed);
+        self.stats.readings_sent.fetch_add(n, Relaxed);
+        self.stats.uplink_bytes_sent.fetch_add(size, Relaxed);
+        if lane == Lane::Backlog {
+            self.stats.backlog_batches_sent.fetch_add(1, Relaxed);
+        }
+        Ok(true)
     }
 
     /// Queues held events for publishing while connected; one that cannot be
@@ -328,16 +383,19 @@ async fn sleep_until_opt(t: Option<Instant>) {
 
 /// Polls the MQTT event loop, reconnecting with backoff, and turns what
 /// arrives into [`Link`] events.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     mut events: EventLoop,
     client: AsyncClient,
     topics: Topics,
     device: String,
     tx: mpsc::UnboundedSender<Link>,
+    stats: Arc<Stats>,
     model_commands: Option<mpsc::Sender<ModelCommand>>,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut connected = false;
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => return,
@@ -346,6 +404,7 @@ async fn drive(
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
+                connected = true;
                 info!("connected to cloud broker");
                 for ch in [Channel::DownAck, Channel::DownCmd] {
                     if let Err(e) =
@@ -416,7 +475,14 @@ async fn drive(
             Err(e) => {
                 let _ = tx.send(Link::Down);
                 let wait = backoff.next_delay();
-                warn!(error = %e, retry_in = ?wait, "cloud broker connection lost");
+                if std::mem::take(&mut connected) {
+                    stats.uplink_disconnects.fetch_add(1, Relaxed);
+                    warn!(error = %e, retry_in = ?wait, "cloud broker connection lost");
+                } else {
+                    let reason = tls::failure_reason(&e);
+                    stats.connect_failed(reason);
+                    warn!(reason, error = %e, retry_in = ?wait, "cannot connect to the cloud broker");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
