@@ -5,6 +5,8 @@
 //! an agent; publish readings; check what landed.
 //!
 //! - [`mosquitto`]: a Mosquitto broker process with its own config file.
+//! - [`pki`]: test CAs and certificates (rcgen) for TLS brokers and devices.
+//! - [`gate`]: a TCP forwarder a test closes and opens, a network cut.
 //! - [`postgres`]: a fresh PostGIS database per test on the local server.
 //! - [`process`]: the `aeris-edge` / `aeris-gateway` binaries as child
 //!   processes that can be SIGKILLed and restarted.
@@ -19,8 +21,10 @@
 pub mod browser;
 pub mod cloud;
 pub mod device;
+pub mod gate;
 pub mod http;
 pub mod mosquitto;
+pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod redis;
