@@ -8,6 +8,7 @@
 //! gap, or when its first reading has waited `batch_max_age`.
 
 pub mod backoff;
+pub mod drain;
 pub mod outbox;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -30,6 +31,7 @@ use crate::health::Stats;
 use crate::infer::store::ModelCommand;
 use crate::ingest::now_ms;
 use backoff::Backoff;
+use drain::DrainRate;
 use outbox::{leading_run, Outbox};
 
 enum Link {
@@ -162,40 +164,6 @@ fn status(
             .collect(),
         models,
         drain_eta_s,
-    }
-}
-
-/// Estimates when the queue will be empty from how it changed between
-/// heartbeats (exponentially smoothed net drain rate).
-#[derive(Debug, Default)]
-pub struct DrainRate {
-    last: Option<(Instant, u64)>,
-    /// Readings per second the queue shrinks by (negative: grows).
-    rate: Option<f64>,
-}
-
-impl DrainRate {
-    /// Records the queue length at `now`; returns seconds until empty, or
-    /// `None` while the queue is not shrinking.
-    pub fn observe(&mut self, now: Instant, queued: u64) -> Option<u64> {
-        if let Some((t, q)) = self.last {
-            let dt = now.duration_since(t).as_secs_f64();
-            if dt > 0.0 {
-                let r = (q as f64 - queued as f64) / dt;
-                self.rate = Some(match self.rate {
-                    Some(old) => 0.7 * old + 0.3 * r,
-                    None => r,
-                });
-            }
-        }
-        self.last = Some((now, queued));
-        if queued == 0 {
-            return Some(0);
-        }
-        match self.rate {
-            Some(r) if r > 0.0 => Some((queued as f64 / r).ceil() as u64),
-            _ => None,
-        }
     }
 }
 
