@@ -32,9 +32,13 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let path = config.buffer_path();
-    let (buffer, buffer_thread) =
-        Buffer::open(&path).with_context(|| format!("cannot open buffer {}", path.display()))?;
-    let (depth, next_seq) = buffer.depth().await?;
+    let (buffer, buffer_thread) = Buffer::open(
+        &path,
+        crate::buffer::Settings::from_config(&config),
+        stats.clone(),
+    )
+    .with_context(|| format!("cannot open buffer {}", path.display()))?;
+    let snapshot = buffer.snapshot().await?;
     // Bad certificate files stop the start, naming the key.
     let tls = uplink::tls::client_config(&config.cloud.tls)?;
     let identity = Identity {
@@ -45,8 +49,10 @@ pub async fn run(
         device = %config.device_id,
         boot_id = identity.boot_id,
         buffer = %path.display(),
-        held = depth.readings,
-        next_seq,
+        held = snapshot.depth.readings,
+        acked_held = snapshot.depth.acked_held,
+        next_seq = snapshot.next_seq,
+        budget_bytes = config.buffer.max_bytes,
         "agent starting"
     );
 

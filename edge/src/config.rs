@@ -26,6 +26,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub preprocess: PreprocessConfig,
     pub uplink: UplinkConfig,
+    pub buffer: BufferConfig,
     pub infer: InferConfig,
     /// Local HTTP endpoint for /healthz, /readyz and /metrics; empty = off.
     pub health_listen: String,
@@ -248,6 +249,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             preprocess: PreprocessConfig::default(),
             uplink: UplinkConfig::default(),
+            buffer: BufferConfig::default(),
             infer: InferConfig::default(),
             health_listen: "127.0.0.1:9750".into(),
             sensors: BTreeMap::new(),
@@ -286,6 +288,36 @@ impl Default for IngestConfig {
             max_future: Duration::from_secs(300),
             retention: Duration::from_secs(7 * 86_400),
             allow_list: Vec::new(),
+        }
+    }
+}
+
+/// The on-disk buffer's budget and retention (see `buffer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Most bytes the buffer database may use; beyond it the oldest raw
+    /// readings are replaced by their window aggregates, then dropped.
+    pub max_bytes: u64,
+    /// Acknowledged readings are kept this long, so the cloud can ask for
+    /// them again (restore from backup); 0s deletes them on the ack.
+    #[serde(with = "humantime_serde")]
+    pub acked_grace: Duration,
+    /// Readings held in memory while the buffer file cannot be written
+    /// (full disk, read-only file), at most.
+    pub memory_readings: usize,
+    /// How often a failed buffer write is retried.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            max_bytes: 1 << 30,
+            acked_grace: Duration::from_secs(3600),
+            memory_readings: 10_000,
+            retry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -342,6 +374,11 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
                                 window (at least one batch), 0 < share <= 1 [0.5]
   uplink.encoding               batch layout: \"columnar\" (version 2, compact) or \"postcard\"
                                 (version 1, for gateways that cannot read version 2) [columnar]
+  buffer.max_bytes              disk budget of the buffer database; beyond it the oldest
+                                raw readings become window aggregates, then are dropped [1073741824]
+  buffer.acked_grace            acked readings kept this long for cloud re-send requests; 0s = none [1h]
+  buffer.memory_readings        readings held in memory while the buffer cannot be written [10000]
+  buffer.retry_interval         how often a failed buffer write is retried [1s]
   infer.enabled                 run models on the board [true]
   infer.models                  model folders installed when their slot is empty []
   infer.shadow_windows          windows a candidate model runs in shadow [24]
@@ -386,7 +423,14 @@ impl Config {
             "local",
             "cloud",
         ];
-        let known_sections = ["ingest", "preprocess", "uplink", "infer", "sensors"];
+        let known_sections = [
+            "ingest",
+            "preprocess",
+            "uplink",
+            "buffer",
+            "infer",
+            "sensors",
+        ];
         let env = env.split("__").filter_map(move |k| {
             // Keys reach this filter before figment lower-cases them; lower
             // them here so errors name `cloud.port`, as in the file.
@@ -439,6 +483,18 @@ impl Config {
         }
         if u.max_inflight_batches == 0 {
             return bad("uplink.max_inflight_batches", "must be at least 1".into());
+        }
+        if self.buffer.max_bytes < 1 << 20 {
+            return bad(
+                "buffer.max_bytes",
+                "must be at least 1048576 (1 MiB)".into(),
+            );
+        }
+        if self.buffer.memory_readings == 0 {
+            return bad("buffer.memory_readings", "must be at least 1".into());
+        }
+        if self.buffer.retry_interval.is_zero() {
+            return bad("buffer.retry_interval", "must be more than 0s".into());
         }
         if let Err(e) = self.infer.verifying_keys() {
             return bad("infer.trusted_keys", e);

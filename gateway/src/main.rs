@@ -17,9 +17,8 @@ struct Cli {
     /// Print the merged configuration as TOML (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
-    /// Log filter (tracing syntax).
-    #[arg(long, env = "AERIS_LOG", default_value = "info")]
-    log: String,
+    #[command(flatten)]
+    logging: aeris_runtime::LogArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,7 +51,7 @@ fn main() -> std::process::ExitCode {
         }
         return std::process::ExitCode::SUCCESS;
     }
-    aeris_runtime::run_until_signal("aeris-gateway", &cli.log, |shutdown| {
+    aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| {
         aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown)
     })
 }

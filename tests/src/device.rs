@@ -145,5 +145,7 @@ pub fn status(device: &str, last_seq: u64, queued: u64) -> Status {
             reason: "evicted".into(),
             count: 3,
         }],
+        models: vec![],
+        drain_eta_s: None,
     }
 }

@@ -42,26 +42,37 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
-        Self::start_full("", 1, false).await
+        Self::start_full("", &[], 1, false).await
     }
 
     /// Like [`Stack::start`], with `edge_toml` as the agent's config file.
     pub async fn start_with(edge_toml: &str) -> Stack {
-        Self::start_full(edge_toml, 1, false).await
+        Self::start_full(edge_toml, &[], 1, false).await
+    }
+
+    /// Like [`Stack::start_with`], with environment variables for the agent
+    /// that override the stack's own (`AERIS_DATA_DIR`, ...).
+    pub async fn start_with_env(edge_toml: &str, edge_env: &[(&str, String)]) -> Stack {
+        Self::start_full(edge_toml, edge_env, 1, false).await
     }
 
     /// Like [`Stack::start_with`], with the agent reaching the cloud broker
     /// through [`Stack::gate`].
     pub async fn start_gated(edge_toml: &str) -> Stack {
-        Self::start_full(edge_toml, 1, true).await
+        Self::start_full(edge_toml, &[], 1, true).await
     }
 
     /// The pipeline with `n` gateways on one shared subscription.
     pub async fn start_with_gateways(n: usize) -> Stack {
-        Self::start_full("", n, false).await
+        Self::start_full("", &[], n, false).await
     }
 
-    async fn start_full(edge_toml: &str, n: usize, gated: bool) -> Stack {
+    async fn start_full(
+        edge_toml: &str,
+        edge_env: &[(&str, String)],
+        n: usize,
+        gated: bool,
+    ) -> Stack {
         let local = Mosquitto::start();
         let cloud = Mosquitto::start();
         let db = TestDb::create().await;
@@ -90,24 +101,22 @@ impl Stack {
         let edge_health = crate::free_port();
         let edge_config = dir.path().join("edge.toml");
         std::fs::write(&edge_config, edge_toml).expect("write edge.toml");
-        let edge = Proc::start(
-            "aeris-edge",
-            &[
-                ("AERIS_CONFIG", edge_config.display().to_string()),
-                ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{edge_health}")),
-                ("AERIS_DEVICE_ID", DEVICE.to_owned()),
-                (
-                    "AERIS_DATA_DIR",
-                    dir.path().join("edge").display().to_string(),
-                ),
-                ("AERIS_LOCAL__PORT", local.port.to_string()),
-                ("AERIS_CLOUD__PORT", cloud_port.to_string()),
-                ("AERIS_CLOUD__STATUS_INTERVAL", "300ms".to_owned()),
-                ("AERIS_UPLINK__BATCH_MAX_AGE", "100ms".to_owned()),
-                ("AERIS_UPLINK__ACK_TIMEOUT", "3s".to_owned()),
-            ],
-            dir.path().join("edge.log"),
-        );
+        let mut env = vec![
+            ("AERIS_CONFIG", edge_config.display().to_string()),
+            ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{edge_health}")),
+            ("AERIS_DEVICE_ID", DEVICE.to_owned()),
+            (
+                "AERIS_DATA_DIR",
+                dir.path().join("edge").display().to_string(),
+            ),
+            ("AERIS_LOCAL__PORT", local.port.to_string()),
+            ("AERIS_CLOUD__PORT", cloud_port.to_string()),
+            ("AERIS_CLOUD__STATUS_INTERVAL", "300ms".to_owned()),
+            ("AERIS_UPLINK__BATCH_MAX_AGE", "100ms".to_owned()),
+            ("AERIS_UPLINK__ACK_TIMEOUT", "3s".to_owned()),
+        ];
+        env.extend(edge_env.iter().cloned());
+        let edge = Proc::start("aeris-edge", &env, dir.path().join("edge.log"));
         let stack = Stack {
             local,
             cloud,

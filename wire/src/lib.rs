@@ -19,6 +19,7 @@ pub mod topic;
 pub use codec::{decode, encode, WireError, WireMessage, FORMAT_VERSION};
 pub use columnar::COLUMNAR_VERSION;
 pub use message::{
-    Ack, Batch, Command, CommandKind, DeviceState, Event, EventKind, Loss, Reading, Status, Value,
+    Ack, Batch, Command, CommandKind, DeviceState, Event, EventKind, Loss, ModelVersion, Reading,
+    Status, Value,
 };
 pub use topic::{validate_device_id, Channel, TopicError, Topics};

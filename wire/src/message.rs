@@ -82,12 +82,20 @@ pub struct Loss {
     pub count: u64,
 }
 
+/// A model the device runs. Layout: `name: String, version: String`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    pub name: String,
+    pub version: String,
+}
+
 /// The device's heartbeat and data debt. Topic `{p}/{device}/up/status`,
 /// retained.
 ///
 /// Layout: `device: String, boot_id: u64, ts_ms: i64, state: DeviceState,
 /// agent_version: String, last_seq: u64, queued_readings: u64,
-/// queued_bytes: u64, oldest_unsent_ms: Option<i64>, losses: Vec<Loss>`.
+/// queued_bytes: u64, oldest_unsent_ms: Option<i64>, losses: Vec<Loss>,
+/// models: Vec<ModelVersion>, drain_eta_s: Option<u64>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub device: String,
@@ -101,7 +109,15 @@ pub struct Status {
     pub queued_readings: u64,
     pub queued_bytes: u64,
     pub oldest_unsent_ms: Option<i64>,
+    /// Readings lost on the device since its buffer was created, by reason
+    /// (`downsampled`: replaced by window aggregates; `dropped`: deleted
+    /// unsent past the disk budget; `corrupt`: unreadable rows).
     pub losses: Vec<Loss>,
+    /// The active models.
+    pub models: Vec<ModelVersion>,
+    /// Seconds until the queue is empty at the current net drain rate;
+    /// `None` while it is not shrinking.
+    pub drain_eta_s: Option<u64>,
 }
 
 /// What an event is about. Layout: variant index.
@@ -242,7 +258,11 @@ impl WireMessage for Status {
         check_name("agent version", &self.agent_version)?;
         self.losses
             .iter()
-            .try_for_each(|l| check_name("loss reason", &l.reason))
+            .try_for_each(|l| check_name("loss reason", &l.reason))?;
+        self.models.iter().try_for_each(|m| {
+            check_name("model name", &m.name)?;
+            check_name("model version", &m.version)
+        })
     }
 }
 

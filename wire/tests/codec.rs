@@ -55,6 +55,8 @@ fn status() -> impl Strategy<Value = Status> {
         any::<(u64, u64, u64)>(),
         proptest::option::of(any::<i64>()),
         prop::collection::vec((name(), any::<u64>()), 0..4),
+        prop::collection::vec((name(), name()), 0..3),
+        proptest::option::of(any::<u64>()),
     )
         .prop_map(
             |(
@@ -66,6 +68,8 @@ fn status() -> impl Strategy<Value = Status> {
                 (last_seq, qr, qb),
                 oldest,
                 losses,
+                models,
+                drain_eta_s,
             )| {
                 Status {
                     device,
@@ -85,6 +89,11 @@ fn status() -> impl Strategy<Value = Status> {
                         .into_iter()
                         .map(|(reason, count)| Loss { reason, count })
                         .collect(),
+                    models: models
+                        .into_iter()
+                        .map(|(name, version)| ModelVersion { name, version })
+                        .collect(),
+                    drain_eta_s,
                 }
             },
         )

@@ -348,6 +348,8 @@ mod tests {
                 reason: "evicted".into(),
                 count: 4,
             }],
+            models: vec![],
+            drain_eta_s: None,
         };
         sink.record_status(&status(20, 10)).await.unwrap();
         // An older status arriving late changes nothing.

@@ -1,27 +1,53 @@
 //! The crash-safe reading buffer and the thread that owns it.
 //!
 //! Every reading the agent accepts is in the SQLite file before its sensor
-//! message is acknowledged to the local broker, and leaves it only when the
-//! cloud has acknowledged its seq. One thread owns the connection; appends
-//! that queue up while a transaction commits are committed together (group
-//! commit), so throughput does not cost durability.
+//! message is acknowledged to the local broker, and stays there until the
+//! cloud has acknowledged its seq and the grace period has passed. One
+//! thread owns the connection; appends that queue up while a transaction
+//! commits are committed together (group commit), so throughput does not
+//! cost durability.
+//!
+//! When the file cannot be written (full disk, read-only file system, I/O
+//! error) the thread keeps the readings of at most `memory_readings` in
+//! memory, unacknowledged to the local broker, retries every
+//! `retry_interval`, and commits them as soon as a write succeeds. Messages
+//! beyond that bound are not acknowledged either, so the local broker keeps
+//! them (they come again on the next connection). Nothing is acked to a
+//! sensor before it is on disk.
 
 mod store;
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use aeris_wire::Reading;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{error, info, warn};
 
-pub use store::{BufferError, CorruptRow, Depth, Store};
+use crate::health::Stats;
+pub use store::{
+    Appended, BufferError, CorruptRow, Depth, Evicted, Options, Store, FLAG_AGGREGATE,
+};
 
 /// Called once the appended readings are committed (or could not be).
-pub type OnCommit = Box<dyn FnOnce(Result<(u64, u64), &BufferError>) + Send>;
+pub type OnCommit = Box<dyn FnOnce(Result<Appended, &BufferError>) + Send>;
 
 /// Readings read back for sending.
 pub type Held = (Vec<(u64, Reading)>, Vec<CorruptRow>);
+
+/// The buffer's state for the status heartbeat.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub depth: Depth,
+    /// The seq the next reading will get.
+    pub next_seq: u64,
+    /// Readings lost since the buffer was created, by reason.
+    pub losses: Vec<(String, u64)>,
+}
 
 enum Request {
     Append {
@@ -33,18 +59,70 @@ enum Request {
         max: usize,
         reply: oneshot::Sender<Result<Held, BufferError>>,
     },
-    Delete {
+    Ack {
         first: u64,
         last: u64,
         reply: oneshot::Sender<Result<usize, BufferError>>,
     },
-    Depth {
-        reply: oneshot::Sender<Result<(Depth, u64), BufferError>>,
+    UnackFrom {
+        from: u64,
+        reply: oneshot::Sender<Result<usize, BufferError>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Result<Snapshot, BufferError>>,
     },
 }
 
 /// Most readings one group commit takes.
 const MAX_GROUP: usize = 4096;
+/// How often gauges are refreshed and expired acked readings purged.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// The buffer's behaviour beyond the store's limits.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub store: Options,
+    /// Readings held in memory while the file cannot be written.
+    pub memory_readings: usize,
+    pub retry_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            store: Options::default(),
+            memory_readings: 10_000,
+            retry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Settings {
+    pub fn from_config(c: &crate::config::Config) -> Settings {
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        let default_window = if c.preprocess.window.is_zero() {
+            300_000
+        } else {
+            ms(c.preprocess.window)
+        };
+        Settings {
+            store: Options {
+                max_bytes: c.buffer.max_bytes,
+                acked_grace_ms: ms(c.buffer.acked_grace),
+                window_ms: c
+                    .preprocess
+                    .windows
+                    .iter()
+                    .filter(|(_, d)| !d.is_zero())
+                    .map(|(k, d)| (k.clone(), ms(**d)))
+                    .collect(),
+                default_window_ms: default_window,
+            },
+            memory_readings: c.buffer.memory_readings,
+            retry_interval: c.buffer.retry_interval,
+        }
+    }
+}
 
 /// A cheap, cloneable handle to the buffer thread.
 #[derive(Clone)]
@@ -57,14 +135,39 @@ pub struct Buffer {
 impl Buffer {
     /// Opens (or creates) the buffer file and starts its thread. The thread
     /// ends when the last handle is dropped, after finishing queued work.
-    pub fn open(path: &Path) -> Result<(Buffer, thread::JoinHandle<()>), BufferError> {
-        let store = Store::open(path)?;
+    pub fn open(
+        path: &Path,
+        settings: Settings,
+        stats: Arc<Stats>,
+    ) -> Result<(Buffer, thread::JoinHandle<()>), BufferError> {
+        // A file that is not an Aeris buffer stops the agent with a clear
+        // error; one that cannot be opened for writing (read-only file
+        // system, full disk) is retried while live data waits in memory.
+        let (store, open_error) = match Store::open(path, settings.store.clone()) {
+            Ok(s) => (Some(s), None),
+            Err(e @ BufferError::Corrupt(_)) => return Err(e),
+            Err(e) => (None, Some(e)),
+        };
         let (tx, rx) = mpsc::channel(8192);
         let appended = Arc::new(Notify::new());
-        let notify = appended.clone();
+        let mut worker = Worker {
+            store,
+            path: path.to_owned(),
+            settings,
+            stats,
+            appended: appended.clone(),
+            pending: VecDeque::new(),
+            pending_readings: 0,
+            degraded_since: None,
+            last_retry: Instant::now(),
+            last_housekeeping: None,
+        };
+        if let Some(e) = open_error {
+            worker.write_failed(&e);
+        }
         let join = thread::Builder::new()
             .name("aeris-buffer".into())
-            .spawn(move || serve(store, rx, notify))
+            .spawn(move || worker.serve(rx))
             .map_err(|e| BufferError::Corrupt(format!("cannot start buffer thread: {e}")))?;
         Ok((Buffer { tx, appended }, join))
     }
@@ -85,20 +188,27 @@ impl Buffer {
             .map_err(|_| BufferError::Closed)
     }
 
+    /// Up to `max` unsent readings with seq >= `from`, in seq order.
     pub async fn read_from(&self, from: u64, max: usize) -> Result<Held, BufferError> {
         self.call(|reply| Request::ReadFrom { from, max, reply })
             .await
     }
 
-    /// Deletes acknowledged readings `first..=last`.
-    pub async fn delete(&self, first: u64, last: u64) -> Result<usize, BufferError> {
-        self.call(|reply| Request::Delete { first, last, reply })
-            .await
+    /// Marks readings `first..=last` acknowledged by the cloud; returns how
+    /// many were unsent.
+    pub async fn ack(&self, first: u64, last: u64) -> Result<usize, BufferError> {
+        self.call(|reply| Request::Ack { first, last, reply }).await
     }
 
-    /// What the buffer holds, and the next seq it will assign.
-    pub async fn depth(&self) -> Result<(Depth, u64), BufferError> {
-        self.call(|reply| Request::Depth { reply }).await
+    /// Makes every held reading with seq >= `from` unsent again (the cloud
+    /// asked for a re-send); returns how many were acked.
+    pub async fn unack_from(&self, from: u64) -> Result<usize, BufferError> {
+        self.call(|reply| Request::UnackFrom { from, reply }).await
+    }
+
+    /// What the buffer holds, the next seq, and the losses so far.
+    pub async fn snapshot(&self) -> Result<Snapshot, BufferError> {
+        self.call(|reply| Request::Snapshot { reply }).await
     }
 
     async fn call<T>(
@@ -114,79 +224,298 @@ impl Buffer {
     }
 }
 
-fn serve(mut store: Store, mut rx: mpsc::Receiver<Request>, appended: Arc<Notify>) {
-    let mut others = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut group: Vec<(Vec<Reading>, OnCommit)> = Vec::new();
-        let mut count = 0;
-        let mut next = Some(first);
-        // Take everything already queued: appends join this commit, other
-        // requests run right after it, in arrival order.
-        while let Some(req) = next.take() {
-            match req {
-                Request::Append {
-                    readings,
-                    on_commit,
-                } => {
-                    count += readings.len();
-                    group.push((readings, on_commit));
-                }
-                other => others.push(other),
-            }
-            if count < MAX_GROUP {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !group.is_empty() {
-            commit_group(&mut store, group);
-            appended.notify_one();
-        }
-        for req in others.drain(..) {
-            handle(&mut store, req);
-        }
-    }
+fn now_ms() -> i64 {
+    crate::ingest::now_ms()
 }
 
-fn commit_group(store: &mut Store, group: Vec<(Vec<Reading>, OnCommit)>) {
-    let all: Vec<Reading> = group.iter().flat_map(|(r, _)| r.iter().cloned()).collect();
-    match store.append(&all) {
-        Ok(Some((mut seq, _))) => {
-            for (readings, on_commit) in group {
-                let n = readings.len() as u64;
-                if n == 0 {
-                    on_commit(Ok((seq, seq.saturating_sub(1))));
-                    continue;
+struct Worker {
+    /// `None` while the file cannot be opened for writing.
+    store: Option<Store>,
+    path: std::path::PathBuf,
+    settings: Settings,
+    stats: Arc<Stats>,
+    appended: Arc<Notify>,
+    /// Appends that could not be written yet, oldest first.
+    pending: VecDeque<(Vec<Reading>, OnCommit)>,
+    pending_readings: usize,
+    degraded_since: Option<Instant>,
+    last_retry: Instant,
+    last_housekeeping: Option<Instant>,
+}
+
+impl Worker {
+    fn serve(mut self, mut rx: mpsc::Receiver<Request>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                error!(error = %e, "buffer thread cannot start its timer");
+                return;
+            }
+        };
+        self.housekeeping();
+        let mut others = Vec::new();
+        loop {
+            let wait = self.next_wakeup();
+            let first = match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                Ok(Some(req)) => Some(req),
+                Ok(None) => break,
+                Err(_) => None,
+            };
+            let mut group: Vec<(Vec<Reading>, OnCommit)> = Vec::new();
+            let mut count = 0;
+            let mut next = first;
+            // Take everything already queued: appends join this commit, other
+            // requests run right after it, in arrival order.
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Append {
+                        readings,
+                        on_commit,
+                    } => {
+                        count += readings.len();
+                        group.push((readings, on_commit));
+                    }
+                    other => others.push(other),
                 }
-                on_commit(Ok((seq, seq + n - 1)));
-                seq += n;
+                if count < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.accept(group);
+            }
+            if self.degraded_since.is_some()
+                && self.last_retry.elapsed() >= self.settings.retry_interval
+            {
+                self.retry();
+            }
+            for req in others.drain(..) {
+                self.handle(req);
+            }
+            if self
+                .last_housekeeping
+                .is_none_or(|t| t.elapsed() >= HOUSEKEEPING)
+            {
+                self.housekeeping();
             }
         }
-        Ok(None) => {
-            for (_, on_commit) in group {
-                on_commit(Ok((store.next_seq(), store.next_seq().saturating_sub(1))));
-            }
+        if !self.pending.is_empty() {
+            self.retry();
         }
-        Err(e) => {
-            tracing::error!(error = %e, readings = all.len(), "buffer commit failed");
-            for (_, on_commit) in group {
-                on_commit(Err(&e));
+        for (_, on_commit) in self.pending.drain(..) {
+            // Not acked to the sensor broker: it delivers them on next start.
+            on_commit(Err(&BufferError::Closed));
+        }
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let due = |since: Instant, every: Duration| every.saturating_sub(since.elapsed());
+        let house = self
+            .last_housekeeping
+            .map_or(Duration::ZERO, |t| due(t, HOUSEKEEPING));
+        if self.degraded_since.is_some() {
+            house.min(due(self.last_retry, self.settings.retry_interval))
+        } else {
+            house
+        }
+        .max(Duration::from_millis(1))
+    }
+
+    /// Commits a group, or holds it in memory while the file cannot be
+    /// written.
+    fn accept(&mut self, group: Vec<(Vec<Reading>, OnCommit)>) {
+        if self.degraded_since.is_some() {
+            self.hold(group);
+            return;
+        }
+        let slices: Vec<&[Reading]> = group.iter().map(|(r, _)| r.as_slice()).collect();
+        match self.store().and_then(|s| s.append_groups(&slices)) {
+            Ok(done) => {
+                self.committed(group, done);
+                self.enforce_budget();
+            }
+            Err(e) => {
+                self.write_failed(&e);
+                self.hold(group);
             }
         }
     }
-}
 
-fn handle(store: &mut Store, req: Request) {
-    // A dropped receiver only means the asker gave up; nothing to do then.
-    match req {
-        Request::Append { .. } => unreachable!("appends are grouped before this"),
-        Request::ReadFrom { from, max, reply } => {
-            let _ = reply.send(store.read_from(from, max));
+    fn committed(&mut self, group: Vec<(Vec<Reading>, OnCommit)>, done: Vec<Appended>) {
+        let mut dup = 0;
+        for ((_, on_commit), a) in group.into_iter().zip(done) {
+            dup += a.duplicates;
+            on_commit(Ok(a));
         }
-        Request::Delete { first, last, reply } => {
-            let _ = reply.send(store.delete_range(first, last));
+        if dup > 0 {
+            self.stats.buffer_duplicates.fetch_add(dup, Relaxed);
         }
-        Request::Depth { reply } => {
-            let _ = reply.send(store.depth().map(|d| (d, store.next_seq())));
+        self.appended.notify_one();
+    }
+
+    fn write_failed(&mut self, e: &BufferError) {
+        self.stats.buffer_write_error(e.kind());
+        if self.degraded_since.is_none() {
+            error!(
+                error = %e,
+                kind = e.kind(),
+                memory_readings = self.settings.memory_readings,
+                "buffer cannot be written; holding new readings in memory (unacknowledged to sensors) and retrying"
+            );
+            self.degraded_since = Some(Instant::now());
+            self.stats.buffer_degraded.store(true, Relaxed);
+        }
+        self.last_retry = Instant::now();
+    }
+
+    /// Keeps appends in memory up to the bound; beyond it they are refused
+    /// (left unacknowledged with the sensor broker).
+    fn hold(&mut self, group: Vec<(Vec<Reading>, OnCommit)>) {
+        for (readings, on_commit) in group {
+            if self.pending_readings + readings.len() > self.settings.memory_readings {
+                self.stats
+                    .buffer_refused
+                    .fetch_add(readings.len() as u64, Relaxed);
+                on_commit(Err(&BufferError::Backlogged));
+                continue;
+            }
+            self.pending_readings += readings.len();
+            self.pending.push_back((readings, on_commit));
+        }
+        self.stats
+            .buffer_memory_readings
+            .store(self.pending_readings as u64, Relaxed);
+    }
+
+    /// Tries to commit what is held in memory.
+    fn retry(&mut self) {
+        self.last_retry = Instant::now();
+        if self.store.is_none() {
+            match Store::open(&self.path, self.settings.store.clone()) {
+                Ok(s) => self.store = Some(s),
+                Err(e) => {
+                    self.stats.buffer_write_error(e.kind());
+                    return;
+                }
+            }
+        }
+        let slices: Vec<&[Reading]> = self.pending.iter().map(|(r, _)| r.as_slice()).collect();
+        let result = match self.store.as_mut() {
+            None => Err(BufferError::NotOpen(self.path.display().to_string())),
+            Some(s) if slices.is_empty() => s.probe_write().map(|()| Vec::new()),
+            Some(s) => s.append_groups(&slices),
+        };
+        match result {
+            Ok(done) => {
+                let held = self.pending_readings;
+                let group: Vec<_> = self.pending.drain(..).collect();
+                self.pending_readings = 0;
+                self.stats.buffer_memory_readings.store(0, Relaxed);
+                self.committed(group, done);
+                let after = self.degraded_since.take().map(|t| t.elapsed());
+                self.stats.buffer_degraded.store(false, Relaxed);
+                info!(
+                    readings = held,
+                    after = ?after,
+                    "buffer writable again; readings held in memory committed"
+                );
+                self.enforce_budget();
+            }
+            Err(e) => {
+                self.stats.buffer_write_error(e.kind());
+            }
+        }
+    }
+
+    fn enforce_budget(&mut self) {
+        match self.store().and_then(|s| s.enforce_budget()) {
+            Ok(e) if e.any() => {
+                let s = &self.stats;
+                s.buffer_evicted_acked.fetch_add(e.acked, Relaxed);
+                s.buffer_downsampled.fetch_add(e.downsampled, Relaxed);
+                s.buffer_aggregates.fetch_add(e.aggregates, Relaxed);
+                s.buffer_dropped.fetch_add(e.dropped, Relaxed);
+                warn!(
+                    budget_bytes = self.settings.store.max_bytes,
+                    acked_deleted_early = e.acked,
+                    downsampled = e.downsampled,
+                    aggregates = e.aggregates,
+                    dropped = e.dropped,
+                    "buffer over its disk budget"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.stats.buffer_write_error(e.kind());
+                warn!(error = %e, "cannot enforce the buffer's disk budget");
+            }
+        }
+    }
+
+    /// Purges acked readings past their grace and refreshes the gauges.
+    fn housekeeping(&mut self) {
+        self.last_housekeeping = Some(Instant::now());
+        if self.degraded_since.is_none() {
+            if let Err(e) = self.store().and_then(|s| s.purge_acked(now_ms())) {
+                self.stats.buffer_write_error(e.kind());
+            }
+        }
+        match self.snapshot() {
+            Ok(s) => self.stats.set_buffer(&s),
+            Err(e) => warn!(error = %e, "cannot read the buffer's depth"),
+        }
+    }
+
+    fn store(&mut self) -> Result<&mut Store, BufferError> {
+        self.store
+            .as_mut()
+            .ok_or_else(|| BufferError::NotOpen(self.path.display().to_string()))
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, BufferError> {
+        let Some(store) = &self.store else {
+            return Ok(Snapshot::default());
+        };
+        Ok(Snapshot {
+            depth: store.depth()?,
+            next_seq: store.next_seq(),
+            losses: store.losses()?.into_iter().collect(),
+        })
+    }
+
+    fn handle(&mut self, req: Request) {
+        // A dropped receiver only means the asker gave up; nothing to do then.
+        match req {
+            Request::Append { .. } => unreachable!("appends are grouped before this"),
+            Request::ReadFrom { from, max, reply } => {
+                let r = match self.store.as_mut() {
+                    Some(s) => s.read_from(from, max),
+                    None => Ok((Vec::new(), Vec::new())),
+                };
+                let _ = reply.send(r);
+            }
+            Request::Ack { first, last, reply } => {
+                let r = self
+                    .store()
+                    .and_then(|s| s.ack_range(first, last, now_ms()));
+                if let Err(e) = &r {
+                    self.stats.buffer_write_error(e.kind());
+                }
+                let _ = reply.send(r);
+            }
+            Request::UnackFrom { from, reply } => {
+                let _ = reply.send(self.store().and_then(|s| s.unack_from(from)));
+            }
+            Request::Snapshot { reply } => {
+                let s = self.snapshot();
+                if let Ok(s) = &s {
+                    self.stats.set_buffer(s);
+                }
+                let _ = reply.send(s);
+            }
         }
     }
 }

@@ -98,17 +98,95 @@ impl Collector for StatsCollector {
             "Readings that could not be committed.",
             g(&s.buffer_errors),
         )?;
-        counter(
-            &mut enc,
-            "aeris_edge_buffer_lost_corrupt",
-            "Buffered readings lost to corrupt rows.",
-            g(&s.lost_corrupt),
-        )?;
+        let b = s.buffer();
+        let now = crate::ingest::now_ms();
         gauge(
             &mut enc,
             "aeris_edge_buffer_readings",
-            "Readings held in the buffer (last heartbeat).",
-            g(&s.buffered) as i64,
+            "Unsent readings in the buffer.",
+            b.depth.readings as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "aeris_edge_buffer_bytes",
+            "Encoded bytes of the unsent readings in the buffer.",
+            b.depth.bytes as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "aeris_edge_buffer_oldest_unsent_age_seconds",
+            "Age of the oldest unsent reading's timestamp; 0 when none.",
+            b.depth.oldest_ts_ms.map_or(0, |t| (now - t).max(0) / 1000),
+        )?;
+        gauge(
+            &mut enc,
+            "aeris_edge_buffer_acked_held_readings",
+            "Acknowledged readings kept for the grace period.",
+            b.depth.acked_held as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "aeris_edge_buffer_used_bytes",
+            "Bytes of the buffer database file in use.",
+            b.depth.used_bytes as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "aeris_edge_buffer_degraded",
+            "1 while the buffer file cannot be written.",
+            i64::from(s.buffer_degraded.load(Relaxed)),
+        )?;
+        gauge(
+            &mut enc,
+            "aeris_edge_buffer_memory_readings",
+            "Readings waiting in memory for the buffer to be writable.",
+            g(&s.buffer_memory_readings) as i64,
+        )?;
+        let kinds = s.buffer_write_errors();
+        let kinds: Vec<(&str, u64)> = kinds.iter().map(|(k, v)| (*k, *v)).collect();
+        labelled(
+            &mut enc,
+            "aeris_edge_buffer_write_errors",
+            "Failed buffer writes, by kind.",
+            "kind",
+            &kinds,
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_buffer_refused",
+            "Readings refused while the memory backlog was full (left with the sensor broker).",
+            g(&s.buffer_refused),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_buffer_duplicates",
+            "Redelivered sensor readings recognised as already stored.",
+            g(&s.buffer_duplicates),
+        )?;
+        labelled(
+            &mut enc,
+            "aeris_edge_buffer_evicted",
+            "Disk budget: readings evicted, by how (acked_early, downsampled, dropped).",
+            "how",
+            &[
+                ("acked_early", g(&s.buffer_evicted_acked)),
+                ("downsampled", g(&s.buffer_downsampled)),
+                ("dropped", g(&s.buffer_dropped)),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_buffer_aggregates_written",
+            "Disk budget: window aggregates written in place of raw readings.",
+            g(&s.buffer_aggregates),
+        )?;
+        let losses: Vec<(&str, u64)> = b.losses.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        labelled(
+            &mut enc,
+            "aeris_edge_buffer_lost_readings",
+            "Readings lost since the buffer was created, by reason (persisted).",
+            "reason",
+            &losses,
         )?;
         counter(
             &mut enc,

@@ -25,6 +25,27 @@ pub struct Stats {
     pub buffer_errors: AtomicU64,
     /// Readings lost from the buffer (corrupt rows).
     pub lost_corrupt: AtomicU64,
+    /// Failed buffer writes, by kind (full, read_only, io, ...).
+    buffer_write_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// The buffer file cannot be written; readings wait in memory.
+    pub buffer_degraded: AtomicBool,
+    /// Readings waiting in memory for the buffer to be writable.
+    pub buffer_memory_readings: AtomicU64,
+    /// Readings refused because the memory backlog was full (left with the
+    /// sensor broker, unacknowledged).
+    pub buffer_refused: AtomicU64,
+    /// Redelivered sensor readings recognised as already stored.
+    pub buffer_duplicates: AtomicU64,
+    /// Disk budget: acked readings deleted before their grace ended, raw
+    /// readings replaced by aggregates, aggregates written, rows dropped.
+    pub buffer_evicted_acked: AtomicU64,
+    pub buffer_downsampled: AtomicU64,
+    pub buffer_aggregates: AtomicU64,
+    pub buffer_dropped: AtomicU64,
+    /// The active models, for the status heartbeat.
+    models: Mutex<Vec<aeris_wire::ModelVersion>>,
+    /// Last known buffer state (refreshed every second).
+    buffer_snapshot: Mutex<crate::buffer::Snapshot>,
     pub batches_sent: AtomicU64,
     pub readings_sent: AtomicU64,
     /// Readings the cloud acknowledged and the buffer deleted.
@@ -39,7 +60,7 @@ pub struct Stats {
     uplink_connect_failures: Mutex<BTreeMap<&'static str, u64>>,
     /// Time from publishing a batch to its ack.
     pub ack_latency: AckLatency,
-    /// Readings currently held in the buffer (last known).
+    /// Readings currently unsent in the buffer (last known).
     pub buffered: AtomicU64,
     /// Model runs, their total time, and runs that failed.
     pub infer_runs: AtomicU64,
@@ -89,6 +110,44 @@ impl Stats {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
+    }
+
+    pub fn buffer_write_error(&self, kind: &'static str) {
+        if let Ok(mut m) = self.buffer_write_errors.lock() {
+            *m.entry(kind).or_default() += 1;
+        }
+    }
+
+    pub fn buffer_write_errors(&self) -> BTreeMap<&'static str, u64> {
+        self.buffer_write_errors
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn set_buffer(&self, s: &crate::buffer::Snapshot) {
+        self.buffered.store(s.depth.readings, Relaxed);
+        if let Ok(mut m) = self.buffer_snapshot.lock() {
+            *m = s.clone();
+        }
+    }
+
+    /// The buffer's state as of its last refresh.
+    pub fn buffer(&self) -> crate::buffer::Snapshot {
+        self.buffer_snapshot
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn set_models(&self, models: Vec<aeris_wire::ModelVersion>) {
+        if let Ok(mut m) = self.models.lock() {
+            *m = models;
+        }
+    }
+
+    pub fn models(&self) -> Vec<aeris_wire::ModelVersion> {
+        self.models.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

@@ -86,6 +86,13 @@ impl Runtime {
     }
 
     fn apply(&mut self, change: Change) {
+        let active = self
+            .engine
+            .active()
+            .into_iter()
+            .map(|(name, version)| aeris_wire::ModelVersion { name, version })
+            .collect();
+        self.stats.set_models(active);
         match change {
             Change::Installed { name, version, dir } => {
                 info!(model = %name, %version, "model active");

@@ -158,7 +158,7 @@ pub async fn run(
     }
     // Barrier: the buffer thread answers this only after committing every
     // reading handed to it before, so their acks are queued by now.
-    if buffer.depth().await.is_err() {
+    if buffer.snapshot().await.is_err() {
         warn!("buffer closed before the last commit");
     }
     // DISCONNECT is queued behind those acks: once it is written, they are
@@ -218,10 +218,10 @@ async fn handle(
             let client = client.clone();
             let stats_cb = stats.clone();
             let on_commit = Box::new(
-                move |res: Result<(u64, u64), &crate::buffer::BufferError>| {
+                move |res: Result<crate::buffer::Appended, &crate::buffer::BufferError>| {
                     match res {
-                        Ok(_) => {
-                            stats_cb.accepted.fetch_add(n, Relaxed);
+                        Ok(done) => {
+                            stats_cb.accepted.fetch_add(done.stored, Relaxed);
                             if let Err(e) = client.try_ack(&p) {
                                 warn!(error = %e, "cannot queue ack of a stored reading");
                             }

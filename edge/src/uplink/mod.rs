@@ -15,6 +15,7 @@
 //! layout (`aeris_wire::columnar`) unless `uplink.encoding = "postcard"`.
 
 pub mod backoff;
+pub mod drain;
 pub mod outbox;
 pub mod tls;
 
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use aeris_wire::{
     decode, encode, Ack, Batch, Channel, Command, CommandKind, DeviceState, Event as WireEvent,
-    Loss, Status, Topics,
+    Loss, ModelVersion, Status, Topics,
 };
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
@@ -35,12 +36,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, Snapshot};
 use crate::config::{BatchEncoding, Config};
 use crate::health::Stats;
 use crate::infer::store::ModelCommand;
 use crate::ingest::now_ms;
 use backoff::Backoff;
+use drain::DrainRate;
 use outbox::{leading_run, Lane, Outbox};
 
 enum Link {
@@ -70,6 +72,7 @@ pub struct Uplink {
     pending_since: Option<Instant>,
     /// Events waiting for a connection, oldest first, bounded.
     unsent_events: VecDeque<WireEvent>,
+    drain: DrainRate,
 }
 
 /// Events kept while offline; older ones are dropped (and counted) first.
@@ -95,7 +98,14 @@ pub async fn run(
         config.cloud.host.clone(),
         config.cloud.port,
     );
-    let will = status(&config.device_id, &identity, DeviceState::Offline, None);
+    let will = status(
+        &config.device_id,
+        &identity,
+        DeviceState::Offline,
+        None,
+        Vec::new(),
+        None,
+    );
     opts.set_keep_alive(config.cloud.keep_alive)
         .set_clean_session(true)
         .set_max_packet_size(1 << 20, 16 << 20)
@@ -136,6 +146,7 @@ pub async fn run(
         connected: false,
         pending_since: None,
         unsent_events: VecDeque::new(),
+        drain: DrainRate::default(),
     };
     let result = up.serve(link_rx, event_rx, stop).await;
     let _ = up.publish_status(DeviceState::Offline).await;
@@ -150,20 +161,28 @@ fn status(
     device: &str,
     id: &Identity,
     state: DeviceState,
-    depth: Option<(crate::buffer::Depth, u64)>,
+    snapshot: Option<&Snapshot>,
+    models: Vec<ModelVersion>,
+    drain_eta_s: Option<u64>,
 ) -> Status {
-    let (d, next_seq) = depth.unwrap_or_default();
+    let s = snapshot.cloned().unwrap_or_default();
     Status {
         device: device.to_owned(),
         boot_id: id.boot_id,
         ts_ms: now_ms(),
         state,
         agent_version: id.agent_version.clone(),
-        last_seq: next_seq.saturating_sub(1),
-        queued_readings: d.readings,
-        queued_bytes: d.bytes,
-        oldest_unsent_ms: d.oldest_ts_ms,
-        losses: Vec::<Loss>::new(),
+        last_seq: s.next_seq.saturating_sub(1),
+        queued_readings: s.depth.readings,
+        queued_bytes: s.depth.bytes,
+        oldest_unsent_ms: s.depth.oldest_ts_ms,
+        losses: s
+            .losses
+            .into_iter()
+            .map(|(reason, count)| Loss { reason, count })
+            .collect(),
+        models,
+        drain_eta_s,
     }
 }
 
@@ -181,11 +200,15 @@ impl Uplink {
                 self.send_ready(drain_until.is_some()).await?;
             }
             if let Some(until) = drain_until {
-                let (depth, _) = self.buffer.depth().await?;
-                if depth.readings == 0 || tokio::time::Instant::now() >= until {
-                    if depth.readings > 0 {
+                let held = match self.buffer.snapshot().await {
+                    Ok(s) => s.depth.readings,
+                    Err(crate::buffer::BufferError::Closed) => return Ok(()),
+                    Err(_) => 1,
+                };
+                if held == 0 || tokio::time::Instant::now() >= until {
+                    if held > 0 {
                         warn!(
-                            held = depth.readings,
+                            held,
                             "shutdown grace over; readings stay buffered for the next start"
                         );
                     }
@@ -240,7 +263,10 @@ impl Uplink {
             Link::Up => {
                 self.connected = true;
                 // The newest full batch and what comes after it are live.
-                let (_, next_seq) = self.buffer.depth().await?;
+                let next_seq = match self.buffer.snapshot().await {
+                    Ok(s) => s.next_seq,
+                    Err(_) => self.stats.buffer().next_seq,
+                };
                 let batch = self.config.uplink.batch_max_readings as u64;
                 self.outbox.reset(next_seq.saturating_sub(batch));
                 self.pending_since = None;
@@ -250,14 +276,31 @@ impl Uplink {
             }
             Link::Down => self.connected = false,
             Link::Ack(ack) => {
-                let deleted = self.buffer.delete(ack.first_seq, ack.last_seq).await?;
                 for sent_at in self.outbox.acked(ack.first_seq, ack.last_seq) {
                     self.stats.ack_latency.observe(sent_at.elapsed());
                 }
-                self.stats.readings_acked.fetch_add(deleted as u64, Relaxed);
+                match self.buffer.ack(ack.first_seq, ack.last_seq).await {
+                    Ok(n) => {
+                        self.stats.readings_acked.fetch_add(n as u64, Relaxed);
+                    }
+                    // The readings stay unsent and go again after the next
+                    // ack timeout; the cloud stores them once.
+                    Err(e) => {
+                        warn!(error = %e, first_seq = ack.first_seq, last_seq = ack.last_seq, "cannot record an ack in the buffer")
+                    }
+                }
             }
             Link::Resend(from) => {
-                info!(from_seq = from, "cloud asked to re-send");
+                match self.buffer.unack_from(from).await {
+                    Ok(n) => info!(
+                        from_seq = from,
+                        acked_again_unsent = n,
+                        "cloud asked to re-send"
+                    ),
+                    Err(e) => {
+                        warn!(error = %e, from_seq = from, "cannot mark readings for re-send")
+                    }
+                }
                 self.outbox.rewind_to(from);
             }
         }
@@ -283,7 +326,14 @@ impl Uplink {
     async fn send_next(&mut self, lane: Lane, flush: bool) -> anyhow::Result<bool> {
         let max = self.config.uplink.batch_max_readings;
         let (from, end) = self.outbox.next_send(lane);
-        let (mut rows, corrupt) = self.buffer.read_from(from, max).await?;
+        let (mut rows, corrupt) = match self.buffer.read_from(from, max).await {
+            Ok(held) => held,
+            Err(crate::buffer::BufferError::Closed) => return Ok(false),
+            Err(e) => {
+                warn!(error = %e, "cannot read the buffer; trying again on the next event");
+                return Ok(false);
+            }
+        };
         if !corrupt.is_empty() {
             self.stats
                 .lost_corrupt
@@ -358,10 +408,21 @@ impl Uplink {
         }
     }
 
-    async fn publish_status(&self, state: DeviceState) -> anyhow::Result<()> {
-        let depth = self.buffer.depth().await?;
-        self.stats.buffered.store(depth.0.readings, Relaxed);
-        let s = status(&self.config.device_id, &self.identity, state, Some(depth));
+    async fn publish_status(&mut self, state: DeviceState) -> anyhow::Result<()> {
+        let snapshot = match self.buffer.snapshot().await {
+            Ok(s) => s,
+            // The last known state, when the buffer cannot answer.
+            Err(_) => self.stats.buffer(),
+        };
+        let eta = self.drain.observe(Instant::now(), snapshot.depth.readings);
+        let s = status(
+            &self.config.device_id,
+            &self.identity,
+            state,
+            Some(&snapshot),
+            self.stats.models(),
+            eta,
+        );
         self.client
             .publish(
                 self.topics.status(&self.config.device_id),
