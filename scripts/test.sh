@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Aeris test. On a fresh Debian machine it first installs what the
 # tests talk to (PostgreSQL 15 + PostGIS 3, Mosquitto and its clients,
-# OpenSSL for test certificates, Redis, and Chromium for the map test),
+# OpenSSL for test certificates, Redis, Chromium for the map test,
+# Prometheus for the alert-rule tests, kubectl for the manifests),
 # starts PostgreSQL if it is not running, and creates the test role. The tests then start their own brokers and Redis servers on free
 # ports and create and drop their own databases; nothing else on the machine
 # is touched.
@@ -16,9 +17,11 @@ as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else 
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
 missing=()
-for pkg in postgresql-15-postgis-3 mosquitto mosquitto-clients openssl redis-server chromium; do
+for pkg in postgresql-15-postgis-3 mosquitto mosquitto-clients openssl redis-server chromium prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
+# kubectl (for `kubectl kustomize`) may come from another package already.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
   step "installing ${missing[*]}"
   as_root apt-get update -qq
@@ -37,6 +40,21 @@ if [ -z "${AERIS_TEST_PG_URL:-}" ]; then
     step "creating the test role aeris_test"
     as_postgres psql -qc "CREATE ROLE aeris_test SUPERUSER LOGIN PASSWORD 'aeris_test'"
   fi
+fi
+
+# kubernetes-validate (pinned; it carries the Kubernetes schemas, so it
+# works offline) for the deploy/k8s test, in a virtualenv of its own.
+K8S_VENV=${AERIS_K8S_VENV:-$HOME/.cache/aeris-k8s-venv}
+export AERIS_K8S_VENV=$K8S_VENV
+if ! "$K8S_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1.37.0'; then
+  step "installing kubernetes-validate into $K8S_VENV"
+  python3 -c 'import ensurepip' 2>/dev/null || {
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  }
+  rm -rf "$K8S_VENV"
+  python3 -m venv "$K8S_VENV"
+  "$K8S_VENV/bin/pip" install -q kubernetes-validate==1.37.0
 fi
 
 step "building"

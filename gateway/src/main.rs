@@ -2,23 +2,46 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aeris_gateway::config::{Config, KEYS_HELP};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// The Aeris cloud gateway: consumes device batches from the broker (shared
 /// subscription, so several gateways split the load), stores them in PostGIS
 /// or an embedded SQLite file, and acknowledges each batch to its device only
-/// after the commit.
+/// after the commit. Without a subcommand it runs the gateway.
 #[derive(Parser, Debug)]
 #[command(name = "aeris-gateway", version, after_long_help = KEYS_HELP, after_help = "Run with --help for every config key.")]
 struct Cli {
     /// TOML config file; AERIS_* environment variables override it.
-    #[arg(short, long, env = "AERIS_GATEWAY_CONFIG", value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        env = "AERIS_GATEWAY_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
     config: Option<PathBuf>,
     /// Print the merged configuration as TOML (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
     #[command(flatten)]
     logging: aeris_runtime::LogArgs,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway (the default).
+    Run,
+    /// Check a running deployment end to end: schema version, Redis, broker
+    /// login, and a canary reading through broker, gateway, PostGIS and the
+    /// API, removed afterwards. Prints a pass/fail table; exits 1 if any
+    /// check fails.
+    Verify(aeris_gateway::verify::VerifyArgs),
+    /// After restoring the database from a backup: ask every known device
+    /// (database and retained statuses on the broker) to re-send from the
+    /// first seq the database lacks. Written to the audit log.
+    Resend,
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,7 +74,74 @@ fn main() -> std::process::ExitCode {
         }
         return std::process::ExitCode::SUCCESS;
     }
-    aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| {
-        aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown)
-    })
+    match cli.command {
+        None | Some(Cmd::Run) => {
+            aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| {
+                aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown)
+            })
+        }
+        Some(Cmd::Verify(args)) => tool(&cli.logging.log, async move {
+            let checks = aeris_gateway::verify::run(&config, &args).await;
+            print!("{}", aeris_gateway::verify::table(&checks));
+            Ok(checks.iter().all(|c| c.passed))
+        }),
+        Some(Cmd::Resend) => tool(&cli.logging.log, async move {
+            let sink = aeris_gateway::open_sink(&config).await?;
+            let stats = aeris_gateway::Stats::default();
+            let result = aeris_gateway::resend::run(&config, sink.as_ref()).await;
+            let audited = result
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()));
+            let actor = aeris_gateway::audit::cli_actor();
+            aeris_gateway::audit::record(
+                sink.as_ref(),
+                &stats,
+                &actor,
+                "resend",
+                "fleet",
+                &audited,
+            )
+            .await;
+            match result {
+                Ok(report) => {
+                    print!("{}", aeris_gateway::resend::table(&report));
+                    Ok(true)
+                }
+                Err(e) => {
+                    eprintln!("aeris-gateway resend: {e}");
+                    Ok(false)
+                }
+            }
+        }),
+    }
+}
+
+/// Runs a one-shot command: exit 0 when it reports success, 1 when it
+/// reports failure, 2 when it could not run.
+fn tool(
+    log: &str,
+    f: impl std::future::Future<Output = anyhow::Result<bool>>,
+) -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aeris-gateway: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("aeris-gateway: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }

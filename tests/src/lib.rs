@@ -15,6 +15,7 @@
 //! - [`cloud`]: broker + database (+ Redis) + gateway(s), without an edge;
 //!   [`device`] plays the devices.
 //! - [`http`]: a minimal HTTP GET for the gateway's API.
+//! - [`prometheus`]: a real Prometheus server with given config and rules.
 //! - [`browser`]: headless Chromium over the DevTools protocol.
 //! - [`stack`]: the whole pipeline with an edge agent.
 
@@ -27,6 +28,7 @@ pub mod mosquitto;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod sensors;
 pub mod stack;
