@@ -16,7 +16,7 @@ as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else 
 step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
 missing=()
-for pkg in postgresql-15-postgis-3 mosquitto mosquitto-clients openssl redis-server chromium; do
+for pkg in postgresql-15-postgis-3 mosquitto mosquitto-clients openssl redis-server chromium systemd; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

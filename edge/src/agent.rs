@@ -87,7 +87,16 @@ pub async fn run(
         model_commands,
     ));
 
+    let notify_stop = CancellationToken::new();
+    tokio::spawn(crate::health::systemd::run(
+        stats.clone(),
+        buffer.clone(),
+        notify_stop.clone(),
+    ));
+
     shutdown.cancelled().await;
+    crate::health::systemd::stopping();
+    notify_stop.cancel();
     info!("shutting down: stopping ingest");
     ingest.await.context("ingest task failed")?;
     loader_stop.cancel();

@@ -157,7 +157,9 @@ impl Uplink {
     ) -> anyhow::Result<()> {
         let mut heartbeat = tokio::time::interval(self.config.cloud.status_interval);
         let mut drain_until: Option<tokio::time::Instant> = None;
+        let mut beat = tokio::time::interval(crate::health::systemd::BEAT_EVERY);
         loop {
+            self.stats.live.beat(&self.stats.live.uplink);
             if self.connected {
                 self.send_ready(drain_until.is_some()).await?;
             }
@@ -202,6 +204,7 @@ impl Uplink {
                     }
                 }
                 _ = sleep_until_opt(drain_until.map(|d| d.into_std())) => {}
+                _ = beat.tick() => {}
             }
         }
     }
