@@ -41,6 +41,10 @@ fi
 
 step "building"
 cargo build --workspace --bins --quiet
+# The board agent (aarch64) for tests/tests/board.rs, with the profile that
+# builds fast; cross/setup.sh installs its toolchain and qemu when missing.
+step "building the board agent (aarch64, profile board-ci)"
+cross/build.sh --binary-only --profile board-ci
 step "testing"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

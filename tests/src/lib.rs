@@ -13,12 +13,14 @@
 //! - [`cloud`]: broker + database (+ Redis) + gateway(s), without an edge;
 //!   [`device`] plays the devices.
 //! - [`http`]: a minimal HTTP GET for the gateway's API.
+//! - [`files`]: an HTTP file server with Range support, for downloads.
 //! - [`browser`]: headless Chromium over the DevTools protocol.
 //! - [`stack`]: the whole pipeline with an edge agent.
 
 pub mod browser;
 pub mod cloud;
 pub mod device;
+pub mod files;
 pub mod http;
 pub mod mosquitto;
 pub mod postgres;

@@ -3,6 +3,7 @@
 //! processes.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aeris_wire::{decode, Status, Topics};
@@ -52,7 +53,24 @@ impl Stack {
         Self::start_full("", n).await
     }
 
+    /// The pipeline with the board (aarch64) agent at `binary` run under
+    /// qemu-user instead of the host build.
+    pub async fn start_with_board_binary(binary: &Path, edge_toml: &str) -> Stack {
+        Self::start_edge(edge_toml, 1, |env, log| {
+            Proc::start_under_qemu(binary, env, log)
+        })
+        .await
+    }
+
     async fn start_full(edge_toml: &str, n: usize) -> Stack {
+        Self::start_edge(edge_toml, n, |env, log| Proc::start("aeris-edge", env, log)).await
+    }
+
+    async fn start_edge(
+        edge_toml: &str,
+        n: usize,
+        launch: impl FnOnce(&[(&str, String)], PathBuf) -> Proc,
+    ) -> Stack {
         let local = Mosquitto::start();
         let cloud = Mosquitto::start();
         let db = TestDb::create().await;
@@ -76,8 +94,7 @@ impl Stack {
         let edge_health = crate::free_port();
         let edge_config = dir.path().join("edge.toml");
         std::fs::write(&edge_config, edge_toml).expect("write edge.toml");
-        let edge = Proc::start(
-            "aeris-edge",
+        let edge = launch(
             &[
                 ("AERIS_CONFIG", edge_config.display().to_string()),
                 ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{edge_health}")),

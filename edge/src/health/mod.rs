@@ -52,6 +52,8 @@ pub struct Stats {
     pub ingest_subscribed: AtomicBool,
     /// Deadlines the agent's loops promise to turn again by (watchdog).
     pub live: systemd::Liveness,
+    /// Over-the-air update counters.
+    pub ota: crate::ota::OtaStats,
 }
 
 impl Stats {

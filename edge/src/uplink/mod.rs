@@ -39,6 +39,13 @@ enum Link {
     Resend(u64),
 }
 
+/// Where `down/cmd` commands go: the model loader (when inference runs)
+/// and the OTA installer.
+pub struct Commands {
+    pub models: Option<mpsc::Sender<ModelCommand>>,
+    pub ota: mpsc::Sender<crate::ota::OtaCommand>,
+}
+
 /// Identity of this agent run, for the status heartbeat.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -73,7 +80,7 @@ pub async fn run(
     identity: Identity,
     stop: CancellationToken,
     event_rx: mpsc::UnboundedReceiver<WireEvent>,
-    model_commands: Option<mpsc::Sender<ModelCommand>>,
+    commands: Commands,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.cloud.prefix)?;
     let mut opts = MqttOptions::new(
@@ -100,7 +107,7 @@ pub async fn run(
         topics.clone(),
         config.device_id.clone(),
         link_tx,
-        model_commands,
+        commands,
         link_stop.clone(),
     ));
     let mut up = Uplink {
@@ -337,7 +344,7 @@ async fn drive(
     topics: Topics,
     device: String,
     tx: mpsc::UnboundedSender<Link>,
-    model_commands: Option<mpsc::Sender<ModelCommand>>,
+    commands: Commands,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
@@ -388,7 +395,7 @@ async fn drive(
                                     signature,
                                     force,
                                 },
-                        }) => match &model_commands {
+                        }) => match &commands.models {
                             Some(tx) => {
                                 info!(id, model = %name, %version, "model update requested");
                                 let cmd = ModelCommand {
@@ -406,6 +413,19 @@ async fn drive(
                             }
                             None => warn!(id, "model update ignored: inference is disabled"),
                         },
+                        Ok(Command {
+                            id,
+                            kind: CommandKind::Ota { manifest },
+                        }) => {
+                            info!(id, "agent update offered");
+                            let cmd = crate::ota::OtaCommand {
+                                id,
+                                payload: manifest,
+                            };
+                            if commands.ota.try_send(cmd).is_err() {
+                                warn!(id, "an update is in progress; this one is dropped");
+                            }
+                        }
                         Ok(cmd) => {
                             warn!(id = cmd.id, "command not supported by this agent version")
                         }
