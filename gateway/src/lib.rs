@@ -6,6 +6,8 @@
 //! - [`auth`]: a device may write only its own data.
 //! - [`api`]: HTTP: health, metrics, sensors, readings, devices, the live
 //!   map and its event stream.
+//! - [`rollout`]: staged agent updates: canary first, outcomes from
+//!   `up/event`, halt past a failure threshold.
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`stats`]: Prometheus metrics and readiness flags.
 #![forbid(unsafe_code)]
@@ -13,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod rollout;
 pub mod source;
 pub mod stats;
 
@@ -85,7 +88,8 @@ pub async fn run(
             stats: stats.clone(),
             tile_url: config.api.tile_url.clone(),
             shutdown: background.clone(),
-        });
+        })
+        .merge(api::rollout::routes(config.broker.clone()));
         let stop = background.clone();
         Some(tokio::spawn(async move {
             axum::serve(listener, router)

@@ -20,6 +20,47 @@ struct Cli {
     /// Log filter (tracing syntax).
     #[arg(long, env = "AERIS_LOG", default_value = "info")]
     log: String,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Rolls a signed agent update out to devices through the broker in the
+    /// config: the canary devices first, the rest once every canary
+    /// confirmed; follows each device's `up/event` outcome and halts when
+    /// failures exceed --max-failures. Prints one JSON summary per change
+    /// and exits 0 only if every targeted device confirmed.
+    Rollout(RolloutArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RolloutArgs {
+    /// Package folder (manifest.json and manifest.json.sig, from
+    /// cross/build.sh) whose update is sent.
+    #[arg(long)]
+    package: PathBuf,
+    /// URL devices fetch the package's files from (`<url>/<path>`).
+    #[arg(long)]
+    url: String,
+    /// Devices of the fleet, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    devices: Vec<String>,
+    /// Share of --devices to update, chosen by a stable hash of the id.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+    percent: u8,
+    /// Devices updated first, alone.
+    #[arg(long, default_value_t = 1)]
+    canary: usize,
+    /// Failures tolerated before the rollout halts.
+    #[arg(long, default_value_t = 0)]
+    max_failures: usize,
+    /// A device without an outcome after this long counts as failed.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    device_timeout: std::time::Duration,
+    /// Command id devices echo in their events; default: the time.
+    #[arg(long)]
+    id: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,7 +93,66 @@ fn main() -> std::process::ExitCode {
         }
         return std::process::ExitCode::SUCCESS;
     }
+    if let Some(Cmd::Rollout(args)) = cli.cmd {
+        return aeris_runtime::run_until_signal("aeris-gateway", &cli.log, |shutdown| async move {
+            tokio::select! {
+                r = rollout(config, args) => r,
+                _ = shutdown.cancelled() => anyhow::bail!(
+                    "rollout interrupted; devices already sent the update finish on their own"
+                ),
+            }
+        });
+    }
     aeris_runtime::run_until_signal("aeris-gateway", &cli.log, |shutdown| {
         aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown)
     })
+}
+
+async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
+    use aeris_gateway::rollout;
+    use anyhow::Context;
+    let read = |name: &str| {
+        let path = args.package.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "format": 1,
+        "url": args.url,
+        "manifest": read("manifest.json")?,
+        "signature": read("manifest.json.sig")?.trim(),
+    }))?;
+    let targets = rollout::select(&args.devices, args.percent);
+    let id = args.id.unwrap_or_else(|| aeris_wire_now_ms() as u64);
+    let plan = rollout::Plan::new(
+        id,
+        targets,
+        args.canary,
+        args.max_failures,
+        args.device_timeout,
+    );
+    // Every wave may take the device timeout, plus time to connect.
+    let give_up = args.device_timeout * 2 + std::time::Duration::from_secs(60);
+    let summary = rollout::run(&config.broker, payload, plan, give_up, |s| {
+        println!("{}", serde_json::to_string(s).unwrap_or_default());
+    })
+    .await?;
+    if summary.halted.is_some() || summary.failed > 0 {
+        anyhow::bail!(
+            "rollout {id}: {} confirmed, {} failed{}",
+            summary.confirmed,
+            summary.failed,
+            summary
+                .halted
+                .map(|h| format!(", halted: {h}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn aeris_wire_now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
