@@ -373,6 +373,30 @@ async fn new_version_failing_its_trial_is_rolled_back_by_the_old_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_version_that_never_proves_itself_is_rolled_back_at_the_deadline() {
+    let board = Board::start().await;
+    // Starts and stays up, but never takes data: no confirmation comes.
+    let hangs = board.dir.path().join("hanging-agent");
+    std::fs::write(&hangs, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    let pkg = board.publish_package("v2", &hangs, "0.2.0", &[]);
+    board
+        .send_update(
+            15,
+            update_payload(&pkg, &format!("{}v2/", board.server.url())),
+        )
+        .await;
+    board
+        .wait_event("ota 15: installed", Duration::from_secs(30))
+        .await;
+    let e = board
+        .wait_event("ota 15: rolled back", Duration::from_secs(60))
+        .await;
+    assert!(e.contains("not confirmed within 20s"), "{e}");
+    assert_eq!(board.current(), "slots/a");
+    board.wait_rows_grow().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_the_install_leaves_a_bootable_slot_and_the_download_resumes() {
     let mut board = Board::start().await;
     let pkg = board.publish_package("v2", agent_binary(), "0.2.0", &[]);
