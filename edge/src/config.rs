@@ -28,6 +28,7 @@ pub struct Config {
     pub uplink: UplinkConfig,
     pub buffer: BufferConfig,
     pub infer: InferConfig,
+    pub ota: crate::ota::OtaConfig,
     /// Local HTTP endpoint for /healthz, /readyz and /metrics; empty = off.
     pub health_listen: String,
     /// Fixed positions of sensors without GPS, by sensor id.
@@ -58,6 +59,27 @@ pub struct CloudConfig {
     /// Heartbeat period of the retained status message.
     #[serde(with = "humantime_serde")]
     pub status_interval: Duration,
+    /// TLS to the cloud broker; off while `ca_file` is empty.
+    pub tls: TlsConfig,
+}
+
+/// Mutual TLS on the cloud link: the broker is checked against `ca_file`,
+/// and the device shows `cert_file` (its identity) with `key_file`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM bundle of the CAs that sign the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM certificate chain of this device (empty = no client certificate).
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.ca_file.as_os_str().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +158,21 @@ pub struct UplinkConfig {
     /// A batch not acked within this time is sent again.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// Share of the in-flight window the backlog may take after a
+    /// reconnect; the rest is kept for the newest readings.
+    pub backlog_share: f64,
+    /// Batch layout on the wire.
+    pub encoding: BatchEncoding,
+}
+
+/// How batches are encoded (see `aeris_wire::columnar`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchEncoding {
+    /// Format version 2: columnar, delta-coded, zstd; the default.
+    Columnar,
+    /// Format version 1: plain postcard, for gateways older than version 2.
+    Postcard,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,17 +220,21 @@ impl Default for InferConfig {
 impl InferConfig {
     /// The trusted keys, parsed (`validate` has checked them).
     pub fn verifying_keys(&self) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
-        self.trusted_keys
-            .iter()
-            .map(|k| {
-                let bytes: [u8; 32] = hex::decode(k.trim())
-                    .map_err(|e| e.to_string())?
-                    .try_into()
-                    .map_err(|_| "an ed25519 public key is 32 bytes (64 hex digits)".to_owned())?;
-                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())
-            })
-            .collect()
+        parse_keys(&self.trusted_keys)
     }
+}
+
+/// Hex ed25519 public keys, parsed.
+pub fn parse_keys(keys: &[String]) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
+    keys.iter()
+        .map(|k| {
+            let bytes: [u8; 32] = hex::decode(k.trim())
+                .map_err(|e| e.to_string())?
+                .try_into()
+                .map_err(|_| "an ed25519 public key is 32 bytes (64 hex digits)".to_owned())?;
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -215,6 +256,7 @@ impl Default for Config {
             uplink: UplinkConfig::default(),
             buffer: BufferConfig::default(),
             infer: InferConfig::default(),
+            ota: crate::ota::OtaConfig::default(),
             health_listen: "127.0.0.1:9750".into(),
             sensors: BTreeMap::new(),
             shutdown_grace: Duration::from_secs(5),
@@ -240,6 +282,7 @@ impl Default for CloudConfig {
             prefix: "aeris/v1".into(),
             keep_alive: Duration::from_secs(30),
             status_interval: Duration::from_secs(10),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -292,6 +335,8 @@ impl Default for UplinkConfig {
             batch_max_age: Duration::from_secs(1),
             max_inflight_batches: 8,
             ack_timeout: Duration::from_secs(15),
+            backlog_share: 0.5,
+            encoding: BatchEncoding::Columnar,
         }
     }
 }
@@ -310,6 +355,10 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   cloud.prefix                  wire-protocol topic prefix [aeris/v1]
   cloud.keep_alive              MQTT keep-alive [30s]
   cloud.status_interval         heartbeat period of up/status [10s]
+  cloud.tls.ca_file             PEM CA bundle the cloud broker's certificate must chain to;
+                                set = TLS on the cloud link, \"\" = plain MQTT []
+  cloud.tls.cert_file           PEM certificate (chain) of this device, for mutual TLS []
+  cloud.tls.key_file            PEM private key of cloud.tls.cert_file []
   ingest.max_payload_bytes      larger sensor payloads are rejected [4096]
   ingest.max_future             readings stamped further ahead are rejected [5m]
   ingest.retention              readings stamped further back are rejected [7d]
@@ -326,6 +375,11 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   uplink.batch_max_age          a partial batch leaves after this wait [1s]
   uplink.max_inflight_batches   batches sent but not acked, at most [8]
   uplink.ack_timeout            an unacked batch is sent again after [15s]
+  uplink.backlog_share          after a reconnect the newest readings go first; the backlog
+                                drains behind them in at most this share of the in-flight
+                                window (at least one batch), 0 < share <= 1 [0.5]
+  uplink.encoding               batch layout: \"columnar\" (version 2, compact) or \"postcard\"
+                                (version 1, for gateways that cannot read version 2) [columnar]
   buffer.max_bytes              disk budget of the buffer database; beyond it the oldest
                                 raw readings become window aggregates, then are dropped [1073741824]
   buffer.acked_grace            acked readings kept this long for cloud re-send requests; 0s = none [1h]
@@ -339,6 +393,10 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   infer.trusted_keys            hex ed25519 keys; when set, models must be signed []
   infer.poll_interval           how often <data_dir>/models/incoming is checked [5s]
   infer.max_model_bytes         largest model file accepted [16777216]
+  ota.root                      folder of the A/B slots and the `current` link [/var/lib/aeris-edge]
+  ota.trusted_keys              hex ed25519 keys an update must be signed by; none = refuse all []
+  ota.trial_deadline            a new version must do real work within this, else rollback [5m]
+  ota.max_package_bytes         largest update package accepted [134217728]
   sensors.<id>.lat, .lon        fixed position of a sensor without GPS
 ";
 
@@ -381,6 +439,7 @@ impl Config {
             "uplink",
             "buffer",
             "infer",
+            "ota",
             "sensors",
         ];
         let env = env.split("__").filter_map(move |k| {
@@ -415,6 +474,24 @@ impl Config {
                 format!("must be 1..={}", aeris_wire::message::MAX_BATCH_READINGS),
             );
         }
+        if !(u.backlog_share > 0.0 && u.backlog_share <= 1.0) {
+            return bad("uplink.backlog_share", "must be > 0 and <= 1".into());
+        }
+        let tls = &self.cloud.tls;
+        let has_identity =
+            !tls.cert_file.as_os_str().is_empty() || !tls.key_file.as_os_str().is_empty();
+        if has_identity && !tls.enabled() {
+            return bad(
+                "cloud.tls.ca_file",
+                "must be set when a device certificate or key is".into(),
+            );
+        }
+        if tls.cert_file.as_os_str().is_empty() != tls.key_file.as_os_str().is_empty() {
+            return bad(
+                "cloud.tls.key_file",
+                "cert_file and key_file go together".into(),
+            );
+        }
         if u.max_inflight_batches == 0 {
             return bad("uplink.max_inflight_batches", "must be at least 1".into());
         }
@@ -432,6 +509,9 @@ impl Config {
         }
         if let Err(e) = self.infer.verifying_keys() {
             return bad("infer.trusted_keys", e);
+        }
+        if let Err(e) = parse_keys(&self.ota.trusted_keys) {
+            return bad("ota.trusted_keys", e);
         }
         if !(-14.0..=14.0).contains(&self.infer.utc_offset_hours) {
             return bad("infer.utc_offset_hours", "must be within -14..=14".into());

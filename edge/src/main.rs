@@ -17,9 +17,8 @@ struct Cli {
     /// Print the merged configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
-    /// Log filter (tracing syntax, e.g. "info" or "aeris_edge=debug").
-    #[arg(long, env = "AERIS_LOG", default_value = "info")]
-    log: String,
+    #[command(flatten)]
+    logging: aeris_runtime::LogArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,7 +47,7 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
-    aeris_runtime::run_until_signal("aeris-edge", &cli.log, |shutdown| {
+    aeris_runtime::run_until_signal("aeris-edge", &cli.logging, |shutdown| {
         aeris_edge::run(config, Arc::new(aeris_edge::Stats::default()), shutdown)
     })
 }

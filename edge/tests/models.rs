@@ -34,8 +34,17 @@ fn vectors(name: &str) -> Vectors {
     }
 }
 
+/// Relative to the value (absolute below 1). The vectors come from
+/// onnxruntime on the machine that exported them; tract sums the same f32
+/// products in the order of the SIMD kernel it picks for the CPU it runs on
+/// (AVX2, AVX-512, NEON), so the last bits differ between machines. On an
+/// AVX-512 EPYC one vector deviated by 1.02e-5 (the nowcast's terms
+/// include pressure near 1,000 hPa times its weight, cancelling to an output
+/// near 2), so the bound is 2e-5: still about 170 f32 ulps at 1.0.
+const TOLERANCE: f32 = 2e-5;
+
 fn close(actual: f32, expected: f32) -> bool {
-    (actual - expected).abs() <= 1e-5 * expected.abs().max(1.0)
+    (actual - expected).abs() <= TOLERANCE * expected.abs().max(1.0)
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //! - [`auth`]: a device may write only its own data.
 //! - [`api`]: HTTP: health, metrics, sensors, readings, devices, the live
 //!   map and its event stream.
+//! - [`rollout`]: staged agent updates: canary first, outcomes from
+//!   `up/event`, halt past a failure threshold.
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`stats`]: Prometheus metrics and readiness flags; [`opstats`]: the
 //!   operations metrics (API refusals, operator actions, per-device fleet
@@ -22,6 +24,7 @@ pub mod fleet;
 pub mod mqtt;
 pub mod opstats;
 pub mod resend;
+pub mod rollout;
 pub mod source;
 pub mod stats;
 pub mod verify;
@@ -106,9 +109,14 @@ pub async fn run(
             stats: stats.clone(),
             tile_url: config.api.tile_url.clone(),
             shutdown: background.clone(),
-            access,
+            access: access.clone(),
             config: Arc::new(config.clone()),
-        });
+        })
+        .merge(api::auth::protect(
+            api::rollout::routes(config.broker.clone(), Some((sink.clone(), stats.clone()))),
+            access,
+            api::auth::Scope::Operate,
+        ));
         let stop = background.clone();
         Some(tokio::spawn(async move {
             axum::serve(

@@ -23,9 +23,8 @@ struct Cli {
     /// Print the merged configuration as TOML (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
-    /// Log filter (tracing syntax).
-    #[arg(long, env = "AERIS_LOG", default_value = "info", global = true)]
-    log: String,
+    #[command(flatten)]
+    logging: aeris_runtime::LogArgs,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -43,6 +42,42 @@ enum Cmd {
     /// (database and retained statuses on the broker) to re-send from the
     /// first seq the database lacks. Written to the audit log.
     Resend,
+    /// Rolls a signed agent update out to devices through the broker in the
+    /// config: the canary devices first, the rest once every canary
+    /// confirmed; follows each device's `up/event` outcome and halts when
+    /// failures exceed --max-failures. Prints one JSON summary per change
+    /// and exits 0 only if every targeted device confirmed. Written to the
+    /// audit log.
+    Rollout(RolloutArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RolloutArgs {
+    /// Package folder (manifest.json and manifest.json.sig, from
+    /// cross/build.sh) whose update is sent.
+    #[arg(long)]
+    package: PathBuf,
+    /// URL devices fetch the package's files from (`<url>/<path>`).
+    #[arg(long)]
+    url: String,
+    /// Devices of the fleet, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    devices: Vec<String>,
+    /// Share of --devices to update, chosen by a stable hash of the id.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+    percent: u8,
+    /// Devices updated first, alone.
+    #[arg(long, default_value_t = 1)]
+    canary: usize,
+    /// Failures tolerated before the rollout halts.
+    #[arg(long, default_value_t = 0)]
+    max_failures: usize,
+    /// A device without an outcome after this long counts as failed.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    device_timeout: std::time::Duration,
+    /// Command id devices echo in their events; default: the time.
+    #[arg(long)]
+    id: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,16 +112,26 @@ fn main() -> std::process::ExitCode {
     }
     match cli.command {
         None | Some(Cmd::Run) => {
-            aeris_runtime::run_until_signal("aeris-gateway", &cli.log, |shutdown| {
+            aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| {
                 aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown)
             })
         }
-        Some(Cmd::Verify(args)) => tool(&cli.log, async move {
+        Some(Cmd::Verify(args)) => tool(&cli.logging.log, async move {
             let checks = aeris_gateway::verify::run(&config, &args).await;
             print!("{}", aeris_gateway::verify::table(&checks));
             Ok(checks.iter().all(|c| c.passed))
         }),
-        Some(Cmd::Resend) => tool(&cli.log, async move {
+        Some(Cmd::Rollout(args)) => {
+            aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| async move {
+                tokio::select! {
+                    r = rollout(config, args) => r,
+                    _ = shutdown.cancelled() => anyhow::bail!(
+                        "rollout interrupted; devices already sent the update finish on their own"
+                    ),
+                }
+            })
+        }
+        Some(Cmd::Resend) => tool(&cli.logging.log, async move {
             let sink = aeris_gateway::open_sink(&config).await?;
             let stats = aeris_gateway::Stats::default();
             let result = aeris_gateway::resend::run(&config, sink.as_ref()).await;
@@ -145,4 +190,78 @@ fn tool(
             std::process::ExitCode::from(2)
         }
     }
+}
+
+async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
+    use aeris_gateway::rollout;
+    use anyhow::Context;
+    let read = |name: &str| {
+        let path = args.package.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "format": 1,
+        "url": args.url,
+        "manifest": read("manifest.json")?,
+        "signature": read("manifest.json.sig")?.trim(),
+    }))?;
+    let targets = rollout::select(&args.devices, args.percent);
+    let id = args.id.unwrap_or_else(|| aeris_wire_now_ms() as u64);
+    let plan = rollout::Plan::new(
+        id,
+        targets,
+        args.canary,
+        args.max_failures,
+        args.device_timeout,
+    );
+    // Every wave may take the device timeout, plus time to connect.
+    let give_up = args.device_timeout * 2 + std::time::Duration::from_secs(60);
+    let devices = plan_targets_text(&args.devices, args.percent);
+    let result = rollout::run(&config.broker, payload, plan, give_up, |s| {
+        println!("{}", serde_json::to_string(s).unwrap_or_default());
+    })
+    .await;
+    let audited = match &result {
+        Ok(s) => serde_json::to_value(s).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    match aeris_gateway::open_sink(&config).await {
+        Ok(sink) => {
+            aeris_gateway::audit::record(
+                sink.as_ref(),
+                &aeris_gateway::Stats::default(),
+                &aeris_gateway::audit::cli_actor(),
+                "rollout",
+                &devices,
+                &audited,
+            )
+            .await
+        }
+        Err(e) => tracing::error!(error = %e, "rollout not written to the audit log"),
+    }
+    let summary = result?;
+    if summary.halted.is_some() || summary.failed > 0 {
+        anyhow::bail!(
+            "rollout {id}: {} confirmed, {} failed{}",
+            summary.confirmed,
+            summary.failed,
+            summary
+                .halted
+                .map(|h| format!(", halted: {h}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The audit log's target of a rollout: its devices and share.
+fn plan_targets_text(devices: &[String], percent: u8) -> String {
+    format!("{percent}% of {}", devices.join(","))
+}
+
+fn aeris_wire_now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }

@@ -45,20 +45,41 @@ pub fn describe_config_error(e: figment::Error) -> String {
         .join("; ")
 }
 
-/// Sets up logging (`log` is a tracing filter), starts the runtime, and runs
-/// `run` with a token that SIGINT or SIGTERM cancels. `name` prefixes the
-/// messages printed before logging works.
-pub fn run_until_signal<F, Fut>(name: &str, log: &str, run: F) -> ExitCode
+/// How a binary logs; flattened into each binary's command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log filter (tracing syntax, e.g. "info" or "aeris_edge=debug").
+    #[arg(long, env = "AERIS_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log line format on stderr: "text" for people, "json" (one object per
+    /// line, for journald or a log shipper).
+    #[arg(
+        long,
+        env = "AERIS_LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"],
+        global = true
+    )]
+    pub log_format: String,
+}
+
+/// Sets up logging, starts the runtime, and runs `run` with a token that
+/// SIGINT or SIGTERM cancels. `name` prefixes the messages printed before
+/// logging works.
+pub fn run_until_signal<F, Fut>(name: &str, log: &LogArgs, run: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(log).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log.log_format == "json" {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -179,6 +179,11 @@ impl Mosquitto {
         }
     }
 
+    /// Starts a killed broker again on the same port.
+    pub fn start_again(&mut self) {
+        self.launch();
+    }
+
     /// Kills and starts the broker again on the same port.
     pub fn restart(&mut self, down_for: Duration) {
         self.kill();

@@ -3,6 +3,7 @@
 //! processes.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aeris_wire::{decode, Status, Topics};
@@ -34,25 +35,67 @@ pub struct Stack {
     pub edge: Proc,
     /// Port of the agent's /healthz, /readyz and /metrics.
     pub edge_health: u16,
+    /// Between the agent and the cloud broker, in stacks started with
+    /// [`Stack::start_gated`]: cuts the agent's link alone.
+    pub gate: Option<crate::gate::Gate>,
     pub dir: tempfile::TempDir,
 }
 
 impl Stack {
     pub async fn start() -> Stack {
-        Self::start_full("", 1).await
+        Self::start_full("", &[], 1, false).await
     }
 
     /// Like [`Stack::start`], with `edge_toml` as the agent's config file.
     pub async fn start_with(edge_toml: &str) -> Stack {
-        Self::start_full(edge_toml, 1).await
+        Self::start_full(edge_toml, &[], 1, false).await
+    }
+
+    /// Like [`Stack::start_with`], with environment variables for the agent
+    /// that override the stack's own (`AERIS_DATA_DIR`, ...).
+    pub async fn start_with_env(edge_toml: &str, edge_env: &[(&str, String)]) -> Stack {
+        Self::start_full(edge_toml, edge_env, 1, false).await
+    }
+
+    /// Like [`Stack::start_with`], with the agent reaching the cloud broker
+    /// through [`Stack::gate`].
+    pub async fn start_gated(edge_toml: &str) -> Stack {
+        Self::start_full(edge_toml, &[], 1, true).await
     }
 
     /// The pipeline with `n` gateways on one shared subscription.
     pub async fn start_with_gateways(n: usize) -> Stack {
-        Self::start_full("", n).await
+        Self::start_full("", &[], n, false).await
     }
 
-    async fn start_full(edge_toml: &str, n: usize) -> Stack {
+    /// The pipeline with the board (aarch64) agent at `binary` run under
+    /// qemu-user instead of the host build.
+    pub async fn start_with_board_binary(binary: &Path, edge_toml: &str) -> Stack {
+        Self::start_edge(edge_toml, &[], 1, false, |env, log| {
+            Proc::start_under_qemu(binary, env, log)
+        })
+        .await
+    }
+
+    async fn start_full(
+        edge_toml: &str,
+        edge_env: &[(&str, String)],
+        n: usize,
+        gated: bool,
+    ) -> Stack {
+        Self::start_edge(edge_toml, edge_env, n, gated, |env, log| {
+            Proc::start("aeris-edge", env, log)
+        })
+        .await
+    }
+
+    async fn start_edge(
+        edge_toml: &str,
+        edge_env: &[(&str, String)],
+        n: usize,
+        gated: bool,
+        launch: impl FnOnce(&[(&str, String)], PathBuf) -> Proc,
+    ) -> Stack {
         let local = Mosquitto::start();
         let cloud = Mosquitto::start();
         let db = TestDb::create().await;
@@ -73,27 +116,30 @@ impl Stack {
             g.wait_ready(Duration::from_secs(30)).await;
         }
         let (gateway, api_port) = (first.proc, first.api_port);
+        let gate = match gated {
+            true => Some(crate::gate::Gate::start(cloud.port).await),
+            false => None,
+        };
+        let cloud_port = gate.as_ref().map(|g| g.port).unwrap_or(cloud.port);
         let edge_health = crate::free_port();
         let edge_config = dir.path().join("edge.toml");
         std::fs::write(&edge_config, edge_toml).expect("write edge.toml");
-        let edge = Proc::start(
-            "aeris-edge",
-            &[
-                ("AERIS_CONFIG", edge_config.display().to_string()),
-                ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{edge_health}")),
-                ("AERIS_DEVICE_ID", DEVICE.to_owned()),
-                (
-                    "AERIS_DATA_DIR",
-                    dir.path().join("edge").display().to_string(),
-                ),
-                ("AERIS_LOCAL__PORT", local.port.to_string()),
-                ("AERIS_CLOUD__PORT", cloud.port.to_string()),
-                ("AERIS_CLOUD__STATUS_INTERVAL", "300ms".to_owned()),
-                ("AERIS_UPLINK__BATCH_MAX_AGE", "100ms".to_owned()),
-                ("AERIS_UPLINK__ACK_TIMEOUT", "3s".to_owned()),
-            ],
-            dir.path().join("edge.log"),
-        );
+        let mut env = vec![
+            ("AERIS_CONFIG", edge_config.display().to_string()),
+            ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{edge_health}")),
+            ("AERIS_DEVICE_ID", DEVICE.to_owned()),
+            (
+                "AERIS_DATA_DIR",
+                dir.path().join("edge").display().to_string(),
+            ),
+            ("AERIS_LOCAL__PORT", local.port.to_string()),
+            ("AERIS_CLOUD__PORT", cloud_port.to_string()),
+            ("AERIS_CLOUD__STATUS_INTERVAL", "300ms".to_owned()),
+            ("AERIS_UPLINK__BATCH_MAX_AGE", "100ms".to_owned()),
+            ("AERIS_UPLINK__ACK_TIMEOUT", "3s".to_owned()),
+        ];
+        env.extend(edge_env.iter().cloned());
+        let edge = launch(&env, dir.path().join("edge.log"));
         let stack = Stack {
             local,
             cloud,
@@ -103,6 +149,7 @@ impl Stack {
             more_gateways,
             edge,
             edge_health,
+            gate,
             dir,
         };
         stack.wait_edge_subscribed(1).await;

@@ -94,3 +94,43 @@ fn print_config_merges_file_and_environment_and_hides_secrets() {
     assert!(text.contains("max_batches_per_commit = 7"), "{text}");
     assert!(!text.contains("s3cret"), "secret printed: {text}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(binary("aeris-edge"))
+        .env("AERIS_LOG_FORMAT", "json")
+        .env("AERIS_LOG", "info")
+        .env("AERIS_DATA_DIR", dir.path())
+        .env("AERIS_HEALTH_LISTEN", "")
+        .env("AERIS_INFER__ENABLED", "false")
+        // Nothing listens there: the agent logs its connection attempts.
+        .env("AERIS_LOCAL__PORT", aeris_tests::free_port().to_string())
+        .env("AERIS_CLOUD__PORT", aeris_tests::free_port().to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    let mut messages = vec![];
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        messages.push(v["fields"]["message"].as_str().unwrap_or("").to_owned());
+    }
+    assert!(messages.iter().any(|m| m == "agent starting"), "{text}");
+    assert!(messages.iter().any(|m| m == "agent stopped"), "{text}");
+}

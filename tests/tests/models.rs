@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aeris_tests::sensors::Publisher;
-use aeris_tests::stack::{watch_events, Stack, DEVICE};
+use aeris_tests::stack::{watch_events, watch_status, Stack, DEVICE};
+use aeris_tests::wait_for;
 use aeris_wire::{encode, Command, CommandKind, Topics};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use sha2::{Digest, Sha256};
@@ -135,6 +136,25 @@ async fn models_are_shadowed_promoted_discarded_and_persisted_on_the_running_age
         output_version(&stack, 13).await.as_deref(),
         Some("model:pm25_nowcast@1.0.1")
     );
+    // The heartbeat names the version now active.
+    let mut status = watch_status(stack.cloud.port, DEVICE).await;
+    wait_for(
+        "status naming pm25_nowcast 1.0.1",
+        Duration::from_secs(30),
+        || {
+            let s = status.borrow_and_update().clone();
+            async move {
+                s.filter(|s| {
+                    s.models
+                        == [aeris_wire::ModelVersion {
+                            name: "pm25_nowcast".into(),
+                            version: "1.0.1".into(),
+                        }]
+                })
+            }
+        },
+    )
+    .await;
 
     // A commanded model with the wrong checksum is rejected outright...
     let dir = models().join("testdata/pm25_nowcast_disagree");

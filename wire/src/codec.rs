@@ -12,6 +12,10 @@
 //! an unknown version, a body postcard cannot read, bytes left over after the
 //! body, and a message that fails [`WireMessage::validate`]. A change of any
 //! message layout bumps [`FORMAT_VERSION`].
+//!
+//! Version 2 exists only for [`crate::Batch`]: the columnar layout of
+//! [`crate::columnar`], which the edge sends by default. `decode::<Batch>`
+//! reads versions 1 and 2; every other message is version 1 only.
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -51,6 +55,14 @@ impl WireError {
 pub trait WireMessage: Serialize + DeserializeOwned {
     /// Checks the invariants postcard cannot express (ranges, lengths, ids).
     fn validate(&self) -> Result<(), WireError>;
+
+    /// Decodes a body framed with a format version other than
+    /// [`FORMAT_VERSION`], for a message that has another layout; `None`
+    /// when `version` is not one of this message's.
+    fn decode_other_version(version: u8, body: &[u8]) -> Option<Result<Self, WireError>> {
+        let _ = (version, body);
+        None
+    }
 }
 
 /// Encodes `msg` as `[FORMAT_VERSION][postcard body]`.
@@ -68,10 +80,13 @@ pub fn encode<T: WireMessage>(msg: &T) -> Vec<u8> {
 pub fn decode<T: WireMessage>(bytes: &[u8]) -> Result<T, WireError> {
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
     if version != FORMAT_VERSION {
-        return Err(WireError::UnsupportedVersion {
-            found: version,
-            expected: FORMAT_VERSION,
-        });
+        let msg =
+            T::decode_other_version(version, body).ok_or(WireError::UnsupportedVersion {
+                found: version,
+                expected: FORMAT_VERSION,
+            })??;
+        msg.validate()?;
+        return Ok(msg);
     }
     let (msg, rest): (T, &[u8]) =
         postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;

@@ -5,14 +5,19 @@
 //!   (`Batch`, `Ack`, `Status`, `Event`, `Command`), each documenting its layout.
 //! - [`codec`]: `[format version byte][postcard body]`; decoding never panics and
 //!   returns only messages that pass their own validation.
+//! - [`columnar`]: the compact batch layout (format version 2): dictionaries,
+//!   delta-of-delta timestamps, run-length flags, exact scaled-decimal value
+//!   columns, then zstd; lossless, and what the edge sends by default.
 //! - [`topic`]: topic builders and parsers under a configurable prefix.
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod columnar;
 pub mod message;
 pub mod topic;
 
 pub use codec::{decode, encode, WireError, WireMessage, FORMAT_VERSION};
+pub use columnar::COLUMNAR_VERSION;
 pub use message::{
     Ack, Batch, Command, CommandKind, DeviceState, Event, EventKind, Loss, ModelVersion, Reading,
     Status, Value,

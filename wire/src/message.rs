@@ -236,6 +236,10 @@ impl WireMessage for Batch {
         }
         self.readings.iter().try_for_each(Reading::check)
     }
+
+    fn decode_other_version(version: u8, body: &[u8]) -> Option<Result<Self, WireError>> {
+        (version == crate::columnar::COLUMNAR_VERSION).then(|| crate::columnar::decode_body(body))
+    }
 }
 
 impl WireMessage for Ack {

@@ -140,11 +140,19 @@ impl Buffer {
         settings: Settings,
         stats: Arc<Stats>,
     ) -> Result<(Buffer, thread::JoinHandle<()>), BufferError> {
-        let store = Store::open(path, settings.store.clone())?;
+        // A file that is not an Aeris buffer stops the agent with a clear
+        // error; one that cannot be opened for writing (read-only file
+        // system, full disk) is retried while live data waits in memory.
+        let (store, open_error) = match Store::open(path, settings.store.clone()) {
+            Ok(s) => (Some(s), None),
+            Err(e @ BufferError::Corrupt(_)) => return Err(e),
+            Err(e) => (None, Some(e)),
+        };
         let (tx, rx) = mpsc::channel(8192);
         let appended = Arc::new(Notify::new());
-        let worker = Worker {
+        let mut worker = Worker {
             store,
+            path: path.to_owned(),
             settings,
             stats,
             appended: appended.clone(),
@@ -154,6 +162,9 @@ impl Buffer {
             last_retry: Instant::now(),
             last_housekeeping: None,
         };
+        if let Some(e) = open_error {
+            worker.write_failed(&e);
+        }
         let join = thread::Builder::new()
             .name("aeris-buffer".into())
             .spawn(move || worker.serve(rx))
@@ -218,7 +229,9 @@ fn now_ms() -> i64 {
 }
 
 struct Worker {
-    store: Store,
+    /// `None` while the file cannot be opened for writing.
+    store: Option<Store>,
+    path: std::path::PathBuf,
     settings: Settings,
     stats: Arc<Stats>,
     appended: Arc<Notify>,
@@ -319,7 +332,7 @@ impl Worker {
             return;
         }
         let slices: Vec<&[Reading]> = group.iter().map(|(r, _)| r.as_slice()).collect();
-        match self.store.append_groups(&slices) {
+        match self.store().and_then(|s| s.append_groups(&slices)) {
             Ok(done) => {
                 self.committed(group, done);
                 self.enforce_budget();
@@ -380,11 +393,20 @@ impl Worker {
     /// Tries to commit what is held in memory.
     fn retry(&mut self) {
         self.last_retry = Instant::now();
-        let result = if self.pending.is_empty() {
-            self.store.probe_write().map(|()| Vec::new())
-        } else {
-            let slices: Vec<&[Reading]> = self.pending.iter().map(|(r, _)| r.as_slice()).collect();
-            self.store.append_groups(&slices)
+        if self.store.is_none() {
+            match Store::open(&self.path, self.settings.store.clone()) {
+                Ok(s) => self.store = Some(s),
+                Err(e) => {
+                    self.stats.buffer_write_error(e.kind());
+                    return;
+                }
+            }
+        }
+        let slices: Vec<&[Reading]> = self.pending.iter().map(|(r, _)| r.as_slice()).collect();
+        let result = match self.store.as_mut() {
+            None => Err(BufferError::NotOpen(self.path.display().to_string())),
+            Some(s) if slices.is_empty() => s.probe_write().map(|()| Vec::new()),
+            Some(s) => s.append_groups(&slices),
         };
         match result {
             Ok(done) => {
@@ -409,7 +431,7 @@ impl Worker {
     }
 
     fn enforce_budget(&mut self) {
-        match self.store.enforce_budget() {
+        match self.store().and_then(|s| s.enforce_budget()) {
             Ok(e) if e.any() => {
                 let s = &self.stats;
                 s.buffer_evicted_acked.fetch_add(e.acked, Relaxed);
@@ -437,7 +459,7 @@ impl Worker {
     fn housekeeping(&mut self) {
         self.last_housekeeping = Some(Instant::now());
         if self.degraded_since.is_none() {
-            if let Err(e) = self.store.purge_acked(now_ms()) {
+            if let Err(e) = self.store().and_then(|s| s.purge_acked(now_ms())) {
                 self.stats.buffer_write_error(e.kind());
             }
         }
@@ -447,11 +469,20 @@ impl Worker {
         }
     }
 
+    fn store(&mut self) -> Result<&mut Store, BufferError> {
+        self.store
+            .as_mut()
+            .ok_or_else(|| BufferError::NotOpen(self.path.display().to_string()))
+    }
+
     fn snapshot(&self) -> Result<Snapshot, BufferError> {
+        let Some(store) = &self.store else {
+            return Ok(Snapshot::default());
+        };
         Ok(Snapshot {
-            depth: self.store.depth()?,
-            next_seq: self.store.next_seq(),
-            losses: self.store.losses()?.into_iter().collect(),
+            depth: store.depth()?,
+            next_seq: store.next_seq(),
+            losses: store.losses()?.into_iter().collect(),
         })
     }
 
@@ -460,17 +491,23 @@ impl Worker {
         match req {
             Request::Append { .. } => unreachable!("appends are grouped before this"),
             Request::ReadFrom { from, max, reply } => {
-                let _ = reply.send(self.store.read_from(from, max));
+                let r = match self.store.as_mut() {
+                    Some(s) => s.read_from(from, max),
+                    None => Ok((Vec::new(), Vec::new())),
+                };
+                let _ = reply.send(r);
             }
             Request::Ack { first, last, reply } => {
-                let r = self.store.ack_range(first, last, now_ms());
+                let r = self
+                    .store()
+                    .and_then(|s| s.ack_range(first, last, now_ms()));
                 if let Err(e) = &r {
                     self.stats.buffer_write_error(e.kind());
                 }
                 let _ = reply.send(r);
             }
             Request::UnackFrom { from, reply } => {
-                let _ = reply.send(self.store.unack_from(from));
+                let _ = reply.send(self.store().and_then(|s| s.unack_from(from)));
             }
             Request::Snapshot { reply } => {
                 let s = self.snapshot();

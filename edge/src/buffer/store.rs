@@ -49,6 +49,8 @@ pub enum BufferError {
     Corrupt(String),
     #[error("buffer database error: {0}")]
     Io(rusqlite::Error),
+    #[error("buffer file {0} is not open (it could not be opened for writing)")]
+    NotOpen(String),
     #[error("the buffer cannot be written and its memory backlog is full")]
     Backlogged,
     #[error("the buffer thread has stopped")]
@@ -63,6 +65,7 @@ impl BufferError {
             BufferError::ReadOnly(_) => "read_only",
             BufferError::Corrupt(_) => "corrupt",
             BufferError::Io(_) => "io",
+            BufferError::NotOpen(_) => "not_open",
             BufferError::Backlogged => "backlogged",
             BufferError::Closed => "closed",
         }

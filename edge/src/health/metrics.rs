@@ -15,7 +15,7 @@ use super::Stats;
 #[derive(Debug)]
 struct StatsCollector(Arc<Stats>);
 
-fn counter(
+pub(crate) fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -36,7 +36,7 @@ fn gauge(
 }
 
 /// One counter per label value, e.g. rejections by reason.
-fn labelled(
+pub(crate) fn labelled(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -214,6 +214,39 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut enc,
+            "aeris_edge_uplink_bytes_sent",
+            "Payload bytes of the batches published (resends included).",
+            g(&s.uplink_bytes_sent),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_uplink_backlog_batches",
+            "Batches published from the backlog, behind the newest readings.",
+            g(&s.backlog_batches_sent),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_uplink_disconnects",
+            "Established connections to the cloud broker that were lost.",
+            g(&s.uplink_disconnects),
+        )?;
+        let failures = s.connect_failures();
+        let failures: Vec<(&str, u64)> = failures.iter().map(|(k, v)| (*k, *v)).collect();
+        labelled(
+            &mut enc,
+            "aeris_edge_uplink_connect_failures",
+            "Failed connections to the cloud broker, by reason (tls, refused, rejected, timeout, io).",
+            "reason",
+            &failures,
+        )?;
+        s.ack_latency.0.encode(enc.encode_descriptor(
+            "aeris_edge_uplink_ack_latency",
+            "Time from publishing a batch to the cloud's ack.",
+            Some(&prometheus_client::registry::Unit::Seconds),
+            s.ack_latency.0.metric_type(),
+        )?)?;
+        counter(
+            &mut enc,
             "aeris_edge_uplink_events_dropped",
             "Events dropped while offline.",
             g(&s.events_dropped),
@@ -270,6 +303,7 @@ impl Collector for StatsCollector {
             "Candidate models that failed a check.",
             g(&s.model_rejections),
         )?;
+        crate::ota::encode_metrics(&s.ota, &mut enc)?;
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod systemd;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -51,6 +52,15 @@ pub struct Stats {
     /// Readings the cloud acknowledged and the buffer deleted.
     pub readings_acked: AtomicU64,
     pub uplink_connects: AtomicU64,
+    /// Payload bytes of the batches published (resends included).
+    pub uplink_bytes_sent: AtomicU64,
+    /// Batches published from the backlog lane (after a reconnect).
+    pub backlog_batches_sent: AtomicU64,
+    /// Established cloud connections that were lost.
+    pub uplink_disconnects: AtomicU64,
+    uplink_connect_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time from publishing a batch to its ack.
+    pub ack_latency: AckLatency,
     /// Readings currently unsent in the buffer (last known).
     pub buffered: AtomicU64,
     /// Model runs, their total time, and runs that failed.
@@ -70,6 +80,10 @@ pub struct Stats {
     pub events_dropped: AtomicU64,
     /// The sensor subscription is acknowledged (readiness).
     pub ingest_subscribed: AtomicBool,
+    /// Deadlines the agent's loops promise to turn again by (watchdog).
+    pub live: systemd::Liveness,
+    /// Over-the-air update counters.
+    pub ota: crate::ota::OtaStats,
 }
 
 impl Stats {
@@ -83,6 +97,21 @@ impl Stats {
     /// Rejections so far, by reason.
     pub fn rejected_by_reason(&self) -> BTreeMap<&'static str, u64> {
         self.rejected_by_reason
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Counts a failed attempt to connect to (or stay with) the cloud broker.
+    pub fn connect_failed(&self, reason: &'static str) {
+        if let Ok(mut m) = self.uplink_connect_failures.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// Failed cloud connection attempts so far, by reason.
+    pub fn connect_failures(&self) -> BTreeMap<&'static str, u64> {
+        self.uplink_connect_failures
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
@@ -128,5 +157,23 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
+    }
+}
+
+/// Histogram of ack latencies in seconds, 5 ms to about 40 s.
+#[derive(Debug)]
+pub struct AckLatency(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for AckLatency {
+    fn default() -> Self {
+        AckLatency(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 14),
+        ))
+    }
+}
+
+impl AckLatency {
+    pub fn observe(&self, d: std::time::Duration) {
+        self.0.observe(d.as_secs_f64());
     }
 }

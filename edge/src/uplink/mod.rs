@@ -6,9 +6,18 @@
 //! and deletes what each [`Ack`] covers. [`outbox::Outbox`] holds the
 //! bookkeeping. A batch is closed when it is full, when the run ends at a
 //! gap, or when its first reading has waited `batch_max_age`.
+//!
+//! Live first: at every (re)connect the newest `batch_max_readings` held
+//! readings and everything after them form the live lane, sent first; the
+//! older backlog drains behind it in seq order, holding at most
+//! `uplink.backlog_share` of the in-flight window, so the map is current
+//! within one round trip of reconnecting. Batches go out in the columnar
+//! layout (`aeris_wire::columnar`) unless `uplink.encoding = "postcard"`.
 
 pub mod backoff;
+pub mod drain;
 pub mod outbox;
+pub mod tls;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -18,25 +27,36 @@ use aeris_wire::{
     decode, encode, Ack, Batch, Channel, Command, CommandKind, DeviceState, Event as WireEvent,
     Loss, ModelVersion, Status, Topics,
 };
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
+};
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::buffer::{Buffer, Snapshot};
-use crate::config::Config;
+use crate::config::{BatchEncoding, Config};
 use crate::health::Stats;
 use crate::infer::store::ModelCommand;
 use crate::ingest::now_ms;
 use backoff::Backoff;
-use outbox::{leading_run, Outbox};
+use drain::DrainRate;
+use outbox::{leading_run, Lane, Outbox};
 
 enum Link {
     Up,
     Down,
     Ack(Ack),
     Resend(u64),
+}
+
+/// Where `down/cmd` commands go: the model loader (when inference runs)
+/// and the OTA installer.
+pub struct Commands {
+    pub models: Option<mpsc::Sender<ModelCommand>>,
+    pub ota: mpsc::Sender<crate::ota::OtaCommand>,
 }
 
 /// Identity of this agent run, for the status heartbeat.
@@ -67,14 +87,17 @@ const MAX_UNSENT_EVENTS: usize = 256;
 
 /// Runs until `stop` is cancelled, then tries for up to `shutdown_grace` to
 /// get everything held acked, publishes the offline status and disconnects.
+/// `tls` (from [`tls::client_config`]) puts the link on TLS.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: Arc<Config>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     buffer: Buffer,
     stats: Arc<Stats>,
     identity: Identity,
     stop: CancellationToken,
     event_rx: mpsc::UnboundedReceiver<WireEvent>,
-    model_commands: Option<mpsc::Sender<ModelCommand>>,
+    commands: Commands,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.cloud.prefix)?;
     let mut opts = MqttOptions::new(
@@ -99,6 +122,9 @@ pub async fn run(
             QoS::AtLeastOnce,
             true,
         ));
+    if let Some(tls) = tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
     let (client, events) = AsyncClient::new(opts, 256);
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let link_stop = CancellationToken::new();
@@ -108,12 +134,14 @@ pub async fn run(
         topics.clone(),
         config.device_id.clone(),
         link_tx,
-        model_commands,
+        stats.clone(),
+        commands,
         link_stop.clone(),
     ));
     let mut up = Uplink {
         outbox: Outbox::new(
             config.uplink.max_inflight_batches,
+            config.uplink.backlog_share,
             config.uplink.ack_timeout,
         ),
         config,
@@ -165,40 +193,6 @@ fn status(
     }
 }
 
-/// Estimates when the queue will be empty from how it changed between
-/// heartbeats (exponentially smoothed net drain rate).
-#[derive(Debug, Default)]
-pub struct DrainRate {
-    last: Option<(Instant, u64)>,
-    /// Readings per second the queue shrinks by (negative: grows).
-    rate: Option<f64>,
-}
-
-impl DrainRate {
-    /// Records the queue length at `now`; returns seconds until empty, or
-    /// `None` while the queue is not shrinking.
-    pub fn observe(&mut self, now: Instant, queued: u64) -> Option<u64> {
-        if let Some((t, q)) = self.last {
-            let dt = now.duration_since(t).as_secs_f64();
-            if dt > 0.0 {
-                let r = (q as f64 - queued as f64) / dt;
-                self.rate = Some(match self.rate {
-                    Some(old) => 0.7 * old + 0.3 * r,
-                    None => r,
-                });
-            }
-        }
-        self.last = Some((now, queued));
-        if queued == 0 {
-            return Some(0);
-        }
-        match self.rate {
-            Some(r) if r > 0.0 => Some((queued as f64 / r).ceil() as u64),
-            _ => None,
-        }
-    }
-}
-
 impl Uplink {
     async fn serve(
         &mut self,
@@ -208,7 +202,9 @@ impl Uplink {
     ) -> anyhow::Result<()> {
         let mut heartbeat = tokio::time::interval(self.config.cloud.status_interval);
         let mut drain_until: Option<tokio::time::Instant> = None;
+        let mut beat = tokio::time::interval(crate::health::systemd::BEAT_EVERY);
         loop {
+            self.stats.live.beat(&self.stats.live.uplink);
             if self.connected {
                 self.send_ready(drain_until.is_some()).await?;
             }
@@ -257,6 +253,7 @@ impl Uplink {
                     }
                 }
                 _ = sleep_until_opt(drain_until.map(|d| d.into_std())) => {}
+                _ = beat.tick() => {}
             }
         }
     }
@@ -275,14 +272,23 @@ impl Uplink {
         match ev {
             Link::Up => {
                 self.connected = true;
-                self.outbox.reset();
+                // The newest full batch and what comes after it are live.
+                let next_seq = match self.buffer.snapshot().await {
+                    Ok(s) => s.next_seq,
+                    Err(_) => self.stats.buffer().next_seq,
+                };
+                let batch = self.config.uplink.batch_max_readings as u64;
+                self.outbox.reset(next_seq.saturating_sub(batch));
+                self.pending_since = None;
                 self.stats.uplink_connects.fetch_add(1, Relaxed);
                 self.publish_status(DeviceState::Online).await?;
                 self.flush_events();
             }
             Link::Down => self.connected = false,
             Link::Ack(ack) => {
-                self.outbox.acked(ack.first_seq, ack.last_seq);
+                for sent_at in self.outbox.acked(ack.first_seq, ack.last_seq) {
+                    self.stats.ack_latency.observe(sent_at.elapsed());
+                }
                 match self.buffer.ack(ack.first_seq, ack.last_seq).await {
                     Ok(n) => {
                         self.stats.readings_acked.fetch_add(n as u64, Relaxed);
@@ -311,56 +317,86 @@ impl Uplink {
         Ok(())
     }
 
-    /// Publishes every batch that is ready while the outbox has room.
+    /// Publishes every batch that is ready while the outbox has room: the
+    /// live lane first, then the backlog within its share.
     async fn send_ready(&mut self, flush: bool) -> anyhow::Result<()> {
-        let max = self.config.uplink.batch_max_readings;
-        while self.outbox.has_room() {
-            let (rows, corrupt) = match self.buffer.read_from(self.outbox.next_send(), max).await {
-                Ok(held) => held,
-                Err(crate::buffer::BufferError::Closed) => return Ok(()),
-                Err(e) => {
-                    warn!(error = %e, "cannot read the buffer; trying again on the next event");
-                    return Ok(());
-                }
-            };
-            if !corrupt.is_empty() {
-                self.stats
-                    .lost_corrupt
-                    .fetch_add(corrupt.len() as u64, Relaxed);
-                warn!(count = corrupt.len(), first_seq = corrupt[0].seq, error = %corrupt[0].error, "corrupt buffered readings removed");
+        loop {
+            if self.outbox.has_room(Lane::Live) && self.send_next(Lane::Live, flush).await? {
+                continue;
             }
-            let Some((first, readings, ended_at_gap)) = leading_run(rows) else {
-                self.pending_since = None;
-                return Ok(());
-            };
-            let full = readings.len() >= max || ended_at_gap;
+            if self.outbox.has_room(Lane::Backlog) && self.send_next(Lane::Backlog, true).await? {
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Publishes the next batch of `lane` if one is ready; returns whether
+    /// it did.
+    async fn send_next(&mut self, lane: Lane, flush: bool) -> anyhow::Result<bool> {
+        let max = self.config.uplink.batch_max_readings;
+        let (from, end) = self.outbox.next_send(lane);
+        let (mut rows, corrupt) = match self.buffer.read_from(from, max).await {
+            Ok(held) => held,
+            Err(crate::buffer::BufferError::Closed) => return Ok(false),
+            Err(e) => {
+                warn!(error = %e, "cannot read the buffer; trying again on the next event");
+                return Ok(false);
+            }
+        };
+        if !corrupt.is_empty() {
+            self.stats
+                .lost_corrupt
+                .fetch_add(corrupt.len() as u64, Relaxed);
+            warn!(count = corrupt.len(), first_seq = corrupt[0].seq, error = %corrupt[0].error, "corrupt buffered readings removed");
+        }
+        // The backlog stops at the live mark; a run cut there is complete.
+        let reached_end = rows.last().is_some_and(|(seq, _)| *seq >= end);
+        rows.retain(|(seq, _)| *seq < end);
+        let Some((first, readings, ended_at_gap)) = leading_run(rows) else {
+            match lane {
+                Lane::Live => self.pending_since = None,
+                Lane::Backlog => self.outbox.backlog_sent(),
+            }
+            return Ok(false);
+        };
+        let full = readings.len() >= max || ended_at_gap || reached_end;
+        if lane == Lane::Live {
             let waited = *self.pending_since.get_or_insert_with(Instant::now);
             if !full && !flush && waited.elapsed() < self.config.uplink.batch_max_age {
-                return Ok(());
+                return Ok(false);
             }
-            let n = readings.len() as u64;
-            let batch = Batch {
-                device: self.config.device_id.clone(),
-                first_seq: first,
-                readings,
-            };
-            let bytes = encode(&batch);
-            // `publish` only queues for the event loop; a lost connection
-            // shows up as Link::Down and the outbox resends after reconnect.
-            self.client
-                .publish(
-                    self.topics.batch(&self.config.device_id),
-                    QoS::AtLeastOnce,
-                    false,
-                    bytes,
-                )
-                .await?;
-            self.outbox.sent(first, first + n - 1, Instant::now());
             self.pending_since = None;
-            self.stats.batches_sent.fetch_add(1, Relaxed);
-            self.stats.readings_sent.fetch_add(n, Relaxed);
         }
-        Ok(())
+        let n = readings.len() as u64;
+        let batch = Batch {
+            device: self.config.device_id.clone(),
+            first_seq: first,
+            readings,
+        };
+        let bytes = match self.config.uplink.encoding {
+            BatchEncoding::Columnar => aeris_wire::columnar::encode(&batch),
+            BatchEncoding::Postcard => encode(&batch),
+        };
+        let size = bytes.len() as u64;
+        // `publish` only queues for the event loop; a lost connection
+        // shows up as Link::Down and the outbox resends after reconnect.
+        self.client
+            .publish(
+                self.topics.batch(&self.config.device_id),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
+            .await?;
+        self.outbox.sent(first, first + n - 1, Instant::now());
+        self.stats.batches_sent.fetch_add(1, Relaxed);
+        self.stats.readings_sent.fetch_add(n, Relaxed);
+        self.stats.uplink_bytes_sent.fetch_add(size, Relaxed);
+        if lane == Lane::Backlog {
+            self.stats.backlog_batches_sent.fetch_add(1, Relaxed);
+        }
+        Ok(true)
     }
 
     /// Queues held events for publishing while connected; one that cannot be
@@ -418,16 +454,19 @@ async fn sleep_until_opt(t: Option<Instant>) {
 
 /// Polls the MQTT event loop, reconnecting with backoff, and turns what
 /// arrives into [`Link`] events.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     mut events: EventLoop,
     client: AsyncClient,
     topics: Topics,
     device: String,
     tx: mpsc::UnboundedSender<Link>,
-    model_commands: Option<mpsc::Sender<ModelCommand>>,
+    stats: Arc<Stats>,
+    commands: Commands,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut connected = false;
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => return,
@@ -436,6 +475,7 @@ async fn drive(
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
+                connected = true;
                 info!("connected to cloud broker");
                 for ch in [Channel::DownAck, Channel::DownCmd] {
                     if let Err(e) =
@@ -475,7 +515,7 @@ async fn drive(
                                     signature,
                                     force,
                                 },
-                        }) => match &model_commands {
+                        }) => match &commands.models {
                             Some(tx) => {
                                 info!(id, model = %name, %version, "model update requested");
                                 let cmd = ModelCommand {
@@ -493,6 +533,19 @@ async fn drive(
                             }
                             None => warn!(id, "model update ignored: inference is disabled"),
                         },
+                        Ok(Command {
+                            id,
+                            kind: CommandKind::Ota { manifest },
+                        }) => {
+                            info!(id, "agent update offered");
+                            let cmd = crate::ota::OtaCommand {
+                                id,
+                                payload: manifest,
+                            };
+                            if commands.ota.try_send(cmd).is_err() {
+                                warn!(id, "an update is in progress; this one is dropped");
+                            }
+                        }
                         Ok(cmd) => {
                             warn!(id = cmd.id, "command not supported by this agent version")
                         }
@@ -506,7 +559,14 @@ async fn drive(
             Err(e) => {
                 let _ = tx.send(Link::Down);
                 let wait = backoff.next_delay();
-                warn!(error = %e, retry_in = ?wait, "cloud broker connection lost");
+                if std::mem::take(&mut connected) {
+                    stats.uplink_disconnects.fetch_add(1, Relaxed);
+                    warn!(error = %e, retry_in = ?wait, "cloud broker connection lost");
+                } else {
+                    let reason = tls::failure_reason(&e);
+                    stats.connect_failed(reason);
+                    warn!(reason, error = %e, retry_in = ?wait, "cannot connect to the cloud broker");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}

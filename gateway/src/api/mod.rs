@@ -11,6 +11,8 @@
 //!   seq ranges never received (computed in the database).
 //! - `GET /api/live`: server-sent events, one `reading` event per reading
 //!   that became its sensor's latest (the Redis stream).
+//! - `POST /api/rollouts`, `GET /api/rollouts/{id}`: staged agent updates
+//!   ([`rollout`]).
 //! - `GET /`: the map page; its scripts are compiled into the binary
 //!   ([`map`]), nothing is fetched from a CDN.
 //! - Operator routes ([`ops`]): re-send, the audit log.
@@ -22,6 +24,7 @@
 pub mod auth;
 mod map;
 mod ops;
+pub mod rollout;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
