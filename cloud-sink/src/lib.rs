@@ -10,9 +10,11 @@
 //!   stream, alerts); [`live`] is its in-memory stand-in when no Redis is
 //!   configured. Neither is on the ack path.
 //! - [`query`]: what the HTTP API reads back.
+//! - [`ops`]: the operators' audit log and the re-send points after a restore.
 #![forbid(unsafe_code)]
 
 pub mod live;
+pub mod ops;
 pub mod postgis;
 pub mod query;
 pub mod redis;
@@ -68,6 +70,21 @@ pub trait Sink: Send + Sync {
 
     /// A short name for logs ("postgis", "sqlite").
     fn kind(&self) -> &'static str;
+
+    /// Appends one operator action to the audit log.
+    async fn record_audit(&self, _entry: &ops::AuditEntry) -> Result<(), SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// The newest `limit` audit rows, newest first.
+    async fn audit(&self, _limit: i64) -> Result<Vec<ops::AuditRecord>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Every known device and the lowest seq the database lacks for it.
+    async fn resend_points(&self) -> Result<Vec<ops::ResendPoint>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
 }
 
 /// Readings in `batches`.

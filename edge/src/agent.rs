@@ -15,6 +15,7 @@ use crate::health::Stats;
 use crate::infer::runtime::{Inference, Runtime};
 use crate::infer::store::{Loader, ModelCommand, ModelsDir};
 use crate::infer::{Engine, EngineConfig};
+use crate::ota::{self, slots::Slots, slots::Trial, trial::Supervised};
 use crate::uplink::{self, Identity};
 use aeris_wire::{Event, EventKind};
 use tokio::sync::mpsc;
@@ -23,12 +24,38 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs the agent until `shutdown` is cancelled; returns once buffered work
 /// is committed and the uplink has drained or its grace period ended.
+///
+/// When an update was installed, the pipeline stops the same way, the new
+/// version runs on trial as a child (see `ota::trial`), and after a
+/// rollback this agent's pipeline starts again.
 pub async fn run(
     config: Config,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let slots = Slots::new(&config.ota.root);
+    loop {
+        let Some(trial) = pipeline(config.clone(), stats.clone(), shutdown.clone()).await? else {
+            return Ok(());
+        };
+        match ota::trial::supervise(&slots, trial, config.ota.trial_deadline, &shutdown).await {
+            Supervised::Confirmed(status) if !status.success() => {
+                anyhow::bail!("the updated agent exited: {status}")
+            }
+            Supervised::Confirmed(_) | Supervised::Shutdown => return Ok(()),
+            Supervised::RolledBack => info!("restarting the pipeline after the rollback"),
+        }
+    }
+}
+
+/// One run of the pipeline; returns the trial to start when an update was
+/// installed, None after a shutdown.
+async fn pipeline(
+    config: Arc<Config>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<Trial>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let path = config.buffer_path();
@@ -43,7 +70,7 @@ pub async fn run(
     let tls = uplink::tls::client_config(&config.cloud.tls)?;
     let identity = Identity {
         boot_id: fastrand::u64(..),
-        agent_version: AGENT_VERSION.to_owned(),
+        agent_version: ota::running_version(),
     };
     info!(
         device = %config.device_id,
@@ -76,12 +103,39 @@ pub async fn run(
         (None, None)
     };
 
-    let ingest_stop = shutdown.child_token();
+    let report = ota::Reporter {
+        device: config.device_id.clone(),
+        tx: event_tx.clone(),
+    };
+    let ota_stop = CancellationToken::new();
+    let slots = Slots::new(&config.ota.root);
+    if ota::trial::in_trial() {
+        let needs_model = config.infer.enabled && !config.infer.models.is_empty();
+        tokio::spawn(ota::trial::confirm_when_working(
+            slots,
+            stats.clone(),
+            needs_model,
+            report.clone(),
+            ota_stop.clone(),
+        ));
+    } else {
+        ota::report_leftover(&slots, &report, &stats.ota);
+    }
+    let (ota_tx, ota_rx) = mpsc::channel(1);
+    let mut ota_task = tokio::spawn(ota::serve(
+        Arc::new(config.ota.clone()),
+        stats.clone(),
+        report,
+        ota_rx,
+        ota_stop.clone(),
+    ));
+
+    let ingest_stop = CancellationToken::new();
     let ingest = tokio::spawn(crate::ingest::run(
         config.clone(),
         buffer.clone(),
         stats.clone(),
-        ingest_stop,
+        ingest_stop.clone(),
         inference,
     ));
     let uplink_stop = CancellationToken::new();
@@ -93,10 +147,29 @@ pub async fn run(
         identity,
         uplink_stop.clone(),
         event_rx,
-        model_commands,
+        uplink::Commands {
+            models: model_commands,
+            ota: ota_tx,
+        },
     ));
 
-    shutdown.cancelled().await;
+    let notify_stop = CancellationToken::new();
+    tokio::spawn(crate::health::systemd::run(
+        stats.clone(),
+        buffer.clone(),
+        notify_stop.clone(),
+    ));
+
+    let trial = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        t = async { (&mut ota_task).await.ok().flatten() } => t,
+    };
+    if trial.is_none() {
+        crate::health::systemd::stopping();
+    }
+    ota_stop.cancel();
+    notify_stop.cancel();
+    ingest_stop.cancel();
     info!("shutting down: stopping ingest");
     ingest.await.context("ingest task failed")?;
     loader_stop.cancel();
@@ -109,7 +182,7 @@ pub async fn run(
         .ok();
     health_stop.cancel();
     info!("agent stopped");
-    result
+    result.map(|()| trial)
 }
 
 /// Loads the active models (seeding empty slots from `infer.models`) and

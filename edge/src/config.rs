@@ -28,6 +28,7 @@ pub struct Config {
     pub uplink: UplinkConfig,
     pub buffer: BufferConfig,
     pub infer: InferConfig,
+    pub ota: crate::ota::OtaConfig,
     /// Local HTTP endpoint for /healthz, /readyz and /metrics; empty = off.
     pub health_listen: String,
     /// Fixed positions of sensors without GPS, by sensor id.
@@ -219,17 +220,21 @@ impl Default for InferConfig {
 impl InferConfig {
     /// The trusted keys, parsed (`validate` has checked them).
     pub fn verifying_keys(&self) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
-        self.trusted_keys
-            .iter()
-            .map(|k| {
-                let bytes: [u8; 32] = hex::decode(k.trim())
-                    .map_err(|e| e.to_string())?
-                    .try_into()
-                    .map_err(|_| "an ed25519 public key is 32 bytes (64 hex digits)".to_owned())?;
-                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())
-            })
-            .collect()
+        parse_keys(&self.trusted_keys)
     }
+}
+
+/// Hex ed25519 public keys, parsed.
+pub fn parse_keys(keys: &[String]) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
+    keys.iter()
+        .map(|k| {
+            let bytes: [u8; 32] = hex::decode(k.trim())
+                .map_err(|e| e.to_string())?
+                .try_into()
+                .map_err(|_| "an ed25519 public key is 32 bytes (64 hex digits)".to_owned())?;
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -251,6 +256,7 @@ impl Default for Config {
             uplink: UplinkConfig::default(),
             buffer: BufferConfig::default(),
             infer: InferConfig::default(),
+            ota: crate::ota::OtaConfig::default(),
             health_listen: "127.0.0.1:9750".into(),
             sensors: BTreeMap::new(),
             shutdown_grace: Duration::from_secs(5),
@@ -390,6 +396,10 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   infer.trusted_keys            hex ed25519 keys; when set, models must be signed []
   infer.poll_interval           how often <data_dir>/models/incoming is checked [5s]
   infer.max_model_bytes         largest model file accepted [16777216]
+  ota.root                      folder of the A/B slots and the `current` link [/var/lib/aeris-edge]
+  ota.trusted_keys              hex ed25519 keys an update must be signed by; none = refuse all []
+  ota.trial_deadline            a new version must do real work within this, else rollback [5m]
+  ota.max_package_bytes         largest update package accepted [134217728]
   sensors.<id>.lat, .lon        fixed position of a sensor without GPS
 ";
 
@@ -432,6 +442,7 @@ impl Config {
             "uplink",
             "buffer",
             "infer",
+            "ota",
             "sensors",
         ];
         let env = env.split("__").filter_map(move |k| {
@@ -501,6 +512,9 @@ impl Config {
         }
         if let Err(e) = self.infer.verifying_keys() {
             return bad("infer.trusted_keys", e);
+        }
+        if let Err(e) = parse_keys(&self.ota.trusted_keys) {
+            return bad("ota.trusted_keys", e);
         }
         if !(-14.0..=14.0).contains(&self.infer.utc_offset_hours) {
             return bad("infer.utc_offset_hours", "must be within -14..=14".into());

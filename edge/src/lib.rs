@@ -10,7 +10,8 @@
 //!   never-reused seq in the same transaction that stores it.
 //! - [`uplink`]: sends contiguous seq ranges as batches to the cloud broker
 //!   and deletes what the cloud acknowledges.
-//! - [`health`]: counters shared by the tasks.
+//! - [`health`]: counters shared by the tasks, `/metrics`, systemd notify.
+//! - [`ota`]: the signed agent package and over-the-air updates.
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`agent`]: the start-up and shutdown sequence tying them together.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod config;
 pub mod health;
 pub mod infer;
 pub mod ingest;
+pub mod ota;
 pub mod preprocess;
 pub mod uplink;
 

@@ -43,6 +43,9 @@ pub struct ApiConfig {
     /// Optional map tile URL template (`https://.../{z}/{x}/{y}.png`); the
     /// default map has no base layer, so nothing is fetched from outside.
     pub tile_url: String,
+    /// Bearer tokens and whether reads are open ([`crate::api::auth`]).
+    pub auth: crate::api::auth::AuthConfig,
+    pub rate_limit: crate::api::auth::RateLimitConfig,
 }
 
 impl Default for RedisConfig {
@@ -59,6 +62,8 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: "127.0.0.1:8080".into(),
             tile_url: String::new(),
+            auth: Default::default(),
+            rate_limit: Default::default(),
         }
     }
 }
@@ -146,6 +151,12 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   redis.stream_len                  approximate cap of the live stream [10000]
   api.listen                        HTTP API and map address; port 0 = any, empty = off [127.0.0.1:8080]
   api.tile_url                      map tile URL template; empty = no base layer
+  api.auth.tokens                   API clients: [[api.auth.tokens]] name, sha256 (hex SHA-256 of the
+                                    bearer token), scopes: read, operate (operate includes read)
+  api.auth.open_reads               serve /api/* reads without a token; unset = only when no token is
+                                    configured and api.listen is a loopback address
+  api.rate_limit.per_second         sustained API requests/s per client (token, else address); 0 = off [20]
+  api.rate_limit.burst              requests a client may make at once [60]
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +197,9 @@ impl Config {
             .map_err(|e| ConfigError(aeris_runtime::describe_config_error(e)))?;
         if let Err(e) = aeris_wire::Topics::new(&config.broker.prefix) {
             return Err(ConfigError(format!("invalid `broker.prefix`: {e}")));
+        }
+        if let Err(e) = config.api.auth.validate() {
+            return Err(ConfigError(e));
         }
         if config.writer.max_batches_per_commit == 0 {
             return Err(ConfigError(

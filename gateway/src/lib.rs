@@ -6,15 +6,28 @@
 //! - [`auth`]: a device may write only its own data.
 //! - [`api`]: HTTP: health, metrics, sensors, readings, devices, the live
 //!   map and its event stream.
+//! - [`rollout`]: staged agent updates: canary first, outcomes from
+//!   `up/event`, halt past a failure threshold.
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
-//! - [`stats`]: Prometheus metrics and readiness flags.
+//! - [`stats`]: Prometheus metrics and readiness flags; [`opstats`]: the
+//!   operations metrics (API refusals, operator actions, per-device fleet
+//!   gauges from [`fleet`]).
+//! - Operations: [`audit`] (who did what), [`resend`] (fleet re-send after
+//!   a restore), [`verify`] (post-deploy check), [`mqtt`] (broker login).
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod fleet;
+pub mod mqtt;
+pub mod opstats;
+pub mod resend;
+pub mod rollout;
 pub mod source;
 pub mod stats;
+pub mod verify;
 
 use std::sync::Arc;
 
@@ -79,24 +92,51 @@ pub async fn run(
         let addr = listener.local_addr()?;
         let _ = stats.api_addr.set(addr);
         info!(url = %format!("http://{addr}/"), "HTTP API and live map listening");
+        let access = Arc::new(api::auth::Access::new(
+            &config.api.auth,
+            &config.api.rate_limit,
+            &config.api.listen,
+            stats.clone(),
+        ));
+        info!(
+            tokens = config.api.auth.tokens.len(),
+            open_reads = access.open_reads(),
+            "HTTP API access"
+        );
         let router = api::router(api::ApiState {
             sink: sink.clone(),
             live: live.clone(),
             stats: stats.clone(),
             tile_url: config.api.tile_url.clone(),
             shutdown: background.clone(),
-        });
+            access: access.clone(),
+            config: Arc::new(config.clone()),
+        })
+        .merge(api::auth::protect(
+            api::rollout::routes(config.broker.clone(), Some((sink.clone(), stats.clone()))),
+            access,
+            api::auth::Scope::Operate,
+        ));
         let stop = background.clone();
         Some(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
         }))
     };
+    let fleet = tokio::spawn(fleet::run(
+        Arc::new(config.clone()),
+        stats.clone(),
+        background.clone(),
+    ));
     let outputs = source::Outputs { sink, live, feed };
     let result = source::run(Arc::new(config), outputs, stats, shutdown).await;
     background.cancel();
     let _ = updater.await;
+    let _ = fleet.await;
     if let Some(api) = api {
         api.await??;
     }

@@ -2,23 +2,82 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aeris_gateway::config::{Config, KEYS_HELP};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// The Aeris cloud gateway: consumes device batches from the broker (shared
 /// subscription, so several gateways split the load), stores them in PostGIS
 /// or an embedded SQLite file, and acknowledges each batch to its device only
-/// after the commit.
+/// after the commit. Without a subcommand it runs the gateway.
 #[derive(Parser, Debug)]
 #[command(name = "aeris-gateway", version, after_long_help = KEYS_HELP, after_help = "Run with --help for every config key.")]
 struct Cli {
     /// TOML config file; AERIS_* environment variables override it.
-    #[arg(short, long, env = "AERIS_GATEWAY_CONFIG", value_name = "FILE")]
+    #[arg(
+        short,
+        long,
+        env = "AERIS_GATEWAY_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
     config: Option<PathBuf>,
     /// Print the merged configuration as TOML (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
     #[command(flatten)]
     logging: aeris_runtime::LogArgs,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway (the default).
+    Run,
+    /// Check a running deployment end to end: schema version, Redis, broker
+    /// login, and a canary reading through broker, gateway, PostGIS and the
+    /// API, removed afterwards. Prints a pass/fail table; exits 1 if any
+    /// check fails.
+    Verify(aeris_gateway::verify::VerifyArgs),
+    /// After restoring the database from a backup: ask every known device
+    /// (database and retained statuses on the broker) to re-send from the
+    /// first seq the database lacks. Written to the audit log.
+    Resend,
+    /// Rolls a signed agent update out to devices through the broker in the
+    /// config: the canary devices first, the rest once every canary
+    /// confirmed; follows each device's `up/event` outcome and halts when
+    /// failures exceed --max-failures. Prints one JSON summary per change
+    /// and exits 0 only if every targeted device confirmed. Written to the
+    /// audit log.
+    Rollout(RolloutArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RolloutArgs {
+    /// Package folder (manifest.json and manifest.json.sig, from
+    /// cross/build.sh) whose update is sent.
+    #[arg(long)]
+    package: PathBuf,
+    /// URL devices fetch the package's files from (`<url>/<path>`).
+    #[arg(long)]
+    url: String,
+    /// Devices of the fleet, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    devices: Vec<String>,
+    /// Share of --devices to update, chosen by a stable hash of the id.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+    percent: u8,
+    /// Devices updated first, alone.
+    #[arg(long, default_value_t = 1)]
+    canary: usize,
+    /// Failures tolerated before the rollout halts.
+    #[arg(long, default_value_t = 0)]
+    max_failures: usize,
+    /// A device without an outcome after this long counts as failed.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    device_timeout: std::time::Duration,
+    /// Command id devices echo in their events; default: the time.
+    #[arg(long)]
+    id: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,7 +110,158 @@ fn main() -> std::process::ExitCode {
         }
         return std::process::ExitCode::SUCCESS;
     }
-    aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| {
-        aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown)
+    match cli.command {
+        None | Some(Cmd::Run) => {
+            aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| {
+                aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown)
+            })
+        }
+        Some(Cmd::Verify(args)) => tool(&cli.logging.log, async move {
+            let checks = aeris_gateway::verify::run(&config, &args).await;
+            print!("{}", aeris_gateway::verify::table(&checks));
+            Ok(checks.iter().all(|c| c.passed))
+        }),
+        Some(Cmd::Rollout(args)) => {
+            aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| async move {
+                tokio::select! {
+                    r = rollout(config, args) => r,
+                    _ = shutdown.cancelled() => anyhow::bail!(
+                        "rollout interrupted; devices already sent the update finish on their own"
+                    ),
+                }
+            })
+        }
+        Some(Cmd::Resend) => tool(&cli.logging.log, async move {
+            let sink = aeris_gateway::open_sink(&config).await?;
+            let stats = aeris_gateway::Stats::default();
+            let result = aeris_gateway::resend::run(&config, sink.as_ref()).await;
+            let audited = result
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()));
+            let actor = aeris_gateway::audit::cli_actor();
+            aeris_gateway::audit::record(
+                sink.as_ref(),
+                &stats,
+                &actor,
+                "resend",
+                "fleet",
+                &audited,
+            )
+            .await;
+            match result {
+                Ok(report) => {
+                    print!("{}", aeris_gateway::resend::table(&report));
+                    Ok(true)
+                }
+                Err(e) => {
+                    eprintln!("aeris-gateway resend: {e}");
+                    Ok(false)
+                }
+            }
+        }),
+    }
+}
+
+/// Runs a one-shot command: exit 0 when it reports success, 1 when it
+/// reports failure, 2 when it could not run.
+fn tool(
+    log: &str,
+    f: impl std::future::Future<Output = anyhow::Result<bool>>,
+) -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aeris-gateway: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("aeris-gateway: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
+    use aeris_gateway::rollout;
+    use anyhow::Context;
+    let read = |name: &str| {
+        let path = args.package.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "format": 1,
+        "url": args.url,
+        "manifest": read("manifest.json")?,
+        "signature": read("manifest.json.sig")?.trim(),
+    }))?;
+    let targets = rollout::select(&args.devices, args.percent);
+    let id = args.id.unwrap_or_else(|| aeris_wire_now_ms() as u64);
+    let plan = rollout::Plan::new(
+        id,
+        targets,
+        args.canary,
+        args.max_failures,
+        args.device_timeout,
+    );
+    // Every wave may take the device timeout, plus time to connect.
+    let give_up = args.device_timeout * 2 + std::time::Duration::from_secs(60);
+    let devices = plan_targets_text(&args.devices, args.percent);
+    let result = rollout::run(&config.broker, payload, plan, give_up, |s| {
+        println!("{}", serde_json::to_string(s).unwrap_or_default());
     })
+    .await;
+    let audited = match &result {
+        Ok(s) => serde_json::to_value(s).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    match aeris_gateway::open_sink(&config).await {
+        Ok(sink) => {
+            aeris_gateway::audit::record(
+                sink.as_ref(),
+                &aeris_gateway::Stats::default(),
+                &aeris_gateway::audit::cli_actor(),
+                "rollout",
+                &devices,
+                &audited,
+            )
+            .await
+        }
+        Err(e) => tracing::error!(error = %e, "rollout not written to the audit log"),
+    }
+    let summary = result?;
+    if summary.halted.is_some() || summary.failed > 0 {
+        anyhow::bail!(
+            "rollout {id}: {} confirmed, {} failed{}",
+            summary.confirmed,
+            summary.failed,
+            summary
+                .halted
+                .map(|h| format!(", halted: {h}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The audit log's target of a rollout: its devices and share.
+fn plan_targets_text(devices: &[String], percent: u8) -> String {
+    format!("{percent}% of {}", devices.join(","))
+}
+
+fn aeris_wire_now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }

@@ -28,6 +28,8 @@ pub struct Stats {
     pub live_errors: Counter,
     /// Sensors whose latest reading still waits for the live view (Redis).
     pub live_pending: Gauge,
+    /// Operations metrics: API refusals, operator actions, fleet gauges.
+    pub ops: crate::opstats::OpsStats,
     rejected: Family<Reason, Counter>,
     registry: Registry,
     /// Connected to the broker with the subscriptions queued.
@@ -83,7 +85,9 @@ impl Default for Stats {
             "Messages dropped unstored, by reason.",
             rejected.clone(),
         );
+        let ops = crate::opstats::OpsStats::register(&mut registry);
         Stats {
+            ops,
             batches_received,
             readings_inserted,
             readings_duplicate,

@@ -49,11 +49,17 @@ pub fn describe_config_error(e: figment::Error) -> String {
 #[derive(clap::Args, Debug, Clone)]
 pub struct LogArgs {
     /// Log filter (tracing syntax, e.g. "info" or "aeris_edge=debug").
-    #[arg(long, env = "AERIS_LOG", default_value = "info")]
+    #[arg(long, env = "AERIS_LOG", default_value = "info", global = true)]
     pub log: String,
     /// Log line format on stderr: "text" for people, "json" (one object per
     /// line, for journald or a log shipper).
-    #[arg(long, env = "AERIS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    #[arg(
+        long,
+        env = "AERIS_LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"],
+        global = true
+    )]
     pub log_format: String,
 }
 

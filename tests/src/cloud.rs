@@ -68,6 +68,11 @@ pub struct Cloud {
 impl Cloud {
     /// Broker, database and one ready gateway; with Redis if `redis`.
     pub async fn start(redis: bool) -> Cloud {
+        Self::start_with(redis, &[]).await
+    }
+
+    /// Like [`Cloud::start`], with `env` added to the gateway's environment.
+    pub async fn start_with(redis: bool, env: &[(&str, String)]) -> Cloud {
         let broker = Mosquitto::start();
         let db = TestDb::create().await;
         let redis = redis.then(Redis::start);
@@ -76,6 +81,7 @@ impl Cloud {
         if let Some(r) = &redis {
             extra.push(("AERIS_REDIS_URL", r.url()));
         }
+        extra.extend(env.iter().cloned());
         let gateway = Gateway::start(broker.port, &db.url, &extra, dir.path().join("gateway.log"));
         gateway.wait_ready(Duration::from_secs(30)).await;
         Cloud {

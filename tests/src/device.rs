@@ -5,13 +5,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aeris_wire::{encode, Ack, Batch, DeviceState, Reading, Status, Topics, Value};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use aeris_wire::{encode, Ack, Batch, Command, DeviceState, Reading, Status, Topics, Value};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
 
 pub struct FakeDevice {
     pub id: String,
     client: AsyncClient,
     acks: Arc<Mutex<Vec<Ack>>>,
+    commands: Arc<Mutex<Vec<Command>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,14 +32,19 @@ impl FakeDevice {
         }
         let (client, mut events) = AsyncClient::new(opts, 1024);
         let acks = Arc::new(Mutex::new(Vec::new()));
-        let (sink, topic, c) = (acks.clone(), Topics::default().ack(id), client.clone());
+        let commands = Arc::new(Mutex::new(Vec::new()));
+        let (sink, cmds, c) = (acks.clone(), commands.clone(), client.clone());
+        let filters: Vec<SubscribeFilter> = [Topics::default().ack(id), Topics::default().cmd(id)]
+            .into_iter()
+            .map(|t| SubscribeFilter::new(t, QoS::AtLeastOnce))
+            .collect();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut ready_tx = Some(ready_tx);
         let task = tokio::spawn(async move {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = c.subscribe(topic.clone(), QoS::AtLeastOnce).await;
+                        let _ = c.subscribe_many(filters.clone()).await;
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(tx) = ready_tx.take() {
@@ -46,7 +52,13 @@ impl FakeDevice {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Ok(ack) = aeris_wire::decode::<Ack>(&p.payload) {
+                        if p.topic.ends_with("/down/cmd") {
+                            if let Ok(cmd) = aeris_wire::decode::<Command>(&p.payload) {
+                                if let Ok(mut c) = cmds.lock() {
+                                    c.push(cmd);
+                                }
+                            }
+                        } else if let Ok(ack) = aeris_wire::decode::<Ack>(&p.payload) {
                             if let Ok(mut a) = sink.lock() {
                                 a.push(ack);
                             }
@@ -62,8 +74,14 @@ impl FakeDevice {
             id: id.to_owned(),
             client,
             acks,
+            commands,
             task,
         }
+    }
+
+    /// Commands received on the device's `down/cmd`, oldest first.
+    pub fn commands(&self) -> Vec<Command> {
+        self.commands.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Publishes raw bytes on a topic (QoS 1).

@@ -9,11 +9,25 @@ use std::time::Duration;
 /// `Content-Length` bytes when the server says how many (some servers keep
 /// the connection open), else up to the close.
 pub fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    request(port, "GET", path, None)
+}
+
+/// `method` on `path` with an optional bearer token and no body:
+/// (status, body), as [`get`].
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut r = BufReader::new(s);
     let mut status_line = String::new();

@@ -15,18 +15,22 @@
 //! - [`cloud`]: broker + database (+ Redis) + gateway(s), without an edge;
 //!   [`device`] plays the devices.
 //! - [`http`]: a minimal HTTP GET for the gateway's API.
+//! - [`prometheus`]: a real Prometheus server with given config and rules.
+//! - [`files`]: an HTTP file server with Range support, for downloads.
 //! - [`browser`]: headless Chromium over the DevTools protocol.
 //! - [`stack`]: the whole pipeline with an edge agent.
 
 pub mod browser;
 pub mod cloud;
 pub mod device;
+pub mod files;
 pub mod gate;
 pub mod http;
 pub mod mosquitto;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod sensors;
 pub mod stack;
@@ -82,10 +86,30 @@ pub fn now_ms() -> i64 {
 
 /// A plain HTTP/1.1 GET on 127.0.0.1; returns the status code and body.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(port, "GET", path, "").await
+}
+
+/// A plain HTTP/1.1 request on 127.0.0.1 with a JSON `body` (empty = none);
+/// returns the status code and body.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        )
+    };
     sock.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n{content}\r\n{body}")
+            .as_bytes(),
     )
     .await?;
     let mut raw = Vec::new();

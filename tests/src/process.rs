@@ -22,6 +22,8 @@ pub fn binary(name: &str) -> PathBuf {
 
 pub struct Proc {
     name: String,
+    program: PathBuf,
+    args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
@@ -31,8 +33,38 @@ impl Proc {
     /// Starts binary `name` with `env` (added to the inherited environment),
     /// appending its stderr to `log`.
     pub fn start(name: &str, env: &[(&str, String)], log: PathBuf) -> Proc {
+        Self::start_program(name, binary(name), Vec::new(), env, log)
+    }
+
+    /// Runs `path`, a binary for the boards (aarch64), under qemu-user with
+    /// the aarch64 glibc of Debian's `libc6-arm64-cross`.
+    pub fn start_under_qemu(path: &Path, env: &[(&str, String)], log: PathBuf) -> Proc {
+        let args = ["-L", "/usr/aarch64-linux-gnu"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([path.display().to_string()])
+            .collect();
+        Self::start_program(
+            "qemu-aarch64-static",
+            PathBuf::from("qemu-aarch64-static"),
+            args,
+            env,
+            log,
+        )
+    }
+
+    /// Starts the program at `program` with `args`.
+    pub fn start_program(
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: &[(&str, String)],
+        log: PathBuf,
+    ) -> Proc {
         let mut p = Proc {
             name: name.to_owned(),
+            program,
+            args,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
@@ -50,7 +82,8 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let child = Command::new(binary(&self.name))
+        let child = Command::new(&self.program)
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("AERIS_LOG", "info")
             .stdin(Stdio::null())
@@ -59,11 +92,6 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
         self.child = Some(child);
-    }
-
-    /// The running child's process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -87,6 +115,11 @@ impl Proc {
             .arg(c.id().to_string())
             .status();
         c.wait().ok()
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn log(&self) -> String {

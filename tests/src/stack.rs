@@ -3,6 +3,7 @@
 //! processes.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aeris_wire::{decode, Status, Topics};
@@ -67,11 +68,33 @@ impl Stack {
         Self::start_full("", &[], n, false).await
     }
 
+    /// The pipeline with the board (aarch64) agent at `binary` run under
+    /// qemu-user instead of the host build.
+    pub async fn start_with_board_binary(binary: &Path, edge_toml: &str) -> Stack {
+        Self::start_edge(edge_toml, &[], 1, false, |env, log| {
+            Proc::start_under_qemu(binary, env, log)
+        })
+        .await
+    }
+
     async fn start_full(
         edge_toml: &str,
         edge_env: &[(&str, String)],
         n: usize,
         gated: bool,
+    ) -> Stack {
+        Self::start_edge(edge_toml, edge_env, n, gated, |env, log| {
+            Proc::start("aeris-edge", env, log)
+        })
+        .await
+    }
+
+    async fn start_edge(
+        edge_toml: &str,
+        edge_env: &[(&str, String)],
+        n: usize,
+        gated: bool,
+        launch: impl FnOnce(&[(&str, String)], PathBuf) -> Proc,
     ) -> Stack {
         let local = Mosquitto::start();
         let cloud = Mosquitto::start();
@@ -116,7 +139,7 @@ impl Stack {
             ("AERIS_UPLINK__ACK_TIMEOUT", "3s".to_owned()),
         ];
         env.extend(edge_env.iter().cloned());
-        let edge = Proc::start("aeris-edge", &env, dir.path().join("edge.log"));
+        let edge = launch(&env, dir.path().join("edge.log"));
         let stack = Stack {
             local,
             cloud,

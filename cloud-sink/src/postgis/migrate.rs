@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "pollutant_columns_and_devices",
         include_str!("../../migrations/0002_pollutant_columns_and_devices.sql"),
     ),
+    (
+        3,
+        "audit_log",
+        include_str!("../../migrations/0003_audit_log.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -10,6 +10,7 @@
 
 mod copy;
 mod migrate;
+mod ops;
 mod queries;
 
 use std::time::Duration;
@@ -20,7 +21,9 @@ use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
 
 pub use migrate::{applied_version, MIGRATIONS};
+pub use ops::{device_rows, remove_device, schema_version};
 
+use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
 use crate::{reading_count, Sink, SinkError, WriteOutcome};
 
@@ -187,5 +190,20 @@ impl Sink for PostgisSink {
 
     fn kind(&self) -> &'static str {
         "postgis"
+    }
+
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<(), SinkError> {
+        let entry = entry.clone();
+        self.read(move |c| Box::pin(async move { ops::record_audit(c, &entry).await }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn audit(&self, limit: i64) -> Result<Vec<AuditRecord>, SinkError> {
+        self.read(move |c| Box::pin(ops::audit(c, limit))).await
+    }
+
+    async fn resend_points(&self) -> Result<Vec<ResendPoint>, SinkError> {
+        self.read(|c| Box::pin(ops::resend_points(c))).await
     }
 }

@@ -14,6 +14,8 @@
 //! Redis is not on the ack path: when it is down the caller keeps what it
 //! could not write and tries again ([`Live::update`] is idempotent).
 
+pub mod ops;
+
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;

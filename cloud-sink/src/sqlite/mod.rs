@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use aeris_wire::{Batch, Status};
 use rusqlite::{params, Connection};
 
+mod ops;
+
+use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading, MODEL_PREFIX};
 use crate::{reading_count, values_json, Sink, SinkError, WriteOutcome};
 
@@ -266,6 +269,20 @@ impl Sink for SqliteSink {
 
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<(), SinkError> {
+        let entry = entry.clone();
+        self.blocking(move |conn| ops::record_audit(conn, &entry))
+            .await
+    }
+
+    async fn audit(&self, limit: i64) -> Result<Vec<AuditRecord>, SinkError> {
+        self.blocking(move |conn| ops::audit(conn, limit)).await
+    }
+
+    async fn resend_points(&self) -> Result<Vec<ResendPoint>, SinkError> {
+        self.blocking(ops::resend_points).await
     }
 }
 

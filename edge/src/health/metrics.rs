@@ -15,7 +15,7 @@ use super::Stats;
 #[derive(Debug)]
 struct StatsCollector(Arc<Stats>);
 
-fn counter(
+pub(crate) fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -36,7 +36,7 @@ fn gauge(
 }
 
 /// One counter per label value, e.g. rejections by reason.
-fn labelled(
+pub(crate) fn labelled(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -303,6 +303,7 @@ impl Collector for StatsCollector {
             "Candidate models that failed a check.",
             g(&s.model_rejections),
         )?;
+        crate::ota::encode_metrics(&s.ota, &mut enc)?;
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod systemd;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -79,6 +80,10 @@ pub struct Stats {
     pub events_dropped: AtomicU64,
     /// The sensor subscription is acknowledged (readiness).
     pub ingest_subscribed: AtomicBool,
+    /// Deadlines the agent's loops promise to turn again by (watchdog).
+    pub live: systemd::Liveness,
+    /// Over-the-air update counters.
+    pub ota: crate::ota::OtaStats,
 }
 
 impl Stats {

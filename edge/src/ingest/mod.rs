@@ -103,9 +103,12 @@ pub async fn run(
     let (client, mut events) = AsyncClient::new(opts, 65_536);
     let mut pre = Preprocessor::new(config.preprocess.clone());
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut beat = tokio::time::interval(crate::health::systemd::BEAT_EVERY);
     loop {
+        stats.live.beat(&stats.live.ingest);
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = beat.tick() => continue,
             ev = events.poll() => ev,
             c = recv_opt(&mut candidates) => {
                 if let (Some(c), Some(rt)) = (c, runtime.as_mut()) {
@@ -149,6 +152,8 @@ pub async fn run(
                 stats.ingest_subscribed.store(false, Relaxed);
                 let wait = backoff.next_delay();
                 warn!(error = %e, retry_in = ?wait, "local broker connection lost");
+                let live = &stats.live;
+                live.alive_for(&live.ingest, wait + crate::health::systemd::BEAT_GRACE);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}

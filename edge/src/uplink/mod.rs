@@ -52,6 +52,13 @@ enum Link {
     Resend(u64),
 }
 
+/// Where `down/cmd` commands go: the model loader (when inference runs)
+/// and the OTA installer.
+pub struct Commands {
+    pub models: Option<mpsc::Sender<ModelCommand>>,
+    pub ota: mpsc::Sender<crate::ota::OtaCommand>,
+}
+
 /// Identity of this agent run, for the status heartbeat.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -95,7 +102,7 @@ pub async fn run(
     identity: Identity,
     stop: CancellationToken,
     event_rx: mpsc::UnboundedReceiver<WireEvent>,
-    model_commands: Option<mpsc::Sender<ModelCommand>>,
+    commands: Commands,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.cloud.prefix)?;
     let mut opts = MqttOptions::new(
@@ -133,7 +140,7 @@ pub async fn run(
         config.device_id.clone(),
         link_tx,
         stats.clone(),
-        model_commands,
+        commands,
         link_stop.clone(),
     ));
     let mut up = Uplink {
@@ -202,7 +209,9 @@ impl Uplink {
     ) -> anyhow::Result<()> {
         let mut heartbeat = tokio::time::interval(self.config.cloud.status_interval);
         let mut drain_until: Option<tokio::time::Instant> = None;
+        let mut beat = tokio::time::interval(crate::health::systemd::BEAT_EVERY);
         loop {
+            self.stats.live.beat(&self.stats.live.uplink);
             if self.connected {
                 self.send_ready(drain_until.is_some()).await?;
             }
@@ -262,6 +271,7 @@ impl Uplink {
                     }
                 }
                 _ = sleep_until_opt(drain_until.map(|d| d.into_std())) => {}
+                _ = beat.tick() => {}
             }
         }
     }
@@ -518,7 +528,7 @@ async fn drive(
     device: String,
     tx: mpsc::UnboundedSender<Link>,
     stats: Arc<Stats>,
-    model_commands: Option<mpsc::Sender<ModelCommand>>,
+    commands: Commands,
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
@@ -571,7 +581,7 @@ async fn drive(
                                     signature,
                                     force,
                                 },
-                        }) => match &model_commands {
+                        }) => match &commands.models {
                             Some(tx) => {
                                 info!(id, model = %name, %version, "model update requested");
                                 let cmd = ModelCommand {
@@ -589,6 +599,19 @@ async fn drive(
                             }
                             None => warn!(id, "model update ignored: inference is disabled"),
                         },
+                        Ok(Command {
+                            id,
+                            kind: CommandKind::Ota { manifest },
+                        }) => {
+                            info!(id, "agent update offered");
+                            let cmd = crate::ota::OtaCommand {
+                                id,
+                                payload: manifest,
+                            };
+                            if commands.ota.try_send(cmd).is_err() {
+                                warn!(id, "an update is in progress; this one is dropped");
+                            }
+                        }
                         Ok(cmd) => {
                             warn!(id = cmd.id, "command not supported by this agent version")
                         }

@@ -11,10 +11,20 @@
 //!   seq ranges never received (computed in the database).
 //! - `GET /api/live`: server-sent events, one `reading` event per reading
 //!   that became its sensor's latest (the Redis stream).
+//! - `POST /api/rollouts`, `GET /api/rollouts/{id}`: staged agent updates
+//!   ([`rollout`]).
 //! - `GET /`: the map page; its scripts are compiled into the binary
 //!   ([`map`]), nothing is fetched from a CDN.
+//! - Operator routes ([`ops`]): re-send, the audit log.
+//!
+//! The `/api/*` read routes need the `read` scope and the operator routes
+//! the `operate` scope ([`auth`]); health, metrics and the map page are
+//! open.
 
+pub mod auth;
 mod map;
+mod ops;
+pub mod rollout;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
@@ -43,17 +53,24 @@ pub struct ApiState {
     pub stats: Arc<Stats>,
     pub tile_url: String,
     pub shutdown: CancellationToken,
+    pub access: Arc<auth::Access>,
+    /// The gateway's config, for operator actions that reach the broker.
+    pub config: Arc<crate::Config>,
 }
 
 pub fn router(state: ApiState) -> Router {
+    let reads = Router::new()
+        .route("/api/sensors", get(sensors))
+        .route("/api/readings", get(readings))
+        .route("/api/devices", get(devices))
+        .route("/api/live", get(live));
+    let access = state.access.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/sensors", get(sensors))
-        .route("/api/readings", get(readings))
-        .route("/api/devices", get(devices))
-        .route("/api/live", get(live))
+        .merge(auth::protect(reads, access.clone(), auth::Scope::Read))
+        .merge(auth::protect(ops::routes(), access, auth::Scope::Operate))
         .merge(map::routes())
         .with_state(state)
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use aeris_sink::live::Live;
 use aeris_sink::Sink;
 use aeris_wire::{decode, Batch, Channel, Event as DeviceEvent, EventKind, Status, Topics};
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -31,6 +31,8 @@ use live::LiveFeed;
 pub(crate) struct Incoming {
     pub batch: Batch,
     pub publish: Publish,
+    /// When it arrived, for the ack-latency histogram.
+    pub received: std::time::Instant,
 }
 
 /// What the source hands on, besides batches.
@@ -55,25 +57,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.broker.prefix)?;
     let client_id = if config.broker.client_id.is_empty() {
-        format!("aeris-gateway-{:08x}", fastrand_u32())
+        format!("aeris-gateway-{:08x}", crate::mqtt::random_suffix())
     } else {
         config.broker.client_id.clone()
     };
-    let mut opts = MqttOptions::new(
-        client_id.clone(),
-        config.broker.host.clone(),
-        config.broker.port,
-    );
-    opts.set_keep_alive(config.broker.keep_alive)
-        .set_clean_session(true)
-        .set_manual_acks(true)
-        .set_max_packet_size(32 << 20, 1 << 20);
-    if !config.broker.username.is_empty() {
-        opts.set_credentials(
-            config.broker.username.clone(),
-            config.broker.password.clone(),
-        );
-    }
+    let mut opts = crate::mqtt::options(&config.broker, &client_id);
+    opts.set_clean_session(true).set_manual_acks(true);
     let (client, mut events) = AsyncClient::new(opts, 4096);
     let (tx, rx) = mpsc::channel::<Incoming>(1024);
     let (status_tx, status_rx) = mpsc::channel::<Accepted>(1024);
@@ -171,14 +160,6 @@ pub async fn run(
     Ok(())
 }
 
-fn fastrand_u32() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos ^ std::process::id().rotate_left(16)
-}
-
 /// Decodes and authorizes one message; a rejected one is counted, logged
 /// and dropped (the caller acks it to the broker so it is not redelivered).
 fn accept(topics: &Topics, stats: &Stats, p: &Publish) -> Option<Accepted> {
@@ -197,6 +178,7 @@ fn accept(topics: &Topics, stats: &Stats, p: &Publish) -> Option<Accepted> {
                 Accepted::Batch(Incoming {
                     batch,
                     publish: p.clone(),
+                    received: std::time::Instant::now(),
                 })
             })
         }

@@ -34,6 +34,10 @@ pub(crate) async fn run(
         .await
         > 0
     {
+        stats
+            .ops
+            .backlog
+            .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
         let batches: Vec<_> = group.iter().map(|i| i.batch.clone()).collect();
         let mut delay = Duration::from_millis(100);
         let outcome = loop {
@@ -65,7 +69,12 @@ pub(crate) async fn run(
         stats.readings_inserted.inc_by(outcome.inserted);
         stats.readings_duplicate.inc_by(outcome.duplicates);
         feed.offer(&batches);
-        for Incoming { batch, publish } in group.drain(..) {
+        for Incoming {
+            batch,
+            publish,
+            received,
+        } in group.drain(..)
+        {
             let Some(last_seq) = batch.last_seq() else {
                 continue;
             };
@@ -87,6 +96,10 @@ pub(crate) async fn run(
                 continue;
             }
             stats.acks_sent.inc();
+            stats
+                .ops
+                .ack_latency
+                .observe(received.elapsed().as_secs_f64());
             if let Err(e) = client.ack(&publish).await {
                 debug!(error = %e, "cannot ack to broker");
             }

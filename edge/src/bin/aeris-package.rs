@@ -1,0 +1,111 @@
+//! Signs and checks agent packages (see `aeris_edge::ota::package`):
+//! `keygen` makes a signing key, `sign` writes a folder's `manifest.json`
+//! and `manifest.json.sig`, `verify` checks them as a device would.
+//! `cross/build.sh` calls `sign`; an operator calls `keygen` once per fleet.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use aeris_edge::ota::package::{read_signing_key, sign, Manifest, MANIFEST, SIGNATURE};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "aeris-package", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Writes a new ed25519 secret key (hex, mode 0600) to FILE and prints
+    /// its public key (hex), the value devices list in `ota.trusted_keys`.
+    Keygen {
+        #[arg(value_name = "FILE")]
+        secret: PathBuf,
+    },
+    /// Lists every file in DIR with its size and sha256 in manifest.json and
+    /// signs it (manifest.json.sig).
+    Sign {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Secret key file written by `keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The agent version in the package.
+        #[arg(long)]
+        version: String,
+        #[arg(long, default_value = "aarch64-unknown-linux-gnu.2.31")]
+        target: String,
+        /// Devices running an older agent refuse the package.
+        #[arg(long)]
+        min_version: Option<String>,
+        /// Devices install it even over a newer version.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+    /// Checks DIR's signature against PUBLIC (hex) and every file's sha256.
+    Verify {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_name = "HEX")]
+        public: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Keygen { secret } => {
+            let mut seed = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+                .context("cannot read /dev/urandom")?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&secret)
+                .and_then(|mut f| writeln!(f, "{}", hex::encode(seed)))
+                .with_context(|| format!("cannot write {}", secret.display()))?;
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+        }
+        Cmd::Sign {
+            dir,
+            key,
+            version,
+            target,
+            min_version,
+            allow_downgrade,
+        } => {
+            let key = read_signing_key(&key)?;
+            let mut m = Manifest::of_dir(&dir, &version, &target)?;
+            m.min_version = min_version;
+            m.allow_downgrade = allow_downgrade;
+            let bytes = m.to_bytes();
+            std::fs::write(dir.join(MANIFEST), &bytes)?;
+            std::fs::write(dir.join(SIGNATURE), sign(&bytes, &key))?;
+            eprintln!(
+                "signed {} files of aeris-edge {version} in {}",
+                m.files.len(),
+                dir.display()
+            );
+        }
+        Cmd::Verify { dir, public } => {
+            let trusted = aeris_edge::config::parse_keys(&[public]).map_err(anyhow::Error::msg)?;
+            let bytes = std::fs::read(dir.join(MANIFEST))?;
+            let sig = std::fs::read_to_string(dir.join(SIGNATURE))?;
+            let m = Manifest::verify(&bytes, &sig, &trusted)?;
+            m.check_files(&dir)?;
+            println!(
+                "ok: aeris-edge {} for {}, {} files",
+                m.version,
+                m.target,
+                m.files.len()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[ota]`: over-the-air updates of the agent itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtaConfig {
+    /// Folder holding `slots/a`, `slots/b` and the `current` link.
+    pub root: PathBuf,
+    /// Hex ed25519 public keys an update must be signed by; with none,
+    /// every update is refused.
+    pub trusted_keys: Vec<String>,
+    /// The new version must have done real work within this time.
+    #[serde(with = "humantime_serde")]
+    pub trial_deadline: Duration,
+    /// Largest package (all files together) accepted.
+    pub max_package_bytes: u64,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        OtaConfig {
+            root: PathBuf::from("/var/lib/aeris-edge"),
+            trusted_keys: Vec::new(),
+            trial_deadline: Duration::from_secs(300),
+            max_package_bytes: 128 << 20,
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Over-the-air updates of the agent itself.
+//!
+//! Invariants: nothing is fetched before the update's signature verified
+//! against `ota.trusted_keys` and its version passed the policy (no
+//! downgrade unless the manifest allows it, no update below the package's
+//! minimum version); nothing is written outside the inactive slot until the
+//! new version has done real work; `current` always names a bootable slot.
+//! Every step is reported on `up/event` (kind `Ota`) as `ota <command id>:
+//! <step>: ...`. Formats: [`package`] (the signed package), [`update`] (the
+//! command payload), [`slots`] (the A/B layout and trial.json); the trial
+//! and rollback are in [`trial`]; docs/decisions.md says why.
+//!
+//! - [`config`]: the `[ota]` keys.
+//! - [`download`]: resumable, size-capped fetching with a progress counter.
+
+pub mod config;
+pub mod download;
+pub mod package;
+pub mod slots;
+pub mod trial;
+pub mod update;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use aeris_wire::{Event, EventKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use config::OtaConfig;
+use slots::{Slots, Trial};
+use update::OtaError;
+
+/// An update command from `down/cmd`.
+#[derive(Debug)]
+pub struct OtaCommand {
+    pub id: u64,
+    pub payload: Vec<u8>,
+}
+
+/// OTA counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct OtaStats {
+    /// Package bytes downloaded.
+    pub bytes_downloaded: AtomicU64,
+    /// Updates refused or failed, by reason.
+    failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    pub installed: AtomicU64,
+    pub rollbacks: AtomicU64,
+}
+
+impl OtaStats {
+    pub fn failed(&self, reason: &'static str) {
+        if let Ok(mut m) = self.failures.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn failures(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.failures.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// The OTA metrics, written by the agent's collector.
+pub fn encode_metrics(
+    s: &OtaStats,
+    enc: &mut prometheus_client::encoding::DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    use crate::health::metrics::{counter, labelled};
+    counter(
+        enc,
+        "aeris_edge_ota_downloaded_bytes",
+        "Update package bytes downloaded (progress of a running download).",
+        s.bytes_downloaded.load(Relaxed),
+    )?;
+    counter(
+        enc,
+        "aeris_edge_ota_installed",
+        "Updates installed into the inactive slot and put on trial.",
+        s.installed.load(Relaxed),
+    )?;
+    counter(
+        enc,
+        "aeris_edge_ota_rollbacks",
+        "Updates rolled back (trial failed or interrupted).",
+        s.rollbacks.load(Relaxed),
+    )?;
+    let failures = s.failures();
+    let values: Vec<(&str, u64)> = failures.iter().map(|(k, v)| (*k, *v)).collect();
+    labelled(
+        enc,
+        "aeris_edge_ota_refused",
+        "Updates refused or failed before their trial, by reason.",
+        "reason",
+        &values,
+    )
+}
+
+/// Sends `up/event` messages of kind `Ota`.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    pub device: String,
+    pub tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Reporter {
+    pub fn send(&self, message: String) {
+        let _ = self.tx.send(Event {
+            device: self.device.clone(),
+            ts_ms: crate::ingest::now_ms(),
+            kind: EventKind::Ota,
+            message,
+        });
+    }
+}
+
+/// The version of the running agent: that of the package it was started
+/// from (`manifest.json` next to the binary), else the built-in one.
+pub fn running_version() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| std::fs::read(exe.parent()?.join(package::MANIFEST)).ok())
+        .and_then(|b| serde_json::from_slice::<package::Manifest>(&b).ok())
+        .map(|m| m.version)
+        .unwrap_or_else(|| crate::agent::AGENT_VERSION.to_owned())
+}
+
+/// At start (not on trial): reports and clears a trial left by the last
+/// run: rolled back unless it was confirmed and its slot is current.
+pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &OtaStats) {
+    let Some(t) = slots.read_trial() else { return };
+    if t.state == "confirmed" && slots.current().as_deref() == Some(t.slot.as_str()) {
+        info!(version = %t.version, "running the confirmed update");
+    } else {
+        let why = if t.state == "running" {
+            "interrupted by a restart before it was confirmed".to_owned()
+        } else {
+            t.state.clone()
+        };
+        warn!(version = %t.version, reason = %why, "update rolled back");
+        stats.rollbacks.fetch_add(1, Relaxed);
+        report.send(format!(
+            "ota {}: rolled back: version {} not kept ({why}); running {}",
+            t.command_id,
+            t.version,
+            running_version()
+        ));
+    }
+    slots.clear_trial();
+}
+
+/// Takes update commands until one is installed into the inactive slot;
+/// returns its trial (already written to trial.json). Refusals and failures
+/// are reported and counted, and the next command is awaited.
+pub async fn serve(
+    config: Arc<OtaConfig>,
+    stats: Arc<crate::health::Stats>,
+    report: Reporter,
+    mut commands: mpsc::Receiver<OtaCommand>,
+    stop: CancellationToken,
+) -> Option<Trial> {
+    let slots = Slots::new(&config.root);
+    loop {
+        let cmd = tokio::select! {
+            _ = stop.cancelled() => return None,
+            c = commands.recv() => c?,
+        };
+        let id = cmd.id;
+        match install(&config, &slots, &stats.ota, &report, cmd).await {
+            Ok(trial) => return Some(trial),
+            Err(e) => {
+                stats.ota.failed(e.reason());
+                warn!(id, reason = e.reason(), error = %e, "update not installed");
+                report.send(format!("ota {id}: refused ({}): {e}", e.reason()));
+            }
+        }
+    }
+}
+
+async fn install(
+    config: &OtaConfig,
+    slots: &Slots,
+    stats: &OtaStats,
+    report: &Reporter,
+    cmd: OtaCommand,
+) -> Result<Trial, OtaError> {
+    let trusted = crate::config::parse_keys(&config.trusted_keys).map_err(OtaError::Malformed)?;
+    let running = running_version();
+    let (update, m) = update::accept(&cmd.payload, &trusted, &running, config.max_package_bytes)?;
+    let slot = slots.inactive();
+    info!(id = cmd.id, version = %m.version, %slot, url = %update.url, "update accepted; downloading");
+    report.send(format!(
+        "ota {}: accepted: version {} (running {running}), downloading into slot {slot}",
+        cmd.id, m.version
+    ));
+    let partial = slots.partial(slot);
+    download::fetch_all(&update.url, &m, &partial, &stats.bytes_downloaded).await?;
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(partial.join(name), bytes).map_err(|e| package::PackageError::Io {
+            path: name.into(),
+            error: e.to_string(),
+        })
+    };
+    write(package::MANIFEST, update.manifest.as_bytes())?;
+    write(package::SIGNATURE, update.signature.as_bytes())?;
+    // Checked again as stored, then made executable.
+    m.check_files(&partial)?;
+    set_executable(&partial.join("aeris-edge"))?;
+    slots.commit(slot)?;
+    let trial = Trial {
+        slot: slot.into(),
+        version: m.version.clone(),
+        from_version: running,
+        command_id: cmd.id,
+        deadline_ms: crate::ingest::now_ms() + config.trial_deadline.as_millis() as i64,
+        state: "running".into(),
+    };
+    slots.write_trial(&trial)?;
+    stats.installed.fetch_add(1, Relaxed);
+    report.send(format!(
+        "ota {}: installed: version {} in slot {slot}; starting its trial ({} to prove itself)",
+        cmd.id,
+        m.version,
+        humantime::format_duration(config.trial_deadline)
+    ));
+    Ok(trial)
+}
+
+fn set_executable(path: &std::path::Path) -> Result<(), package::PackageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| {
+        package::PackageError::Io {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        }
+    })
+}

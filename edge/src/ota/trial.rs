@@ -1,0 +1,184 @@
+//! The trial of a new version, and the rollback that does not depend on it.
+//!
+//! The running agent (old version) stops its pipeline, then starts the new
+//! binary from the inactive slot as its child with `AERIS_OTA_TRIAL=1`.
+//! The child runs the whole pipeline and, once it has done real work (sensor
+//! subscription up, a batch acked by the cloud, a model run when models are
+//! configured), marks `trial.json` confirmed. Only then does the parent
+//! switch `current` to the new slot. If the child exits, or the deadline
+//! passes first, the parent kills it, marks the trial failed and starts its
+//! own pipeline again: the rollback lives in the old, proven binary.
+//!
+//! Power loss at any moment: before the switch `current` names the old slot
+//! and `trial.json` is left behind, so the old agent boots and reports the
+//! trial as rolled back; after it, the confirmed new slot boots.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::slots::{Slots, Trial};
+use super::Reporter;
+use crate::health::Stats;
+
+/// Set for the child on trial.
+pub const TRIAL_ENV: &str = "AERIS_OTA_TRIAL";
+
+pub enum Supervised {
+    /// The new version is current; its exit status once it ended.
+    Confirmed(std::process::ExitStatus),
+    /// The new version failed; the old one carries on.
+    RolledBack,
+    /// Shutdown was asked for during the trial.
+    Shutdown,
+}
+
+pub fn in_trial() -> bool {
+    std::env::var_os(TRIAL_ENV).is_some()
+}
+
+fn terminate(child: &mut tokio::process::Child) {
+    let sent = child.id().is_some_and(|pid| {
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !sent {
+        let _ = child.start_kill();
+    }
+}
+
+fn fail(slots: &Slots, mut trial: Trial, why: String) -> Supervised {
+    warn!(slot = %trial.slot, version = %trial.version, reason = %why, "update trial failed; rolling back");
+    trial.state = format!("failed: {why}");
+    if let Err(e) = slots.write_trial(&trial) {
+        error!(error = %e, "cannot record the failed trial");
+    }
+    Supervised::RolledBack
+}
+
+/// Runs the trial of `trial.slot` as a child process until it is confirmed,
+/// fails, or shutdown is asked for.
+pub async fn supervise(
+    slots: &Slots,
+    trial: Trial,
+    deadline: Duration,
+    shutdown: &CancellationToken,
+) -> Supervised {
+    let exe = slots.dir(&trial.slot).join("aeris-edge");
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1))
+        .env(TRIAL_ENV, "1")
+        // The child pings the watchdog itself (the unit has NotifyAccess=all).
+        .env_remove("WATCHDOG_PID")
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(slots, trial, format!("cannot start {}: {e}", exe.display())),
+    };
+    info!(slot = %trial.slot, version = %trial.version, pid = child.id(), "update trial started");
+    let end = Instant::now() + deadline;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                terminate(&mut child);
+                let _ = child.wait().await;
+                return Supervised::Shutdown;
+            }
+            st = child.wait() => {
+                let why = match st {
+                    Ok(s) => format!("new version exited ({s}) before confirming"),
+                    Err(e) => format!("new version lost: {e}"),
+                };
+                return fail(slots, trial, why);
+            }
+            _ = tick.tick() => {}
+        }
+        if slots.read_trial().is_some_and(|t| t.state == "confirmed") {
+            break;
+        }
+        if Instant::now() >= end {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return fail(
+                slots,
+                trial,
+                format!(
+                    "not confirmed within {}",
+                    humantime::format_duration(deadline)
+                ),
+            );
+        }
+    }
+    if let Err(e) = slots.switch(&trial.slot) {
+        // The new version stays on trial until the next start, where the
+        // old one (still current) reports the rollback.
+        error!(error = %e, "cannot switch current to the confirmed slot");
+    } else {
+        info!(slot = %trial.slot, version = %trial.version, "update confirmed; current switched");
+    }
+    let status = tokio::select! {
+        st = child.wait() => st,
+        _ = shutdown.cancelled() => { terminate(&mut child); child.wait().await }
+    };
+    match status {
+        Ok(s) => Supervised::Confirmed(s),
+        Err(_) => Supervised::Shutdown,
+    }
+}
+
+/// In the child on trial: marks the trial confirmed once this version did
+/// real work, and reports it.
+pub async fn confirm_when_working(
+    slots: Slots,
+    stats: Arc<Stats>,
+    needs_model_run: bool,
+    events: Reporter,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let healthy = stats.ingest_subscribed.load(Relaxed);
+        let acked = Stats::get(&stats.readings_acked) > 0;
+        let model = !needs_model_run || Stats::get(&stats.infer_runs) > 0;
+        if !(healthy && acked && model) {
+            continue;
+        }
+        let Some(mut trial) = slots.read_trial() else {
+            warn!("on trial but trial.json is gone; nothing to confirm");
+            return;
+        };
+        if trial.state != "running" {
+            return;
+        }
+        trial.state = "confirmed".into();
+        match slots.write_trial(&trial) {
+            Ok(()) => {
+                info!(version = %trial.version, "update trial: real work done, confirmed");
+                events.send(format!(
+                    "ota {}: confirmed: version {} is healthy, had a batch acked{}",
+                    trial.command_id,
+                    trial.version,
+                    if needs_model_run {
+                        " and ran a model"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            Err(e) => error!(error = %e, "cannot confirm the update trial"),
+        }
+        return;
+    }
+}

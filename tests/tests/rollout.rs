@@ -1,0 +1,280 @@
+//! `aeris-gateway rollout` against a real Mosquitto and simulated devices
+//! that answer an update command on `down/cmd` with the `up/event` outcomes
+//! the agent reports (the agent's own side is tested in ota.rs). One device
+//! rolls the update back.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aeris_tests::mosquitto::Mosquitto;
+use aeris_tests::process::binary;
+use aeris_wire::{decode, encode, Command as WireCommand, CommandKind, Event, EventKind, Topics};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+
+/// A device that answers each update with `confirmed` (or `rolled back`
+/// when `fails`), and counts the updates it got.
+async fn simulated_device(port: u16, id: &str, fails: bool) -> Arc<Mutex<Vec<u64>>> {
+    let mut opts = MqttOptions::new(format!("sim-{id}"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (seen, id, topics) = (got.clone(), id.to_owned(), Topics::default());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.subscribe(topics.cmd(&id), QoS::AtLeastOnce).await;
+                }
+                Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    let Ok(WireCommand {
+                        id: cmd,
+                        kind: CommandKind::Ota { manifest },
+                    }) = decode::<WireCommand>(&p.payload)
+                    else {
+                        continue;
+                    };
+                    let update: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+                    assert!(update["signature"].as_str().is_some_and(|s| s.len() == 128));
+                    seen.lock().unwrap().push(cmd);
+                    let outcome = if fails {
+                        "rolled back: version 0.2.0 not kept (new version exited)"
+                    } else {
+                        "confirmed: version 0.2.0 is healthy"
+                    };
+                    for msg in [
+                        format!("ota {cmd}: accepted"),
+                        format!("ota {cmd}: {outcome}"),
+                    ] {
+                        let ev = Event {
+                            device: id.clone(),
+                            ts_ms: aeris_tests::now_ms(),
+                            kind: EventKind::Ota,
+                            message: msg,
+                        };
+                        let _ = client
+                            .publish(topics.event(&id), QoS::AtLeastOnce, false, encode(&ev))
+                            .await;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
+    got
+}
+
+/// A signed package folder (only its manifest matters to the rollout).
+fn package(dir: &std::path::Path) -> std::path::PathBuf {
+    let pkg = dir.join("pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("aeris-edge"), b"agent").unwrap();
+    let key = dir.join("k");
+    let tool = binary("aeris-package");
+    assert!(Command::new(&tool)
+        .arg("keygen")
+        .arg(&key)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let out = Command::new(&tool)
+        .arg("sign")
+        .arg("--dir")
+        .arg(&pkg)
+        .arg("--key")
+        .arg(&key)
+        .args(["--version", "0.2.0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    pkg
+}
+
+/// Runs the rollout command; returns its exit success and stdout lines
+/// (one JSON summary per change).
+async fn rollout(
+    port: u16,
+    pkg: &std::path::Path,
+    devices: &[&str],
+    extra: &[&str],
+) -> (bool, Vec<serde_json::Value>, String) {
+    let out = tokio::process::Command::new(binary("aeris-gateway"))
+        .env("AERIS_BROKER__PORT", port.to_string())
+        .arg("rollout")
+        .arg("--package")
+        .arg(pkg)
+        .args(["--url", "http://updates.invalid/pkg/", "--id", "77"])
+        .arg("--devices")
+        .arg(devices.join(","))
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_first_then_the_fleet_and_a_failure_halts_the_rollout() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path());
+    let names = ["canary", "dev-1", "dev-2", "bad", "dev-4", "dev-5"];
+    let mut got = Vec::new();
+    for n in names {
+        got.push(simulated_device(broker.port, n, n == "bad").await);
+    }
+    let (ok, lines, err) = rollout(broker.port, &pkg, &names, &["--canary", "1"]).await;
+    assert!(!ok, "a failed device must fail the rollout\n{err}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true, "{last}");
+    assert!(
+        last["halted"]
+            .as_str()
+            .unwrap()
+            .contains("1 devices failed"),
+        "{last}"
+    );
+    assert_eq!(last["devices"]["bad"]["state"], "failed");
+    assert_eq!(last["devices"]["canary"]["state"], "confirmed");
+    // The canary went out alone: a summary shows it sent while all others waited.
+    assert!(lines
+        .iter()
+        .any(|s| s["devices"]["canary"]["state"] == "sent"
+            && names[1..]
+                .iter()
+                .all(|n| s["devices"][n]["state"] == "pending")));
+    assert_eq!(got[0].lock().unwrap().as_slice(), [77]);
+    for (n, g) in names.iter().zip(&got) {
+        assert!(g.lock().unwrap().len() <= 1, "{n} got the update twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_keeps_the_update_from_the_rest_of_the_fleet() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path());
+    let names = ["bad", "dev-1", "dev-2", "dev-3"];
+    let mut got = Vec::new();
+    for n in names {
+        got.push(simulated_device(broker.port, n, n == "bad").await);
+    }
+    let (ok, lines, _) = rollout(broker.port, &pkg, &names, &["--canary", "1"]).await;
+    assert!(!ok);
+    let last = lines.last().unwrap();
+    assert!(last["halted"].is_string(), "{last}");
+    assert_eq!(got[0].lock().unwrap().len(), 1);
+    for g in &got[1..] {
+        assert!(
+            g.lock().unwrap().is_empty(),
+            "the fleet got an update the canary failed"
+        );
+    }
+    for n in &names[1..] {
+        assert_eq!(last["devices"][n]["state"], "pending");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_fleet_confirms_and_a_percentage_reaches_only_its_share() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path());
+    let names: Vec<String> = (0..10).map(|i| format!("dev-{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut got = Vec::new();
+    for n in &refs {
+        got.push(simulated_device(broker.port, n, false).await);
+    }
+    let (ok, lines, err) = rollout(
+        broker.port,
+        &pkg,
+        &refs,
+        &["--percent", "30", "--canary", "1"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["confirmed"], 3, "{last}");
+    let reached = got.iter().filter(|g| !g.lock().unwrap().is_empty()).count();
+    assert_eq!(reached, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_over_the_http_api_halts_on_the_failing_device() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path());
+    let api = aeris_tests::free_port();
+    let gateway = aeris_tests::process::Proc::start(
+        "aeris-gateway",
+        &[
+            ("AERIS_BROKER__PORT", broker.port.to_string()),
+            ("AERIS_API__LISTEN", format!("127.0.0.1:{api}")),
+            (
+                "AERIS_SQLITE_PATH",
+                dir.path().join("gw.db").display().to_string(),
+            ),
+        ],
+        dir.path().join("gateway.log"),
+    );
+    let names = ["canary", "dev-1", "bad", "dev-3"];
+    let mut got = Vec::new();
+    for n in names {
+        got.push(simulated_device(broker.port, n, n == "bad").await);
+    }
+    let update = serde_json::json!({
+        "format": 1,
+        "url": "http://updates.invalid/pkg/",
+        "manifest": std::fs::read_to_string(pkg.join("manifest.json")).unwrap(),
+        "signature": std::fs::read_to_string(pkg.join("manifest.json.sig")).unwrap(),
+    });
+    let body = serde_json::json!({ "update": update, "devices": names, "canary": 1 }).to_string();
+    let (status, reply) = aeris_tests::wait_for("gateway API", Duration::from_secs(20), || async {
+        aeris_tests::http_request(api, "POST", "/api/rollouts", &body)
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(status, 202, "{reply}\n{}", gateway.log());
+    let url = serde_json::from_str::<serde_json::Value>(&reply).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let last = aeris_tests::wait_for("rollout done", Duration::from_secs(30), || async {
+        let (_, b) = aeris_tests::http_get(api, &url).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&b).ok()?;
+        (v["done"] == true).then_some(v)
+    })
+    .await;
+    assert!(last["halted"].is_string(), "{last}");
+    assert_eq!(last["devices"]["canary"]["state"], "confirmed");
+    assert_eq!(last["devices"]["bad"]["state"], "failed");
+    assert_eq!(got[0].lock().unwrap().len(), 1);
+    // A malformed request is refused with a reason.
+    let (status, reply) =
+        aeris_tests::http_request(api, "POST", "/api/rollouts", r#"{"devices":[]}"#)
+            .await
+            .unwrap();
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply.contains("update"), "{reply}");
+}
