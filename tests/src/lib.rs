@@ -97,9 +97,23 @@ pub async fn http_request(
     path: &str,
     body: &str,
 ) -> std::io::Result<(u16, String)> {
+    http_request_as(port, method, path, body, None).await
+}
+
+/// [`http_request`] with a bearer token.
+pub async fn http_request_as(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    bearer: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let content = if body.is_empty() {
+    let mut content = bearer
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    content += &if body.is_empty() {
         String::new()
     } else {
         format!(

@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// `target/<profile>/<name>`, next to the test executable's `deps/` folder.
+/// `target/<profile>/<name>`: next to the test executable's `deps/`
+/// folder, or beside a benchmark binary in `target/<profile>/`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
+    let beside = exe.parent().map(|d| d.join(name)).filter(|p| p.exists());
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
+    let path = beside.unwrap_or_else(|| dir.join(name));
     assert!(
         path.exists(),
         "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test.sh does)",

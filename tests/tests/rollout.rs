@@ -11,6 +11,7 @@ use aeris_tests::mosquitto::Mosquitto;
 use aeris_tests::process::binary;
 use aeris_wire::{decode, encode, Command as WireCommand, CommandKind, Event, EventKind, Topics};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use sha2::Digest;
 
 /// A device that answers each update with `confirmed` (or `rolled back`
 /// when `fails`), and counts the updates it got.
@@ -225,9 +226,21 @@ async fn rollout_over_the_http_api_halts_on_the_failing_device() {
     let dir = tempfile::tempdir().unwrap();
     let pkg = package(dir.path());
     let api = aeris_tests::free_port();
+    // Rollouts are an operator action: they need a token with `operate`.
+    let token = "rollout-operator-token";
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[api.auth.tokens]]\nname = \"release-manager\"\nsha256 = \"{}\"\nscopes = [\"operate\"]\n",
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        ),
+    )
+    .unwrap();
     let gateway = aeris_tests::process::Proc::start(
         "aeris-gateway",
         &[
+            ("AERIS_GATEWAY_CONFIG", config.display().to_string()),
             ("AERIS_BROKER__PORT", broker.port.to_string()),
             ("AERIS_API__LISTEN", format!("127.0.0.1:{api}")),
             (
@@ -255,13 +268,20 @@ async fn rollout_over_the_http_api_halts_on_the_failing_device() {
             .ok()
     })
     .await;
+    assert_eq!(status, 401, "no token: {reply}");
+    let (status, reply) =
+        aeris_tests::http_request_as(api, "POST", "/api/rollouts", &body, Some(token))
+            .await
+            .unwrap();
     assert_eq!(status, 202, "{reply}\n{}", gateway.log());
     let url = serde_json::from_str::<serde_json::Value>(&reply).unwrap()["url"]
         .as_str()
         .unwrap()
         .to_owned();
     let last = aeris_tests::wait_for("rollout done", Duration::from_secs(30), || async {
-        let (_, b) = aeris_tests::http_get(api, &url).await.ok()?;
+        let (_, b) = aeris_tests::http_request_as(api, "GET", &url, "", Some(token))
+            .await
+            .ok()?;
         let v: serde_json::Value = serde_json::from_str(&b).ok()?;
         (v["done"] == true).then_some(v)
     })
@@ -271,10 +291,33 @@ async fn rollout_over_the_http_api_halts_on_the_failing_device() {
     assert_eq!(last["devices"]["bad"]["state"], "failed");
     assert_eq!(got[0].lock().unwrap().len(), 1);
     // A malformed request is refused with a reason.
-    let (status, reply) =
-        aeris_tests::http_request(api, "POST", "/api/rollouts", r#"{"devices":[]}"#)
-            .await
-            .unwrap();
+    let (status, reply) = aeris_tests::http_request_as(
+        api,
+        "POST",
+        "/api/rollouts",
+        r#"{"devices":[]}"#,
+        Some(token),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 400, "{reply}");
     assert!(reply.contains("update"), "{reply}");
+    // Both attempts are in the audit log under the token's name.
+    let (_, audit) = aeris_tests::http_request_as(api, "GET", "/api/audit", "", Some(token))
+        .await
+        .unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
+    let rollouts: Vec<_> = rows.iter().filter(|r| r["action"] == "rollout").collect();
+    assert_eq!(rollouts.len(), 2, "{audit}");
+    assert!(
+        rollouts.iter().all(|r| r["actor"] == "release-manager"),
+        "{audit}"
+    );
+    assert!(rollouts.iter().any(|r| r["outcome"] == "ok"), "{audit}");
+    assert!(
+        rollouts.iter().any(|r| r["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("error"))),
+        "{audit}"
+    );
 }

@@ -161,7 +161,7 @@ async fn after_an_outage_the_newest_readings_go_up_first_and_the_backlog_drains_
     );
     assert!(oldest_backlog_ts < first_newest);
     assert!(metric(health, "aeris_edge_uplink_backlog_batches_total") >= 20.0);
-    assert!(metric(health, "aeris_edge_uplink_ack_latency_seconds_count") >= 30.0);
+    assert!(metric(health, "aeris_edge_uplink_ack_latency_seconds_count") >= 20.0);
     assert!(metric(health, "aeris_edge_uplink_bytes_sent_total") > 0.0);
     stack.assert_exactly_once(&all).await;
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use aeris_wire::{
     decode, encode, Ack, Batch, Channel, Command, CommandKind, DeviceState, Event as WireEvent,
-    Loss, ModelVersion, Status, Topics,
+    Loss, ModelVersion, Reading, Status, Topics,
 };
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
@@ -43,7 +43,7 @@ use crate::infer::store::ModelCommand;
 use crate::ingest::now_ms;
 use backoff::Backoff;
 use drain::DrainRate;
-use outbox::{leading_run, Lane, Outbox};
+use outbox::{run_len, Lane, Outbox};
 
 enum Link {
     Up,
@@ -77,6 +77,11 @@ pub struct Uplink {
     connected: bool,
     /// When the run at `next_send` was first seen not full.
     pending_since: Option<Instant>,
+    /// Live readings read while their batch fills, and the seq they were
+    /// read from; dropped when the live lane moves elsewhere.
+    live_rows: Option<(u64, Vec<(u64, Reading)>)>,
+    /// Acked seq ranges not yet recorded in the buffer, adjacent ones merged.
+    acks: Vec<(u64, u64)>,
     /// Events waiting for a connection, oldest first, bounded.
     unsent_events: VecDeque<WireEvent>,
     drain: DrainRate,
@@ -152,6 +157,8 @@ pub async fn run(
         client,
         connected: false,
         pending_since: None,
+        live_rows: None,
+        acks: Vec::new(),
         unsent_events: VecDeque::new(),
         drain: DrainRate::default(),
     };
@@ -239,7 +246,18 @@ impl Uplink {
                     self.flush_events();
                 }
                 ev = link.recv() => match ev {
-                    Some(ev) => self.on_link(ev).await?,
+                    Some(ev) => {
+                        // Acks come in bursts (one per batch of a gateway
+                        // commit): take what is queued, then record the
+                        // acked ranges in as few buffer transactions as
+                        // possible.
+                        self.on_link(ev).await?;
+                        for _ in 0..1024 {
+                            let Ok(ev) = link.try_recv() else { break };
+                            self.on_link(ev).await?;
+                        }
+                        self.record_acks().await;
+                    }
                     None => return Ok(()),
                 },
                 _ = sleep_until_opt(deadline) => {
@@ -280,6 +298,7 @@ impl Uplink {
                 let batch = self.config.uplink.batch_max_readings as u64;
                 self.outbox.reset(next_seq.saturating_sub(batch));
                 self.pending_since = None;
+                self.live_rows = None;
                 self.stats.uplink_connects.fetch_add(1, Relaxed);
                 self.publish_status(DeviceState::Online).await?;
                 self.flush_events();
@@ -289,18 +308,15 @@ impl Uplink {
                 for sent_at in self.outbox.acked(ack.first_seq, ack.last_seq) {
                     self.stats.ack_latency.observe(sent_at.elapsed());
                 }
-                match self.buffer.ack(ack.first_seq, ack.last_seq).await {
-                    Ok(n) => {
-                        self.stats.readings_acked.fetch_add(n as u64, Relaxed);
+                match self.acks.last_mut() {
+                    Some(run) if run.1.checked_add(1) == Some(ack.first_seq) => {
+                        run.1 = ack.last_seq
                     }
-                    // The readings stay unsent and go again after the next
-                    // ack timeout; the cloud stores them once.
-                    Err(e) => {
-                        warn!(error = %e, first_seq = ack.first_seq, last_seq = ack.last_seq, "cannot record an ack in the buffer")
-                    }
+                    _ => self.acks.push((ack.first_seq, ack.last_seq)),
                 }
             }
             Link::Resend(from) => {
+                self.record_acks().await;
                 match self.buffer.unack_from(from).await {
                     Ok(n) => info!(
                         from_seq = from,
@@ -317,6 +333,22 @@ impl Uplink {
         Ok(())
     }
 
+    /// Records the acked ranges gathered by [`Uplink::on_link`] in the buffer.
+    async fn record_acks(&mut self) {
+        for (first, last) in std::mem::take(&mut self.acks) {
+            match self.buffer.ack(first, last).await {
+                Ok(n) => {
+                    self.stats.readings_acked.fetch_add(n as u64, Relaxed);
+                }
+                // The readings stay unsent and go again after the next ack
+                // timeout; the cloud stores them once.
+                Err(e) => {
+                    warn!(error = %e, first_seq = first, last_seq = last, "cannot record an ack in the buffer")
+                }
+            }
+        }
+    }
+
     /// Publishes every batch that is ready while the outbox has room: the
     /// live lane first, then the backlog within its share.
     async fn send_ready(&mut self, flush: bool) -> anyhow::Result<()> {
@@ -331,17 +363,15 @@ impl Uplink {
         }
     }
 
-    /// Publishes the next batch of `lane` if one is ready; returns whether
-    /// it did.
-    async fn send_next(&mut self, lane: Lane, flush: bool) -> anyhow::Result<bool> {
-        let max = self.config.uplink.batch_max_readings;
-        let (from, end) = self.outbox.next_send(lane);
-        let (mut rows, corrupt) = match self.buffer.read_from(from, max).await {
+    /// Up to `max` held readings from `from` on; `None` when the buffer
+    /// cannot answer now (tried again on the next event).
+    async fn read(&self, from: u64, max: usize) -> Option<Vec<(u64, Reading)>> {
+        let (rows, corrupt) = match self.buffer.read_from(from, max).await {
             Ok(held) => held,
-            Err(crate::buffer::BufferError::Closed) => return Ok(false),
+            Err(crate::buffer::BufferError::Closed) => return None,
             Err(e) => {
                 warn!(error = %e, "cannot read the buffer; trying again on the next event");
-                return Ok(false);
+                return None;
             }
         };
         if !corrupt.is_empty() {
@@ -350,24 +380,60 @@ impl Uplink {
                 .fetch_add(corrupt.len() as u64, Relaxed);
             warn!(count = corrupt.len(), first_seq = corrupt[0].seq, error = %corrupt[0].error, "corrupt buffered readings removed");
         }
+        Some(rows)
+    }
+
+    /// Publishes the next batch of `lane` if one is ready; returns whether
+    /// it did.
+    async fn send_next(&mut self, lane: Lane, flush: bool) -> anyhow::Result<bool> {
+        let max = self.config.uplink.batch_max_readings;
+        let (from, end) = self.outbox.next_send(lane);
+        let mut rows = match lane {
+            // A live batch fills over several commits: keep what was read
+            // and read only what came after it.
+            Lane::Live => {
+                let mut rows = match self.live_rows.take() {
+                    Some((f, rows)) if f == from => rows,
+                    _ => Vec::new(),
+                };
+                if rows.len() < max {
+                    let next = rows.last().map(|r| r.0 + 1).unwrap_or(from);
+                    match self.read(next, max - rows.len()).await {
+                        Some(more) => rows.extend(more),
+                        None => {
+                            self.live_rows = Some((from, rows));
+                            return Ok(false);
+                        }
+                    }
+                }
+                rows
+            }
+            Lane::Backlog => match self.read(from, max).await {
+                Some(rows) => rows,
+                None => return Ok(false),
+            },
+        };
         // The backlog stops at the live mark; a run cut there is complete.
         let reached_end = rows.last().is_some_and(|(seq, _)| *seq >= end);
         rows.retain(|(seq, _)| *seq < end);
-        let Some((first, readings, ended_at_gap)) = leading_run(rows) else {
+        let Some(first) = rows.first().map(|r| r.0) else {
             match lane {
                 Lane::Live => self.pending_since = None,
                 Lane::Backlog => self.outbox.backlog_sent(),
             }
             return Ok(false);
         };
-        let full = readings.len() >= max || ended_at_gap || reached_end;
+        let run = run_len(&rows);
+        let full = run >= max || run < rows.len() || reached_end;
         if lane == Lane::Live {
             let waited = *self.pending_since.get_or_insert_with(Instant::now);
             if !full && !flush && waited.elapsed() < self.config.uplink.batch_max_age {
+                self.live_rows = Some((from, rows));
                 return Ok(false);
             }
             self.pending_since = None;
         }
+        let readings: Vec<Reading> = rows.into_iter().take(run).map(|(_, r)| r).collect();
         let n = readings.len() as u64;
         let batch = Batch {
             device: self.config.device_id.clone(),

@@ -156,20 +156,17 @@ impl Outbox {
     }
 }
 
-/// Splits off the leading run of consecutive seqs (a batch must be
-/// contiguous). Returns the run and whether it ended at a gap (in which case
-/// nothing can join it later).
-pub fn leading_run(rows: Vec<(u64, Reading)>) -> Option<(u64, Vec<Reading>, bool)> {
-    let first = rows.first()?.0;
-    let total = rows.len();
-    let run: Vec<Reading> = rows
-        .into_iter()
-        .enumerate()
-        .take_while(|(i, (seq, _))| *seq == first + *i as u64)
-        .map(|(_, (_, r))| r)
-        .collect();
-    let ended_at_gap = run.len() < total;
-    Some((first, run, ended_at_gap))
+/// Length of the leading run of consecutive seqs (a batch must be
+/// contiguous); a shorter run than `rows` ended at a gap, and nothing can
+/// join it later.
+pub fn run_len(rows: &[(u64, Reading)]) -> usize {
+    let Some(&(first, _)) = rows.first() else {
+        return 0;
+    };
+    rows.iter()
+        .zip(first..)
+        .take_while(|((seq, _), want)| seq == want)
+        .count()
 }
 
 #[cfg(test)]
@@ -231,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn leading_run_stops_at_gaps() {
+    fn runs_stop_at_gaps() {
         let r = |s: u64| {
             (
                 s,
@@ -245,11 +242,9 @@ mod tests {
                 },
             )
         };
-        let (first, run, gap) = leading_run(vec![r(4), r(5), r(7)]).unwrap();
-        assert_eq!((first, run.len(), gap), (4, 2, true));
-        let (_, run, gap) = leading_run(vec![r(4), r(5)]).unwrap();
-        assert_eq!((run.len(), gap), (2, false));
-        assert!(leading_run(vec![]).is_none());
+        assert_eq!(run_len(&[r(4), r(5), r(7)]), 2);
+        assert_eq!(run_len(&[r(4), r(5)]), 2);
+        assert_eq!(run_len(&[]), 0);
     }
 
     #[derive(Debug, Clone)]
