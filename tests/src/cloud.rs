@@ -36,6 +36,27 @@ impl Gateway {
         }
     }
 
+    /// Starts a gateway that logs in to an access-controlled broker as
+    /// `aeris-gateway` / `gw-secret` (the tests' ACL user), and waits until
+    /// it is ready.
+    pub async fn start_authenticated(
+        broker_port: u16,
+        db_url: &str,
+        log: std::path::PathBuf,
+    ) -> Gateway {
+        let gw = Gateway::start(
+            broker_port,
+            db_url,
+            &[
+                ("AERIS_BROKER__USERNAME", "aeris-gateway".to_owned()),
+                ("AERIS_BROKER__PASSWORD", "gw-secret".to_owned()),
+            ],
+            log,
+        );
+        gw.wait_ready(Duration::from_secs(30)).await;
+        gw
+    }
+
     /// Waits until `/readyz` says ready (subscribed, database reachable).
     pub async fn wait_ready(&self, timeout: Duration) {
         let start = std::time::Instant::now();

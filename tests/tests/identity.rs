@@ -45,16 +45,8 @@ async fn a_device_cannot_write_under_another_devices_identity() {
     );
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        broker.port,
-        &db.url,
-        &[
-            ("AERIS_BROKER__USERNAME", "aeris-gateway".to_owned()),
-            ("AERIS_BROKER__PASSWORD", "gw-secret".to_owned()),
-        ],
-        dir.path().join("gateway.log"),
-    );
-    gw.wait_ready(Duration::from_secs(30)).await;
+    let gw =
+        Gateway::start_authenticated(broker.port, &db.url, dir.path().join("gateway.log")).await;
     let a = FakeDevice::connect_as(broker.port, "dev-a", Some(("dev-a", "a-secret"))).await;
     let topics = Topics::default();
 
@@ -190,16 +182,8 @@ async fn a_tls_client_certificate_names_the_device_and_the_acl_holds_it_to_its_t
     let tls_port = tls.get();
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        broker.port,
-        &db.url,
-        &[
-            ("AERIS_BROKER__USERNAME", "aeris-gateway".to_owned()),
-            ("AERIS_BROKER__PASSWORD", "gw-secret".to_owned()),
-        ],
-        dir.path().join("gateway.log"),
-    );
-    gw.wait_ready(Duration::from_secs(30)).await;
+    let _gw =
+        Gateway::start_authenticated(broker.port, &db.url, dir.path().join("gateway.log")).await;
     let certs = broker.dir().to_owned();
     let publish = |topic: String, batch: Batch| {
         let file = dir.path().join("batch.bin");

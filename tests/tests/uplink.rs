@@ -223,16 +223,8 @@ async fn mutual_tls_refuses_a_foreign_certificate_and_syncs_with_the_right_one()
     let (broker, tls_port) = tls_broker(&ca);
     let db = TestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        broker.port,
-        &db.url,
-        &[
-            ("AERIS_BROKER__USERNAME", "aeris-gateway".to_owned()),
-            ("AERIS_BROKER__PASSWORD", "gw-secret".to_owned()),
-        ],
-        dir.path().join("gateway.log"),
-    );
-    gw.wait_ready(Duration::from_secs(30)).await;
+    let _gw =
+        Gateway::start_authenticated(broker.port, &db.url, dir.path().join("gateway.log")).await;
     let local = Mosquitto::start();
     let health = aeris_tests::free_port();
 
