@@ -2,9 +2,14 @@
 //! flat JSON and SenML, interleaved with good ones. Every bad message is
 //! counted under its reason in the agent's /metrics, the agent keeps going,
 //! and every good reading lands in PostGIS exactly once, preprocessed.
+//! And a flood: what the broker kept for the agent while it was down comes
+//! at once on its return, far faster than acks leave the MQTT client; every
+//! message is stored once and acked, so a later start sees none again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aeris_tests::sensors::Publisher;
 use aeris_tests::stack::Stack;
@@ -270,4 +275,135 @@ async fn malformed_messages_are_rejected_by_reason_and_good_ones_around_them_all
             assert!((no2 - 37.61).abs() < 0.01, "NO2 of {key:?}: {no2}");
         }
     }
+}
+
+/// Counts the sensor messages the local broker passes on, at QoS 1 like the
+/// agent, so the test knows when the broker holds all of them.
+async fn count_sensor_messages(port: u16) -> (rumqttc::AsyncClient, Arc<AtomicU64>) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let (client, mut events) = AsyncClient::new(MqttOptions::new("counter", "127.0.0.1", port), 64);
+    let seen = Arc::new(AtomicU64::new(0));
+    let (count, c) = (seen.clone(), client.clone());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = c.subscribe("sensors/#", QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    count.fetch_add(1, Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .expect("counter subscribed")
+        .expect("counter task");
+    (client, seen)
+}
+
+/// Polls the agent's /metrics until `sample` has `want` (or panics).
+async fn wait_metric(stack: &Stack, sample: &str, want: f64, within: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = aeris_tests::http_get(stack.edge_health, "/metrics")
+            .await
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        if aeris_tests::metric(&text, sample) == Some(want) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{sample} never reached {want}\n{text}\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_the_sensor_broker_is_stored_once_and_every_message_acked() {
+    const N: usize = 20_000;
+    let mut stack = Stack::start().await;
+    // Down: the broker keeps the agent's messages (persistent session).
+    stack.edge.kill();
+    let (_counter, seen) = count_sensor_messages(stack.local.port).await;
+    let sensors = Publisher::connect(stack.local.port).await;
+    let published = aeris_tests::sensors::readings(N, 40);
+    for r in &published {
+        sensors.publish(r).await;
+    }
+    let start = Instant::now();
+    while seen.load(Relaxed) < N as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "broker passed on {} of {N}",
+            seen.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Back: all of it at once.
+    stack.edge.restart();
+    stack.wait_edge_subscribed(2).await;
+    let mut most_pending = 0.0f64;
+    let start = Instant::now();
+    while stack.row_count().await < N as i64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{}",
+            stack.logs()
+        );
+        if let Ok((_, text)) = aeris_tests::http_get(stack.edge_health, "/metrics").await {
+            let pending = aeris_tests::metric(&text, "aeris_edge_ingest_acks_pending");
+            most_pending = most_pending.max(pending.unwrap_or(0.0));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("acks waiting at most (sampled): {most_pending}");
+    stack.assert_exactly_once(&published).await;
+    let text = wait_metric(
+        &stack,
+        "aeris_edge_ingest_acks_pending",
+        0.0,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        aeris_tests::metric(&text, "aeris_edge_ingest_accepted_total"),
+        Some(N as f64),
+        "{text}"
+    );
+
+    // Every ack reached the broker: after a clean restart it delivers
+    // nothing again.
+    assert_eq!(
+        stack.edge.terminate().map(|s| s.success()),
+        Some(true),
+        "{}",
+        stack.logs()
+    );
+    stack.edge.restart();
+    stack.wait_edge_subscribed(3).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, text) = aeris_tests::http_get(stack.edge_health, "/metrics")
+        .await
+        .expect("scrape /metrics");
+    assert_eq!(
+        aeris_tests::metric(&text, "aeris_edge_buffer_duplicates_total"),
+        Some(0.0),
+        "messages delivered again after a clean restart\n{text}"
+    );
+    assert_eq!(stack.row_count().await, N as i64);
 }

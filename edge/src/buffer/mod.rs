@@ -29,6 +29,14 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{error, info, warn};
 
 use crate::health::Stats;
+
+/// Requests the buffer thread holds before senders wait. Appends are one
+/// sensor message each, and the sensor broker may deliver faster than its
+/// in-flight window suggests, so this is what bounds readings received and
+/// not yet committed in memory (a group commit takes what is queued: at
+/// most twice this many messages; 256 keeps that under a megabyte and still
+/// lets a commit take hundreds of messages).
+const QUEUE: usize = 256;
 pub use store::{
     Appended, BufferError, CorruptRow, Depth, Evicted, Options, Store, FLAG_AGGREGATE,
 };
@@ -148,7 +156,7 @@ impl Buffer {
             Err(e @ BufferError::Corrupt(_)) => return Err(e),
             Err(e) => (None, Some(e)),
         };
-        let (tx, rx) = mpsc::channel(8192);
+        let (tx, rx) = mpsc::channel(QUEUE);
         let appended = Arc::new(Notify::new());
         let mut worker = Worker {
             store,

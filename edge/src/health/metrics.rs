@@ -70,6 +70,12 @@ impl Collector for StatsCollector {
             "reason",
             &reasons,
         )?;
+        gauge(
+            &mut enc,
+            "aeris_edge_ingest_acks_pending",
+            "Sensor messages stored or rejected whose ack is not yet written to the local broker.",
+            g(&s.ingest_acks_pending) as i64,
+        )?;
         labelled(
             &mut enc,
             "aeris_edge_preprocess_flagged",

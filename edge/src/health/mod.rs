@@ -78,6 +78,9 @@ pub struct Stats {
     pub model_rejections: AtomicU64,
     /// Events dropped because the uplink was down too long.
     pub events_dropped: AtomicU64,
+    /// Acks of stored or rejected sensor messages not yet written to the
+    /// local broker (last known).
+    pub ingest_acks_pending: AtomicU64,
     /// The sensor subscription is acknowledged (readiness).
     pub ingest_subscribed: AtomicBool,
     /// Deadlines the agent's loops promise to turn again by (watchdog).

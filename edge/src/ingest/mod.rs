@@ -14,6 +14,7 @@
 //!
 //! Order of checks: size, allow-list, JSON, then the format's own checks.
 
+pub mod acks;
 pub mod flat;
 pub mod senml;
 
@@ -22,6 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
+
+use self::acks::Acks;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -98,17 +101,22 @@ pub async fn run(
         // Oversize payloads must reach the parser to be counted, not break
         // the connection, so the client's own limit is far above ours.
         .set_max_packet_size(16 << 20, 1 << 20);
-    // Acks are queued from the buffer thread with try_ack; the broker's
-    // in-flight window bounds how many can be outstanding, far below this.
-    let (client, mut events) = AsyncClient::new(opts, 65_536);
+    // Acks wait in `acks` and enter the client's queue a window at a time.
+    let (client, mut events) = AsyncClient::new(opts, acks::CLIENT_QUEUE);
+    let acks = Arc::new(Acks::default());
     let mut pre = Preprocessor::new(config.preprocess.clone());
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut beat = tokio::time::interval(crate::health::systemd::BEAT_EVERY);
     loop {
         stats.live.beat(&stats.live.ingest);
+        acks.hand_over(&client);
+        stats
+            .ingest_acks_pending
+            .store(acks.pending.load(Relaxed), Relaxed);
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = beat.tick() => continue,
+            _ = acks.pushed.notified() => continue,
             ev = events.poll() => ev,
             c = recv_opt(&mut candidates) => {
                 if let (Some(c), Some(rt)) = (c, runtime.as_mut()) {
@@ -138,7 +146,7 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 handle(
                     &config,
-                    &client,
+                    &acks,
                     &buffer,
                     &stats,
                     &mut pre,
@@ -147,8 +155,10 @@ pub async fn run(
                 )
                 .await;
             }
+            Ok(Event::Outgoing(Outgoing::PubAck(_))) => acks.written(),
             Ok(_) => {}
             Err(e) => {
+                acks.connection_lost();
                 stats.ingest_subscribed.store(false, Relaxed);
                 let wait = backoff.next_delay();
                 warn!(error = %e, retry_in = ?wait, "local broker connection lost");
@@ -166,11 +176,18 @@ pub async fn run(
     if buffer.snapshot().await.is_err() {
         warn!("buffer closed before the last commit");
     }
-    // DISCONNECT is queued behind those acks: once it is written, they are
-    // too, and the broker will not deliver them again. Messages arriving
-    // meanwhile stay unacked and come again on the next start.
+    // Hand the client every waiting ack, then DISCONNECT behind them: once
+    // it is written, they are too, and the broker will not deliver those
+    // messages again. Messages arriving meanwhile stay unacked and come
+    // again on the next start.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while acks.hand_over(&client) > 0 {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
     if client.try_disconnect().is_ok() {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         loop {
             match tokio::time::timeout_at(deadline, events.poll()).await {
                 Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
@@ -182,7 +199,7 @@ pub async fn run(
 
 async fn handle(
     config: &Config,
-    client: &AsyncClient,
+    acks: &Arc<Acks>,
     buffer: &Buffer,
     stats: &Arc<Stats>,
     pre: &mut Preprocessor,
@@ -208,9 +225,7 @@ async fn handle(
         Err(reject) => {
             stats.reject(reject.reason());
             debug!(topic = %topic, reason = reject.reason(), error = %reject, "sensor message rejected");
-            if let Err(e) = client.try_ack(&p) {
-                warn!(error = %e, "cannot queue ack of a rejected message");
-            }
+            acks.push(p.qos, p.pkid);
         }
         Ok(mut readings) => {
             for reading in &mut readings {
@@ -220,16 +235,14 @@ async fn handle(
                 }
             }
             let n = readings.len() as u64;
-            let client = client.clone();
+            let (acks, qos, pkid) = (acks.clone(), p.qos, p.pkid);
             let stats_cb = stats.clone();
             let on_commit = Box::new(
                 move |res: Result<crate::buffer::Appended, &crate::buffer::BufferError>| {
                     match res {
                         Ok(done) => {
                             stats_cb.accepted.fetch_add(done.stored, Relaxed);
-                            if let Err(e) = client.try_ack(&p) {
-                                warn!(error = %e, "cannot queue ack of a stored reading");
-                            }
+                            acks.push(qos, pkid);
                         }
                         // Not acked: the broker delivers it again after a reconnect.
                         Err(_) => {
