@@ -21,7 +21,30 @@ struct Cli {
     logging: aeris_runtime::LogArgs,
 }
 
+/// One malloc arena for the whole agent. glibc gives threads that allocate
+/// their own arenas (up to eight per core), and the free pages each keeps
+/// stay resident: with one, the agent's peak RSS in aeris-bench-edge fell
+/// from 16.1-16.4 MB to 14.4-14.6 MB at the same rate (README). The
+/// agent's threads allocate little, so they do not wait on each other.
+/// `MALLOC_ARENA_MAX` or an `arena_max` in `GLIBC_TUNABLES` still decide.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn one_malloc_arena() {
+    let tuned = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+    if !tuned {
+        // SAFETY: mallopt only sets an allocator parameter, and it runs
+        // before the agent starts any thread.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_malloc_arena() {}
+
 fn main() -> std::process::ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -134,3 +134,65 @@ fn json_logs_are_one_object_per_line() {
     assert!(messages.iter().any(|m| m == "agent starting"), "{text}");
     assert!(messages.iter().any(|m| m == "agent stopped"), "{text}");
 }
+
+/// Anonymous read-write mappings that start on a 64 MiB boundary in the
+/// process's address space: the heaps of glibc's per-thread malloc arenas
+/// (each reserves 64 MiB, aligned to it; the main arena is `[heap]`).
+fn thread_arenas(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let start = f
+                .first()
+                .and_then(|r| r.split('-').next())
+                .and_then(|a| u64::from_str_radix(a, 16).ok());
+            f.len() == 5 && f[1] == "rw-p" && start.is_some_and(|s| s % (64 << 20) == 0)
+        })
+        .count()
+}
+
+/// Runs the agent against a broker until it subscribed, with `arena_max`
+/// as MALLOC_ARENA_MAX (None: unset), and counts its thread arenas.
+fn arenas_of_a_running_agent(arena_max: Option<&str>) -> usize {
+    let broker = aeris_tests::mosquitto::Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("edge.log");
+    let mut cmd = Command::new(binary("aeris-edge"));
+    cmd.env("AERIS_DATA_DIR", dir.path())
+        .env("AERIS_HEALTH_LISTEN", "")
+        .env("AERIS_INFER__ENABLED", "false")
+        .env("AERIS_LOCAL__PORT", broker.port.to_string())
+        .env("AERIS_CLOUD__PORT", broker.port.to_string())
+        .env_remove("GLIBC_TUNABLES")
+        .env_remove("MALLOC_ARENA_MAX")
+        .stderr(std::fs::File::create(&log).unwrap());
+    if let Some(n) = arena_max {
+        cmd.env("MALLOC_ARENA_MAX", n);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("subscribed to sensor topic")
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "agent did not subscribe:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let arenas = thread_arenas(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    arenas
+}
+
+#[test]
+fn the_agent_allocates_from_one_malloc_arena_unless_the_environment_says_otherwise() {
+    assert_eq!(arenas_of_a_running_agent(None), 0);
+    // The check sees arenas when there are some: the environment decides.
+    assert!(arenas_of_a_running_agent(Some("8")) >= 1);
+}

@@ -11,9 +11,12 @@
 //! AQI values (`aqi_pm25`, `aqi_pm10`, `aqi`), so 7 values travel per
 //! reading.
 //!
-//! `cargo build --release --workspace --bins && target/release/aeris-bench-edge [readings] [sensors] [--models]`
+//! `cargo build --release --workspace --bins && target/release/aeris-bench-edge [readings] [sensors] [--models] [--agent PATH]`
 //! (defaults 100000 readings from 50 sensors; `--models` runs the agent
-//! with the two ONNX models in `models/`). Uses the test PostgreSQL server
+//! with the two ONNX models in `models/`; `--agent` runs another agent
+//! binary than the one beside the bench, e.g. the `board` profile build
+//! that ships: `cargo build --profile board -p aeris-edge`, then
+//! `--agent target/board/aeris-edge`). Uses the test PostgreSQL server
 //! (`AERIS_TEST_PG_URL`, as scripts/test.sh sets up).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -159,14 +162,27 @@ async fn ceiling(msgs: &[(String, String)]) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-/// (peak RSS in bytes, CPU seconds) of a process, from /proc.
-fn proc_usage(pid: u32) -> (u64, f64) {
+/// Memory and CPU of a process, from /proc.
+struct Usage {
+    /// Peak resident set (VmHWM).
+    peak: u64,
+    /// Resident now: anonymous (heap, stacks) and file-backed (the binary's
+    /// and libraries' pages).
+    anon: u64,
+    file: u64,
+    cpu_s: f64,
+}
+
+fn proc_usage(pid: u32) -> Usage {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let bytes = |field: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the
     // 14th and 15th fields, in clock ticks (100 per second on Linux).
@@ -176,12 +192,31 @@ fn proc_usage(pid: u32) -> (u64, f64) {
         .iter()
         .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
         .sum();
-    (hwm_kb * 1024, ticks as f64 / 100.0)
+    Usage {
+        peak: bytes("VmHWM:"),
+        anon: bytes("RssAnon:"),
+        file: bytes("RssFile:"),
+        cpu_s: ticks as f64 / 100.0,
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let agent = match args.iter().position(|a| a == "--agent") {
+        Some(i) => {
+            anyhow::ensure!(
+                i + 1 < args.len(),
+                "--agent needs the path of an agent binary"
+            );
+            let path = std::path::PathBuf::from(args.remove(i + 1));
+            args.remove(i);
+            anyhow::ensure!(path.is_file(), "no agent binary at {}", path.display());
+            path
+        }
+        None => aeris_tests::process::binary("aeris-edge"),
+    };
+    let agent_bytes = std::fs::metadata(&agent).map(|m| m.len()).unwrap_or(0);
     let nums: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let n = nums.first().copied().unwrap_or(100_000);
     let sensors = nums.get(1).copied().unwrap_or(50).max(1);
@@ -229,7 +264,13 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(&file, format!("[infer]\nmodels = [{list}]\n"))?;
         env.push(("AERIS_CONFIG", file.display().to_string()));
     }
-    let edge = Proc::start("aeris-edge", &env, dir.path().join("edge.log"));
+    let edge = Proc::start_program(
+        "aeris-edge",
+        agent.clone(),
+        Vec::new(),
+        &env,
+        dir.path().join("edge.log"),
+    );
     let pid = edge.pid().expect("agent pid");
     let start = Instant::now();
     while !edge.log().contains("subscribed to sensor topic") {
@@ -276,7 +317,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let secs = start.elapsed().as_secs_f64();
     let _publisher = feed.await?;
-    let (rss, cpu) = proc_usage(pid);
+    let usage = proc_usage(pid);
+    let cpu = usage.cpu_s;
     let stored = gw.metric("aeris_gateway_readings_inserted_total") as usize;
     let rate = n as f64 / secs;
 
@@ -297,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let per = |b: usize| b as f64 / readings.max(1) as f64;
     println!(
-        "aeris-bench-edge: {n} readings from {sensors} sensors, agent {} models, {} build",
+        "aeris-bench-edge: {n} readings from {sensors} sensors, agent {} models, bench {} build",
         if models { "with" } else { "without" },
         if cfg!(debug_assertions) {
             "debug"
@@ -308,8 +350,15 @@ async fn main() -> anyhow::Result<()> {
     println!("  Mosquitto pub→sub (ceiling)   {ceiling:>10.0} readings/s");
     println!("  end to end (sensor → PostGIS, acked)  {rate:>10.0} readings/s  ({:.0}% of the ceiling; {secs:.1} s; {acked} acked, {stored} stored)", 100.0 * rate / ceiling);
     println!(
-        "  agent peak RSS (VmHWM)        {:>10.1} MB",
-        rss as f64 / 1e6
+        "  agent binary                  {:>10.1} MB  {}",
+        agent_bytes as f64 / 1e6,
+        agent.display()
+    );
+    println!(
+        "  agent peak RSS (VmHWM)        {:>10.1} MB  (at the end: {:.1} MB anonymous, {:.1} MB file-backed)",
+        usage.peak as f64 / 1e6,
+        usage.anon as f64 / 1e6,
+        usage.file as f64 / 1e6
     );
     println!(
         "  agent CPU                     {cpu:>10.1} s  ({:.0} µs per reading)",
