@@ -34,6 +34,7 @@ pub mod prometheus;
 pub mod redis;
 pub mod sensors;
 pub mod stack;
+pub mod subscriber;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -280,35 +280,12 @@ async fn malformed_messages_are_rejected_by_reason_and_good_ones_around_them_all
 /// Counts the sensor messages the local broker passes on, at QoS 1 like the
 /// agent, so the test knows when the broker holds all of them.
 async fn count_sensor_messages(port: u16) -> (rumqttc::AsyncClient, Arc<AtomicU64>) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let (client, mut events) = AsyncClient::new(MqttOptions::new("counter", "127.0.0.1", port), 64);
     let seen = Arc::new(AtomicU64::new(0));
-    let (count, c) = (seen.clone(), client.clone());
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready_tx = Some(ready_tx);
-    tokio::spawn(async move {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = c.subscribe("sensors/#", QoS::AtLeastOnce).await;
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(_))) => {
-                    count.fetch_add(1, Relaxed);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .expect("counter subscribed")
-        .expect("counter task");
+    let count = seen.clone();
+    let client = aeris_tests::subscriber::subscribe(port, "sensors/#", move |_| {
+        count.fetch_add(1, Relaxed);
+    })
+    .await;
     (client, seen)
 }
 

@@ -16,7 +16,6 @@ use aeris_tests::sensors::{readings, Publisher, SensorReading};
 use aeris_tests::stack::{Stack, DEVICE};
 use aeris_tests::{now_ms, wait_for};
 use aeris_wire::{columnar, decode, encode, Batch, Topics};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// (first seq, last seq, newest ts_ms) of each batch, in the order the
 /// broker delivered them.
@@ -26,48 +25,17 @@ type Seen = Arc<Mutex<Vec<(u64, u64, i64)>>>;
 /// not shared, subscription: a copy of what the gateway gets) and returns
 /// once the subscription is acknowledged.
 async fn observe_batches(port: u16) -> Seen {
-    let mut opts = MqttOptions::new(
-        format!("observer-{:08x}", fastrand::u32(..)),
-        "127.0.0.1",
-        port,
-    );
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(32 << 20, 32 << 20);
-    let (client, mut events) = AsyncClient::new(opts, 1024);
     let seen: Seen = Arc::default();
-    let (out, topic) = (
-        seen.clone(),
-        Topics::default().all_devices(aeris_wire::Channel::UpBatch),
-    );
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready_tx = Some(ready_tx);
-    tokio::spawn(async move {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.subscribe(topic.clone(), QoS::AtLeastOnce).await;
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Ok(b) = decode::<Batch>(&p.payload) {
-                        let newest = b.readings.iter().map(|r| r.ts_ms).max().unwrap_or(0);
-                        let last = b.last_seq().unwrap_or(b.first_seq);
-                        out.lock().unwrap().push((b.first_seq, last, newest));
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+    let out = seen.clone();
+    let topic = Topics::default().all_devices(aeris_wire::Channel::UpBatch);
+    aeris_tests::subscriber::subscribe(port, &topic, move |p| {
+        if let Ok(b) = decode::<Batch>(&p.payload) {
+            let newest = b.readings.iter().map(|r| r.ts_ms).max().unwrap_or(0);
+            let last = b.last_seq().unwrap_or(b.first_seq);
+            out.lock().unwrap().push((b.first_seq, last, newest));
         }
-    });
-    tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .expect("observer subscribed")
-        .expect("observer task");
+    })
+    .await;
     seen
 }
 
