@@ -219,8 +219,9 @@ impl Store {
         // beside the database stays small next to the budget.
         conn.pragma_update(None, "journal_size_limit", 4 << 20)?;
         // Page cache: SQLite's default is 2 MB, an eighth of the agent's
-        // memory budget. Appends touch the tail of the table and of the two
-        // indexes; 512 KiB holds them (README, edge bench: same rate).
+        // memory budget. Appends touch the table's tail and a few pages of
+        // each of its three indexes; 512 KiB holds them (README, edge
+        // bench: same rate).
         conn.pragma_update(None, "cache_size", -512)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         match version {

@@ -23,8 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
-
-use self::acks::Acks;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -34,6 +32,8 @@ use crate::health::Stats;
 use crate::infer::runtime::{Inference, Runtime};
 use crate::preprocess::Preprocessor;
 use crate::uplink::backoff::Backoff;
+
+use self::acks::Acks;
 
 /// The topic level after the filter's fixed part names the sensor:
 /// `sensors/#` and `sensors/abc/pm` give `abc`.
