@@ -3,6 +3,9 @@
 use aeris_wire::*;
 use proptest::prelude::*;
 
+mod common;
+use common::XorShift;
+
 fn name() -> impl Strategy<Value = String> {
     "[a-z0-9_:@.]{1,24}"
 }
@@ -186,20 +189,6 @@ proptest! {
         let bytes = encode(&b);
         let at = cut.index(bytes.len());
         prop_assert!(decode::<Batch>(&bytes[..at]).is_err());
-    }
-}
-
-/// Deterministic generator so the sweep is the same on every run.
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 

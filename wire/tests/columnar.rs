@@ -4,6 +4,9 @@
 use aeris_wire::*;
 use proptest::prelude::*;
 
+mod common;
+use common::XorShift;
+
 fn name() -> impl Strategy<Value = String> {
     "[a-z0-9_:@.]{1,24}"
 }
@@ -153,20 +156,6 @@ fn steady_state_readings_cost_at_most_12_bytes_and_far_less_than_v1() {
         bits(&decode::<Batch>(&columnar::encode(&b)).unwrap()),
         bits(&b)
     );
-}
-
-/// Deterministic generator so the sweep is the same on every run.
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// Random bodies (plain and zstd), truncations and bit flips of valid
