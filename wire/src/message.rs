@@ -162,6 +162,22 @@ pub enum CommandKind {
         signature: Vec<u8>,
         force: bool,
     },
+    /// 4: seqs `first_seq..=last_seq` of this device are held in the cloud
+    /// by other readings (the device's buffer was deleted, replaced, or
+    /// restored from an older image, so it numbered new readings again from
+    /// an old point). The device gives each unacknowledged reading it holds
+    /// in that range a new seq, in order, from `next_seq` on (the cloud's
+    /// highest seq for the device + 1), and never hands out a seq below
+    /// `next_seq` again. Idempotent: a repeated command finds nothing left
+    /// in the range. Added after version 1 was released, at the end of the
+    /// enum, so every earlier command decodes as before; an agent older
+    /// than this variant rejects it as malformed (counted) and keeps
+    /// running.
+    Renumber {
+        first_seq: u64,
+        last_seq: u64,
+        next_seq: u64,
+    },
 }
 
 /// A command with an id the device echoes in its events.
@@ -276,6 +292,16 @@ impl WireMessage for Command {
     fn validate(&self) -> Result<(), WireError> {
         match &self.kind {
             CommandKind::Resend { .. } | CommandKind::Ota { .. } => Ok(()),
+            CommandKind::Renumber {
+                first_seq,
+                last_seq,
+                next_seq,
+            } => {
+                if first_seq > last_seq || last_seq >= next_seq {
+                    return Err(invalid("renumber needs first_seq <= last_seq < next_seq"));
+                }
+                Ok(())
+            }
             CommandKind::SetConfig { key, .. } => check_name("config key", key),
             CommandKind::Model { name, version, .. } => {
                 check_name("model name", name)?;

@@ -105,6 +105,13 @@ fn status() -> impl Strategy<Value = Status> {
 fn command() -> impl Strategy<Value = Command> {
     let kind = prop_oneof![
         any::<u64>().prop_map(|from_seq| CommandKind::Resend { from_seq }),
+        (0..u64::MAX / 4, 0..u64::MAX / 4, 1..u64::MAX / 4).prop_map(|(first_seq, len, gap)| {
+            CommandKind::Renumber {
+                first_seq,
+                last_seq: first_seq + len,
+                next_seq: first_seq + len + gap,
+            }
+        }),
         (name(), ".{0,40}").prop_map(|(key, value)| CommandKind::SetConfig { key, value }),
         prop::collection::vec(any::<u8>(), 0..200)
             .prop_map(|manifest| CommandKind::Ota { manifest }),
