@@ -58,6 +58,8 @@ async fn pipeline(
 ) -> anyhow::Result<Option<Trial>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    // Held until the buffer is closed, at the end of this function.
+    let _lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
     let path = config.buffer_path();
     let (buffer, buffer_thread) = Buffer::open(
         &path,
@@ -84,15 +86,23 @@ async fn pipeline(
     );
 
     let health_stop = CancellationToken::new();
-    if !config.health_listen.is_empty() {
-        // Data comes first: without its endpoint the agent still runs.
-        if let Err(e) =
+    // An agent without /healthz, /readyz and /metrics cannot be watched:
+    // a port that cannot be bound (another agent still on it) ends the
+    // start with an error, and systemd starts it again.
+    let health = if config.health_listen.is_empty() {
+        None
+    } else {
+        let (_, task) =
             crate::health::http::start(&config.health_listen, stats.clone(), health_stop.clone())
                 .await
-        {
-            tracing::error!(listen = %config.health_listen, error = %e, "cannot serve /healthz and /metrics");
-        }
-    }
+                .with_context(|| {
+                    format!(
+                        "cannot serve /healthz and /metrics on health_listen {}",
+                        config.health_listen
+                    )
+                })?;
+        Some(task)
+    };
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let loader_stop = CancellationToken::new();
     let (inference, model_commands) = if config.infer.enabled {
@@ -181,6 +191,10 @@ async fn pipeline(
         .await
         .ok();
     health_stop.cancel();
+    // The port is free again before an updated agent on trial binds it.
+    if let Some(task) = health {
+        task.await.ok();
+    }
     info!("agent stopped");
     result.map(|()| trial)
 }

@@ -95,6 +95,11 @@ pub struct IngestConfig {
     pub retention: Duration,
     /// Sensor ids accepted; empty = any. Others are rejected (`unknown_sensor`).
     pub allow_list: Vec<String>,
+    /// After a reconnect to a broker that kept the session, readings
+    /// without their own timestamp that arrive within this window are
+    /// flagged as replayed (measured earlier than their arrival stamp).
+    #[serde(with = "humantime_serde")]
+    pub replay_window: Duration,
 }
 
 /// Preprocessing between validation and inference (see `preprocess`).
@@ -292,6 +297,7 @@ impl Default for IngestConfig {
         IngestConfig {
             max_payload_bytes: 4096,
             max_future: Duration::from_secs(300),
+            replay_window: Duration::from_secs(10),
             retention: Duration::from_secs(7 * 86_400),
             allow_list: Vec::new(),
         }
@@ -366,6 +372,8 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   ingest.max_future             readings stamped further ahead are rejected [5m]
   ingest.retention              readings stamped further back are rejected [7d]
   ingest.allow_list             sensor ids accepted; [] = any, else others rejected []
+  ingest.replay_window          after a reconnect with a kept session, readings without their
+                                own ts arriving this soon are flagged replayed (bit 5) [10s]
   preprocess.reference_temp_c   reference temperature for ppb/ppm to ug/m3, degC [25]
   preprocess.reference_pressure_hpa  reference pressure for ppb/ppm to ug/m3 [1013.25]
   preprocess.spike_ratio        spike: this many times the recent median away; 0 = off [4]

@@ -14,6 +14,7 @@
 //! - [`ota`]: the signed agent package and over-the-air updates.
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`agent`]: the start-up and shutdown sequence tying them together.
+//! - [`lock`]: one agent per data directory.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod health;
 pub mod infer;
 pub mod ingest;
+pub mod lock;
 pub mod ota;
 pub mod preprocess;
 pub mod uplink;

@@ -374,7 +374,7 @@ async fn fifty_sigkills_under_load_lose_nothing_duplicate_nothing_and_reuse_no_s
     );
     let duplicates: i64 = buffer
         .query_row(
-            "SELECT coalesce(max(value), 0) FROM meta WHERE key = 'duplicates'",
+            "SELECT coalesce(max(value), 0) FROM meta WHERE key = 'redelivered'",
             [],
             |r| r.get(0),
         )

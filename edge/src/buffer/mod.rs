@@ -15,6 +15,7 @@
 //! them (they come again on the next connection). Nothing is acked to a
 //! sensor before it is on disk.
 
+pub mod row;
 mod store;
 
 use std::collections::VecDeque;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use aeris_wire::Reading;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::health::Stats;
 
@@ -38,7 +39,8 @@ use crate::health::Stats;
 /// lets a commit take hundreds of messages).
 const QUEUE: usize = 256;
 pub use store::{
-    Appended, BufferError, CorruptRow, Depth, Evicted, Options, Store, FLAG_AGGREGATE,
+    Appended, BufferError, CorruptRow, Delivery, Depth, Evicted, Message, Options, Renumbered,
+    Store, FLAG_AGGREGATE,
 };
 
 /// Called once the appended readings are committed (or could not be).
@@ -59,8 +61,20 @@ pub struct Snapshot {
 
 enum Request {
     Append {
+        delivery: Option<Delivery>,
         readings: Vec<Reading>,
         on_commit: OnCommit,
+    },
+    MarkSent {
+        first: u64,
+        last: u64,
+        reply: oneshot::Sender<Result<usize, BufferError>>,
+    },
+    Renumber {
+        first: u64,
+        last: u64,
+        floor: u64,
+        reply: oneshot::Sender<Result<Renumbered, BufferError>>,
     },
     ReadFrom {
         from: u64,
@@ -180,15 +194,19 @@ impl Buffer {
         Ok((Buffer { tx, appended }, join))
     }
 
-    /// Queues `readings` for the next group commit; `on_commit` runs on the
-    /// buffer thread once they are durable. Waits only if the queue is full.
+    /// Queues one sensor message's `readings` for the next group commit;
+    /// `on_commit` runs on the buffer thread once they are durable, or once
+    /// the message was recognised as a redelivery of `delivery`. Waits only
+    /// if the queue is full.
     pub async fn append(
         &self,
+        delivery: Option<Delivery>,
         readings: Vec<Reading>,
         on_commit: OnCommit,
     ) -> Result<(), BufferError> {
         self.tx
             .send(Request::Append {
+                delivery,
                 readings,
                 on_commit,
             })
@@ -206,6 +224,29 @@ impl Buffer {
     /// many were unsent.
     pub async fn ack(&self, first: u64, last: u64) -> Result<usize, BufferError> {
         self.call(|reply| Request::Ack { first, last, reply }).await
+    }
+
+    /// Marks readings `first..=last` as published, before they go out.
+    pub async fn mark_sent(&self, first: u64, last: u64) -> Result<usize, BufferError> {
+        self.call(|reply| Request::MarkSent { first, last, reply })
+            .await
+    }
+
+    /// Moves unacknowledged readings `first..=last` to new seqs from
+    /// `floor` on (the cloud holds other readings under those seqs).
+    pub async fn renumber(
+        &self,
+        first: u64,
+        last: u64,
+        floor: u64,
+    ) -> Result<Renumbered, BufferError> {
+        self.call(|reply| Request::Renumber {
+            first,
+            last,
+            floor,
+            reply,
+        })
+        .await
     }
 
     /// Makes every held reading with seq >= `from` unsent again (the cloud
@@ -236,6 +277,22 @@ fn now_ms() -> i64 {
     crate::ingest::now_ms()
 }
 
+/// One sensor message waiting for its commit.
+struct Pending {
+    delivery: Option<Delivery>,
+    readings: Vec<Reading>,
+    on_commit: OnCommit,
+}
+
+impl Pending {
+    fn message(&self) -> Message<'_> {
+        Message {
+            delivery: self.delivery,
+            readings: &self.readings,
+        }
+    }
+}
+
 struct Worker {
     /// `None` while the file cannot be opened for writing.
     store: Option<Store>,
@@ -244,7 +301,7 @@ struct Worker {
     stats: Arc<Stats>,
     appended: Arc<Notify>,
     /// Appends that could not be written yet, oldest first.
-    pending: VecDeque<(Vec<Reading>, OnCommit)>,
+    pending: VecDeque<Pending>,
     pending_readings: usize,
     degraded_since: Option<Instant>,
     last_retry: Instant,
@@ -272,7 +329,7 @@ impl Worker {
                 Ok(None) => break,
                 Err(_) => None,
             };
-            let mut group: Vec<(Vec<Reading>, OnCommit)> = Vec::new();
+            let mut group: Vec<Pending> = Vec::new();
             let mut count = 0;
             let mut next = first;
             // Take everything already queued: appends join this commit, other
@@ -280,11 +337,16 @@ impl Worker {
             while let Some(req) = next.take() {
                 match req {
                     Request::Append {
+                        delivery,
                         readings,
                         on_commit,
                     } => {
                         count += readings.len();
-                        group.push((readings, on_commit));
+                        group.push(Pending {
+                            delivery,
+                            readings,
+                            on_commit,
+                        });
                     }
                     other => others.push(other),
                 }
@@ -313,7 +375,7 @@ impl Worker {
         if !self.pending.is_empty() {
             self.retry();
         }
-        for (_, on_commit) in self.pending.drain(..) {
+        for Pending { on_commit, .. } in self.pending.drain(..) {
             // Not acked to the sensor broker: it delivers them on next start.
             on_commit(Err(&BufferError::Closed));
         }
@@ -334,13 +396,13 @@ impl Worker {
 
     /// Commits a group, or holds it in memory while the file cannot be
     /// written.
-    fn accept(&mut self, group: Vec<(Vec<Reading>, OnCommit)>) {
+    fn accept(&mut self, group: Vec<Pending>) {
         if self.degraded_since.is_some() {
             self.hold(group);
             return;
         }
-        let slices: Vec<&[Reading]> = group.iter().map(|(r, _)| r.as_slice()).collect();
-        match self.store().and_then(|s| s.append_groups(&slices)) {
+        let messages: Vec<Message<'_>> = group.iter().map(Pending::message).collect();
+        match self.store().and_then(|s| s.append_groups(&messages)) {
             Ok(done) => {
                 self.committed(group, done);
                 self.enforce_budget();
@@ -352,14 +414,21 @@ impl Worker {
         }
     }
 
-    fn committed(&mut self, group: Vec<(Vec<Reading>, OnCommit)>, done: Vec<Appended>) {
-        let mut dup = 0;
-        for ((_, on_commit), a) in group.into_iter().zip(done) {
-            dup += a.duplicates;
-            on_commit(Ok(a));
+    fn committed(&mut self, group: Vec<Pending>, done: Vec<Appended>) {
+        let mut redelivered = 0;
+        for (p, a) in group.into_iter().zip(done) {
+            if a.redelivered {
+                redelivered += 1;
+                debug!(
+                    first_seq = a.first,
+                    readings = a.stored,
+                    "broker redelivery of a committed message recognised; not stored again"
+                );
+            }
+            (p.on_commit)(Ok(a));
         }
-        if dup > 0 {
-            self.stats.buffer_duplicates.fetch_add(dup, Relaxed);
+        if redelivered > 0 {
+            self.stats.buffer_duplicates.fetch_add(redelivered, Relaxed);
         }
         self.appended.notify_one();
     }
@@ -381,17 +450,17 @@ impl Worker {
 
     /// Keeps appends in memory up to the bound; beyond it they are refused
     /// (left unacknowledged with the sensor broker).
-    fn hold(&mut self, group: Vec<(Vec<Reading>, OnCommit)>) {
-        for (readings, on_commit) in group {
-            if self.pending_readings + readings.len() > self.settings.memory_readings {
+    fn hold(&mut self, group: Vec<Pending>) {
+        for p in group {
+            if self.pending_readings + p.readings.len() > self.settings.memory_readings {
                 self.stats
                     .buffer_refused
-                    .fetch_add(readings.len() as u64, Relaxed);
-                on_commit(Err(&BufferError::Backlogged));
+                    .fetch_add(p.readings.len() as u64, Relaxed);
+                (p.on_commit)(Err(&BufferError::Backlogged));
                 continue;
             }
-            self.pending_readings += readings.len();
-            self.pending.push_back((readings, on_commit));
+            self.pending_readings += p.readings.len();
+            self.pending.push_back(p);
         }
         self.stats
             .buffer_memory_readings
@@ -410,11 +479,11 @@ impl Worker {
                 }
             }
         }
-        let slices: Vec<&[Reading]> = self.pending.iter().map(|(r, _)| r.as_slice()).collect();
+        let messages: Vec<Message<'_>> = self.pending.iter().map(Pending::message).collect();
         let result = match self.store.as_mut() {
             None => Err(BufferError::NotOpen(self.path.display().to_string())),
-            Some(s) if slices.is_empty() => s.probe_write().map(|()| Vec::new()),
-            Some(s) => s.append_groups(&slices),
+            Some(s) if messages.is_empty() => s.probe_write().map(|()| Vec::new()),
+            Some(s) => s.append_groups(&messages),
         };
         match result {
             Ok(done) => {
@@ -511,6 +580,30 @@ impl Worker {
                     .and_then(|s| s.ack_range(first, last, now_ms()));
                 if let Err(e) = &r {
                     self.stats.buffer_write_error(e.kind());
+                }
+                let _ = reply.send(r);
+            }
+            Request::MarkSent { first, last, reply } => {
+                let r = self
+                    .store()
+                    .and_then(|s| s.mark_sent(first, last, now_ms()));
+                if let Err(e) = &r {
+                    self.stats.buffer_write_error(e.kind());
+                }
+                let _ = reply.send(r);
+            }
+            Request::Renumber {
+                first,
+                last,
+                floor,
+                reply,
+            } => {
+                let r = self.store().and_then(|s| s.renumber(first, last, floor));
+                match &r {
+                    Ok(done) => {
+                        self.stats.buffer_renumbered.fetch_add(done.moved, Relaxed);
+                    }
+                    Err(e) => self.stats.buffer_write_error(e.kind()),
                 }
                 let _ = reply.send(r);
             }

@@ -66,16 +66,17 @@ async fn serve_one(mut sock: TcpStream, stats: Arc<Stats>) {
     let _ = sock.shutdown().await;
 }
 
-/// Serves until `shutdown`. Returns the bound address, or the bind error.
+/// Serves until `shutdown`. Returns the bound address and the task, which
+/// ends (closing the listener) after `shutdown`; or the bind error.
 pub async fn start(
     listen: &str,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
-) -> std::io::Result<std::net::SocketAddr> {
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     info!(%addr, "health and metrics endpoint listening");
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -86,5 +87,5 @@ pub async fn start(
             }
         }
     });
-    Ok(addr)
+    Ok((addr, task))
 }

@@ -166,8 +166,20 @@ impl Collector for StatsCollector {
         counter(
             &mut enc,
             "aeris_edge_buffer_duplicates",
-            "Redelivered sensor readings recognised as already stored.",
+            "Sensor messages the broker delivered again after their commit (DUP, same packet id, topic and payload), recognised and not stored twice.",
             g(&s.buffer_duplicates),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_buffer_renumbered",
+            "Readings moved to new seqs because the cloud holds other readings under their old ones (lost or restored buffer).",
+            g(&s.buffer_renumbered),
+        )?;
+        counter(
+            &mut enc,
+            "aeris_edge_ingest_arrival_stamped",
+            "Readings without a timestamp of their own, stamped with their arrival time (flag bit 4).",
+            g(&s.ingest_arrival_stamped),
         )?;
         labelled(
             &mut enc,

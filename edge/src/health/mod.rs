@@ -35,8 +35,15 @@ pub struct Stats {
     /// Readings refused because the memory backlog was full (left with the
     /// sensor broker, unacknowledged).
     pub buffer_refused: AtomicU64,
-    /// Redelivered sensor readings recognised as already stored.
+    /// Sensor messages the broker delivered again after they were
+    /// committed (DUP, same packet id and bytes), recognised and not stored
+    /// twice.
     pub buffer_duplicates: AtomicU64,
+    /// Readings given new seqs because the cloud holds other readings under
+    /// their old ones (the buffer was lost or restored from an old image).
+    pub buffer_renumbered: AtomicU64,
+    /// Readings stamped with their arrival time (no timestamp of their own).
+    pub ingest_arrival_stamped: AtomicU64,
     /// Disk budget: acked readings deleted before their grace ended, raw
     /// readings replaced by aggregates, aggregates written, rows dropped.
     pub buffer_evicted_acked: AtomicU64,

@@ -2,7 +2,9 @@
 //! `{"ts": 1700000000.5, "pm25": 12.5, "rh": 40, "lat": 52.5, "lon": 13.4}`.
 //!
 //! - `ts`: Unix seconds (number, fractions allowed) or an RFC 3339 string in
-//!   UTC; absent means "now" (sensors without a clock).
+//!   UTC; absent (or `null`) means "now" (sensors without a clock): the
+//!   reading is stamped with its arrival time and flagged
+//!   [`super::FLAG_ARRIVAL_TIME`].
 //! - `lat`/`lon`: WGS84 degrees; absent means the position configured for the
 //!   sensor.
 //! - every other key is a quantity whose value must be a finite number; names
@@ -57,6 +59,8 @@ pub enum Reject {
     BadQuantity(String),
     #[error("bad sensor id in topic {0:?}")]
     BadSensorId(String),
+    #[error("reading would not be stored as accepted: {0}")]
+    Invalid(String),
 }
 
 impl Reject {
@@ -78,6 +82,7 @@ impl Reject {
             Reject::NoValues => "no_values",
             Reject::BadQuantity(_) => "bad_quantity",
             Reject::BadSensorId(_) => "bad_sensor_id",
+            Reject::Invalid(_) => "invalid",
         }
     }
 }
@@ -227,7 +232,9 @@ pub fn from_object(
     map: &serde_json::Map<String, Json>,
     cx: &Context<'_>,
 ) -> Result<Reading, Reject> {
-    let ts_ms = timestamp_ms(map.get("ts").unwrap_or(&Json::Null), cx.now_ms)?;
+    let ts = map.get("ts").unwrap_or(&Json::Null);
+    let arrival = ts.is_null();
+    let ts_ms = timestamp_ms(ts, cx.now_ms)?;
     check_time(ts_ms, cx)?;
     let (lat, lon) = match (map.get("lat"), map.get("lon")) {
         (Some(lat), Some(lon)) => (number("lat", lat)?, number("lon", lon)?),
@@ -260,7 +267,7 @@ pub fn from_object(
         ts_ms,
         lat,
         lon,
-        flags: 0,
+        flags: if arrival { super::FLAG_ARRIVAL_TIME } else { 0 },
         values,
     })
 }

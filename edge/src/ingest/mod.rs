@@ -12,7 +12,22 @@
 //! appended in one call, so the message is acked once, after all of them
 //! are committed, or never.
 //!
-//! Order of checks: size, allow-list, JSON, then the format's own checks.
+//! Order of checks: size, allow-list, JSON, then the format's own checks;
+//! after preprocessing and inference, every reading passes the buffer's
+//! own check ([`crate::buffer::row::check`]) before it is handed over, so
+//! what is acknowledged here always reads back from the buffer.
+//!
+//! Redeliveries: every message goes to the buffer with its packet id, DUP
+//! flag and a digest of topic and payload ([`crate::buffer::Delivery`]);
+//! the buffer stores it unless it is a DUP copy of the message last
+//! committed under that packet id. A message delivered for the first time
+//! is never discarded, whatever its sensor and timestamp.
+//!
+//! Timestamps: a reading without its own is stamped with its arrival time
+//! and flagged [`FLAG_ARRIVAL_TIME`]; one that arrives within
+//! `ingest.replay_window` of a reconnect to a broker that kept the session
+//! is also flagged [`FLAG_REPLAYED`]: the broker may have held it while the
+//! agent was away, so it was measured before its stamp.
 
 pub mod acks;
 pub mod flat;
@@ -34,6 +49,14 @@ use crate::preprocess::Preprocessor;
 use crate::uplink::backoff::Backoff;
 
 use self::acks::Acks;
+
+/// `Reading::flags` bit: the reading had no timestamp of its own; its time
+/// is when the agent received it.
+pub const FLAG_ARRIVAL_TIME: u32 = 1 << 4;
+/// `Reading::flags` bit: arrival-stamped and delivered right after a
+/// reconnect from the broker's stored session; measured earlier than its
+/// stamp (by up to the time the agent was away).
+pub const FLAG_REPLAYED: u32 = 1 << 5;
 
 /// The topic level after the filter's fixed part names the sensor:
 /// `sensors/#` and `sensors/abc/pm` give `abc`.
@@ -107,6 +130,8 @@ pub async fn run(
     let mut pre = Preprocessor::new(config.preprocess.clone());
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut beat = tokio::time::interval(crate::health::systemd::BEAT_EVERY);
+    // Until when arrivals may be the broker's stored session.
+    let mut replay_until: Option<tokio::time::Instant> = None;
     loop {
         stats.live.beat(&stats.live.ingest);
         acks.hand_over(&client);
@@ -132,8 +157,11 @@ pub async fn run(
             }
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
+                if ack.session_present {
+                    replay_until = Some(tokio::time::Instant::now() + config.ingest.replay_window);
+                }
                 info!(host = %config.local.host, port = config.local.port, "connected to local broker");
                 if let Err(e) = client.try_subscribe(config.local.topic.clone(), QoS::AtLeastOnce) {
                     warn!(error = %e, "cannot queue sensor subscription");
@@ -144,6 +172,7 @@ pub async fn run(
                 info!(topic = %config.local.topic, "subscribed to sensor topic");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                let replayed = replay_until.is_some_and(|t| tokio::time::Instant::now() < t);
                 handle(
                     &config,
                     &acks,
@@ -152,6 +181,7 @@ pub async fn run(
                     &mut pre,
                     runtime.as_mut(),
                     p,
+                    replayed,
                 )
                 .await;
             }
@@ -197,6 +227,7 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     config: &Config,
     acks: &Arc<Acks>,
@@ -205,6 +236,7 @@ async fn handle(
     pre: &mut Preprocessor,
     mut runtime: Option<&mut Runtime>,
     p: Publish,
+    replayed: bool,
 ) {
     let topic = p.topic.clone();
     let parsed = match sensor_id(&config.local.topic, &topic) {
@@ -221,27 +253,42 @@ async fn handle(
             parse_message(sensor, &p.payload, &config.ingest.allow_list, &cx)
         }
     };
+    let parsed = parsed.and_then(|mut readings| {
+        for reading in &mut readings {
+            if reading.flags & FLAG_ARRIVAL_TIME != 0 {
+                stats.ingest_arrival_stamped.fetch_add(1, Relaxed);
+                if replayed {
+                    reading.flags |= FLAG_REPLAYED;
+                }
+            }
+            preprocess(pre, stats, reading);
+            if let Some(rt) = runtime.as_deref_mut() {
+                rt.process(reading);
+            }
+            crate::buffer::row::check(reading).map_err(|e| flat::Reject::Invalid(e.to_string()))?;
+        }
+        Ok(readings)
+    });
     match parsed {
         Err(reject) => {
             stats.reject(reject.reason());
             debug!(topic = %topic, reason = reject.reason(), error = %reject, "sensor message rejected");
             acks.push(p.qos, p.pkid);
         }
-        Ok(mut readings) => {
-            for reading in &mut readings {
-                preprocess(pre, stats, reading);
-                if let Some(rt) = runtime.as_deref_mut() {
-                    rt.process(reading);
-                }
-            }
+        Ok(readings) => {
             let n = readings.len() as u64;
+            // QoS 0 is never redelivered.
+            let delivery = (p.qos != QoS::AtMostOnce)
+                .then(|| crate::buffer::Delivery::new(p.pkid, p.dup, &topic, &p.payload));
             let (acks, qos, pkid) = (acks.clone(), p.qos, p.pkid);
             let stats_cb = stats.clone();
             let on_commit = Box::new(
                 move |res: Result<crate::buffer::Appended, &crate::buffer::BufferError>| {
                     match res {
                         Ok(done) => {
-                            stats_cb.accepted.fetch_add(done.stored, Relaxed);
+                            if !done.redelivered {
+                                stats_cb.accepted.fetch_add(done.stored, Relaxed);
+                            }
                             acks.push(qos, pkid);
                         }
                         // Not acked: the broker delivers it again after a reconnect.
@@ -251,7 +298,7 @@ async fn handle(
                     }
                 },
             );
-            if buffer.append(readings, on_commit).await.is_err() {
+            if buffer.append(delivery, readings, on_commit).await.is_err() {
                 warn!("buffer closed; reading left with the broker");
             }
         }

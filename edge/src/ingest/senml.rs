@@ -11,10 +11,22 @@
 //! - the quantity is the resolved name after its last `:` or `/`, named as
 //!   in the flat format (`PM2.5` → `pm25`), its value converted from its
 //!   unit to the canonical one ([`crate::preprocess::units`]);
+//! - what comes before the quantity (usually the base name, such as
+//!   `urn:dev:mac:aa01:`) names the device that measured it (RFC 8428
+//!   §4.5.1): the sensor is `<topic sensor>/<that name>` without its
+//!   trailing `:` or `/`, e.g. `bridge/urn:dev:mac:aa01`, so a pack with
+//!   several base names gives several sensors and a bridge can never speak
+//!   for another topic's sensor. No prefix, or the topic's own sensor id,
+//!   is the topic's sensor;
 //! - records named `lat`/`lon` (or with unit `lat`/`lon`, the SenML units
-//!   registry's) give the position: per timestamp when present there, else
-//!   the pack's last one, else the sensor's configured position;
-//! - one reading per distinct time, so one pack may yield several.
+//!   registry's) give the position: per sensor and timestamp when present
+//!   there, else that sensor's last one in the pack, else the topic
+//!   sensor's, else the configured position of the sensor, else of the
+//!   topic's sensor;
+//! - one reading per sensor and distinct time, so one pack may yield
+//!   several;
+//! - a resolved time below 2^28 s is relative to the agent's clock: the
+//!   reading is flagged [`super::FLAG_ARRIVAL_TIME`].
 //!
 //! Records with a string, boolean or data value (`vs`, `vb`, `vd`) or only a
 //! sum (`s`) carry nothing the agent measures and are skipped. A pack with
@@ -42,6 +54,61 @@ fn string<'j>(key: &str, v: &'j Json) -> Result<&'j str, Reject> {
     v.as_str().ok_or_else(|| Reject::WrongType(key.to_owned()))
 }
 
+/// The sensor a resolved record name belongs to (see the module docs).
+fn sensor_of(topic_sensor: &str, name: &str, quantity_len: usize) -> Result<String, Reject> {
+    let prefix = name[..name.len() - quantity_len].trim_end_matches([':', '/']);
+    if prefix.is_empty() || prefix == topic_sensor {
+        return Ok(topic_sensor.to_owned());
+    }
+    let id = format!("{topic_sensor}/{prefix}");
+    if id.len() > aeris_wire::message::MAX_NAME_LEN || id.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "sensor name {id:?} is too long or not printable"
+        )));
+    }
+    Ok(id)
+}
+
+/// Readings and positions of one pack, by sensor and resolved time (ms).
+#[derive(Default)]
+struct Collected {
+    values: BTreeMap<(String, i64), Vec<Value>>,
+    lat: BTreeMap<(String, i64), f64>,
+    lon: BTreeMap<(String, i64), f64>,
+    /// Times that were relative to the agent's clock.
+    relative: std::collections::BTreeSet<i64>,
+}
+
+impl Collected {
+    /// The position of `sensor` at `ts_ms` (see the module docs).
+    fn position(
+        &self,
+        sensor: &str,
+        topic: &str,
+        ts_ms: i64,
+        cx: &Context<'_>,
+    ) -> Option<(f64, f64)> {
+        let at = |m: &BTreeMap<(String, i64), f64>, s: &str| {
+            m.get(&(s.to_owned(), ts_ms)).copied().or_else(|| {
+                m.range((s.to_owned(), i64::MIN)..=(s.to_owned(), i64::MAX))
+                    .next_back()
+                    .map(|(_, v)| *v)
+            })
+        };
+        for s in [sensor, topic] {
+            match (at(&self.lat, s), at(&self.lon, s)) {
+                (Some(lat), Some(lon)) => return Some((lat, lon)),
+                (None, None) => {}
+                _ => return None,
+            }
+        }
+        [sensor, topic]
+            .iter()
+            .find_map(|s| cx.sensors.get(*s))
+            .map(|p| (p.lat, p.lon))
+    }
+}
+
 /// Parses and validates one SenML pack from sensor `sensor`.
 pub fn from_pack(sensor: &str, records: &[Json], cx: &Context<'_>) -> Result<Vec<Reading>, Reject> {
     if records.is_empty() {
@@ -51,10 +118,7 @@ pub fn from_pack(sensor: &str, records: &[Json], cx: &Context<'_>) -> Result<Vec
         return Err(Reject::Oversize(records.len()));
     }
     let (mut bn, mut bt, mut bu, mut bv) = (String::new(), 0.0, String::new(), 0.0);
-    // Values and positions by resolved time in ms.
-    let mut values: BTreeMap<i64, Vec<Value>> = BTreeMap::new();
-    let mut lat_at: BTreeMap<i64, f64> = BTreeMap::new();
-    let mut lon_at: BTreeMap<i64, f64> = BTreeMap::new();
+    let mut got = Collected::default();
     for record in records {
         let Json::Object(rec) = record else {
             return Err(bad("a record is not an object"));
@@ -91,7 +155,11 @@ pub fn from_pack(sensor: &str, records: &[Json], cx: &Context<'_>) -> Result<Vec
             }
             return Err(bad(format!("record {name:?} has no value")));
         };
+        // bv + v of two finite numbers can overflow to infinity.
         let value = bv + flat::number(&name, v)?;
+        if !value.is_finite() {
+            return Err(Reject::NonFinite(name));
+        }
         let unit = match rec.get("u") {
             Some(u) => string("u", u)?,
             None => bu.as_str(),
@@ -100,63 +168,65 @@ pub fn from_pack(sensor: &str, records: &[Json], cx: &Context<'_>) -> Result<Vec
             Some(t) => flat::number("t", t)?,
             None => 0.0,
         };
-        let ts_ms = resolve_time(bt + t, cx.now_ms)?;
+        let (ts_ms, relative) = resolve_time(bt + t, cx.now_ms)?;
+        if relative {
+            got.relative.insert(ts_ms);
+        }
         let short = name.rsplit([':', '/']).next().unwrap_or("");
         if short.is_empty() {
             return Err(bad("a record has no name"));
         }
+        let key = (sensor_of(sensor, &name, short.len())?, ts_ms);
         let quantity = flat::normalise_quantity(short)?;
         match (quantity.as_str(), unit) {
             ("lat", _) | (_, "lat") => {
-                lat_at.insert(ts_ms, value);
+                got.lat.insert(key, value);
             }
             ("lon", _) | (_, "lon") => {
-                lon_at.insert(ts_ms, value);
+                got.lon.insert(key, value);
             }
             _ => {
                 let m = flat::measurement(quantity, unit, value, cx)?;
-                values.entry(ts_ms).or_default().push(m);
+                got.values.entry(key).or_default().push(m);
             }
         }
     }
-    if values.is_empty() {
+    if got.values.is_empty() {
         return Err(Reject::NoValues);
     }
-    let pack_lat = lat_at.values().last().copied();
-    let pack_lon = lon_at.values().last().copied();
-    let configured = cx.sensors.get(sensor);
-    let mut readings = Vec::with_capacity(values.len());
-    for (ts_ms, values) in values {
-        flat::check_time(ts_ms, cx)?;
-        let lat = lat_at.get(&ts_ms).copied().or(pack_lat);
-        let lon = lon_at.get(&ts_ms).copied().or(pack_lon);
-        let (lat, lon) = match (lat, lon, configured) {
-            (Some(lat), Some(lon), _) => (lat, lon),
-            (None, None, Some(p)) => (p.lat, p.lon),
-            _ => return Err(Reject::NoPosition),
-        };
+    let mut readings = Vec::with_capacity(got.values.len());
+    for ((id, ts_ms), values) in &got.values {
+        flat::check_time(*ts_ms, cx)?;
+        let (lat, lon) = got
+            .position(id, sensor, *ts_ms, cx)
+            .ok_or(Reject::NoPosition)?;
         flat::check_position(lat, lon)?;
         if values.len() > flat::MAX_MEASURED_VALUES {
             return Err(Reject::Oversize(values.len()));
         }
+        let arrival = got.relative.contains(ts_ms);
         readings.push(Reading {
-            sensor: sensor.to_owned(),
-            ts_ms,
+            sensor: id.clone(),
+            ts_ms: *ts_ms,
             lat,
             lon,
-            flags: 0,
-            values,
+            flags: if arrival { super::FLAG_ARRIVAL_TIME } else { 0 },
+            values: values.clone(),
         });
     }
+    // Time order, as packs are written.
+    readings.sort_by_key(|r| r.ts_ms);
     Ok(readings)
 }
 
-/// A resolved SenML time (seconds) as Unix milliseconds.
-fn resolve_time(secs: f64, now_ms: i64) -> Result<i64, Reject> {
+/// A resolved SenML time (seconds) as Unix milliseconds, and whether it was
+/// relative to the agent's clock.
+fn resolve_time(secs: f64, now_ms: i64) -> Result<(i64, bool), Reject> {
     if !secs.is_finite() {
         return Err(Reject::NonFinite("t".into()));
     }
-    let ms = if secs < RELATIVE_LIMIT_S {
+    let relative = secs < RELATIVE_LIMIT_S;
+    let ms = if relative {
         now_ms as f64 + secs * 1000.0
     } else {
         secs * 1000.0
@@ -164,7 +234,7 @@ fn resolve_time(secs: f64, now_ms: i64) -> Result<i64, Reject> {
     if !(0.0..1e14).contains(&ms) {
         return Err(Reject::BadTimestamp(format!("{secs} s")));
     }
-    Ok(ms.round() as i64)
+    Ok((ms.round() as i64, relative))
 }
 
 #[cfg(test)]
@@ -211,6 +281,11 @@ mod tests {
         ]"#;
         let r = parse(pack, &BTreeMap::new()).unwrap();
         assert_eq!(r.len(), 2, "one reading per distinct time");
+        assert_eq!(
+            r[0].sensor, "s1/urn:dev:ow:10e2073a",
+            "the base name is the device"
+        );
+        assert_eq!(r[0].flags, 0, "absolute times are the sensor's own");
         assert_eq!(r[0].ts_ms, 1_699_999_990_000);
         assert_eq!(
             values(&r[0]),
@@ -229,8 +304,51 @@ mod tests {
         s.insert("s1".to_owned(), SensorConfig { lat: 1.0, lon: 2.0 });
         let r = parse(pack, &s).unwrap();
         assert_eq!((r[0].ts_ms, r[0].values[0].value), (NOW - 60_000, 12.5));
+        assert!(r
+            .iter()
+            .all(|r| r.flags == crate::ingest::FLAG_ARRIVAL_TIME));
         assert_eq!((r[1].ts_ms, r[1].values[0].value), (NOW, 10.0));
         assert_eq!((r[0].lat, r[0].lon), (1.0, 2.0), "configured position");
+    }
+
+    #[test]
+    fn several_base_names_give_several_sensors() {
+        let pack = r#"[
+            {"bn":"urn:dev:mac:aa01:","bt":1699999990,"n":"pm25","v":10},
+            {"bn":"urn:dev:mac:bb02:","n":"pm25","v":20},
+            {"bn":"","n":"lat","v":50},{"n":"lon","v":8},
+            {"bn":"urn:dev:mac:bb02:","n":"lat","v":51},{"n":"lon","v":9},
+            {"bn":"s1:","n":"pm10","v":30}
+        ]"#;
+        let r = parse(pack, &BTreeMap::new()).unwrap();
+        let got: Vec<(&str, f64, f64)> = r
+            .iter()
+            .map(|r| (r.sensor.as_str(), r.values[0].value, r.lat))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("s1", 30.0, 50.0),
+                ("s1/urn:dev:mac:aa01", 10.0, 50.0),
+                ("s1/urn:dev:mac:bb02", 20.0, 51.0),
+            ]
+        );
+        let long = format!(r#"[{{"bn":"{}:","n":"pm25","v":1}}]"#, "x".repeat(130));
+        assert_eq!(
+            parse(&long, &BTreeMap::new()).unwrap_err().reason(),
+            "bad_senml"
+        );
+    }
+
+    #[test]
+    fn a_base_value_that_overflows_is_rejected_for_any_quantity() {
+        for name in ["pm25", "foo", "lat"] {
+            let pack = format!(
+                r#"[{{"bv":1.7e308,"n":"{name}","v":1.7e308}},{{"n":"lat","v":1}},{{"n":"lon","v":1}}]"#
+            );
+            let e = parse(&pack, &BTreeMap::new()).unwrap_err();
+            assert_eq!(e.reason(), "non_finite", "{name}");
+        }
     }
 
     #[test]

@@ -50,6 +50,14 @@ enum Link {
     Down,
     Ack(Ack),
     Resend(u64),
+    /// The cloud holds other readings under these seqs (see
+    /// `CommandKind::Renumber`).
+    Renumber {
+        id: u64,
+        first: u64,
+        last: u64,
+        next_seq: u64,
+    },
 }
 
 /// Where `down/cmd` commands go: the model loader (when inference runs)
@@ -237,14 +245,7 @@ impl Uplink {
                     drain_until = Some(tokio::time::Instant::now() + self.config.shutdown_grace);
                 }
                 _ = self.buffer.appended.notified() => {}
-                Some(ev) = events.recv() => {
-                    self.unsent_events.push_back(ev);
-                    if self.unsent_events.len() > MAX_UNSENT_EVENTS {
-                        self.unsent_events.pop_front();
-                        self.stats.events_dropped.fetch_add(1, Relaxed);
-                    }
-                    self.flush_events();
-                }
+                Some(ev) = events.recv() => self.queue_event(ev),
                 ev = link.recv() => match ev {
                     Some(ev) => {
                         // Acks come in bursts (one per batch of a gateway
@@ -328,6 +329,54 @@ impl Uplink {
                     }
                 }
                 self.outbox.rewind_to(from);
+            }
+            Link::Renumber {
+                id,
+                first,
+                last,
+                next_seq,
+            } => self.renumber(id, first, last, next_seq).await?,
+        }
+        Ok(())
+    }
+
+    /// Moves the readings the cloud cannot take under their seqs to new
+    /// ones, then sends everything held again from the new live mark.
+    async fn renumber(
+        &mut self,
+        id: u64,
+        first: u64,
+        last: u64,
+        next_seq: u64,
+    ) -> anyhow::Result<()> {
+        self.record_acks().await;
+        match self.buffer.renumber(first, last, next_seq).await {
+            Ok(done) => {
+                if done.moved > 0 {
+                    warn!(
+                        first_seq = first,
+                        last_seq = last,
+                        moved = done.moved,
+                        first_new_seq = done.first_new,
+                        "the cloud holds other readings under these seqs (buffer lost or restored?); readings renumbered"
+                    );
+                    self.queue_event(WireEvent {
+                        device: self.config.device_id.clone(),
+                        ts_ms: now_ms(),
+                        kind: aeris_wire::EventKind::Agent,
+                        message: format!(
+                            "renumber {id}: seqs {first}..={last} are held in the cloud by other readings; {} readings moved to seqs from {}",
+                            done.moved, done.first_new
+                        ),
+                    });
+                }
+                let batch = self.config.uplink.batch_max_readings as u64;
+                self.outbox.reset(done.next_seq.saturating_sub(batch));
+                self.pending_since = None;
+                self.live_rows = None;
+            }
+            Err(e) => {
+                warn!(error = %e, first_seq = first, last_seq = last, "cannot renumber readings")
             }
         }
         Ok(())
@@ -445,6 +494,13 @@ impl Uplink {
             BatchEncoding::Postcard => encode(&batch),
         };
         let size = bytes.len() as u64;
+        let last = first + n - 1;
+        // Durably marked before it leaves: from now on the cloud may hold
+        // these rows, so the disk budget must not fold them into aggregates.
+        if let Err(e) = self.buffer.mark_sent(first, last).await {
+            warn!(error = %e, first_seq = first, "cannot mark a batch as sent; trying again on the next event");
+            return Ok(false);
+        }
         // `publish` only queues for the event loop; a lost connection
         // shows up as Link::Down and the outbox resends after reconnect.
         self.client
@@ -455,7 +511,7 @@ impl Uplink {
                 bytes,
             )
             .await?;
-        self.outbox.sent(first, first + n - 1, Instant::now());
+        self.outbox.sent(first, last, Instant::now());
         self.stats.batches_sent.fetch_add(1, Relaxed);
         self.stats.readings_sent.fetch_add(n, Relaxed);
         self.stats.uplink_bytes_sent.fetch_add(size, Relaxed);
@@ -463,6 +519,17 @@ impl Uplink {
             self.stats.backlog_batches_sent.fetch_add(1, Relaxed);
         }
         Ok(true)
+    }
+
+    /// Holds `ev` for publishing (bounded; the oldest go first) and
+    /// publishes what it can.
+    fn queue_event(&mut self, ev: WireEvent) {
+        self.unsent_events.push_back(ev);
+        if self.unsent_events.len() > MAX_UNSENT_EVENTS {
+            self.unsent_events.pop_front();
+            self.stats.events_dropped.fetch_add(1, Relaxed);
+        }
+        self.flush_events();
     }
 
     /// Queues held events for publishing while connected; one that cannot be
@@ -569,6 +636,22 @@ async fn drive(
                             ..
                         }) => {
                             let _ = tx.send(Link::Resend(from_seq));
+                        }
+                        Ok(Command {
+                            id,
+                            kind:
+                                CommandKind::Renumber {
+                                    first_seq,
+                                    last_seq,
+                                    next_seq,
+                                },
+                        }) => {
+                            let _ = tx.send(Link::Renumber {
+                                id,
+                                first: first_seq,
+                                last: last_seq,
+                                next_seq,
+                            });
                         }
                         Ok(Command {
                             id,
