@@ -84,10 +84,34 @@ struct Board {
     _sensors: tokio::task::JoinHandle<()>,
 }
 
+/// How a test board differs from the default one.
+struct Setup {
+    /// The version in slot a.
+    version: &'static str,
+    /// `[ota]` keys added to the config.
+    ota: &'static str,
+    /// Environment added to the agent's.
+    env: Vec<(&'static str, String)>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            version: "0.1.0",
+            ota: "",
+            env: Vec::new(),
+        }
+    }
+}
+
 impl Board {
     /// A board with version 0.1.0 in slot a (`current`), sensors publishing
     /// a reading every 100 ms, and a package server over `<dir>/www`.
     async fn start() -> Board {
+        Board::start_with(Setup::default()).await
+    }
+
+    async fn start_with(setup: Setup) -> Board {
         let cloud = Cloud::start(false).await;
         let local = Mosquitto::start();
         let dir = tempfile::tempdir().unwrap();
@@ -96,33 +120,42 @@ impl Board {
         let public = run(Command::new(binary("aeris-package"))
             .arg("keygen")
             .arg(&key));
-        package(&root.join("slots/a"), agent_binary(), "0.1.0", &key, &[]);
+        package(
+            &root.join("slots/a"),
+            agent_binary(),
+            setup.version,
+            &key,
+            &[],
+        );
         std::os::unix::fs::symlink("slots/a", root.join("current")).unwrap();
         let config = dir.path().join("edge.toml");
         std::fs::write(
             &config,
             format!(
-                "[infer]\nenabled = false\n[ota]\nroot = {root:?}\ntrusted_keys = [\"{public}\"]\ntrial_deadline = \"20s\"\n"
+                "[infer]\nenabled = false\n[ota]\nroot = {root:?}\ntrusted_keys = [\"{public}\"]\ntrial_deadline = \"20s\"\n{}",
+                setup.ota
             ),
         )
         .unwrap();
         let health = aeris_tests::free_port();
+        let mut env = vec![
+            ("AERIS_DEVICE_ID", DEVICE.to_owned()),
+            ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
+            (
+                "AERIS_DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
+            ("AERIS_LOCAL__PORT", local.port.to_string()),
+            ("AERIS_CLOUD__PORT", cloud.broker.port.to_string()),
+            ("AERIS_CLOUD__STATUS_INTERVAL", "300ms".to_owned()),
+            ("AERIS_UPLINK__BATCH_MAX_AGE", "100ms".to_owned()),
+        ];
+        env.extend(setup.env);
         let edge = Proc::start_program(
             "aeris-edge",
             root.join("current/aeris-edge"),
             vec!["--config".into(), config.display().to_string()],
-            &[
-                ("AERIS_DEVICE_ID", DEVICE.to_owned()),
-                ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
-                (
-                    "AERIS_DATA_DIR",
-                    dir.path().join("data").display().to_string(),
-                ),
-                ("AERIS_LOCAL__PORT", local.port.to_string()),
-                ("AERIS_CLOUD__PORT", cloud.broker.port.to_string()),
-                ("AERIS_CLOUD__STATUS_INTERVAL", "300ms".to_owned()),
-                ("AERIS_UPLINK__BATCH_MAX_AGE", "100ms".to_owned()),
-            ],
+            &env,
             dir.path().join("edge.log"),
         );
         let events = watch_events(cloud.broker.port, DEVICE).await;
@@ -458,7 +491,32 @@ async fn downgrade_is_refused_unless_the_manifest_allows_it() {
         .wait_event("ota 13: refused (downgrade)", Duration::from_secs(30))
         .await;
     assert!(board.server.requests().is_empty());
-    let allowed = board.publish_package("v0b", agent_binary(), "0.0.9", &["--allow-downgrade"]);
+    // A downgrade signed for devices on 0.0.5 (say, to undo a bad 0.0.5),
+    // replayed to this board on 0.1.0: refused, nothing fetched.
+    let replay = board.publish_package(
+        "v0r",
+        agent_binary(),
+        "0.0.9",
+        &["--allow-downgrade-from", "0.0.5"],
+    );
+    board
+        .send_update(
+            16,
+            update_payload(&replay, &format!("{}v0r/", board.server.url())),
+        )
+        .await;
+    let e = board
+        .wait_event("ota 16: refused (downgrade)", Duration::from_secs(30))
+        .await;
+    assert!(e.contains("only from 0.0.5"), "{e}");
+    assert!(board.server.requests().is_empty());
+    // Signed for the version this board runs: taken.
+    let allowed = board.publish_package(
+        "v0b",
+        agent_binary(),
+        "0.0.9",
+        &["--allow-downgrade-from", "0.1.0"],
+    );
     board
         .send_update(
             14,
@@ -467,5 +525,92 @@ async fn downgrade_is_refused_unless_the_manifest_allows_it() {
         .await;
     board
         .wait_event("ota 14: accepted", Duration::from_secs(30))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_candidate_takes_its_release_and_refuses_its_predecessor() {
+    let board = Board::start_with(Setup {
+        version: "1.2.0-rc2",
+        ..Setup::default()
+    })
+    .await;
+    let url = |name: &str| format!("{}{name}/", board.server.url());
+    let rc1 = board.publish_package("rc1", agent_binary(), "1.2.0-rc1", &[]);
+    board
+        .send_update(20, update_payload(&rc1, &url("rc1")))
+        .await;
+    board
+        .wait_event("ota 20: refused (downgrade)", Duration::from_secs(30))
+        .await;
+    // A version that is not semver is not signed (a device would refuse
+    // it: edge/src/ota/update.rs tests that).
+    let bad = board.dir.path().join("www/bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(agent_binary(), bad.join("aeris-edge")).unwrap();
+    let out = Command::new(binary("aeris-package"))
+        .arg("sign")
+        .arg("--dir")
+        .arg(&bad)
+        .arg("--key")
+        .arg(&board.key)
+        .args(["--version", "1.2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("version \"1.2\" is not a semver version"),
+        "{err}"
+    );
+    // 1.2.0 is newer than 1.2.0-rc2 (it was refused as the same version).
+    let release = board.publish_package("rel", agent_binary(), "1.2.0+build.7", &[]);
+    board
+        .send_update(22, update_payload(&release, &url("rel")))
+        .await;
+    board
+        .wait_event(
+            "ota 22: accepted: version 1.2.0+build.7 (running 1.2.0-rc2)",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(board
+        .server
+        .requests()
+        .iter()
+        .all(|r| r.starts_with("/rel/")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_the_manifest_does_not_list_never_enter_the_slot() {
+    let board = Board::start().await;
+    let pkg = board.publish_package("v2", agent_binary(), "0.2.0", &[]);
+    // Left in the download folder before the update: a file, a folder, a
+    // symlink at the binary's path pointing outside.
+    let partial = board.root.join("slots/b.partial");
+    std::fs::create_dir_all(partial.join("hooks")).unwrap();
+    std::fs::write(partial.join("extra"), b"#!/bin/sh\n").unwrap();
+    std::fs::write(partial.join("hooks/pre-start.sh"), b"#!/bin/sh\n").unwrap();
+    let outside = board.dir.path().join("outside");
+    std::fs::write(&outside, b"not part of any slot").unwrap();
+    std::os::unix::fs::symlink(&outside, partial.join("aeris-edge")).unwrap();
+    board
+        .send_update(
+            17,
+            update_payload(&pkg, &format!("{}v2/", board.server.url())),
+        )
+        .await;
+    board
+        .wait_event("ota 17: installed", Duration::from_secs(60))
+        .await;
+    let mut listed: Vec<String> = std::fs::read_dir(board.root.join("slots/b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["aeris-edge", "manifest.json", "manifest.json.sig"]);
+    assert!(!board.root.join("slots/b/aeris-edge").is_symlink());
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not part of any slot");
+    board
+        .wait_event("ota 17: confirmed", Duration::from_secs(60))
         .await;
 }

@@ -47,9 +47,10 @@ enum Cmd {
         /// Devices running an older agent refuse the package.
         #[arg(long)]
         min_version: Option<String>,
-        /// Devices install it even over a newer version.
-        #[arg(long)]
-        allow_downgrade: bool,
+        /// Devices running exactly this version install it even though it
+        /// is older (repeat for several); any other device refuses it.
+        #[arg(long, value_name = "VERSION")]
+        allow_downgrade_from: Vec<String>,
     },
     /// Checks DIR's signature against PUBLIC (hex) and every file's sha256.
     Verify {
@@ -103,12 +104,13 @@ fn main() -> anyhow::Result<()> {
             version,
             target,
             min_version,
-            allow_downgrade,
+            allow_downgrade_from,
         } => {
             let key = read_signing_key(&key)?;
             let mut m = Manifest::of_dir(&dir, &version, &target)?;
             m.min_version = min_version;
-            m.allow_downgrade = allow_downgrade;
+            m.allow_downgrade_from = allow_downgrade_from;
+            m.check_versions()?;
             let bytes = m.to_bytes();
             std::fs::write(dir.join(MANIFEST), &bytes)?;
             std::fs::write(dir.join(SIGNATURE), sign(&bytes, &key))?;
