@@ -5,8 +5,8 @@
 //! precedence; no downgrade unless the manifest allows one from exactly the
 //! running version, no update below the package's minimum version); only
 //! files the manifest lists enter a slot; nothing is written outside the
-//! inactive slot until the new version has done real work; `current`
-//! always names a bootable slot.
+//! inactive slot until the new version has done real work and passed its
+//! probation; `current` always names a bootable slot.
 //! Every step is reported on `up/event` (kind `Ota`) as `ota <command id>:
 //! <step>: ...`. Formats: [`package`] (the signed package), [`update`] (the
 //! command payload), [`slots`] (the A/B layout and trial.json); the trial
@@ -136,10 +136,12 @@ pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &OtaStats) {
     if t.state == "confirmed" && slots.current().as_deref() == Some(t.slot.as_str()) {
         info!(version = %t.version, "running the confirmed update");
     } else {
-        let why = if t.state == "running" {
-            "interrupted by a restart before it was confirmed".to_owned()
-        } else {
-            t.state.clone()
+        let why = match t.state.as_str() {
+            "running" => "interrupted by a restart before it was confirmed".to_owned(),
+            "confirmed" => "stopped during its probation after confirmation (watchdog kill, \
+                            crash, power loss or restart); the previous slot booted"
+                .to_owned(),
+            other => other.to_owned(),
         };
         warn!(version = %t.version, reason = %why, "update rolled back");
         stats.rollbacks.fetch_add(1, Relaxed);
