@@ -39,7 +39,8 @@ pub async fn run(
         let Some(trial) = pipeline(config.clone(), stats.clone(), shutdown.clone()).await? else {
             return Ok(());
         };
-        match ota::trial::supervise(&slots, trial, config.ota.trial_deadline, &shutdown).await {
+        let (deadline, probation) = (config.ota.trial_deadline, config.ota.probation);
+        match ota::trial::supervise(&slots, trial, deadline, probation, &shutdown).await {
             Supervised::Confirmed(status) if !status.success() => {
                 anyhow::bail!("the updated agent exited: {status}")
             }

@@ -407,6 +407,8 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   ota.root                      folder of the A/B slots and the `current` link [/var/lib/aeris-edge]
   ota.trusted_keys              hex ed25519 keys an update must be signed by; none = refuse all []
   ota.trial_deadline            a new version must do real work within this, else rollback [5m]
+  ota.probation                 after that, it runs this long before `current` switches to it;
+                                a watchdog kill, crash or restart meanwhile boots the old slot [10m]
   ota.max_package_bytes         largest update package accepted [134217728]
   sensors.<id>.lat, .lon        fixed position of a sensor without GPS
 ";

@@ -274,62 +274,81 @@ fn a_forced_candidate_is_promoted_without_shadow() {
 }
 
 #[test]
-fn with_trusted_keys_only_a_model_signed_by_one_of_them_loads() {
+fn with_trusted_keys_only_a_model_signed_over_manifest_and_model_by_one_of_them_loads() {
+    use aeris_edge::infer::signing::{sign, SIGNATURE_FILE};
     use ed25519_dalek::{Signer, SigningKey};
     let dir = tempfile::tempdir().unwrap();
     copy_model("pm25_nowcast", dir.path());
     let bytes = std::fs::read(dir.path().join("model.onnx")).unwrap();
+    let manifest = std::fs::read(dir.path().join("manifest.json")).unwrap();
     let fleet = SigningKey::from_bytes(&[7; 32]);
     let other = SigningKey::from_bytes(&[9; 32]);
     let trusted = [fleet.verifying_key()];
+    let sig_path = dir.path().join(SIGNATURE_FILE);
+    let reason = || {
+        Model::load_dir(dir.path(), &trusted, 1)
+            .unwrap_err()
+            .reason()
+    };
 
     // No signature file at all.
-    assert_eq!(
-        Model::load_dir(dir.path(), &trusted, 1)
-            .unwrap_err()
-            .reason(),
-        "signature"
-    );
+    assert_eq!(reason(), "signature");
     // Signed by a key the board does not trust.
-    std::fs::write(
-        dir.path().join("model.onnx.sig"),
-        hex::encode(other.sign(&bytes).to_bytes()),
-    )
-    .unwrap();
-    assert_eq!(
-        Model::load_dir(dir.path(), &trusted, 1)
-            .unwrap_err()
-            .reason(),
-        "signature"
-    );
-    // The fleet key's signature over other bytes.
-    std::fs::write(
-        dir.path().join("model.onnx.sig"),
-        hex::encode(fleet.sign(b"other").to_bytes()),
-    )
-    .unwrap();
-    assert_eq!(
-        Model::load_dir(dir.path(), &trusted, 1)
-            .unwrap_err()
-            .reason(),
-        "signature"
-    );
+    std::fs::write(&sig_path, hex::encode(sign(&manifest, &bytes, &other))).unwrap();
+    assert_eq!(reason(), "signature");
+    // The old format, a signature over model.onnx alone, in either file.
+    let model_only = hex::encode(fleet.sign(&bytes).to_bytes());
+    std::fs::write(&sig_path, &model_only).unwrap();
+    assert_eq!(reason(), "signature");
+    std::fs::remove_file(&sig_path).unwrap();
+    std::fs::write(dir.path().join("model.onnx.sig"), &model_only).unwrap();
+    assert_eq!(reason(), "signature");
     // The right one, hex or raw.
-    std::fs::write(
-        dir.path().join("model.onnx.sig"),
-        hex::encode(fleet.sign(&bytes).to_bytes()),
-    )
-    .unwrap();
+    std::fs::write(&sig_path, hex::encode(sign(&manifest, &bytes, &fleet))).unwrap();
     assert!(Model::load_dir(dir.path(), &trusted, 1).is_ok());
-    std::fs::write(
-        dir.path().join("model.onnx.sig"),
-        fleet.sign(&bytes).to_bytes(),
-    )
-    .unwrap();
+    std::fs::write(&sig_path, sign(&manifest, &bytes, &fleet)).unwrap();
     assert!(Model::load_dir(dir.path(), &trusted, 1).is_ok());
+    // The manifest changed after signing (a looser shadow tolerance, the
+    // model untouched): refused.
+    let mut m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    m["tolerance"]["shadow_vs_active"]["abs"] = 1e9.into();
+    std::fs::write(dir.path().join("manifest.json"), m.to_string()).unwrap();
+    assert_eq!(reason(), "signature");
     // Without configured keys no signature is asked for.
-    std::fs::remove_file(dir.path().join("model.onnx.sig")).unwrap();
+    std::fs::remove_file(&sig_path).unwrap();
     assert!(Model::load_dir(dir.path(), &[], 1).is_ok());
+}
+
+#[test]
+fn a_manifest_name_or_version_that_is_not_a_plain_token_is_refused() {
+    for (field, value) in [
+        ("name", "../../x"),
+        ("name", ".."),
+        ("name", "a/b"),
+        ("name", "/tmp/x"),
+        ("name", ""),
+        ("version", "1.0.0/../../x"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_model("pm25_nowcast", dir.path());
+        let path = dir.path().join("manifest.json");
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        m[field] = value.into();
+        std::fs::write(&path, m.to_string()).unwrap();
+        let e = Model::load_dir(dir.path(), &[], 1).unwrap_err();
+        assert_eq!(e.reason(), "name", "{field} {value:?}: {e}");
+        assert!(e.to_string().contains("not a plain name"), "{e}");
+    }
+}
+
+/// The loader's next news, within 20 s.
+async fn next(
+    rx: &mut tokio::sync::mpsc::Receiver<aeris_edge::infer::store::LoaderNews>,
+) -> Option<aeris_edge::infer::store::LoaderNews> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+        .await
+        .unwrap()
 }
 
 /// Serves `files` (path -> body) over HTTP/1.1 on a free port, one request
@@ -371,20 +390,26 @@ async fn a_commanded_model_is_downloaded_over_http_checked_and_size_capped() {
     let model = std::fs::read(dir.join("model.onnx")).unwrap();
     let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
     let sha: [u8; 32] = Sha256::digest(&model).into();
+    let fleet = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let signature = aeris_edge::infer::signing::sign(&manifest, &model, &fleet).to_vec();
+    let mut tampered: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    tampered["outputs"][0]["decision_threshold"] = 0.0.into();
     let port = serve(vec![
         ("/m/model.onnx".into(), model.clone()),
         ("/m/manifest.json".into(), manifest),
+        ("/t/model.onnx".into(), model.clone()),
+        ("/t/manifest.json".into(), tampered.to_string().into_bytes()),
     ])
     .await;
 
     let root = tempfile::tempdir().unwrap();
-    let run = |max_model_bytes: u64| {
+    let run = |max_model_bytes: u64, trusted: Vec<ed25519_dalek::VerifyingKey>| {
         let (cand_tx, cand_rx) = tokio::sync::mpsc::channel(2);
         let (news_tx, news_rx) = tokio::sync::mpsc::channel(8);
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(2);
         let loader = Loader {
             dir: ModelsDir::create(root.path()).unwrap(),
-            trusted: vec![],
+            trusted,
             poll_interval: std::time::Duration::from_secs(3600),
             max_model_bytes,
             candidates: cand_tx,
@@ -400,11 +425,14 @@ async fn a_commanded_model_is_downloaded_over_http_checked_and_size_capped() {
         version: "1.0.1".into(),
         url,
         sha256: sha,
-        signature: vec![],
+        signature: signature.clone(),
         force: false,
     };
-
-    let (cmd, mut candidates, mut news, stop) = run(1 << 20);
+    let rejection = |news: Option<LoaderNews>| match news {
+        Some(LoaderNews::Rejected { reason, error, .. }) => (reason, error),
+        other => panic!("{other:?}"),
+    };
+    let (cmd, mut candidates, mut news, stop) = run(1 << 20, vec![fleet.verifying_key()]);
     cmd.send(command(format!("http://127.0.0.1:{port}/m")))
         .await
         .unwrap();
@@ -414,32 +442,54 @@ async fn a_commanded_model_is_downloaded_over_http_checked_and_size_capped() {
         .unwrap();
     assert_eq!(c.model.manifest.version, "1.0.1");
     assert!(matches!(news.recv().await, Some(LoaderNews::Loaded { .. })));
+    // A manifest changed on the way (same model.onnx, so the command's
+    // sha256 still matches) fails the signature.
+    cmd.send(command(format!("http://127.0.0.1:{port}/t")))
+        .await
+        .unwrap();
+    assert_eq!(rejection(next(&mut news).await).0, "signature");
+    // A command whose name is a path is refused before any request.
+    let mut evil = command(format!("http://127.0.0.1:{port}/m"));
+    evil.name = "../../x".into();
+    cmd.send(evil).await.unwrap();
+    assert_eq!(rejection(next(&mut news).await).0, "name");
+    // A command naming another model than the manifest describes is refused.
+    let mut other = command(format!("http://127.0.0.1:{port}/m"));
+    other.version = "2.0.0".into();
+    cmd.send(other).await.unwrap();
+    let (reason, error) = rejection(next(&mut news).await);
+    assert!(
+        reason == "manifest" && error.contains("asked for pm25_nowcast@2.0.0"),
+        "{error}"
+    );
     // A missing file is a clear rejection, not a hang or a crash.
     cmd.send(command(format!("http://127.0.0.1:{port}/nothing")))
         .await
         .unwrap();
-    match tokio::time::timeout(std::time::Duration::from_secs(20), news.recv())
+    let (reason, error) = rejection(next(&mut news).await);
+    assert!(reason == "io" && error.contains("404"), "{error}");
+    stop.cancel();
+
+    // Without trusted keys plain http is refused (nothing would prove the
+    // manifest), whatever the sha256 says.
+    let (cmd, _candidates, mut news, stop) = run(1 << 20, vec![]);
+    cmd.send(command(format!("HTTP://127.0.0.1:{port}/m")))
         .await
-        .unwrap()
-    {
-        Some(LoaderNews::Rejected { reason, error, .. }) => {
-            assert!(reason == "io" && error.contains("404"), "{error}")
-        }
-        other => panic!("{other:?}"),
-    }
+        .unwrap();
+    let (reason, error) = rejection(next(&mut news).await);
+    assert!(
+        reason == "insecure_url" && error.contains("trusted_keys"),
+        "{error}"
+    );
     stop.cancel();
 
     // A model larger than the cap is refused while downloading.
-    let (cmd, _candidates, mut news, stop) = run(model.len() as u64 - 1);
+    let (cmd, _candidates, mut news, stop) =
+        run(model.len() as u64 - 1, vec![fleet.verifying_key()]);
     cmd.send(command(format!("http://127.0.0.1:{port}/m")))
         .await
         .unwrap();
-    match tokio::time::timeout(std::time::Duration::from_secs(20), news.recv())
-        .await
-        .unwrap()
-    {
-        Some(LoaderNews::Rejected { error, .. }) => assert!(error.contains("limit"), "{error}"),
-        other => panic!("{other:?}"),
-    }
+    let (_, error) = rejection(next(&mut news).await);
+    assert!(error.contains("limit"), "{error}");
     stop.cancel();
 }

@@ -226,3 +226,226 @@ async fn models_are_shadowed_promoted_discarded_and_persisted_on_the_running_age
         Some("model:pm25_nowcast@1.0.1")
     );
 }
+
+/// Every file and folder under `root` (relative paths), except what lies
+/// under `skip`.
+fn tree(root: &Path, skip: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.starts_with(skip) {
+                continue;
+            }
+            out.insert(path.strip_prefix(root).unwrap().display().to_string());
+            if path.is_dir() && !path.is_symlink() {
+                todo.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A copy of the model folder `from` in `to`, its manifest edited by `edit`.
+fn model_copy(from: &Path, to: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(from.join("model.onnx"), to.join("model.onnx")).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(from.join("manifest.json")).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(to.join("manifest.json"), m.to_string()).unwrap();
+}
+
+async fn metrics(stack: &Stack) -> String {
+    let (status, text) = aeris_tests::http_get(stack.edge_health, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_manifest_naming_a_path_is_refused_and_nothing_outside_the_models_folder_changes() {
+    let config = format!(
+        "[ingest]\nretention = \"30d\"\n[infer]\nmodels = [\"{}\"]\npoll_interval = \"200ms\"\n",
+        models().join("pm25_nowcast").display()
+    );
+    let stack = Stack::start_with(&config).await;
+    let events = watch_events(stack.cloud.port, DEVICE).await;
+    let models_dir = stack.dir.path().join("edge/models");
+    // The whole test folder (gateway, agent data, configs, logs) but the
+    // models folder; `models/active/../../x` would be the agent's
+    // `<data_dir>/x`.
+    let before = tree(stack.dir.path(), &models_dir);
+    assert!(
+        before.contains("edge.toml") && before.contains("edge"),
+        "{before:?}"
+    );
+
+    // A dropped folder whose manifest names `../../x` (models/active/../../x
+    // is the data folder's `x`): refused by name before anything moves.
+    let evil = |m: &mut serde_json::Value| m["name"] = "../../x".into();
+    model_copy(
+        &models().join("pm25_nowcast"),
+        &models_dir.join("incoming/evil"),
+        evil,
+    );
+    let e = wait_event(&events, "rejected (name)", &stack).await;
+    assert!(
+        e.contains("\"../../x\"") && e.contains("drop folder evil"),
+        "{e}"
+    );
+
+    // The same by command: a command naming a path, and a command whose
+    // (unsigned, fleet without keys) manifest names one.
+    let outside = tempfile::tempdir().unwrap();
+    model_copy(&models().join("pm25_nowcast"), outside.path(), evil);
+    let sha: [u8; 32] =
+        Sha256::digest(std::fs::read(outside.path().join("model.onnx")).unwrap()).into();
+    let command = |id: u64, name: &str| Command {
+        id,
+        kind: CommandKind::Model {
+            name: name.into(),
+            version: "1.0.0".into(),
+            url: format!("file://{}", outside.path().display()),
+            sha256: sha,
+            signature: vec![],
+            force: true,
+        },
+    };
+    send_command(stack.cloud.port, command(3, "../../x")).await;
+    wait_event(&events, "command 3 (../../x@1.0.0", &stack).await;
+    send_command(stack.cloud.port, command(4, "pm25_nowcast")).await;
+    let e = wait_event(&events, "command 4 (", &stack).await;
+    assert!(e.contains("rejected (name)"), "{e}");
+    let rejected: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.contains("rejected (name)"))
+        .cloned()
+        .collect();
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    let text = metrics(&stack).await;
+    assert_eq!(
+        aeris_tests::metric(&text, "aeris_edge_model_rejections_total"),
+        Some(3.0)
+    );
+
+    // Nothing outside the models folder changed; the dropped folder is kept
+    // in rejected/ for the operator, and the nowcast still runs.
+    assert_eq!(tree(stack.dir.path(), &models_dir), before);
+    assert!(!stack.dir.path().join("edge/x").exists());
+    let kept = std::fs::read_dir(models_dir.join("rejected"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1, "the dropped folder, once");
+    assert!(models_dir.join("active/pm25_nowcast/model.onnx").exists());
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|e| !e.contains("../../x@1.0.0 active")));
+}
+
+/// Runs `aeris-package` with `args`; its stdout, trimmed.
+fn aeris_package(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(aeris_tests::process::binary("aeris-package"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "aeris-package {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_trusted_keys_a_model_manifest_changed_after_signing_is_refused() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("fleet.key");
+    let public = aeris_package(&["keygen".as_ref(), key.as_os_str()]);
+    let sign = |dir: &Path| {
+        aeris_package(&[
+            "sign-model".as_ref(),
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+        ])
+    };
+    // The seed, signed like every model a keyed board takes.
+    let seed = keys.path().join("pm25_nowcast");
+    model_copy(&models().join("pm25_nowcast"), &seed, |_| {});
+    let seed_signature = sign(&seed);
+    let check = aeris_package(&[
+        "verify-model".as_ref(),
+        "--dir".as_ref(),
+        seed.as_os_str(),
+        "--public".as_ref(),
+        public.as_ref(),
+    ]);
+    assert_eq!(check, "ok: model pm25_nowcast@1.0.0");
+    let config = format!(
+        "[ingest]\nretention = \"30d\"\n[infer]\nmodels = [\"{}\"]\npoll_interval = \"200ms\"\ntrusted_keys = [\"{public}\"]\n",
+        seed.display()
+    );
+    let stack = Stack::start_with(&config).await;
+    let events = watch_events(stack.cloud.port, DEVICE).await;
+    let incoming = stack.dir.path().join("edge/models/incoming");
+
+    // Signed, then its manifest loosened (shadow tolerance): refused.
+    let agree = models().join("testdata/pm25_nowcast_agree");
+    let staging = keys.path().join("tampered");
+    model_copy(&agree, &staging, |_| {});
+    sign(&staging);
+    model_copy(&agree, &staging, |m| {
+        m["tolerance"]["shadow_vs_active"]["abs"] = 1e9.into()
+    });
+    std::fs::rename(&staging, incoming.join("tampered")).unwrap();
+    let e = wait_event(&events, "drop folder tampered", &stack).await;
+    assert!(e.contains("rejected (signature)"), "{e}");
+
+    // The same model as signed is taken into shadow.
+    let good = keys.path().join("good");
+    model_copy(&agree, &good, |_| {});
+    sign(&good);
+    std::fs::rename(&good, incoming.join("good")).unwrap();
+    wait_event(&events, "pm25_nowcast@1.0.1 in shadow", &stack).await;
+
+    // Over plain http with keys set: the command's signature (printed by
+    // sign-model) covers the manifest it fetches.
+    let www = tempfile::tempdir().unwrap();
+    let served = www.path().join("disagree");
+    model_copy(
+        &models().join("testdata/pm25_nowcast_disagree"),
+        &served,
+        |_| {},
+    );
+    let signature = hex::decode(sign(&served)).unwrap();
+    let server = aeris_tests::files::FileServer::start(www.path().to_path_buf()).await;
+    let sha: [u8; 32] = Sha256::digest(std::fs::read(served.join("model.onnx")).unwrap()).into();
+    let command = |id: u64, signature: Vec<u8>| Command {
+        id,
+        kind: CommandKind::Model {
+            name: "pm25_nowcast".into(),
+            version: "1.1.0".into(),
+            url: format!("{}disagree", server.url()),
+            sha256: sha,
+            signature,
+            force: false,
+        },
+    };
+    // A signature the fleet key made for another model is refused...
+    let other = hex::decode(&seed_signature).unwrap();
+    send_command(stack.cloud.port, command(5, other)).await;
+    let e = wait_event(&events, "command 5 (", &stack).await;
+    assert!(e.contains("rejected (signature)"), "{e}");
+    // ...the new one is taken.
+    send_command(stack.cloud.port, command(6, signature)).await;
+    wait_event(&events, "pm25_nowcast@1.1.0 in shadow", &stack).await;
+    let text = metrics(&stack).await;
+    assert_eq!(
+        aeris_tests::metric(&text, "aeris_edge_model_rejections_total"),
+        Some(2.0)
+    );
+}

@@ -152,8 +152,10 @@ pub enum CommandKind {
     Ota { manifest: Vec<u8> },
     /// 3: a model update to fetch, check and shadow-evaluate. `url` names a
     /// folder holding `manifest.json` and `model.onnx`; `sha256` is that of
-    /// `model.onnx`; `signature` is ed25519 over `model.onnx` (empty when the
-    /// fleet has no signing key); `force` promotes without shadow evaluation.
+    /// `model.onnx`; `signature` is ed25519 over a digest of `manifest.json`
+    /// and `model.onnx` together (layout: `aeris_edge::infer::signing`;
+    /// empty when the fleet has no signing key); `force` promotes without
+    /// shadow evaluation.
     Model {
         name: String,
         version: String,

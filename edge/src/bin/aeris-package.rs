@@ -1,12 +1,17 @@
-//! Signs and checks agent packages (see `aeris_edge::ota::package`):
-//! `keygen` makes a signing key, `sign` writes a folder's `manifest.json`
-//! and `manifest.json.sig`, `verify` checks them as a device would.
-//! `cross/build.sh` calls `sign`; an operator calls `keygen` once per fleet.
+//! Signs and checks agent packages (see `aeris_edge::ota::package`) and
+//! models (see `aeris_edge::infer::signing`): `keygen` makes a signing key,
+//! `sign` writes a folder's `manifest.json` and `manifest.json.sig`,
+//! `verify` checks them as a device would; `sign-model` writes a model
+//! folder's `model.sig` (over its `manifest.json` and `model.onnx`) and
+//! prints it, the value of a `Model` command's `signature`; `verify-model`
+//! checks one. `cross/build.sh` calls `sign`; an operator calls `keygen`
+//! once per fleet.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use aeris_edge::infer::signing;
 use aeris_edge::ota::package::{read_signing_key, sign, Manifest, MANIFEST, SIGNATURE};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -42,9 +47,10 @@ enum Cmd {
         /// Devices running an older agent refuse the package.
         #[arg(long)]
         min_version: Option<String>,
-        /// Devices install it even over a newer version.
-        #[arg(long)]
-        allow_downgrade: bool,
+        /// Devices running exactly this version install it even though it
+        /// is older (repeat for several); any other device refuses it.
+        #[arg(long, value_name = "VERSION")]
+        allow_downgrade_from: Vec<String>,
     },
     /// Checks DIR's signature against PUBLIC (hex) and every file's sha256.
     Verify {
@@ -53,6 +59,26 @@ enum Cmd {
         #[arg(long, value_name = "HEX")]
         public: String,
     },
+    /// Signs the model folder DIR: writes `model.sig` (hex ed25519 over
+    /// DIR's manifest.json and model.onnx) and prints it.
+    SignModel {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Secret key file written by `keygen`.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Checks the model folder DIR as a device with PUBLIC (hex) trusted would.
+    VerifyModel {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_name = "HEX")]
+        public: String,
+    },
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,12 +104,13 @@ fn main() -> anyhow::Result<()> {
             version,
             target,
             min_version,
-            allow_downgrade,
+            allow_downgrade_from,
         } => {
             let key = read_signing_key(&key)?;
             let mut m = Manifest::of_dir(&dir, &version, &target)?;
             m.min_version = min_version;
-            m.allow_downgrade = allow_downgrade;
+            m.allow_downgrade_from = allow_downgrade_from;
+            m.check_versions()?;
             let bytes = m.to_bytes();
             std::fs::write(dir.join(MANIFEST), &bytes)?;
             std::fs::write(dir.join(SIGNATURE), sign(&bytes, &key))?;
@@ -105,6 +132,31 @@ fn main() -> anyhow::Result<()> {
                 m.target,
                 m.files.len()
             );
+        }
+        Cmd::SignModel { dir, key } => {
+            let key = read_signing_key(&key)?;
+            let manifest = read(&dir.join("manifest.json"))?;
+            let model = read(&dir.join("model.onnx"))?;
+            let m: aeris_edge::infer::manifest::Manifest = serde_json::from_slice(&manifest)
+                .with_context(|| format!("{}/manifest.json", dir.display()))?;
+            for (what, v) in [("name", &m.name), ("version", &m.version)] {
+                anyhow::ensure!(
+                    signing::is_plain_name(v),
+                    "model {what} {v:?} is not a plain name ([A-Za-z0-9._-], 1 to 64, not . or ..): devices would refuse it"
+                );
+            }
+            let sig = hex::encode(signing::sign(&manifest, &model, &key));
+            let path = dir.join(signing::SIGNATURE_FILE);
+            std::fs::write(&path, format!("{sig}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("signed model {}@{} in {}", m.name, m.version, dir.display());
+            println!("{sig}");
+        }
+        Cmd::VerifyModel { dir, public } => {
+            let trusted = aeris_edge::config::parse_keys(&[public]).map_err(anyhow::Error::msg)?;
+            let m = aeris_edge::infer::Model::load_dir(&dir, &trusted, 1)
+                .with_context(|| format!("model folder {}", dir.display()))?;
+            println!("ok: model {}@{}", m.manifest.name, m.manifest.version);
         }
     }
     Ok(())

@@ -10,6 +10,10 @@
 //!   pings and systemd restarts the agent.
 //! - `STATUS=` a one-line summary (held, accepted, acked), on each check.
 //! - `STOPPING=1` when shutdown starts.
+//! - While an update is on trial, the supervising old agent pings
+//!   ([`watchdog_ping`]) until the new version confirms; after that only
+//!   the new version does, so a hang during its probation starves the
+//!   watchdog.
 //!
 //! Without `NOTIFY_SOCKET` every send is a no-op; without `WATCHDOG_USEC`
 //! no watchdog pings are sent.
@@ -86,6 +90,17 @@ impl Liveness {
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         debug!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// One `WATCHDOG=1` when the service manager asked for a watchdog. Sent by
+/// the old agent while it supervises an update trial (`ota::trial`): the
+/// trial has its own deadline, and the pings bridge the hand-over from the
+/// old pipeline's notifier to the new one's. From the confirmation on only
+/// the new version pings.
+pub fn watchdog_ping() {
+    if sd_notify::watchdog_enabled().is_some() {
+        send(&[NotifyState::Watchdog]);
     }
 }
 

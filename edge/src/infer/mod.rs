@@ -1,7 +1,9 @@
 //! On-device inference with tract.
 //!
-//! - [`model`]: a model checked (sha256, ed25519 when keys are configured),
-//!   loaded with a fixed input shape and optimised once;
+//! - [`model`]: a model checked (plain name, sha256, ed25519 when keys are
+//!   configured), loaded with a fixed input shape and optimised once;
+//! - [`signing`]: what a model signature covers (manifest and model) and
+//!   the names a model may carry;
 //! - [`features`]: input rows from each sensor's recent readings;
 //! - [`engine`]: the active model per slot, its outputs attached to readings,
 //!   and shadow evaluation of candidates;
@@ -14,6 +16,7 @@ pub mod features;
 pub mod manifest;
 pub mod model;
 pub mod runtime;
+pub mod signing;
 pub mod store;
 
 pub use engine::{Change, Engine, EngineConfig, InferStats, FLAG_MODEL_ANOMALY};

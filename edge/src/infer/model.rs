@@ -1,16 +1,18 @@
-//! A model checked and loaded: sha256 (and ed25519 signature when keys are
-//! configured) verified against the bytes, graph loaded with tract, input
-//! shape fixed to `[batch, width]`, optimised once.
+//! A model checked and loaded: name and version plain tokens, sha256 (and,
+//! when keys are configured, the ed25519 signature over manifest and model,
+//! see [`super::signing`]) verified against the bytes, graph loaded with
+//! tract, input shape fixed to `[batch, width]`, optimised once.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use super::features::FeatureSpec;
 use super::manifest::Manifest;
+use super::signing;
 
 /// Why a model could not be used. [`ModelError::reason`] is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +23,12 @@ pub enum ModelError {
     Manifest(String),
     #[error("sha256 {actual} does not match the expected {expected}")]
     Checksum { expected: String, actual: String },
-    #[error("signature missing or not made by a trusted key")]
+    #[error("signature missing or not made by a trusted key over this manifest and model")]
     Signature,
+    #[error("{what} {value:?} is not a plain name ([A-Za-z0-9._-], 1 to 64, not . or ..)")]
+    Name { what: &'static str, value: String },
+    #[error("{0}: plain http is refused while no infer.trusted_keys are set (nothing would prove the manifest)")]
+    Insecure(String),
     #[error("model cannot be loaded: {0}")]
     Load(String),
     #[error("model does not fit its manifest: {0}")]
@@ -38,6 +44,8 @@ impl ModelError {
             ModelError::Manifest(_) => "manifest",
             ModelError::Checksum { .. } => "checksum",
             ModelError::Signature => "signature",
+            ModelError::Name { .. } => "name",
+            ModelError::Insecure(_) => "insecure_url",
             ModelError::Load(_) => "load",
             ModelError::Incompatible(_) => "incompatible",
             ModelError::Run(_) => "run",
@@ -72,46 +80,62 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
     })
 }
 
-/// Checks `signature` (64 bytes) over `bytes` against any of `trusted`.
+/// Checks `signature` over `manifest` and `model` (see [`signing`])
+/// against any of `trusted`.
 pub fn verify_signature(
-    bytes: &[u8],
+    manifest: &[u8],
+    model: &[u8],
     signature: &[u8],
     trusted: &[VerifyingKey],
 ) -> Result<(), ModelError> {
-    let sig = Signature::from_slice(signature).map_err(|_| ModelError::Signature)?;
-    if trusted.iter().any(|k| k.verify(bytes, &sig).is_ok()) {
+    if signing::verify(manifest, model, signature, trusted) {
         Ok(())
     } else {
         Err(ModelError::Signature)
     }
 }
 
+/// Refuses a name or version that could not safely be one path component.
+pub fn check_name(what: &'static str, value: &str) -> Result<(), ModelError> {
+    if signing::is_plain_name(value) {
+        Ok(())
+    } else {
+        Err(ModelError::Name {
+            what,
+            value: value.to_owned(),
+        })
+    }
+}
+
 impl Model {
     /// Loads `dir/model.onnx` described by `dir/manifest.json`. With trusted
-    /// keys, `dir/model.onnx.sig` (raw 64 bytes or hex) must verify.
+    /// keys, `dir/model.sig` (raw 64 bytes or hex) must verify over both
+    /// files before either is parsed.
     pub fn load_dir(
         dir: &Path,
         trusted: &[VerifyingKey],
         batch: usize,
     ) -> Result<Model, ModelError> {
-        let manifest: Manifest = serde_json::from_slice(&read(&dir.join("manifest.json"))?)
-            .map_err(|e| ModelError::Manifest(e.to_string()))?;
+        let manifest_bytes = read(&dir.join("manifest.json"))?;
         let bytes = read(&dir.join("model.onnx"))?;
         if !trusted.is_empty() {
-            let raw = read(&dir.join("model.onnx.sig")).map_err(|_| ModelError::Signature)?;
-            let sig = match hex::decode(String::from_utf8_lossy(&raw).trim()) {
-                Ok(decoded) => decoded,
-                Err(_) => raw,
-            };
-            verify_signature(&bytes, &sig, trusted)?;
+            let raw =
+                read(&dir.join(signing::SIGNATURE_FILE)).map_err(|_| ModelError::Signature)?;
+            let sig = signing::parse_signature_file(raw);
+            verify_signature(&manifest_bytes, &bytes, &sig, trusted)?;
         }
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| ModelError::Manifest(e.to_string()))?;
         let mut model = Model::from_bytes(manifest, &bytes, batch)?;
         model.dir = Some(dir.to_owned());
         Ok(model)
     }
 
-    /// Checks the bytes against the manifest's sha256, then loads them.
+    /// Checks the manifest's name and version and the bytes against its
+    /// sha256, then loads them.
     pub fn from_bytes(manifest: Manifest, bytes: &[u8], batch: usize) -> Result<Model, ModelError> {
+        check_name("model name", &manifest.name)?;
+        check_name("model version", &manifest.version)?;
         let actual = sha256_hex(bytes);
         if !actual.eq_ignore_ascii_case(&manifest.sha256) {
             return Err(ModelError::Checksum {

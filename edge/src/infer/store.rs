@@ -2,16 +2,22 @@
 //!
 //! Layout under `<data_dir>/models/`:
 //! - `active/<name>/`: the model each slot runs (`model.onnx`,
-//!   `manifest.json`, `model.onnx.sig` when signed); loaded at start;
+//!   `manifest.json`, `model.sig` when signed); loaded at start;
 //! - `incoming/<any>/`: the drop folder; a folder is taken once nothing in it
 //!   changed for a second;
 //! - `staging/`: candidates being loaded or in shadow;
 //! - `rejected/`: candidates that failed a check or their shadow run, kept
 //!   for the operator to inspect.
 //!
-//! Invariant: a candidate reaches the engine only after its sha256 (and, with
-//! trusted keys, its signature) matched and tract loaded it; the loading runs
-//! off the ingest task, so ingest never waits for it.
+//! Invariants: a candidate reaches the engine only after its sha256 (and, with
+//! trusted keys, its signature over manifest and model) matched and tract
+//! loaded it; the loading runs off the ingest task, so ingest never waits
+//! for it. Every path below `<data_dir>/models/` is built from fixed names,
+//! a folder name the drop folder listed, a command id, or a manifest name
+//! that passed [`super::signing::is_plain_name`]: nothing a sender writes
+//! can name a place outside the models folder. Without trusted keys a
+//! command's `http://` URL is refused (the manifest is not covered by the
+//! command's sha256, so plain http would let anyone on the path rewrite it).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -21,7 +27,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::model::{sha256_hex, verify_signature, Model, ModelError};
+use super::manifest::Manifest;
+use super::model::{check_name, sha256_hex, verify_signature, Model, ModelError};
+use super::signing;
 
 /// A model ready for the engine.
 pub struct Candidate {
@@ -134,6 +142,14 @@ impl ModelsDir {
 
     /// Makes the model folder `dir` the active one of slot `name`.
     pub fn install(&self, name: &str, dir: &Path) -> std::io::Result<()> {
+        // Loading refused such a name already; this keeps the folder safe
+        // whoever calls.
+        if !signing::is_plain_name(name) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("model name {name:?} is not a plain name"),
+            ));
+        }
         let target = self.active(name);
         if dir == target {
             return Ok(());
@@ -174,7 +190,7 @@ impl ModelsDir {
 
 fn copy_model_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
-    for f in ["model.onnx", "manifest.json", "model.onnx.sig"] {
+    for f in ["model.onnx", "manifest.json", signing::SIGNATURE_FILE] {
         if from.join(f).exists() {
             std::fs::copy(from.join(f), to.join(f))?;
         }
@@ -287,7 +303,7 @@ impl Loader {
             "command {} ({}@{} from {})",
             cmd.id, cmd.name, cmd.version, cmd.url
         );
-        let staged = self.dir.stage(&format!("{}-{}", cmd.name, cmd.version));
+        let staged = self.dir.stage(&format!("command-{}", cmd.id));
         match self.download(&cmd, &staged).await {
             Ok(()) => self.load(staged, source, cmd.force).await,
             Err(e) => {
@@ -297,14 +313,20 @@ impl Loader {
         }
     }
 
-    /// Fetches `manifest.json` and `model.onnx` from `cmd.url` (http, https
-    /// or file) into `staged`, checking size, sha256 and signature.
+    /// Fetches `manifest.json` and `model.onnx` from `cmd.url` (https, file,
+    /// or http when keys are set) into `staged`, checking size, sha256, the
+    /// signature over both, and that the manifest is the model the command
+    /// names. Nothing is written before the checks that need no file pass.
     async fn download(&self, cmd: &ModelCommand, staged: &Path) -> Result<(), ModelError> {
+        check_name("model name", &cmd.name)?;
+        check_name("model version", &cmd.version)?;
+        if self.trusted.is_empty() && has_scheme(&cmd.url, "http://") {
+            return Err(ModelError::Insecure(cmd.url.clone()));
+        }
         let io = |e: std::io::Error| ModelError::Io {
             path: staged.display().to_string(),
             error: e.to_string(),
         };
-        std::fs::create_dir_all(staged).map_err(io)?;
         let base = cmd.url.trim_end_matches('/');
         let model = self.get(&format!("{base}/model.onnx")).await?;
         let manifest = self.get(&format!("{base}/manifest.json")).await?;
@@ -314,9 +336,24 @@ impl Loader {
             return Err(ModelError::Checksum { expected, actual });
         }
         if !self.trusted.is_empty() {
-            verify_signature(&model, &cmd.signature, &self.trusted)?;
-            std::fs::write(staged.join("model.onnx.sig"), hex::encode(&cmd.signature))
-                .map_err(io)?;
+            verify_signature(&manifest, &model, &cmd.signature, &self.trusted)?;
+        }
+        let m: Manifest =
+            serde_json::from_slice(&manifest).map_err(|e| ModelError::Manifest(e.to_string()))?;
+        check_name("model name", &m.name)?;
+        if (m.name.as_str(), m.version.as_str()) != (cmd.name.as_str(), cmd.version.as_str()) {
+            return Err(ModelError::Manifest(format!(
+                "it describes {}@{}, the command asked for {}@{}",
+                m.name, m.version, cmd.name, cmd.version
+            )));
+        }
+        std::fs::create_dir_all(staged).map_err(io)?;
+        if !self.trusted.is_empty() {
+            std::fs::write(
+                staged.join(signing::SIGNATURE_FILE),
+                hex::encode(&cmd.signature),
+            )
+            .map_err(io)?;
         }
         std::fs::write(staged.join("model.onnx"), &model).map_err(io)?;
         std::fs::write(staged.join("manifest.json"), &manifest).map_err(io)?;
@@ -324,6 +361,15 @@ impl Loader {
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, ModelError> {
+        if !(has_scheme(url, "file://")
+            || has_scheme(url, "https://")
+            || has_scheme(url, "http://"))
+        {
+            return Err(ModelError::Io {
+                path: url.to_owned(),
+                error: "only file://, https:// and http:// URLs are fetched".into(),
+            });
+        }
         let fail = |e: String| ModelError::Io {
             path: url.to_owned(),
             error: e,
@@ -361,4 +407,10 @@ impl Loader {
         }
         Ok(body)
     }
+}
+
+/// `url` starts with `scheme` (ASCII case-insensitive, as URL schemes are).
+fn has_scheme(url: &str, scheme: &str) -> bool {
+    url.get(..scheme.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
 }

@@ -15,6 +15,11 @@ pub struct OtaConfig {
     /// The new version must have done real work within this time.
     #[serde(with = "humantime_serde")]
     pub trial_deadline: Duration,
+    /// After its confirmation the new version runs this long under the old
+    /// one before `current` switches to it; a watchdog kill, crash or
+    /// restart in this time boots the previous slot (see `ota::trial`).
+    #[serde(with = "humantime_serde")]
+    pub probation: Duration,
     /// Largest package (all files together) accepted.
     pub max_package_bytes: u64,
 }
@@ -25,6 +30,7 @@ impl Default for OtaConfig {
             root: PathBuf::from("/var/lib/aeris-edge"),
             trusted_keys: Vec::new(),
             trial_deadline: Duration::from_secs(300),
+            probation: Duration::from_secs(600),
             max_package_bytes: 128 << 20,
         }
     }

@@ -1,10 +1,12 @@
 //! Over-the-air updates of the agent itself.
 //!
 //! Invariants: nothing is fetched before the update's signature verified
-//! against `ota.trusted_keys` and its version passed the policy (no
-//! downgrade unless the manifest allows it, no update below the package's
-//! minimum version); nothing is written outside the inactive slot until the
-//! new version has done real work; `current` always names a bootable slot.
+//! against `ota.trusted_keys` and its version passed the policy (semver
+//! precedence; no downgrade unless the manifest allows one from exactly the
+//! running version, no update below the package's minimum version); only
+//! files the manifest lists enter a slot; nothing is written outside the
+//! inactive slot until the new version has done real work and passed its
+//! probation; `current` always names a bootable slot.
 //! Every step is reported on `up/event` (kind `Ota`) as `ota <command id>:
 //! <step>: ...`. Formats: [`package`] (the signed package), [`update`] (the
 //! command payload), [`slots`] (the A/B layout and trial.json); the trial
@@ -20,6 +22,7 @@ pub mod slots;
 pub mod trial;
 pub mod update;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -133,10 +136,12 @@ pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &OtaStats) {
     if t.state == "confirmed" && slots.current().as_deref() == Some(t.slot.as_str()) {
         info!(version = %t.version, "running the confirmed update");
     } else {
-        let why = if t.state == "running" {
-            "interrupted by a restart before it was confirmed".to_owned()
-        } else {
-            t.state.clone()
+        let why = match t.state.as_str() {
+            "running" => "interrupted by a restart before it was confirmed".to_owned(),
+            "confirmed" => "stopped during its probation after confirmation (watchdog kill, \
+                            crash, power loss or restart); the previous slot booted"
+                .to_owned(),
+            other => other.to_owned(),
         };
         warn!(version = %t.version, reason = %why, "update rolled back");
         stats.rollbacks.fetch_add(1, Relaxed);
@@ -194,7 +199,11 @@ async fn install(
         "ota {}: accepted: version {} (running {running}), downloading into slot {slot}",
         cmd.id, m.version
     ));
-    let partial = slots.partial(slot);
+    let partial = slots.prepare_partial(slot)?;
+    // Whatever an earlier attempt (or anyone else) left that the manifest
+    // does not list goes before the download; a symlink at a listed path
+    // would otherwise be written through.
+    discard_unlisted(&m, &partial, cmd.id)?;
     download::fetch_all(&update.url, &m, &partial, &stats.bytes_downloaded).await?;
     let write = |name: &str, bytes: &[u8]| {
         std::fs::write(partial.join(name), bytes).map_err(|e| package::PackageError::Io {
@@ -204,7 +213,9 @@ async fn install(
     };
     write(package::MANIFEST, update.manifest.as_bytes())?;
     write(package::SIGNATURE, update.signature.as_bytes())?;
-    // Checked again as stored, then made executable.
+    // Only listed files enter the slot; they are checked again as stored,
+    // then the binary is made executable.
+    discard_unlisted(&m, &partial, cmd.id)?;
     m.check_files(&partial)?;
     set_executable(&partial.join("aeris-edge"))?;
     slots.commit(slot)?;
@@ -225,6 +236,18 @@ async fn install(
         humantime::format_duration(config.trial_deadline)
     ));
     Ok(trial)
+}
+
+fn discard_unlisted(m: &package::Manifest, partial: &Path, id: u64) -> Result<(), OtaError> {
+    let removed = m.prune_unlisted(partial)?;
+    if !removed.is_empty() {
+        warn!(
+            id,
+            ?removed,
+            "files the manifest does not list deleted from the update folder"
+        );
+    }
+    Ok(())
 }
 
 fn set_executable(path: &std::path::Path) -> Result<(), package::PackageError> {

@@ -14,10 +14,31 @@
 //!
 //! Invariant: a package is trusted only if `manifest.json.sig` verifies
 //! against a trusted key over the manifest's bytes as stored, and every file
-//! listed has the listed size and sha256. Files not listed are ignored (and
-//! never copied into a slot). Paths are relative, `/`-separated, without
-//! `..`, so a manifest cannot name a file outside its folder.
+//! listed has the listed size and sha256. Files not listed never enter a
+//! slot: [`Manifest::prune_unlisted`] deletes them from the `.partial`
+//! folder (and any symlink or special file) before it becomes the slot.
+//! Paths are relative, `/`-separated, without `..`, so a manifest cannot
+//! name a file outside its folder.
+//!
+//! Versions are semver 2.0 (`1.2.0`, `1.2.0-rc1`, `1.2.0+build.5`) and are
+//! ordered by semver precedence: a pre-release is older than its release
+//! (`1.2.0-rc1 < 1.2.0`), pre-release identifiers compare field by field
+//! (`rc1 < rc2`, but `rc10 < rc2`: write `rc.10`), and build metadata is
+//! ignored (`1.2.0+a` is the same version as `1.2.0`). A manifest whose
+//! version fields do not parse is refused (reason `bad_version`).
+//!
+//! Downgrades: `allow_downgrade_from` lists the exact running versions the
+//! package may replace although it is older. It binds the permission to the
+//! devices it was issued for, so the signed package cannot be replayed to
+//! downgrade a device that has since moved on. The earlier unbound
+//! `allow_downgrade: true` is still read (old manifests parse) but no
+//! longer permits anything; such a downgrade is refused and says so. Both
+//! fields are left out of the JSON when unused, so a manifest without a
+//! downgrade reads the same to agents from before them (which refuse, as
+//! malformed, a manifest that carries the new field: a safe outcome), and
+//! the format stays 1.
 
+use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -44,9 +65,14 @@ pub struct Manifest {
     /// state format cannot be read by the older one after a rollback).
     #[serde(default)]
     pub min_version: Option<String>,
-    /// Install even when `version` is older than the running agent.
-    #[serde(default)]
+    /// Old, unbound downgrade permission: read so old manifests parse, but
+    /// it permits nothing (see the module doc).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_downgrade: bool,
+    /// Running versions (exact, by semver precedence) this package may
+    /// replace although it is older.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_downgrade_from: Vec<String>,
     pub files: Vec<FileEntry>,
 }
 
@@ -73,6 +99,12 @@ pub enum PackageError {
     },
     #[error("{path}: {error}")]
     Io { path: String, error: String },
+    #[error("{what} {value:?} is not a semver version: {error}")]
+    BadVersion {
+        what: &'static str,
+        value: String,
+        error: String,
+    },
 }
 
 impl PackageError {
@@ -83,6 +115,7 @@ impl PackageError {
             PackageError::Manifest(_) => "manifest",
             PackageError::Mismatch { .. } => "checksum",
             PackageError::Io { .. } => "io",
+            PackageError::BadVersion { .. } => "bad_version",
         }
     }
 }
@@ -123,6 +156,7 @@ impl Manifest {
             target: target.into(),
             min_version: None,
             allow_downgrade: false,
+            allow_downgrade_from: Vec::new(),
             files,
         })
     }
@@ -156,7 +190,37 @@ impl Manifest {
         for f in &m.files {
             safe_path(&f.path)?;
         }
+        m.check_versions()?;
         Ok(m)
+    }
+
+    /// Every version field parses as semver.
+    pub fn check_versions(&self) -> Result<(), PackageError> {
+        parse_version("version", &self.version)?;
+        if let Some(min) = &self.min_version {
+            parse_version("min_version", min)?;
+        }
+        for v in &self.allow_downgrade_from {
+            parse_version("allow_downgrade_from", v)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes from `dir` everything that is not a listed file (a regular
+    /// file at a listed path), a folder on the way to one, or the manifest
+    /// and its signature at the top; symlinks are deleted, never followed.
+    /// Returns the paths deleted, relative to `dir`.
+    pub fn prune_unlisted(&self, dir: &Path) -> Result<Vec<String>, PackageError> {
+        let mut files: HashSet<PathBuf> = [MANIFEST, SIGNATURE].map(PathBuf::from).into();
+        let mut dirs = HashSet::new();
+        for f in &self.files {
+            let p = safe_path(&f.path)?;
+            dirs.extend(p.ancestors().skip(1).map(Path::to_path_buf));
+            files.insert(p);
+        }
+        let mut removed = Vec::new();
+        prune(dir, Path::new(""), &files, &dirs, &mut removed)?;
+        Ok(removed)
     }
 
     /// Checks that every listed file under `dir` has its size and sha256.
@@ -173,6 +237,38 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+fn prune(
+    dir: &Path,
+    rel: &Path,
+    files: &HashSet<PathBuf>,
+    dirs: &HashSet<PathBuf>,
+    removed: &mut Vec<String>,
+) -> Result<(), PackageError> {
+    let at = dir.join(rel);
+    for entry in std::fs::read_dir(&at).map_err(|e| io_err(&at, e))? {
+        let entry = entry.map_err(|e| io_err(&at, e))?;
+        let rel = rel.join(entry.file_name());
+        // file_type() does not follow symlinks.
+        let kind = entry.file_type().map_err(|e| io_err(&entry.path(), e))?;
+        if kind.is_dir() && dirs.contains(&rel) {
+            prune(dir, &rel, files, dirs, removed)?;
+            continue;
+        }
+        if kind.is_file() && files.contains(&rel) {
+            continue;
+        }
+        let path = entry.path();
+        if kind.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .map_err(|e| io_err(&path, e))?;
+        removed.push(rel.to_string_lossy().into_owned());
+    }
+    Ok(())
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> Result<(), PackageError> {
@@ -215,16 +311,19 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, PackageError> {
     Ok(SigningKey::from_bytes(&bytes))
 }
 
-/// Compares dotted numeric versions (`0.10.1` > `0.9.3`); a part that is not
-/// a number compares as 0, so `1.2.0-rc1` equals `1.2.0`.
-pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let parts = |v: &str| -> Vec<u64> {
-        v.split(['.', '-', '+'])
-            .take(3)
-            .map(|p| p.parse().unwrap_or(0))
-            .collect()
-    };
-    parts(a).cmp(&parts(b))
+/// `value` as a semver version; `what` names the field in the error.
+pub fn parse_version(what: &'static str, value: &str) -> Result<semver::Version, PackageError> {
+    semver::Version::parse(value.trim()).map_err(|e| PackageError::BadVersion {
+        what,
+        value: value.to_owned(),
+        error: e.to_string(),
+    })
+}
+
+/// Orders two parsed versions by semver precedence (build metadata
+/// ignored; see the module doc).
+pub fn version_cmp(a: &semver::Version, b: &semver::Version) -> std::cmp::Ordering {
+    a.cmp_precedence(b)
 }
 
 #[cfg(test)]
@@ -271,11 +370,71 @@ mod tests {
     }
 
     #[test]
-    fn versions_compare_numerically() {
+    fn versions_compare_by_semver_precedence() {
         use std::cmp::Ordering::*;
-        assert_eq!(version_cmp("0.10.0", "0.9.9"), Greater);
-        assert_eq!(version_cmp("1.0.0", "1.0.0"), Equal);
-        assert_eq!(version_cmp("1.0.0-rc1", "1.0.0"), Equal);
-        assert_eq!(version_cmp("0.1.0", "0.2.0"), Less);
+        let cmp = |a: &str, b: &str| {
+            version_cmp(
+                &parse_version("a", a).unwrap(),
+                &parse_version("b", b).unwrap(),
+            )
+        };
+        assert_eq!(cmp("0.10.0", "0.9.9"), Greater);
+        assert_eq!(cmp("1.0.0", "1.0.0"), Equal);
+        assert_eq!(cmp("0.1.0", "0.2.0"), Less);
+        // A release candidate is older than its release (was Equal).
+        assert_eq!(cmp("1.2.0-rc1", "1.2.0"), Less);
+        assert_eq!(cmp("1.2.0", "1.2.0-rc1"), Greater);
+        assert_eq!(cmp("1.2.0-rc1", "1.2.0-rc2"), Less);
+        assert_eq!(cmp("1.2.0-rc.2", "1.2.0-rc.10"), Less);
+        assert_eq!(cmp("1.2.0-alpha", "1.2.0-rc1"), Less);
+        assert_eq!(cmp("1.1.9", "1.2.0-rc1"), Less);
+        // Build metadata is not part of the order.
+        assert_eq!(cmp("1.2.0+build.7", "1.2.0"), Equal);
+        assert_eq!(cmp("1.2.0+a", "1.2.0+b"), Equal);
+        for bad in ["", "1.2", "v1.2.0", "1.2.0.1", "1.2.x", "01.2.0", "latest"] {
+            let e = parse_version("version", bad).unwrap_err();
+            assert_eq!(e.reason(), "bad_version", "{bad}");
+            assert!(e.to_string().contains("not a semver version"), "{e}");
+        }
+    }
+
+    #[test]
+    fn only_listed_regular_files_survive_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("models/m")).unwrap();
+        std::fs::write(d.join("aeris-edge"), b"binary").unwrap();
+        std::fs::write(d.join("models/m/model.onnx"), b"onnx").unwrap();
+        let m = Manifest::of_dir(d, "1.0.0", "t").unwrap();
+        std::fs::write(d.join(MANIFEST), m.to_bytes()).unwrap();
+        std::fs::write(d.join(SIGNATURE), b"sig").unwrap();
+        // Planted: a file, a file beside a listed one, a folder, a symlink
+        // pointing outside, and a symlink where a listed folder would be.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), b"x").unwrap();
+        std::fs::write(d.join("extra"), b"x").unwrap();
+        std::fs::write(d.join("models/m/extra.onnx"), b"x").unwrap();
+        std::fs::create_dir_all(d.join("hooks/deep")).unwrap();
+        std::fs::write(d.join("hooks/deep/run.sh"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.join("models/n")).unwrap();
+        let mut removed = m.prune_unlisted(d).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            ["extra", "hooks", "link", "models/m/extra.onnx", "models/n"]
+        );
+        m.check_files(d).unwrap();
+        assert!(d.join(MANIFEST).exists() && d.join(SIGNATURE).exists());
+        assert!(
+            outside.path().join("keep").exists(),
+            "a symlink was followed"
+        );
+        // A symlink at a listed path is removed too: the check then fails.
+        std::fs::remove_file(d.join("aeris-edge")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("keep"), d.join("aeris-edge")).unwrap();
+        assert_eq!(m.prune_unlisted(d).unwrap(), ["aeris-edge"]);
+        assert!(outside.path().join("keep").exists());
+        assert_eq!(m.check_files(d).unwrap_err().reason(), "io");
     }
 }

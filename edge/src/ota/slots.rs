@@ -71,6 +71,20 @@ impl Slots {
         }
     }
 
+    /// The `.partial` folder of `slot`, created if missing; anything there
+    /// that is not a real folder (a symlink planted to redirect the
+    /// download) is removed first.
+    pub fn prepare_partial(&self, slot: &str) -> Result<PathBuf, PackageError> {
+        let partial = self.partial(slot);
+        if let Ok(meta) = std::fs::symlink_metadata(&partial) {
+            if !meta.is_dir() {
+                std::fs::remove_file(&partial).map_err(|e| io(&partial, e))?;
+            }
+        }
+        std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
+        Ok(partial)
+    }
+
     /// Replaces `slot` with its finished `.partial` folder.
     pub fn commit(&self, slot: &str) -> Result<(), PackageError> {
         let (dir, partial) = (self.dir(slot), self.partial(slot));

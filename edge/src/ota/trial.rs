@@ -4,10 +4,25 @@
 //! binary from the inactive slot as its child with `AERIS_OTA_TRIAL=1`.
 //! The child runs the whole pipeline and, once it has done real work (sensor
 //! subscription up, a batch acked by the cloud, a model run when models are
-//! configured), marks `trial.json` confirmed. Only then does the parent
-//! switch `current` to the new slot. If the child exits, or the deadline
-//! passes first, the parent kills it, marks the trial failed and starts its
-//! own pipeline again: the rollback lives in the old, proven binary.
+//! configured), marks `trial.json` confirmed. If the child exits, or the
+//! deadline passes first, the parent kills it, marks the trial failed and
+//! starts its own pipeline again: the rollback lives in the old, proven
+//! binary.
+//!
+//! Probation: a confirmed version can still hang or crash a minute later.
+//! So after the confirmation the child keeps running under the old parent
+//! for `ota.probation` with `current` still naming the old slot; only then
+//! does the parent switch `current`. Until the confirmation the parent
+//! feeds the systemd watchdog (the trial deadline guards the child then,
+//! and the pings bridge the hand-over between the two pipelines); from
+//! the confirmation on only the child does (`NotifyAccess=all`): if it
+//! hangs, the watchdog kills the service (parent and child) and the
+//! restart boots `current`,
+//! the old slot, which finds `trial.json` confirmed for a slot that is not
+//! current and reports the rollback. If the child exits during probation
+//! the parent rolls back at once. After the switch the new version is an
+//! ordinary one: a hang is a watchdog restart of the new version, with no
+//! rollback.
 //!
 //! Power loss at any moment: before the switch `current` names the old slot
 //! and `trial.json` is left behind, so the old agent boots and reports the
@@ -63,12 +78,14 @@ fn fail(slots: &Slots, mut trial: Trial, why: String) -> Supervised {
     Supervised::RolledBack
 }
 
-/// Runs the trial of `trial.slot` as a child process until it is confirmed,
-/// fails, or shutdown is asked for.
+/// Runs the trial of `trial.slot` as a child process until it is confirmed
+/// and has passed its `probation`, fails, or shutdown is asked for; after
+/// the switch, until the child ends.
 pub async fn supervise(
     slots: &Slots,
     trial: Trial,
     deadline: Duration,
+    probation: Duration,
     shutdown: &CancellationToken,
 ) -> Supervised {
     let exe = slots.dir(&trial.slot).join("aeris-edge");
@@ -85,7 +102,14 @@ pub async fn supervise(
     info!(slot = %trial.slot, version = %trial.version, pid = child.id(), "update trial started");
     let end = Instant::now() + deadline;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut next_ping = Instant::now();
     loop {
+        // Until the confirmation the deadline guards the trial, and the old
+        // agent keeps the watchdog fed (the new one may still be starting).
+        if Instant::now() >= next_ping {
+            crate::health::systemd::watchdog_ping();
+            next_ping = Instant::now() + Duration::from_secs(1);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {
                 terminate(&mut child);
@@ -117,12 +141,31 @@ pub async fn supervise(
             );
         }
     }
+    info!(slot = %trial.slot, version = %trial.version, probation = %humantime::format_duration(probation), "update confirmed; on probation before current switches");
+    let end = Instant::now() + probation;
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            // Not switched: the next start runs the old slot and reports
+            // the rollback (a restart during probation is not a pass).
+            terminate(&mut child);
+            let _ = child.wait().await;
+            return Supervised::Shutdown;
+        }
+        st = child.wait() => {
+            let why = match st {
+                Ok(s) => format!("new version exited ({s}) during its probation after confirmation"),
+                Err(e) => format!("new version lost during its probation: {e}"),
+            };
+            return fail(slots, trial, why);
+        }
+        _ = tokio::time::sleep_until(end) => {}
+    }
     if let Err(e) = slots.switch(&trial.slot) {
         // The new version stays on trial until the next start, where the
         // old one (still current) reports the rollback.
         error!(error = %e, "cannot switch current to the confirmed slot");
     } else {
-        info!(slot = %trial.slot, version = %trial.version, "update confirmed; current switched");
+        info!(slot = %trial.slot, version = %trial.version, "update passed its probation; current switched");
     }
     let status = tokio::select! {
         st = child.wait() => st,
@@ -135,7 +178,8 @@ pub async fn supervise(
 }
 
 /// In the child on trial: marks the trial confirmed once this version did
-/// real work, and reports it.
+/// real work, and reports it; then reports when the parent made it current
+/// (probation passed).
 pub async fn confirm_when_working(
     slots: Slots,
     stats: Arc<Stats>,
@@ -177,8 +221,34 @@ pub async fn confirm_when_working(
                     }
                 ));
             }
-            Err(e) => error!(error = %e, "cannot confirm the update trial"),
+            Err(e) => {
+                error!(error = %e, "cannot confirm the update trial");
+                return;
+            }
         }
-        return;
+        break;
+    }
+    wait_until_kept(&slots, &events, stop).await;
+}
+
+/// Reports once `current` names this trial's slot.
+async fn wait_until_kept(slots: &Slots, events: &Reporter, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(trial) = slots.read_trial() else {
+            return;
+        };
+        if slots.current().as_deref() == Some(trial.slot.as_str()) {
+            info!(version = %trial.version, "update passed its probation; it is current");
+            events.send(format!(
+                "ota {}: kept: version {} passed its probation; slot {} is current",
+                trial.command_id, trial.version, trial.slot
+            ));
+            return;
+        }
     }
 }
