@@ -22,6 +22,8 @@ pub struct Stats {
     pub batches_received: Counter,
     pub readings_inserted: Counter,
     pub readings_duplicate: Counter,
+    /// Readings not stored because their seq holds another reading.
+    pub seq_collisions: Counter,
     pub acks_sent: Counter,
     pub write_errors: Counter,
     pub statuses_received: Counter,
@@ -60,6 +62,10 @@ impl Default for Stats {
             "aeris_gateway_readings_duplicate",
             "Readings received again that were already stored.",
         );
+        let seq_collisions = counter(
+            "aeris_gateway_seq_collisions",
+            "Readings refused because their (device, seq) holds another reading; the device is asked to renumber them.",
+        );
         let acks_sent = counter("aeris_gateway_acks_sent", "Acks published after a commit.");
         let write_errors = counter(
             "aeris_gateway_write_errors",
@@ -91,6 +97,7 @@ impl Default for Stats {
             batches_received,
             readings_inserted,
             readings_duplicate,
+            seq_collisions,
             acks_sent,
             write_errors,
             statuses_received,

@@ -84,7 +84,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 fn sink_error(e: SinkError) -> Response {
     match e {
         SinkError::Unsupported(_) => error(StatusCode::NOT_IMPLEMENTED, e.to_string()),
-        SinkError::Rejected(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        SinkError::Rejected(_) | SinkError::Data(_) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
