@@ -66,11 +66,30 @@ pub struct WriteOutcome {
     pub max_seq: BTreeMap<String, u64>,
 }
 
+/// A batch the database refused (see [`SinkError::Data`]), set aside with
+/// the bytes it came in, so the device can be acked and move on while
+/// nothing is lost: an operator can read, fix and replay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub device: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The database's error.
+    pub reason: String,
+    /// The MQTT payload as received (version byte included).
+    pub payload: Vec<u8>,
+}
+
 /// Durable storage of batches.
 #[async_trait::async_trait]
 pub trait Sink: Send + Sync {
     /// Stores every reading of `batches` in one transaction.
     async fn write(&self, batches: &[Batch]) -> Result<WriteOutcome, SinkError>;
+
+    /// Stores a refused batch in the dead-letter table.
+    async fn dead_letter(&self, _letter: &DeadLetter) -> Result<(), SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
 
     /// Records a device's status if it is newer than the stored one.
     async fn record_status(&self, status: &Status) -> Result<(), SinkError>;

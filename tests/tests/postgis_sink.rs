@@ -274,3 +274,64 @@ async fn a_seq_holding_another_reading_is_a_collision_not_a_duplicate() {
     let out = sink.write(&[batch("d1", 15, 2)]).await.unwrap();
     assert_eq!(out.collisions, vec![]);
 }
+
+/// What PostgreSQL refuses in the data (a value out of its range, a NUL in
+/// text, a constraint) fails the write as `Data`, which the writer sets
+/// aside instead of retrying; the dead letter keeps the batch's bytes.
+#[tokio::test]
+async fn refused_values_are_data_errors_and_dead_letters_keep_the_batch() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    let mut far = batch("d1", 1, 2);
+    far.readings[1].ts_ms = 10_i64.pow(16);
+    let mut nul = batch("d1", 1, 2);
+    nul.readings[0].sensor = "s\0".into();
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE readings ADD CONSTRAINT no_poison CHECK (sensor_id <> 'poison')",
+        )
+        .await
+        .unwrap();
+    let mut poison = batch("d1", 1, 2);
+    poison.readings[1].sensor = "poison".into();
+    for (what, bad, sqlstate) in [
+        ("ts", far, "22008"),
+        ("nul", nul, "22021"),
+        ("check", poison, "23514"),
+    ] {
+        let err = sink.write(&[batch("d2", 1, 3), bad]).await.unwrap_err();
+        assert!(
+            matches!(err, aeris_sink::SinkError::Data(_)),
+            "{what}: {err:?}"
+        );
+        assert!(err.to_string().contains(sqlstate), "{what}: {err}");
+    }
+    // The connection is still good, and the failed groups stored nothing.
+    let out = sink.write(&[batch("d2", 1, 3)]).await.unwrap();
+    assert_eq!(out.inserted, 3);
+
+    let letter = aeris_sink::DeadLetter {
+        device: "d1".into(),
+        first_seq: 1,
+        last_seq: 2,
+        reason: "value refused (SQLSTATE 23514)".into(),
+        payload: vec![1, 0, 255, 7],
+    };
+    sink.dead_letter(&letter).await.unwrap();
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT device_id, first_seq, last_seq, reason, payload, now() - at < interval '1 min'
+             FROM dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "d1");
+    assert_eq!((row.get::<_, i64>(1), row.get::<_, i64>(2)), (1, 2));
+    assert_eq!(row.get::<_, String>(3), letter.reason);
+    assert_eq!(row.get::<_, Vec<u8>>(4), letter.payload);
+    assert!(row.get::<_, bool>(5));
+}

@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "seq_collisions",
         include_str!("../../migrations/0004_seq_collisions.sql"),
     ),
+    (
+        5,
+        "dead_letters",
+        include_str!("../../migrations/0005_dead_letters.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -27,7 +27,7 @@ pub use ops::{device_rows, remove_device, schema_version};
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
-use crate::{reading_count, Sink, SinkError, WriteOutcome};
+use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
 
 /// `application_name` of the gateway's connections (visible in
 /// `pg_stat_activity`) unless the URL sets one.
@@ -178,6 +178,13 @@ impl Sink for PostgisSink {
                 Err(err)
             }
         }
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), SinkError> {
+        let letter = letter.clone();
+        self.read(move |c| Box::pin(async move { ops::dead_letter(c, &letter).await }))
+            .await
+            .map(|_| ())
     }
 
     async fn record_status(&self, status: &Status) -> Result<(), SinkError> {

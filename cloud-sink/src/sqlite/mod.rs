@@ -1,12 +1,13 @@
 //! The embedded SQLite sink: the zero-setup stand-in for PostGIS, same
 //! guarantees (one transaction per write, `(device_id, seq)` stored once).
 //!
-//! Layout (schema version 3, `PRAGMA user_version`):
+//! Layout (schema version 4, `PRAGMA user_version`):
 //! `readings(device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements JSON
 //! text, received_ms)`, primary key `(device_id, seq)`; since version 2
 //! `devices(device_id, ..., losses JSON text)`, each device's last status;
 //! since version 3 `devices.seq_collisions` and `last_seq_collision_ms`
-//! (see [`write`]).
+//! (see [`write`]); since version 4 `dead_letters(id, at_ms, device_id,
+//! first_seq, last_seq, reason, payload BLOB)`, batches the database refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ mod write;
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading, MODEL_PREFIX};
-use crate::{Sink, SinkError, WriteOutcome};
+use crate::{DeadLetter, Sink, SinkError, WriteOutcome};
 
 const READINGS: &str = "SELECT seq, ts_ms, lat, lon, flags, measurements FROM readings
     WHERE device_id = ?1 AND sensor_id = ?2 AND ts_ms >= ?3 AND ts_ms < ?4
@@ -67,8 +68,24 @@ PRAGMA user_version = 3;
 COMMIT;
 ";
 
+/// Version 3 -> 4: dead letters (as PostGIS migration 0005).
+const SCHEMA_4: &str = "
+BEGIN;
+CREATE TABLE dead_letters (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms     INTEGER NOT NULL,
+    device_id TEXT    NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    reason    TEXT    NOT NULL,
+    payload   BLOB    NOT NULL
+);
+PRAGMA user_version = 4;
+COMMIT;
+";
+
 /// Every schema step; step `i` takes version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [SCHEMA, SCHEMA_2, SCHEMA_3];
+const MIGRATIONS: [&str; 4] = [SCHEMA, SCHEMA_2, SCHEMA_3, SCHEMA_4];
 
 /// Newer statuses replace older ones.
 const UPSERT_STATUS: &str = "INSERT INTO devices (device_id, status_ts_ms, online, agent_version,
@@ -201,6 +218,12 @@ impl Sink for SqliteSink {
         })
         .await
         .map_err(|e| SinkError::Unavailable(e.to_string()))?
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), SinkError> {
+        let letter = letter.clone();
+        self.blocking(move |conn| write::dead_letter(conn, &letter))
+            .await
     }
 
     async fn record_status(&self, status: &Status) -> Result<(), SinkError> {

@@ -191,3 +191,58 @@ async fn opens_a_version_2_database_and_migrates_it() {
         .unwrap();
     assert_eq!(version, MIGRATIONS.len() as i64);
 }
+
+/// A value the database refuses fails the whole write as `Data` (nothing
+/// stored), and the batch can be set aside as a dead letter with its bytes.
+#[tokio::test]
+async fn a_refused_value_is_a_data_error_and_the_batch_goes_to_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SqliteSink::open(&dir.path().join("cloud.db")).unwrap();
+    sink.conn
+        .lock()
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON readings WHEN NEW.sensor_id = 'poison'
+             BEGIN SELECT RAISE(ABORT, 'poison sensor'); END",
+        )
+        .unwrap();
+    let mut bad = batch("a", 10, 2);
+    bad.readings[1].sensor = "poison".into();
+    let err = sink
+        .write(&[batch("a", 1, 3), bad.clone()])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SinkError::Data(_)), "{err}");
+    assert!(err.to_string().contains("poison sensor"), "{err}");
+    let out = sink.write(&[batch("a", 1, 3)]).await.unwrap();
+    assert_eq!(out.inserted, 3, "the rolled-back group stored nothing");
+    let letter = DeadLetter {
+        device: "a".into(),
+        first_seq: 10,
+        last_seq: 11,
+        reason: err.to_string(),
+        payload: aeris_wire::encode(&bad),
+    };
+    sink.dead_letter(&letter).await.unwrap();
+    let conn = sink.conn.lock().unwrap();
+    let (device, first, last, reason, payload, at): (String, i64, i64, String, Vec<u8>, i64) = conn
+        .query_row(
+            "SELECT device_id, first_seq, last_seq, reason, payload, at_ms FROM dead_letters",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .unwrap();
+    assert_eq!((device.as_str(), first, last), ("a", 10, 11));
+    assert_eq!(reason, letter.reason);
+    assert_eq!(aeris_wire::decode::<Batch>(&payload).unwrap(), bad);
+    assert!(at > 0);
+}

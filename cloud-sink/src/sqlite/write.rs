@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use aeris_wire::Batch;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::{values_json, SinkError, WriteOutcome};
+use crate::{values_json, DeadLetter, SinkError, WriteOutcome};
 
 const INSERT: &str = "INSERT OR IGNORE INTO readings
     (device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements, received_ms)
@@ -29,6 +29,9 @@ const RECORD_COLLISIONS: &str = "INSERT INTO devices (device_id, status_ts_ms, o
     ON CONFLICT (device_id) DO UPDATE SET
         seq_collisions = devices.seq_collisions + excluded.seq_collisions,
         last_seq_collision_ms = excluded.last_seq_collision_ms";
+
+const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters
+    (at_ms, device_id, first_seq, last_seq, reason, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -88,4 +91,20 @@ pub(super) fn write(conn: &mut Connection, batches: &[Batch]) -> rusqlite::Resul
     }
     tx.commit()?;
     Ok(out)
+}
+
+pub(super) fn dead_letter(conn: &Connection, d: &DeadLetter) -> rusqlite::Result<()> {
+    let seq = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    conn.execute(
+        INSERT_DEAD_LETTER,
+        params![
+            now_ms(),
+            d.device,
+            seq(d.first_seq),
+            seq(d.last_seq),
+            d.reason,
+            d.payload
+        ],
+    )?;
+    Ok(())
 }

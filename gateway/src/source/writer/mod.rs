@@ -1,31 +1,33 @@
 //! Commits groups of batches and answers each batch after the commit.
 //!
 //! Invariants: an `Ack` covers only seqs the database holds for the very
-//! readings the device sent (stored now or before); a reading whose
-//! `(device_id, seq)` holds another reading (a seq collision) is not acked,
-//! and its device gets a `Renumber` command ([`plan`]). Every batch message
-//! is acked to the broker once it has been answered, so none occupies the
-//! broker's in-flight window. A failed write is retried with backoff while
-//! its acks are held.
+//! readings the device sent (stored now or before), or a batch the database
+//! refused and that was set aside as a dead letter ([`store`]); a reading
+//! whose `(device_id, seq)` holds another reading (a seq collision) is not
+//! acked, and its device gets a `Renumber` command ([`plan`]). Every batch
+//! message is acked to the broker once it has been answered, so none
+//! occupies the broker's in-flight window. Transport and server errors are
+//! retried with backoff while the group's acks are held; refused data never
+//! is.
 
 mod plan;
+mod store;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
-use aeris_sink::{Sink, WriteOutcome};
+use aeris_sink::Sink;
 use aeris_wire::{encode, Batch, Command, CommandKind, Topics};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use super::live::LiveFeed;
 use super::Incoming;
 use crate::config::WriterConfig;
 use crate::stats::Stats;
 use plan::Plan;
+use store::Stored;
 
 /// What the writer needs besides its input.
 pub(crate) struct Writer {
@@ -45,55 +47,32 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Incoming>, shutdown: C
             .ops
             .backlog
             .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
-        let batches: Vec<Batch> = group.iter().map(|i| i.batch.clone()).collect();
-        let Some(outcome) = w.write(&batches, &shutdown).await else {
+        let Some(stored) = w.store(&group, &shutdown).await else {
             warn!(
                 batches = group.len(),
                 "shutting down with unwritten batches; devices will send them again"
             );
             return;
         };
-        w.record(&batches, &outcome);
-        let plan = plan::plan(&batches, &outcome);
+        let batches: Vec<Batch> = group.iter().map(|i| i.batch.clone()).collect();
+        w.record(&batches, &stored);
+        let plan = plan::plan(&batches, &stored.outcome);
         w.publish(group.drain(..), plan).await;
     }
 }
 
 impl Writer {
-    /// Writes `batches`, retrying with capped exponential backoff; `None`
-    /// when shutdown came first.
-    async fn write(&self, batches: &[Batch], shutdown: &CancellationToken) -> Option<WriteOutcome> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.sink.write(batches).await {
-                Ok(outcome) => {
-                    self.stats.sink_ok.store(true, Relaxed);
-                    return Some(outcome);
-                }
-                Err(e) => {
-                    self.stats.write_errors.inc();
-                    self.stats.sink_ok.store(false, Relaxed);
-                    error!(error = %e, batches = batches.len(), retry_in = ?delay, "write failed; acks held");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(self.config.max_retry_delay);
-        }
-    }
-
     /// Counts what the write did and hands the stored readings to the live
     /// view.
-    fn record(&self, batches: &[Batch], outcome: &WriteOutcome) {
+    fn record(&self, batches: &[Batch], stored: &Stored) {
+        let outcome = &stored.outcome;
         self.stats.readings_inserted.inc_by(outcome.inserted);
         self.stats.readings_duplicate.inc_by(outcome.duplicates);
         self.stats
             .seq_collisions
             .inc_by(outcome.collisions.len() as u64);
-        match plan::stored_only(batches, outcome) {
-            Some(stored) => self.feed.offer(&stored),
+        match plan::stored_only(batches, outcome, &stored.dead) {
+            Some(live) => self.feed.offer(&live),
             None => self.feed.offer(batches),
         }
     }

@@ -110,14 +110,35 @@ pub(crate) fn plan(batches: &[Batch], outcome: &WriteOutcome) -> Plan {
     Plan { acks, renumbers }
 }
 
-/// `batches` without their colliding readings (which were not stored), for
-/// the live view; `None` when nothing collided.
-pub(crate) fn stored_only(batches: &[Batch], outcome: &WriteOutcome) -> Option<Vec<Batch>> {
-    if outcome.collisions.is_empty() {
+/// Adds `one`, the outcome of writing batch `batch` of a group on its own
+/// (its collisions name batch 0), to the group's outcome `into`.
+pub(crate) fn merge(into: &mut WriteOutcome, batch: usize, one: WriteOutcome) {
+    into.inserted += one.inserted;
+    into.duplicates += one.duplicates;
+    into.collisions
+        .extend(one.collisions.into_iter().map(|(_, seq)| (batch, seq)));
+    for (device, max) in one.max_seq {
+        let m = into.max_seq.entry(device).or_default();
+        *m = (*m).max(max);
+    }
+}
+
+/// `batches` without what was not stored (colliding readings, batches set
+/// aside as dead letters), for the live view; `None` when all was stored.
+pub(crate) fn stored_only(
+    batches: &[Batch],
+    outcome: &WriteOutcome,
+    dead: &[usize],
+) -> Option<Vec<Batch>> {
+    if outcome.collisions.is_empty() && dead.is_empty() {
         return None;
     }
     let mut out = batches.to_vec();
     for (i, b) in out.iter_mut().enumerate() {
+        if dead.contains(&i) {
+            b.readings.clear();
+            continue;
+        }
         let first = b.first_seq;
         let mut k = 0u64;
         b.readings.retain(|_| {
@@ -238,8 +259,38 @@ mod tests {
             p.renumbers,
             vec![r("a", 3, 4, 51), r("a", 10, 12, 53), r("b", 1, 3, 4)]
         );
-        let live = stored_only(&g, &outcome).unwrap();
+        let live = stored_only(&g, &outcome, &[1]).unwrap();
         assert_eq!(live[0].readings.len(), 7);
+        assert_eq!(live[1].readings.len(), 0, "dead letter");
         assert_eq!(live[2].readings.len(), 0);
+        assert!(stored_only(&g, &WriteOutcome::default(), &[]).is_none());
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    #[test]
+    fn single_batch_outcomes_merge_under_their_group_index() {
+        let mut group = WriteOutcome::default();
+        let one = |inserted, collisions: Vec<(usize, u64)>, max: u64| WriteOutcome {
+            inserted,
+            duplicates: 1,
+            collisions,
+            max_seq: [("a".to_owned(), max)].into(),
+        };
+        merge(&mut group, 0, one(3, vec![], 9));
+        merge(&mut group, 2, one(1, vec![(0, 4), (0, 5)], 12));
+        merge(&mut group, 3, one(2, vec![], 10));
+        assert_eq!(
+            group,
+            WriteOutcome {
+                inserted: 6,
+                duplicates: 3,
+                collisions: vec![(2, 4), (2, 5)],
+                max_seq: [("a".to_owned(), 12)].into(),
+            }
+        );
     }
 }
