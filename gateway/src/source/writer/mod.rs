@@ -16,7 +16,7 @@ mod store;
 use std::sync::Arc;
 
 use aeris_sink::Sink;
-use aeris_wire::{encode, Batch, Command, CommandKind, Topics};
+use aeris_wire::{encode, Ack, Batch, Command, CommandKind, Topics};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use super::live::LiveFeed;
 use super::Incoming;
 use crate::config::WriterConfig;
 use crate::stats::Stats;
-use plan::Plan;
+use plan::Renumber;
 use store::Stored;
 
 /// What the writer needs besides its input.
@@ -47,17 +47,18 @@ pub(crate) async fn run(w: Writer, mut rx: mpsc::Receiver<Incoming>, shutdown: C
             .ops
             .backlog
             .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
-        let Some(stored) = w.store(&group, &shutdown).await else {
+        let batches: Vec<Batch> = group.iter().map(|i| i.batch.clone()).collect();
+        let Some(stored) = w.store(&group, &batches, &shutdown).await else {
             warn!(
                 batches = group.len(),
                 "shutting down with unwritten batches; devices will send them again"
             );
             return;
         };
-        let batches: Vec<Batch> = group.iter().map(|i| i.batch.clone()).collect();
         w.record(&batches, &stored);
         let plan = plan::plan(&batches, &stored.outcome);
-        w.publish(group.drain(..), plan).await;
+        w.renumber(plan.renumbers).await;
+        w.answer(group.drain(..), plan.acks).await;
     }
 }
 
@@ -77,33 +78,35 @@ impl Writer {
         }
     }
 
-    /// Publishes the plan's commands and acks, and acks each batch message
-    /// to the broker.
-    async fn publish(&self, group: impl Iterator<Item = Incoming>, plan: Plan) {
+    /// Publishes one `Renumber` per colliding run (QoS 1, not retained).
+    async fn renumber(&self, renumbers: Vec<Renumber>) {
         let id = command_id();
-        for r in plan.renumbers {
+        for r in renumbers {
             warn!(
                 device = %r.device, first_seq = r.first, last_seq = r.last, next_seq = r.next,
                 "seq collision: these seqs hold other readings; not stored, device asked to renumber"
             );
-            let cmd = Command {
-                id,
-                kind: CommandKind::Renumber {
-                    first_seq: r.first,
-                    last_seq: r.last,
-                    next_seq: r.next,
-                },
+            let kind = CommandKind::Renumber {
+                first_seq: r.first,
+                last_seq: r.last,
+                next_seq: r.next,
             };
+            let cmd = encode(&Command { id, kind });
             let topic = self.topics.cmd(&r.device);
             if let Err(e) = self
                 .client
-                .publish(topic, QoS::AtLeastOnce, false, encode(&cmd))
+                .publish(topic, QoS::AtLeastOnce, false, cmd)
                 .await
             {
                 warn!(error = %e, device = %r.device, "cannot queue renumber; the device will resend and get another");
             }
         }
-        for (incoming, acks) in group.zip(plan.acks) {
+    }
+
+    /// Publishes each batch's acks, then acks its message to the broker
+    /// (unless an ack could not be queued: then the device resends).
+    async fn answer(&self, group: impl Iterator<Item = Incoming>, acks: Vec<Vec<Ack>>) {
+        for (incoming, acks) in group.zip(acks) {
             let (sent, mut failed) = (!acks.is_empty(), false);
             for ack in acks {
                 let topic = self.topics.ack(&ack.device);

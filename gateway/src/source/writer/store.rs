@@ -34,15 +34,15 @@ pub(crate) struct Stored {
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 impl Writer {
-    /// Stores `group`; `None` when shutdown came first (nothing is acked
-    /// then, and the devices send the batches again).
+    /// Stores `group`, whose batches are `batches`; `None` when shutdown
+    /// came first (nothing is acked then; the devices send them again).
     pub(super) async fn store(
         &self,
         group: &[Incoming],
+        batches: &[Batch],
         stop: &CancellationToken,
     ) -> Option<Stored> {
-        let batches: Vec<Batch> = group.iter().map(|i| i.batch.clone()).collect();
-        match self.write(&batches, stop).await? {
+        match self.write(batches, stop).await? {
             Ok(outcome) => Some(Stored {
                 outcome,
                 dead: Vec::new(),
