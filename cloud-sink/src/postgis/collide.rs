@@ -7,19 +7,28 @@
 //! them silently.
 //!
 //! Cost: nothing when the `INSERT` stored every staged row (the caller
-//! compares the counts); otherwise one join of the staging table against
-//! the primary key, and per colliding device one backward index scan for
-//! its highest seq and one upsert of its count in `devices` (migration 0004).
+//! compares the counts); otherwise one primary-key probe per staged row
+//! (as many as the `INSERT`'s own conflict checks), and per colliding
+//! device one backward index scan for its highest seq and one upsert of
+//! its count in `devices` (migration 0004).
 
 use std::collections::BTreeMap;
 
 use tokio_postgres::Transaction;
 
-/// Staged readings that differ from the stored row under their key.
+/// Staged readings that differ from the stored row under their key. The
+/// `LIMIT 1` keeps the lateral subquery from being flattened into a join,
+/// so each staged row is one primary-key probe whatever the planner
+/// guesses of the (never analyzed) staging table: never a scan of
+/// `readings`.
 const COLLISIONS: &str = "
 SELECT s.batch, s.seq, s.device_id
 FROM aeris_staging s
-JOIN readings r ON r.device_id = s.device_id AND r.seq = s.seq
+CROSS JOIN LATERAL (
+    SELECT r.sensor_id, r.ts FROM readings r
+    WHERE r.device_id = s.device_id AND r.seq = s.seq
+    LIMIT 1
+) r
 WHERE r.sensor_id <> s.sensor_id
    OR r.ts <> 'epoch'::timestamptz + s.ts_ms * interval '1 millisecond'
 ORDER BY s.batch, s.seq";
