@@ -1,8 +1,12 @@
 //! aeris-sink: where the gateway stores what devices send.
 //!
 //! - [`Sink`]: the seam. `write` returns only after the readings are durably
-//!   committed, and ignores `(device_id, seq)` pairs already stored, so the
-//!   gateway may ack exactly what `write` returned for.
+//!   committed, and ignores `(device_id, seq)` pairs already stored. A pair
+//!   stored with the same sensor and timestamp is a duplicate (a resend);
+//!   one stored with another reading is a *collision* (the device numbered
+//!   new readings again from an old seq), reported in [`WriteOutcome`] so the
+//!   gateway acks neither and asks the device to renumber. The gateway may
+//!   ack exactly what `write` returned for, minus the collisions.
 //! - [`postgis`]: PostgreSQL + PostGIS, with versioned migrations applied at
 //!   start under an advisory lock (several gateways may start at once).
 //! - [`sqlite`]: an embedded SQLite file for the zero-setup default.
@@ -20,6 +24,8 @@ pub mod query;
 pub mod redis;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
+
 use aeris_wire::{Batch, Status};
 
 pub use postgis::PostgisSink;
@@ -30,8 +36,14 @@ pub use sqlite::SqliteSink;
 pub enum SinkError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database refused the statement for a reason of its own (a
+    /// missing table, a full disk, a deadlock): writing again may work.
     #[error("database rejected the write: {0}")]
     Rejected(String),
+    /// The database refused a value of the data (PostgreSQL SQLSTATE class
+    /// 22 or 23, SQLite constraint, type or size): the same data fails again.
+    #[error("database refused the data: {0}")]
+    Data(String),
     #[error("migration failed: {0}")]
     Migration(String),
     #[error("not supported by the {0} sink")]
@@ -39,12 +51,33 @@ pub enum SinkError {
 }
 
 /// What one write did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Readings newly stored.
     pub inserted: u64,
-    /// Readings whose `(device_id, seq)` was already stored.
+    /// Readings already stored: their `(device_id, seq)` holds the same
+    /// sensor and timestamp (a resend).
     pub duplicates: u64,
+    /// Readings not stored because their `(device_id, seq)` holds another
+    /// reading: `(index of the batch in the call, seq)`, in that order.
+    /// Empty unless some `(device_id, seq)` was already stored.
+    pub collisions: Vec<(usize, u64)>,
+    /// For each device with a collision, its highest stored seq.
+    pub max_seq: BTreeMap<String, u64>,
+}
+
+/// A batch the database refused (see [`SinkError::Data`]), set aside with
+/// the bytes it came in, so the device can be acked and move on while
+/// nothing is lost: an operator can read, fix and replay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub device: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The database's error.
+    pub reason: String,
+    /// The MQTT payload as received (version byte included).
+    pub payload: Vec<u8>,
 }
 
 /// Durable storage of batches.
@@ -52,6 +85,11 @@ pub struct WriteOutcome {
 pub trait Sink: Send + Sync {
     /// Stores every reading of `batches` in one transaction.
     async fn write(&self, batches: &[Batch]) -> Result<WriteOutcome, SinkError>;
+
+    /// Stores a refused batch in the dead-letter table.
+    async fn dead_letter(&self, _letter: &DeadLetter) -> Result<(), SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
 
     /// Records a device's status if it is newer than the stored one.
     async fn record_status(&self, status: &Status) -> Result<(), SinkError>;

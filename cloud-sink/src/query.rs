@@ -57,4 +57,10 @@ pub struct DeviceReport {
     pub gaps: Vec<[u64; 2]>,
     /// Seqs above the highest stored one up to `last_seq`: not received yet.
     pub not_yet_received: u64,
+    /// Readings refused because their seq held another reading in the
+    /// database (a lost or restored device buffer); the device was asked to
+    /// renumber them.
+    pub seq_collisions: u64,
+    /// When the last of those arrived, Unix ms.
+    pub last_seq_collision_ms: Option<i64>,
 }

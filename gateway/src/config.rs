@@ -94,6 +94,9 @@ pub struct WriterConfig {
     /// Longest wait between retries of a failed write.
     #[serde(with = "humantime_serde")]
     pub max_retry_delay: Duration,
+    /// `/readyz` answers 503 once writes have been failing this long.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
 }
 
 impl Default for Config {
@@ -130,6 +133,7 @@ impl Default for WriterConfig {
         WriterConfig {
             max_batches_per_commit: 64,
             max_retry_delay: Duration::from_secs(10),
+            stall_after: Duration::from_secs(5),
         }
     }
 }
@@ -146,6 +150,7 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   sqlite_path                       embedded sink file when database_url is unset [aeris-cloud.db]
   writer.max_batches_per_commit     batches per transaction, at most [64]
   writer.max_retry_delay            longest wait between retries of a failed write [10s]
+  writer.stall_after                /readyz says 503 once writes have failed for this long [5s]
   redis_url                         Redis URL for the live view; unset = kept in memory
   redis.prefix                      prefix of the Redis keys [aeris:]
   redis.stream_len                  approximate cap of the live stream [10000]

@@ -4,7 +4,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +23,10 @@ pub struct Stats {
     pub batches_received: Counter,
     pub readings_inserted: Counter,
     pub readings_duplicate: Counter,
+    /// Readings not stored because their seq holds another reading.
+    pub seq_collisions: Counter,
+    /// Batches the database refused, set aside and acked.
+    pub dead_letters: Counter,
     pub acks_sent: Counter,
     pub write_errors: Counter,
     pub statuses_received: Counter,
@@ -36,6 +41,8 @@ pub struct Stats {
     pub broker_connected: AtomicBool,
     /// The last write or ping of the sink succeeded.
     pub sink_ok: AtomicBool,
+    /// Whether the writer makes progress (for `/readyz`).
+    pub progress: Progress,
     /// Where the HTTP API listens, once it does.
     pub api_addr: OnceLock<SocketAddr>,
 }
@@ -59,6 +66,14 @@ impl Default for Stats {
         let readings_duplicate = counter(
             "aeris_gateway_readings_duplicate",
             "Readings received again that were already stored.",
+        );
+        let seq_collisions = counter(
+            "aeris_gateway_seq_collisions",
+            "Readings refused because their (device, seq) holds another reading; the device is asked to renumber them.",
+        );
+        let dead_letters = counter(
+            "aeris_gateway_dead_letters",
+            "Batches the database refused, set aside in dead_letters and acked.",
         );
         let acks_sent = counter("aeris_gateway_acks_sent", "Acks published after a commit.");
         let write_errors = counter(
@@ -91,6 +106,8 @@ impl Default for Stats {
             batches_received,
             readings_inserted,
             readings_duplicate,
+            seq_collisions,
+            dead_letters,
             acks_sent,
             write_errors,
             statuses_received,
@@ -100,6 +117,7 @@ impl Default for Stats {
             registry,
             broker_connected: AtomicBool::new(false),
             sink_ok: AtomicBool::new(true),
+            progress: Progress::default(),
             api_addr: OnceLock::new(),
         }
     }
@@ -121,5 +139,37 @@ impl Stats {
             out.clear();
         }
         out
+    }
+}
+
+/// Since when the writer's current write has been failing (transport or
+/// server errors, retried); `None` while it makes progress. A refused
+/// batch is progress: it is set aside, not retried.
+#[derive(Debug, Default)]
+pub struct Progress {
+    failing_since: Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    /// A write failed and will be retried; the first failure starts the clock.
+    pub fn failing(&self) {
+        if let Ok(mut since) = self.failing_since.lock() {
+            since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// A write went through (committed or refused for its data).
+    pub fn ok(&self) {
+        if let Ok(mut since) = self.failing_since.lock() {
+            *since = None;
+        }
+    }
+
+    /// How long the writer has been failing.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.failing_since
+            .lock()
+            .ok()
+            .and_then(|s| s.map(|t| t.elapsed()))
     }
 }

@@ -4,13 +4,15 @@
 use aeris_sink::postgis::{applied_version, MIGRATIONS};
 use aeris_sink::{PostgisSink, Sink, WriteOutcome};
 use aeris_tests::postgres::TestDb;
-use aeris_wire::{Batch, Reading, Value};
+use aeris_wire::{Batch, Reading, Status, Value};
 
+/// Readings `first_seq..first_seq + n`; reading `i` of the device (seq
+/// `i + 1`) is always the same, so a resend is identical.
 fn batch(device: &str, first_seq: u64, n: usize) -> Batch {
     Batch {
         device: device.into(),
         first_seq,
-        readings: (0..n)
+        readings: (first_seq as usize - 1..first_seq as usize - 1 + n)
             .map(|i| Reading {
                 sensor: format!("s{i}"),
                 ts_ms: 1_600_000_000_000 + i as i64 * 1000,
@@ -70,7 +72,7 @@ async fn duplicates_are_ignored_and_geometry_matches() {
         out,
         WriteOutcome {
             inserted: 13,
-            duplicates: 0
+            ..Default::default()
         }
     );
     // The same range again, overlapping a new one: only 11..=15 are new.
@@ -79,7 +81,8 @@ async fn duplicates_are_ignored_and_geometry_matches() {
         out,
         WriteOutcome {
             inserted: 5,
-            duplicates: 5
+            duplicates: 5,
+            ..Default::default()
         }
     );
 
@@ -203,4 +206,132 @@ async fn migration_2_splits_rows_written_under_migration_1() {
         row.get::<_, serde_json::Value>(2),
         serde_json::json!({"m@2": 1.5})
     );
+}
+
+/// A `(device_id, seq)` stored with another reading is a collision, not a
+/// duplicate: not stored, reported per batch with the device's highest
+/// seq, and counted on the device's row (a device without a status too).
+#[tokio::test]
+async fn a_seq_holding_another_reading_is_a_collision_not_a_duplicate() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    sink.write(&[batch("d1", 1, 10)]).await.unwrap();
+    // Group: d2 new (no conflict); d1 5..=14 where 5..=7 are resends, 8..=10
+    // are other readings under stored seqs, 11..=14 new.
+    let mut mixed = batch("d1", 5, 10);
+    for r in &mut mixed.readings[3..6] {
+        r.ts_ms += 1;
+    }
+    let out = sink.write(&[batch("d2", 1, 3), mixed]).await.unwrap();
+    assert_eq!(
+        out,
+        WriteOutcome {
+            inserted: 7,
+            duplicates: 3,
+            collisions: vec![(1, 8), (1, 9), (1, 10)],
+            max_seq: [("d1".to_owned(), 14)].into(),
+        }
+    );
+    let client = db.client().await;
+    let moved: i64 = client
+        .query_one(
+            "SELECT count(*) FROM readings WHERE device_id = 'd1'
+             AND ts <> '2020-09-13 12:26:40+00'::timestamptz + (seq - 1) * interval '1 s'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(moved, 0, "a colliding reading replaced the stored one");
+    let report = sink.devices().await.unwrap();
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(
+        (report[0].device.as_str(), report[0].seq_collisions),
+        ("d1", 3)
+    );
+    assert!(report[0].last_seq_collision_ms.is_some());
+    // Its first status replaces the empty one and keeps the count.
+    sink.record_status(&Status {
+        device: "d1".into(),
+        boot_id: 1,
+        ts_ms: 1_700_000_000_000,
+        state: aeris_wire::DeviceState::Online,
+        agent_version: "1.2.3".into(),
+        last_seq: 14,
+        queued_readings: 0,
+        queued_bytes: 0,
+        oldest_unsent_ms: None,
+        losses: vec![],
+        models: vec![],
+        drain_eta_s: None,
+    })
+    .await
+    .unwrap();
+    let report = sink.devices().await.unwrap();
+    assert_eq!(report[0].agent_version, "1.2.3");
+    assert_eq!(report[0].seq_collisions, 3);
+    // A group without any conflict reports none.
+    let out = sink.write(&[batch("d1", 15, 2)]).await.unwrap();
+    assert_eq!(out.collisions, vec![]);
+}
+
+/// What PostgreSQL refuses in the data (a value out of its range, a NUL in
+/// text, a constraint) fails the write as `Data`, which the writer sets
+/// aside instead of retrying; the dead letter keeps the batch's bytes.
+#[tokio::test]
+async fn refused_values_are_data_errors_and_dead_letters_keep_the_batch() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    let mut far = batch("d1", 1, 2);
+    far.readings[1].ts_ms = 10_i64.pow(16);
+    let mut nul = batch("d1", 1, 2);
+    nul.readings[0].sensor = "s\0".into();
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE readings ADD CONSTRAINT no_poison CHECK (sensor_id <> 'poison')",
+        )
+        .await
+        .unwrap();
+    let mut poison = batch("d1", 1, 2);
+    poison.readings[1].sensor = "poison".into();
+    for (what, bad, sqlstate) in [
+        ("ts", far, "22008"),
+        ("nul", nul, "22021"),
+        ("check", poison, "23514"),
+    ] {
+        let err = sink.write(&[batch("d2", 1, 3), bad]).await.unwrap_err();
+        assert!(
+            matches!(err, aeris_sink::SinkError::Data(_)),
+            "{what}: {err:?}"
+        );
+        assert!(err.to_string().contains(sqlstate), "{what}: {err}");
+    }
+    // The connection is still good, and the failed groups stored nothing.
+    let out = sink.write(&[batch("d2", 1, 3)]).await.unwrap();
+    assert_eq!(out.inserted, 3);
+
+    let letter = aeris_sink::DeadLetter {
+        device: "d1".into(),
+        first_seq: 1,
+        last_seq: 2,
+        reason: "value refused (SQLSTATE 23514)".into(),
+        payload: vec![1, 0, 255, 7],
+    };
+    sink.dead_letter(&letter).await.unwrap();
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT device_id, first_seq, last_seq, reason, payload, now() - at < interval '1 min'
+             FROM dead_letters",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "d1");
+    assert_eq!((row.get::<_, i64>(1), row.get::<_, i64>(2)), (1, 2));
+    assert_eq!(row.get::<_, String>(3), letter.reason);
+    assert_eq!(row.get::<_, Vec<u8>>(4), letter.payload);
+    assert!(row.get::<_, bool>(5));
 }

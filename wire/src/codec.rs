@@ -36,6 +36,13 @@ pub enum WireError {
     TrailingBytes(usize),
     #[error("invalid message: {0}")]
     Invalid(String),
+    /// A timestamp outside `0..=MAX_TS_MS` (years 1970 to 9999).
+    #[error("timestamp {0} ms is outside 1970-01-01..=9999-12-31")]
+    Timestamp(i64),
+    /// A name or text with a control character (NUL, which PostgreSQL
+    /// refuses in text and JSONB, or any other).
+    #[error("bad text: {0}")]
+    Text(String),
 }
 
 impl WireError {
@@ -47,6 +54,8 @@ impl WireError {
             WireError::Malformed(_) => "malformed",
             WireError::TrailingBytes(_) => "trailing_bytes",
             WireError::Invalid(_) => "invalid",
+            WireError::Timestamp(_) => "bad_timestamp",
+            WireError::Text(_) => "bad_text",
         }
     }
 }

@@ -20,6 +20,6 @@ pub use codec::{decode, encode, WireError, WireMessage, FORMAT_VERSION};
 pub use columnar::COLUMNAR_VERSION;
 pub use message::{
     Ack, Batch, Command, CommandKind, DeviceState, Event, EventKind, Loss, ModelVersion, Reading,
-    Status, Value,
+    Status, Value, MAX_SEQ, MAX_TS_MS,
 };
 pub use topic::{validate_device_id, Channel, TopicError, Topics};

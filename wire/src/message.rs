@@ -15,6 +15,14 @@ pub const MAX_BATCH_READINGS: usize = 10_000;
 pub const MAX_VALUES_PER_READING: usize = 64;
 /// Longest sensor id, quantity name or free-text field, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
+/// Latest timestamp a message may carry: 9999-12-31T23:59:59.999Z in Unix
+/// ms. Timestamps are `0..=MAX_TS_MS` (years 1970 to 9999): every store
+/// takes them (PostgreSQL's `timestamptz` ends in 294276, RFC 3339 in 9999),
+/// and nothing older than 1970 comes from a sensor.
+pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+/// Highest seq a reading may carry: the cloud stores seqs as signed 64-bit
+/// integers (PostgreSQL `bigint`, SQLite `INTEGER`).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
 
 /// One measured quantity. Layout: `quantity: String, value: f64`.
 ///
@@ -45,8 +53,8 @@ pub struct Reading {
 /// `first_seq + i`. Topic `{p}/{device}/up/batch`.
 ///
 /// Layout: `device: String, first_seq: u64, readings: Vec<Reading>`.
-/// Invariants: 1..=[`MAX_BATCH_READINGS`] readings, the range does not
-/// overflow `u64`, every reading is valid (see [`Reading::check`]).
+/// Invariants: 1..=[`MAX_BATCH_READINGS`] readings, the last seq is at most
+/// [`MAX_SEQ`], every reading is valid (see [`Reading::check`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub device: String,
@@ -194,11 +202,28 @@ fn invalid(msg: impl Into<String>) -> WireError {
     WireError::Invalid(msg.into())
 }
 
+/// 1..=[`MAX_NAME_LEN`] bytes without control characters: NUL is refused
+/// by PostgreSQL in `text` and JSONB, the others are never part of a name
+/// and would garble logs and the map.
 fn check_name(what: &str, s: &str) -> Result<(), WireError> {
     if s.is_empty() || s.len() > MAX_NAME_LEN {
         return Err(invalid(format!("{what} must be 1..={MAX_NAME_LEN} bytes")));
     }
-    Ok(())
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(WireError::Text(format!(
+            "{what} contains control character U+{:04X}",
+            u32::from(c)
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn check_ts(ts_ms: i64) -> Result<(), WireError> {
+    if (0..=MAX_TS_MS).contains(&ts_ms) {
+        Ok(())
+    } else {
+        Err(WireError::Timestamp(ts_ms))
+    }
 }
 
 fn check_device(device: &str) -> Result<(), WireError> {
@@ -206,10 +231,12 @@ fn check_device(device: &str) -> Result<(), WireError> {
 }
 
 impl Reading {
-    /// Structural checks the cloud relies on: coordinates on the globe,
-    /// finite values, bounded names.
+    /// Structural checks the cloud relies on: a timestamp in 1970..=9999,
+    /// coordinates on the globe, finite values, bounded names without
+    /// control characters. Whatever passes, PostgreSQL and Redis store.
     pub fn check(&self) -> Result<(), WireError> {
         check_name("sensor id", &self.sensor)?;
+        check_ts(self.ts_ms)?;
         if !(-90.0..=90.0).contains(&self.lat) || !(-180.0..=180.0).contains(&self.lon) {
             return Err(invalid("position outside WGS84 range"));
         }
@@ -249,8 +276,8 @@ impl WireMessage for Batch {
                 "a batch carries 1..={MAX_BATCH_READINGS} readings"
             )));
         }
-        if self.last_seq().is_none() {
-            return Err(invalid("seq range overflows"));
+        if self.last_seq().is_none_or(|last| last > MAX_SEQ) {
+            return Err(invalid(format!("seq range goes past {MAX_SEQ}")));
         }
         self.readings.iter().try_for_each(Reading::check)
     }
@@ -273,6 +300,8 @@ impl WireMessage for Ack {
 impl WireMessage for Status {
     fn validate(&self) -> Result<(), WireError> {
         check_device(&self.device)?;
+        check_ts(self.ts_ms)?;
+        self.oldest_unsent_ms.map(check_ts).transpose()?;
         check_name("agent version", &self.agent_version)?;
         self.losses
             .iter()

@@ -13,10 +13,15 @@ fn device() -> impl Strategy<Value = String> {
     "[A-Za-z0-9._-]{1,64}"
 }
 
+/// Timestamps decode accepts, the ends included.
+fn ts() -> impl Strategy<Value = i64> {
+    prop_oneof![Just(0), Just(MAX_TS_MS), 0..=MAX_TS_MS]
+}
+
 fn reading() -> impl Strategy<Value = Reading> {
     (
         name(),
-        any::<i64>(),
+        ts(),
         -90.0..=90.0f64,
         -180.0..=180.0f64,
         any::<u32>(),
@@ -38,7 +43,7 @@ fn reading() -> impl Strategy<Value = Reading> {
 fn batch() -> impl Strategy<Value = Batch> {
     (
         device(),
-        0..u64::MAX / 2,
+        0..=MAX_SEQ - 19,
         prop::collection::vec(reading(), 1..20),
     )
         .prop_map(|(device, first_seq, readings)| Batch {
@@ -52,11 +57,11 @@ fn status() -> impl Strategy<Value = Status> {
     (
         device(),
         any::<u64>(),
-        any::<i64>(),
+        ts(),
         any::<bool>(),
         name(),
         any::<(u64, u64, u64)>(),
-        proptest::option::of(any::<i64>()),
+        proptest::option::of(ts()),
         prop::collection::vec((name(), any::<u64>()), 0..4),
         prop::collection::vec((name(), name()), 0..3),
         proptest::option::of(any::<u64>()),
@@ -351,4 +356,117 @@ fn semantic_checks_reject_what_postcard_accepts() {
         last_seq: 3,
     };
     assert!(decode::<Ack>(&encode(&reversed)).is_err());
+}
+
+/// What PostgreSQL or Redis would refuse never gets past decode, in either
+/// batch layout, and each is counted under its own reason.
+#[test]
+fn decode_rejects_what_the_database_would_refuse() {
+    let good = Batch {
+        device: "d1".into(),
+        first_seq: 1,
+        readings: vec![Reading {
+            sensor: "s".into(),
+            ts_ms: 1_700_000_000_000,
+            lat: 0.0,
+            lon: 0.0,
+            flags: 0,
+            values: vec![Value {
+                quantity: "pm25".into(),
+                value: 1.0,
+            }],
+        }],
+    };
+    type Mutation = Box<dyn Fn(&mut Batch)>;
+    let cases: Vec<(&str, &str, Mutation)> = vec![
+        (
+            "ts 10^16",
+            "bad_timestamp",
+            Box::new(|b| b.readings[0].ts_ms = 10_i64.pow(16)),
+        ),
+        (
+            "ts past 9999",
+            "bad_timestamp",
+            Box::new(|b| b.readings[0].ts_ms = MAX_TS_MS + 1),
+        ),
+        (
+            "ts before 1970",
+            "bad_timestamp",
+            Box::new(|b| b.readings[0].ts_ms = -1),
+        ),
+        (
+            "ts i64::MIN",
+            "bad_timestamp",
+            Box::new(|b| b.readings[0].ts_ms = i64::MIN),
+        ),
+        (
+            "NUL in sensor",
+            "bad_text",
+            Box::new(|b| b.readings[0].sensor = "pm\0sensor".into()),
+        ),
+        (
+            "escape in sensor",
+            "bad_text",
+            Box::new(|b| b.readings[0].sensor = "s\x1b[31m".into()),
+        ),
+        (
+            "C1 in quantity",
+            "bad_text",
+            Box::new(|b| b.readings[0].values[0].quantity = "pm\u{85}".into()),
+        ),
+        (
+            "NUL in quantity",
+            "bad_text",
+            Box::new(|b| b.readings[0].values[0].quantity = "\0".into()),
+        ),
+        (
+            "seq past bigint",
+            "invalid",
+            Box::new(|b| b.first_seq = MAX_SEQ),
+        ),
+    ];
+    for (what, reason, mutate) in cases {
+        let mut b = good.clone();
+        mutate(&mut b);
+        // A two-reading batch for the seq case, so its last seq is past MAX_SEQ.
+        if what.starts_with("seq") {
+            b.readings.push(b.readings[0].clone());
+        }
+        for (layout, bytes) in [("postcard", encode(&b)), ("columnar", columnar::encode(&b))] {
+            let err = decode::<Batch>(&bytes).expect_err(what);
+            assert_eq!(err.reason(), reason, "{what} ({layout}): {err}");
+        }
+    }
+    // The ends of the ranges are accepted.
+    let mut b = good.clone();
+    b.readings[0].ts_ms = MAX_TS_MS;
+    b.first_seq = MAX_SEQ;
+    b.readings[0].sensor = "Straße-7 (Süd)".into();
+    assert_eq!(decode::<Batch>(&columnar::encode(&b)), Ok(b.clone()));
+    assert_eq!(decode::<Batch>(&encode(&b)), Ok(b));
+    // A status with an impossible time is refused too (its row would be).
+    let mut s = Status {
+        device: "d1".into(),
+        boot_id: 1,
+        ts_ms: 10_i64.pow(16),
+        state: DeviceState::Online,
+        agent_version: "1.0".into(),
+        last_seq: 0,
+        queued_readings: 0,
+        queued_bytes: 0,
+        oldest_unsent_ms: None,
+        losses: vec![],
+        models: vec![],
+        drain_eta_s: None,
+    };
+    assert_eq!(
+        decode::<Status>(&encode(&s)).map_err(|e| e.reason()),
+        Err("bad_timestamp")
+    );
+    s.ts_ms = 1;
+    s.agent_version = "1.0\0".into();
+    assert_eq!(
+        decode::<Status>(&encode(&s)).map_err(|e| e.reason()),
+        Err("bad_text")
+    );
 }

@@ -4,7 +4,8 @@
 //!
 //! The staging table is `TEMP ... ON COMMIT DELETE ROWS`: private to the
 //! connection, never WAL-logged, and empty again after each commit or
-//! rollback, so a failed write leaves nothing behind.
+//! rollback, so a failed write leaves nothing behind. Its `batch` column is
+//! the reading's batch index in the write, for [`super::collide`].
 
 use aeris_wire::{Batch, Reading};
 use futures_util::pin_mut;
@@ -19,13 +20,13 @@ pub(super) const CREATE_STAGING: &str = "
 CREATE TEMP TABLE IF NOT EXISTS aeris_staging (
     device_id text, seq int8, sensor_id text, ts_ms int8, lon float8, lat float8, flags int4,
     pm1 float8, pm25 float8, pm10 float8, no2 float8, o3 float8, co float8, so2 float8,
-    measurements jsonb, model_outputs jsonb
+    measurements jsonb, model_outputs jsonb, batch int4
 ) ON COMMIT DELETE ROWS";
 
 const COPY_IN: &str = "COPY aeris_staging FROM STDIN (FORMAT binary)";
 
 /// Column types of `aeris_staging`, in order.
-const TYPES: [Type; 16] = [
+const TYPES: [Type; 17] = [
     Type::TEXT,
     Type::INT8,
     Type::TEXT,
@@ -42,6 +43,7 @@ const TYPES: [Type; 16] = [
     Type::FLOAT8,
     Type::JSONB,
     Type::JSONB,
+    Type::INT4,
 ];
 
 /// Staging to `readings`. The timestamp is built from integer milliseconds
@@ -92,13 +94,14 @@ pub(super) async fn write(
     let sink = tx.copy_in(COPY_IN).await?;
     let writer = BinaryCopyInWriter::new(sink, &TYPES);
     pin_mut!(writer);
-    for b in batches {
+    for (i, b) in batches.iter().enumerate() {
+        let batch = i32::try_from(i).unwrap_or(i32::MAX);
         for (seq, r) in b.with_seqs() {
             let row = split(r);
             let seq = i64::try_from(seq).unwrap_or(i64::MAX);
             let flags = row.reading.flags as i32;
             let [pm1, pm25, pm10, no2, o3, co, so2] = &row.pollutants;
-            let values: [&(dyn ToSql + Sync); 16] = [
+            let values: [&(dyn ToSql + Sync); 17] = [
                 &b.device,
                 &seq,
                 &r.sensor,
@@ -115,6 +118,7 @@ pub(super) async fn write(
                 so2,
                 &row.rest,
                 &row.models,
+                &batch,
             ];
             writer.as_mut().write(&values).await?;
         }

@@ -26,6 +26,16 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "audit_log",
         include_str!("../../migrations/0003_audit_log.sql"),
     ),
+    (
+        4,
+        "seq_collisions",
+        include_str!("../../migrations/0004_seq_collisions.sql"),
+    ),
+    (
+        5,
+        "dead_letters",
+        include_str!("../../migrations/0005_dead_letters.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -3,11 +3,13 @@
 //! Invariants: a write is one transaction (binary COPY into a staging table,
 //! then one `INSERT ... ON CONFLICT DO NOTHING`, see [`copy`]); rows
 //! conflicting on `(device_id, seq)` are skipped, so a batch sent twice is
-//! stored once; a lost connection is re-opened on the next call and the
+//! stored once, and when any were skipped, those whose stored row is another
+//! reading are reported as collisions ([`collide`]); a lost connection is re-opened on the next call and the
 //! failed call reports `Unavailable` (the writer retries, holding acks).
 //! Writes and API reads use separate connections, so a slow query never
 //! delays a commit (and its acks).
 
+mod collide;
 mod copy;
 mod migrate;
 mod ops;
@@ -25,7 +27,7 @@ pub use ops::{device_rows, remove_device, schema_version};
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
-use crate::{reading_count, Sink, SinkError, WriteOutcome};
+use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
 
 /// `application_name` of the gateway's connections (visible in
 /// `pg_stat_activity`) unless the URL sets one.
@@ -41,13 +43,19 @@ fn unavailable(e: tokio_postgres::Error) -> SinkError {
     SinkError::Unavailable(e.to_string())
 }
 
-/// A lost connection or a network error is retryable; an error the
-/// database reported about the statement is not.
+/// A lost connection or a network error is `Unavailable`; a refused value
+/// (SQLSTATE class 22, data exception, or 23, integrity constraint) is
+/// `Data`, which fails again however often it is retried; any other error
+/// the server reported (a missing table, a full disk, a deadlock) is
+/// `Rejected`.
 fn classify(client: &Client, e: tokio_postgres::Error) -> SinkError {
-    if client.is_closed() || e.as_db_error().is_none() {
-        SinkError::Unavailable(e.to_string())
-    } else {
-        SinkError::Rejected(e.to_string())
+    let Some(db) = e.as_db_error().filter(|_| !client.is_closed()) else {
+        return SinkError::Unavailable(e.to_string());
+    };
+    let detail = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    match db.code().code().get(..2) {
+        Some("22" | "23") => SinkError::Data(detail),
+        _ => SinkError::Rejected(detail),
     }
 }
 
@@ -147,14 +155,20 @@ impl Sink for PostgisSink {
         let result = async {
             let tx = client.transaction().await?;
             let inserted = copy::write(&tx, batches).await?;
+            let found = match inserted < n {
+                true => collide::find(&tx).await?,
+                false => Default::default(),
+            };
             tx.commit().await?;
-            Ok::<u64, tokio_postgres::Error>(inserted)
+            Ok::<_, tokio_postgres::Error>((inserted, found))
         }
         .await;
         match result {
-            Ok(inserted) => Ok(WriteOutcome {
+            Ok((inserted, (collisions, max_seq))) => Ok(WriteOutcome {
                 inserted,
-                duplicates: n.saturating_sub(inserted),
+                duplicates: n.saturating_sub(inserted + collisions.len() as u64),
+                collisions,
+                max_seq,
             }),
             Err(e) => {
                 let err = classify(client, e);
@@ -164,6 +178,13 @@ impl Sink for PostgisSink {
                 Err(err)
             }
         }
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), SinkError> {
+        let letter = letter.clone();
+        self.read(move |c| Box::pin(async move { ops::dead_letter(c, &letter).await }))
+            .await
+            .map(|_| ())
     }
 
     async fn record_status(&self, status: &Status) -> Result<(), SinkError> {

@@ -1,8 +1,10 @@
-//! Audit log and re-send points on PostGIS (migration 0003). Fixed SQL.
+//! Audit log and re-send points on PostGIS (migration 0003), dead letters
+//! (migration 0005). Fixed SQL.
 
 use tokio_postgres::Client;
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
+use crate::DeadLetter;
 
 const INSERT_AUDIT: &str = "INSERT INTO audit_log (actor, action, target, outcome, detail)
     VALUES ($1, $2, $3, $4, $5)";
@@ -32,6 +34,24 @@ CROSS JOIN LATERAL (
     WHERE seq - prev > 1
 ) h
 ORDER BY k.device_id";
+
+const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters
+    (device_id, first_seq, last_seq, reason, payload) VALUES ($1, $2, $3, $4, $5)";
+
+pub(super) async fn dead_letter(c: &Client, d: &DeadLetter) -> Result<u64, tokio_postgres::Error> {
+    let seq = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    c.execute(
+        INSERT_DEAD_LETTER,
+        &[
+            &d.device,
+            &seq(d.first_seq),
+            &seq(d.last_seq),
+            &d.reason,
+            &d.payload,
+        ],
+    )
+    .await
+}
 
 pub(super) async fn record_audit(c: &Client, e: &AuditEntry) -> Result<u64, tokio_postgres::Error> {
     c.execute(

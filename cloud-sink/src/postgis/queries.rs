@@ -39,7 +39,8 @@ const DEVICES: &str = "
 SELECT d.device_id, d.online, d.agent_version, (extract(epoch FROM d.status_ts) * 1000)::int8,
        d.last_seq, d.queued_readings, d.queued_bytes,
        (extract(epoch FROM d.oldest_unsent) * 1000)::int8, d.losses,
-       s.received, s.max_seq, g.gaps
+       s.received, s.max_seq, g.gaps,
+       d.seq_collisions, (extract(epoch FROM d.last_seq_collision) * 1000)::int8
 FROM devices d
 CROSS JOIN LATERAL (
     SELECT count(*) AS received, coalesce(max(seq), 0) AS max_seq
@@ -160,6 +161,8 @@ pub(super) async fn devices(client: &Client) -> Result<Vec<DeviceReport>, tokio_
                 received: to_u64(r.get(9)),
                 gaps,
                 not_yet_received: last_seq.saturating_sub(max_seq),
+                seq_collisions: to_u64(r.get(12)),
+                last_seq_collision_ms: r.get(13),
             }
         })
         .collect())

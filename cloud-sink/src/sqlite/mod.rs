@@ -1,10 +1,13 @@
 //! The embedded SQLite sink: the zero-setup stand-in for PostGIS, same
 //! guarantees (one transaction per write, `(device_id, seq)` stored once).
 //!
-//! Layout (schema version 2, `PRAGMA user_version`):
+//! Layout (schema version 4, `PRAGMA user_version`):
 //! `readings(device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements JSON
 //! text, received_ms)`, primary key `(device_id, seq)`; since version 2
-//! `devices(device_id, ..., losses JSON text)`, each device's last status.
+//! `devices(device_id, ..., losses JSON text)`, each device's last status;
+//! since version 3 `devices.seq_collisions` and `last_seq_collision_ms`
+//! (see [`write`]); since version 4 `dead_letters(id, at_ms, device_id,
+//! first_seq, last_seq, reason, payload BLOB)`, batches the database refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,10 +16,11 @@ use aeris_wire::{Batch, Status};
 use rusqlite::{params, Connection};
 
 mod ops;
+mod write;
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading, MODEL_PREFIX};
-use crate::{reading_count, values_json, Sink, SinkError, WriteOutcome};
+use crate::{DeadLetter, Sink, SinkError, WriteOutcome};
 
 const READINGS: &str = "SELECT seq, ts_ms, lat, lon, flags, measurements FROM readings
     WHERE device_id = ?1 AND sensor_id = ?2 AND ts_ms >= ?3 AND ts_ms < ?4
@@ -55,6 +59,34 @@ CREATE TABLE devices (
 PRAGMA user_version = 2;
 ";
 
+/// Version 2 -> 3: seq collisions per device (as PostGIS migration 0004).
+const SCHEMA_3: &str = "
+BEGIN;
+ALTER TABLE devices ADD COLUMN seq_collisions INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN last_seq_collision_ms INTEGER;
+PRAGMA user_version = 3;
+COMMIT;
+";
+
+/// Version 3 -> 4: dead letters (as PostGIS migration 0005).
+const SCHEMA_4: &str = "
+BEGIN;
+CREATE TABLE dead_letters (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms     INTEGER NOT NULL,
+    device_id TEXT    NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq  INTEGER NOT NULL,
+    reason    TEXT    NOT NULL,
+    payload   BLOB    NOT NULL
+);
+PRAGMA user_version = 4;
+COMMIT;
+";
+
+/// Every schema step; step `i` takes version `i` to `i + 1`.
+const MIGRATIONS: [&str; 4] = [SCHEMA, SCHEMA_2, SCHEMA_3, SCHEMA_4];
+
 /// Newer statuses replace older ones.
 const UPSERT_STATUS: &str = "INSERT INTO devices (device_id, status_ts_ms, online, agent_version,
     last_seq, queued_readings, queued_bytes, oldest_unsent_ms, losses)
@@ -69,17 +101,14 @@ const UPSERT_STATUS: &str = "INSERT INTO devices (device_id, status_ts_ms, onlin
 const DEVICES: &str = "SELECT d.device_id, d.online, d.agent_version, d.status_ts_ms, d.last_seq,
     d.queued_readings, d.queued_bytes, d.oldest_unsent_ms, d.losses,
     (SELECT count(*) FROM readings r WHERE r.device_id = d.device_id),
-    (SELECT coalesce(max(seq), 0) FROM readings r WHERE r.device_id = d.device_id)
+    (SELECT coalesce(max(seq), 0) FROM readings r WHERE r.device_id = d.device_id),
+    d.seq_collisions, d.last_seq_collision_ms
     FROM devices d ORDER BY d.device_id";
 
 /// Holes below the highest stored seq, as in the PostGIS sink.
 const GAPS: &str = "SELECT prev + 1, seq - 1 FROM (
     SELECT seq, lag(seq, 1, 0) OVER (ORDER BY seq) AS prev FROM readings WHERE device_id = ?1)
     WHERE seq - prev > 1 ORDER BY seq LIMIT 100";
-
-const INSERT: &str = "INSERT OR IGNORE INTO readings
-    (device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements, received_ms)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 pub struct SqliteSink {
     path: PathBuf,
@@ -100,22 +129,18 @@ impl SqliteSink {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| SinkError::Migration(e.to_string()))?;
-        let migrate = |sql: &str| {
+        let steps = usize::try_from(version)
+            .ok()
+            .and_then(|v| MIGRATIONS.get(v..))
+            .ok_or_else(|| {
+                SinkError::Migration(format!(
+                    "schema version {version} is newer than this gateway's {}",
+                    MIGRATIONS.len()
+                ))
+            })?;
+        for sql in steps {
             conn.execute_batch(sql)
-                .map_err(|e| SinkError::Migration(e.to_string()))
-        };
-        match version {
-            0 => {
-                migrate(SCHEMA)?;
-                migrate(SCHEMA_2)?;
-            }
-            1 => migrate(SCHEMA_2)?,
-            2 => {}
-            v => {
-                return Err(SinkError::Migration(format!(
-                    "schema version {v} is newer than this gateway's 2"
-                )))
-            }
+                .map_err(|e| SinkError::Migration(e.to_string()))?;
         }
         Ok(SqliteSink {
             path: path.to_owned(),
@@ -164,6 +189,8 @@ fn devices_blocking(conn: &Connection) -> Result<Vec<DeviceReport>, rusqlite::Er
                 received: r.get::<_, i64>(9)?.max(0) as u64,
                 gaps: Vec::new(),
                 not_yet_received: last_seq.saturating_sub(max_seq),
+                seq_collisions: r.get::<_, i64>(11)?.max(0) as u64,
+                last_seq_collision_ms: r.get(12)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -178,53 +205,25 @@ fn devices_blocking(conn: &Connection) -> Result<Vec<DeviceReport>, rusqlite::Er
     Ok(devices)
 }
 
-fn write_blocking(conn: &mut Connection, batches: &[Batch]) -> Result<u64, rusqlite::Error> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let tx = conn.transaction()?;
-    let mut inserted = 0;
-    {
-        let mut stmt = tx.prepare_cached(INSERT)?;
-        for b in batches {
-            for (seq, r) in b.with_seqs() {
-                inserted += stmt.execute(params![
-                    b.device,
-                    seq as i64,
-                    r.sensor,
-                    r.ts_ms,
-                    r.lat,
-                    r.lon,
-                    r.flags,
-                    values_json(r).to_string(),
-                    now
-                ])? as u64;
-            }
-        }
-    }
-    tx.commit()?;
-    Ok(inserted)
-}
-
 #[async_trait::async_trait]
 impl Sink for SqliteSink {
     async fn write(&self, batches: &[Batch]) -> Result<WriteOutcome, SinkError> {
         let conn = self.conn.clone();
         let owned = batches.to_vec();
-        let total = reading_count(batches);
-        let inserted = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut conn = conn
                 .lock()
                 .map_err(|_| SinkError::Unavailable("sqlite connection poisoned".into()))?;
-            write_blocking(&mut conn, &owned).map_err(rejected)
+            write::write(&mut conn, &owned).map_err(write::classify)
         })
         .await
-        .map_err(|e| SinkError::Unavailable(e.to_string()))??;
-        Ok(WriteOutcome {
-            inserted,
-            duplicates: total - inserted,
-        })
+        .map_err(|e| SinkError::Unavailable(e.to_string()))?
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), SinkError> {
+        let letter = letter.clone();
+        self.blocking(move |conn| write::dead_letter(conn, &letter))
+            .await
     }
 
     async fn record_status(&self, status: &Status) -> Result<(), SinkError> {
@@ -320,120 +319,4 @@ fn read_blocking(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use aeris_wire::{Reading, Value};
-
-    fn batch(device: &str, first_seq: u64, n: usize) -> Batch {
-        Batch {
-            device: device.into(),
-            first_seq,
-            readings: (0..n)
-                .map(|i| Reading {
-                    sensor: format!("s{i}"),
-                    ts_ms: 1_000 + i as i64,
-                    lat: 50.0 + i as f64,
-                    lon: 8.0,
-                    flags: 0,
-                    values: vec![Value {
-                        quantity: "pm10".into(),
-                        value: i as f64,
-                    }],
-                })
-                .collect(),
-        }
-    }
-
-    #[tokio::test]
-    async fn reports_device_status_and_the_gaps_in_its_seqs() {
-        let dir = tempfile::tempdir().unwrap();
-        let sink = SqliteSink::open(&dir.path().join("cloud.db")).unwrap();
-        sink.write(&[batch("a", 1, 3), batch("a", 7, 2)])
-            .await
-            .unwrap();
-        let status = |ts_ms, last_seq| Status {
-            device: "a".into(),
-            boot_id: 1,
-            ts_ms,
-            state: aeris_wire::DeviceState::Online,
-            agent_version: "1.0".into(),
-            last_seq,
-            queued_readings: 2,
-            queued_bytes: 100,
-            oldest_unsent_ms: Some(5),
-            losses: vec![aeris_wire::Loss {
-                reason: "evicted".into(),
-                count: 4,
-            }],
-            models: vec![],
-            drain_eta_s: None,
-        };
-        sink.record_status(&status(20, 10)).await.unwrap();
-        // An older status arriving late changes nothing.
-        sink.record_status(&status(10, 3)).await.unwrap();
-        let d = sink.devices().await.unwrap();
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].last_seq, 10);
-        assert_eq!(d[0].received, 5);
-        assert_eq!(d[0].gaps, vec![[4, 6]]);
-        assert_eq!(d[0].not_yet_received, 2);
-        assert_eq!(d[0].losses.get("evicted"), Some(&4));
-        let r = sink
-            .readings(&ReadingsQuery {
-                device: "a".into(),
-                sensor: "s1".into(),
-                from_ms: 0,
-                to_ms: i64::MAX,
-                limit: 10,
-            })
-            .await
-            .unwrap();
-        assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 8]);
-    }
-
-    #[tokio::test]
-    async fn stores_each_device_seq_once_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cloud.db");
-        let sink = SqliteSink::open(&path).unwrap();
-        let out = sink
-            .write(&[batch("a", 1, 5), batch("b", 1, 2)])
-            .await
-            .unwrap();
-        assert_eq!(
-            out,
-            WriteOutcome {
-                inserted: 7,
-                duplicates: 0
-            }
-        );
-        // Overlapping resend: 3..=7 of "a", of which 3..=5 are stored already.
-        let out = sink.write(&[batch("a", 3, 5)]).await.unwrap();
-        assert_eq!(
-            out,
-            WriteOutcome {
-                inserted: 2,
-                duplicates: 3
-            }
-        );
-        drop(sink);
-        let sink = SqliteSink::open(&path).unwrap();
-        let conn = sink.conn.lock().unwrap();
-        let (n, lat): (i64, f64) = conn
-            .query_row(
-                "SELECT count(*), max(lat) FROM readings WHERE device_id = 'a'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        assert_eq!((n, lat), (7, 54.0));
-        let v: String = conn
-            .query_row(
-                "SELECT measurements FROM readings WHERE device_id='b' AND seq=2",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(v, r#"{"pm10":1.0}"#);
-    }
-}
+mod tests;

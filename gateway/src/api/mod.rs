@@ -1,7 +1,8 @@
 //! The HTTP API and the live map.
 //!
 //! - `GET /healthz`: the process runs. `GET /readyz`: connected to the
-//!   broker and the database answers (503 otherwise). `GET /metrics`:
+//!   broker, the database answers, and writes have not been failing for
+//!   longer than `writer.stall_after` (503 otherwise). `GET /metrics`:
 //!   Prometheus text.
 //! - `GET /api/sensors[?bbox=w,s,e,n | ?lat=&lon=&radius_m=]`: latest reading
 //!   of each sensor in the area, from the live view (Redis geo index).
@@ -84,7 +85,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 fn sink_error(e: SinkError) -> Response {
     match e {
         SinkError::Unsupported(_) => error(StatusCode::NOT_IMPLEMENTED, e.to_string()),
-        SinkError::Rejected(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        SinkError::Rejected(_) | SinkError::Data(_) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -95,8 +98,16 @@ async fn readyz(State(s): State<ApiState>) -> Response {
         tokio::time::timeout(Duration::from_secs(2), s.sink.ping()).await,
         Ok(Ok(()))
     );
-    let body = serde_json::json!({ "broker": broker, "database": db });
-    let status = if broker && db {
+    // Writes failing (and retried) for longer than `writer.stall_after`:
+    // batches pile up unacked, so this gateway is not doing its job.
+    let stall_after = s.config.writer.stall_after;
+    let writer = s
+        .stats
+        .progress
+        .stalled_for()
+        .is_none_or(|d| d < stall_after);
+    let body = serde_json::json!({ "broker": broker, "database": db, "writer": writer });
+    let status = if broker && db && writer {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -1,7 +1,9 @@
 //! The MQTT source: batches in through a shared subscription, acks out.
 //!
 //! Invariants: an `Ack` is published only after the sink committed the
-//! batch; a batch that fails decoding or authorization is counted and
+//! batch, and never for a seq that holds another reading in the database
+//! (a seq collision: the device is asked to renumber instead, see
+//! [`writer`]); a batch that fails decoding or authorization is counted and
 //! dropped (never stored, never acked); a failed write is retried with
 //! backoff while its acks are held. Several gateways may share the
 //! subscription, so nothing here assumes it sees all of a device's batches
@@ -66,16 +68,15 @@ pub async fn run(
     let (client, mut events) = AsyncClient::new(opts, 4096);
     let (tx, rx) = mpsc::channel::<Incoming>(1024);
     let (status_tx, status_rx) = mpsc::channel::<Accepted>(1024);
-    let writer = tokio::spawn(writer::run(
-        rx,
-        client.clone(),
-        topics.clone(),
-        out.sink.clone(),
-        out.feed.clone(),
-        stats.clone(),
-        config.writer.clone(),
-        shutdown.clone(),
-    ));
+    let writer = writer::Writer {
+        client: client.clone(),
+        topics: topics.clone(),
+        sink: out.sink.clone(),
+        feed: out.feed.clone(),
+        stats: stats.clone(),
+        config: config.writer.clone(),
+    };
+    let writer = tokio::spawn(writer::run(writer, rx, shutdown.clone()));
     tokio::spawn(side_channel(status_rx, out.sink, out.live, stats.clone()));
     let group = &config.broker.share_group;
     let filters =
