@@ -1,6 +1,6 @@
 //! Seq collisions: staged readings whose `(device_id, seq)` the database
-//! holds for another reading (another sensor or timestamp; a resend of the
-//! same reading has both equal). It happens when a device lost its buffer
+//! holds for another reading (another sensor, timestamp, flags or value; a
+//! resend of the same reading has all of them equal). It happens when a device lost its buffer
 //! or had it restored from an old image and numbers new readings again
 //! from an old seq. `ON CONFLICT DO NOTHING` skipped them; this finds them,
 //! in the write's transaction, so the gateway neither acks them nor loses
@@ -25,12 +25,17 @@ const COLLISIONS: &str = "
 SELECT s.batch, s.seq, s.device_id
 FROM aeris_staging s
 CROSS JOIN LATERAL (
-    SELECT r.sensor_id, r.ts FROM readings r
+    SELECT r.sensor_id, r.ts, r.flags, r.pm1, r.pm25, r.pm10, r.no2, r.o3, r.co, r.so2,
+           r.measurements, r.model_outputs
+    FROM readings r
     WHERE r.device_id = s.device_id AND r.seq = s.seq
     LIMIT 1
 ) r
 WHERE r.sensor_id <> s.sensor_id
    OR r.ts <> 'epoch'::timestamptz + s.ts_ms * interval '1 millisecond'
+   OR (r.flags, r.pm1, r.pm25, r.pm10, r.no2, r.o3, r.co, r.so2, r.measurements, r.model_outputs)
+      IS DISTINCT FROM
+      (s.flags, s.pm1, s.pm25, s.pm10, s.no2, s.o3, s.co, s.so2, s.measurements, s.model_outputs)
 ORDER BY s.batch, s.seq";
 
 const MAX_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM readings WHERE device_id = $1";

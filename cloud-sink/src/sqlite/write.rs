@@ -16,7 +16,8 @@ const INSERT: &str = "INSERT OR IGNORE INTO readings
     (device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements, received_ms)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-const STORED: &str = "SELECT sensor_id, ts_ms FROM readings WHERE device_id = ?1 AND seq = ?2";
+const STORED: &str =
+    "SELECT sensor_id, ts_ms, flags, measurements FROM readings WHERE device_id = ?1 AND seq = ?2";
 
 const MAX_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM readings WHERE device_id = ?1";
 
@@ -69,12 +70,19 @@ pub(super) fn write(conn: &mut Connection, batches: &[Batch]) -> rusqlite::Resul
                     out.inserted += 1;
                     continue;
                 }
-                let held: Option<(String, i64)> = stored
+                let held: Option<(String, i64, i64, String)> = stored
                     .query_row(params![b.device, seq_i], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                     })
                     .optional()?;
-                if held.is_some_and(|(sensor, ts)| sensor == r.sensor && ts == r.ts_ms) {
+                // The same reading: sensor, time, flags and every value.
+                let same = held.is_some_and(|(sensor, ts, flags, values)| {
+                    sensor == r.sensor
+                        && ts == r.ts_ms
+                        && flags == i64::from(r.flags)
+                        && values == json
+                });
+                if same {
                     out.duplicates += 1;
                 } else {
                     out.collisions.push((i, seq));
