@@ -36,6 +36,11 @@ pub enum WireError {
     TrailingBytes(usize),
     #[error("invalid message: {0}")]
     Invalid(String),
+    /// The message would decode into more memory than a message of its
+    /// kind may take (a small compressed batch naming long quantities in
+    /// every value); refused before it is built.
+    #[error("message would decode into {decoded} bytes, more than the {max} allowed")]
+    TooLarge { decoded: u64, max: u64 },
 }
 
 impl WireError {
@@ -47,6 +52,7 @@ impl WireError {
             WireError::Malformed(_) => "malformed",
             WireError::TrailingBytes(_) => "trailing_bytes",
             WireError::Invalid(_) => "invalid",
+            WireError::TooLarge { .. } => "too_large",
         }
     }
 }
