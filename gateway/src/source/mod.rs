@@ -160,18 +160,24 @@ pub async fn run(
     Ok(())
 }
 
+/// What the gateway checks of a message that arrived on `device`'s topic
+/// before it goes anywhere: it decodes (format version, layout, size caps,
+/// the message's own validation) and names that device. `Err` holds the
+/// metric reason and the error text. Public for the decode fuzzer
+/// (`aeris-fuzz-decode` in tests/), which drives exactly this path.
+pub fn check<T: aeris_wire::WireMessage>(
+    device: &str,
+    payload: &[u8],
+    named: impl Fn(&T) -> &str,
+) -> Result<T, (&'static str, String)> {
+    let msg = decode::<T>(payload).map_err(|e| (e.reason(), e.to_string()))?;
+    authorize(device, named(&msg)).map_err(|e| (e.reason(), e.to_string()))?;
+    Ok(msg)
+}
+
 /// Decodes and authorizes one message; a rejected one is counted, logged
 /// and dropped (the caller acks it to the broker so it is not redelivered).
 fn accept(topics: &Topics, stats: &Stats, p: &Publish) -> Option<Accepted> {
-    fn check<T: aeris_wire::WireMessage>(
-        device: &str,
-        payload: &[u8],
-        named: impl Fn(&T) -> &str,
-    ) -> Result<T, (&'static str, String)> {
-        let msg = decode::<T>(payload).map_err(|e| (e.reason(), e.to_string()))?;
-        authorize(device, named(&msg)).map_err(|e| (e.reason(), e.to_string()))?;
-        Ok(msg)
-    }
     let verdict = match topics.parse(&p.topic) {
         Ok((device, Channel::UpBatch)) => {
             check::<Batch>(device, &p.payload, |b| &b.device).map(|batch| {
