@@ -46,6 +46,8 @@ pub struct ApiConfig {
     /// Bearer tokens and whether reads are open ([`crate::api::auth`]).
     pub auth: crate::api::auth::AuthConfig,
     pub rate_limit: crate::api::auth::RateLimitConfig,
+    /// Caps of the `/api/live` event streams ([`crate::api::live`]).
+    pub live: crate::api::live::LiveConfig,
 }
 
 impl Default for RedisConfig {
@@ -64,6 +66,7 @@ impl Default for ApiConfig {
             tile_url: String::new(),
             auth: Default::default(),
             rate_limit: Default::default(),
+            live: Default::default(),
         }
     }
 }
@@ -154,9 +157,16 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   api.auth.tokens                   API clients: [[api.auth.tokens]] name, sha256 (hex SHA-256 of the
                                     bearer token), scopes: read, operate (operate includes read)
   api.auth.open_reads               serve /api/* reads without a token; unset = only when no token is
-                                    configured and api.listen is a loopback address
+                                    configured and api.listen is a loopback address. Open reads are
+                                    for a loopback listener with no proxy in front: a reverse proxy on
+                                    the same host makes every client look local, so configure tokens
+                                    (the map page takes ?token=) before putting a proxy in front
   api.rate_limit.per_second         sustained API requests/s per client (token, else address); 0 = off [20]
   api.rate_limit.burst              requests a client may make at once [60]
+  api.live.max_streams              open /api/live event streams, in all; more get 503 [512]
+  api.live.max_streams_per_client   open event streams per client (token, else address) [16]
+  api.live.idle_timeout             close an event stream that sent no reading for this long; the
+                                    browser reconnects, through the caps again [5m]
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +209,9 @@ impl Config {
             return Err(ConfigError(format!("invalid `broker.prefix`: {e}")));
         }
         if let Err(e) = config.api.auth.validate() {
+            return Err(ConfigError(e));
+        }
+        if let Err(e) = config.api.live.validate() {
             return Err(ConfigError(e));
         }
         if config.writer.max_batches_per_commit == 0 {

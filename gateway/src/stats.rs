@@ -28,6 +28,9 @@ pub struct Stats {
     pub live_errors: Counter,
     /// Sensors whose latest reading still waits for the live view (Redis).
     pub live_pending: Gauge,
+    /// Open `/api/live` event streams.
+    pub live_streams: Gauge,
+    live_streams_refused: Family<Reason, Counter>,
     /// Operations metrics: API refusals, operator actions, fleet gauges.
     pub ops: crate::opstats::OpsStats,
     rejected: Family<Reason, Counter>,
@@ -79,6 +82,21 @@ impl Default for Stats {
             "Sensors whose latest reading waits for the live view.",
             live_pending.clone(),
         );
+        let live_streams = Gauge::default();
+        registry.register(
+            "aeris_gateway_live_streams",
+            "Open /api/live event streams.",
+            live_streams.clone(),
+        );
+        let live_streams_refused = Family::<Reason, Counter>::default();
+        registry.register(
+            "aeris_gateway_live_streams_refused",
+            "/api/live event streams refused with 503, by cap (total, per_client).",
+            live_streams_refused.clone(),
+        );
+        for reason in ["total", "per_client"] {
+            let _ = live_streams_refused.get_or_create(&Reason { reason });
+        }
         let rejected = Family::<Reason, Counter>::default();
         registry.register(
             "aeris_gateway_messages_rejected",
@@ -96,6 +114,8 @@ impl Default for Stats {
             statuses_received,
             live_errors,
             live_pending,
+            live_streams,
+            live_streams_refused,
             rejected,
             registry,
             broker_connected: AtomicBool::new(false),
@@ -108,6 +128,12 @@ impl Default for Stats {
 impl Stats {
     pub fn reject(&self, reason: &'static str) {
         self.rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn live_stream_refused(&self, reason: &'static str) {
+        self.live_streams_refused
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     pub fn rejected(&self, reason: &'static str) -> u64 {
