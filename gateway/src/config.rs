@@ -87,6 +87,48 @@ pub struct BrokerConfig {
     pub share_group: String,
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// TLS to the broker; off while `ca_file` is empty.
+    pub tls: BrokerTlsConfig,
+}
+
+/// `broker.tls`: the same rustls (ring) client the devices use
+/// ([`aeris_runtime::tls`]). The broker's certificate must chain to
+/// `ca_file` and name `broker.host`; with `cert_file`/`key_file` the
+/// gateway presents a client certificate (mutual TLS; with
+/// `use_identity_as_username` its CN must be the ACL's gateway user,
+/// `aeris-gateway`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerTlsConfig {
+    /// PEM bundle of the CAs that sign the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM certificate chain of the gateway; empty = no client certificate.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+impl BrokerTlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.ca_file.as_os_str().is_empty()
+    }
+
+    /// The rustls client configuration, `None` when TLS is off; reads the
+    /// files, and an error names the key and the file.
+    pub fn client_config(
+        &self,
+    ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, aeris_runtime::tls::TlsError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        aeris_runtime::tls::client_config(&aeris_runtime::tls::TlsFiles {
+            section: "broker.tls",
+            ca_file: &self.ca_file,
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+        })
+        .map(Some)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +166,7 @@ impl Default for BrokerConfig {
             password: String::new(),
             share_group: "aeris".into(),
             keep_alive: Duration::from_secs(30),
+            tls: BrokerTlsConfig::default(),
         }
     }
 }
@@ -145,6 +188,11 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   broker.username, broker.password  broker login; empty = anonymous
   broker.share_group                shared-subscription group of all gateways [aeris]
   broker.keep_alive                 MQTT keep-alive [30s]
+  broker.tls.ca_file                TLS to the broker: PEM CAs its certificate must chain to (it must
+                                    also name broker.host); empty = plain MQTT
+  broker.tls.cert_file, broker.tls.key_file
+                                    the gateway's client certificate and key (PEM) for mutual TLS;
+                                    empty = none
   database_url                      PostgreSQL+PostGIS URL; unset = embedded SQLite
   sqlite_path                       embedded sink file when database_url is unset [aeris-cloud.db]
   writer.max_batches_per_commit     batches per transaction, at most [64]
@@ -210,6 +258,9 @@ impl Config {
         }
         if let Err(e) = config.api.auth.validate() {
             return Err(ConfigError(e));
+        }
+        if let Err(e) = config.broker.tls.client_config() {
+            return Err(ConfigError(format!("invalid {e}")));
         }
         if let Err(e) = config.api.live.validate() {
             return Err(ConfigError(e));

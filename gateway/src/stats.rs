@@ -31,6 +31,7 @@ pub struct Stats {
     /// Open `/api/live` event streams.
     pub live_streams: Gauge,
     live_streams_refused: Family<Reason, Counter>,
+    broker_connect_failures: Family<Reason, Counter>,
     /// Operations metrics: API refusals, operator actions, fleet gauges.
     pub ops: crate::opstats::OpsStats,
     rejected: Family<Reason, Counter>,
@@ -97,6 +98,15 @@ impl Default for Stats {
         for reason in ["total", "per_client"] {
             let _ = live_streams_refused.get_or_create(&Reason { reason });
         }
+        let broker_connect_failures = Family::<Reason, Counter>::default();
+        registry.register(
+            "aeris_gateway_broker_connect_failures",
+            "Failed connection attempts to the broker, by reason (tls, refused, rejected, timeout, io).",
+            broker_connect_failures.clone(),
+        );
+        for reason in ["tls", "refused", "rejected", "timeout", "io"] {
+            let _ = broker_connect_failures.get_or_create(&Reason { reason });
+        }
         let rejected = Family::<Reason, Counter>::default();
         registry.register(
             "aeris_gateway_messages_rejected",
@@ -116,6 +126,7 @@ impl Default for Stats {
             live_pending,
             live_streams,
             live_streams_refused,
+            broker_connect_failures,
             rejected,
             registry,
             broker_connected: AtomicBool::new(false),
@@ -132,6 +143,12 @@ impl Stats {
 
     pub fn live_stream_refused(&self, reason: &'static str) {
         self.live_streams_refused
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    pub fn broker_connect_failure(&self, reason: &'static str) {
+        self.broker_connect_failures
             .get_or_create(&Reason { reason })
             .inc();
     }

@@ -20,7 +20,7 @@ use aeris_wire::{decode, Batch, Channel, Event as DeviceEvent, EventKind, Status
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::authorize;
 use crate::config::Config;
@@ -61,7 +61,7 @@ pub async fn run(
     } else {
         config.broker.client_id.clone()
     };
-    let mut opts = crate::mqtt::options(&config.broker, &client_id);
+    let mut opts = crate::mqtt::options(&config.broker, &client_id)?;
     opts.set_clean_session(true).set_manual_acks(true);
     let (client, mut events) = AsyncClient::new(opts, 4096);
     let (tx, rx) = mpsc::channel::<Incoming>(1024);
@@ -143,11 +143,22 @@ pub async fn run(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => {
-                stats.broker_connected.store(false, Relaxed);
+                let was_connected = stats.broker_connected.swap(false, Relaxed);
                 if writer_done {
                     break;
                 }
-                warn!(error = %e, retry_in = ?backoff, "broker connection lost");
+                let reason = crate::mqtt::failure_reason(&e);
+                if was_connected {
+                    warn!(error = %e, reason, retry_in = ?backoff, "broker connection lost");
+                } else {
+                    stats.broker_connect_failure(reason);
+                    if reason == "tls" {
+                        error!(error = %e, reason, broker = %format!("{}:{}", config.broker.host, config.broker.port),
+                            retry_in = ?backoff, "TLS with the broker failed: check broker.tls (CA, certificate, key) and broker.host against the broker's certificate");
+                    } else {
+                        warn!(error = %e, reason, retry_in = ?backoff, "cannot connect to the broker");
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
