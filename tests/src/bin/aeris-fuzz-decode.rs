@@ -6,6 +6,7 @@
 //!
 //! ```sh
 //! cargo run --release -p aeris-tests --bin aeris-fuzz-decode -- [inputs] [seed]
+//! cargo run --release -p aeris-tests --bin aeris-fuzz-decode -- --replay FILE
 //! ```
 //!
 //! Inputs (default 1,000,000) are mutations of valid seed batches of both
@@ -17,8 +18,9 @@
 //! names the topic's device, stays under `MAX_DECODED_BYTES`, and survives
 //! a columnar round trip; and the heap the decoder took (a counting
 //! allocator) stays under [`HEAP_BOUND`]. It prints the counts by outcome,
-//! the slowest input and the largest heap, and exits 1 (saving the input
-//! under `$TMPDIR`) at the first failure. Not part of CI: it takes minutes.
+//! the slowest input and the largest heap (both saved under `$TMPDIR` for
+//! `--replay`), and exits 1 (saving the input) at the first failure. Not
+//! part of CI: a million inputs take about three minutes.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -298,7 +300,38 @@ fn fail(what: &str, input: &[u8]) -> ! {
     std::process::exit(1);
 }
 
+/// `--replay FILE`: decodes one saved input (a failure, the slowest) and
+/// prints the verdict, time and heap.
+fn replay(path: &str) {
+    let input = std::fs::read(path).unwrap_or_else(|e| {
+        eprintln!("cannot read {path}: {e}");
+        std::process::exit(2)
+    });
+    for _ in 0..3 {
+        let base = LIVE.load(Relaxed);
+        PEAK.store(base, Relaxed);
+        let t0 = Instant::now();
+        let verdict = aeris_gateway::source::check::<Batch>(DEVICE, &input, |b| &b.device);
+        let took = t0.elapsed();
+        let heap = PEAK.load(Relaxed).saturating_sub(base);
+        let verdict = match verdict {
+            Ok(b) => format!("accepted, {} readings", b.readings.len()),
+            Err((reason, e)) => format!("refused: {reason}: {e}"),
+        };
+        println!(
+            "{verdict}; {:.2} ms, heap {:.1} MB",
+            took.as_secs_f64() * 1e3,
+            heap as f64 / 1e6
+        );
+    }
+}
+
 fn main() {
+    if let [flag, path] = &std::env::args().skip(1).collect::<Vec<_>>()[..] {
+        if flag == "--replay" {
+            return replay(path);
+        }
+    }
     let mut args = std::env::args().skip(1);
     let inputs: u64 = args
         .next()
@@ -429,18 +462,27 @@ fn main() {
     for (k, n) in &outcomes {
         println!("  {k:<32} {n:>10}");
     }
+    let save = |name: &str, input: &[u8]| {
+        let path = std::env::temp_dir().join(format!("aeris-fuzz-{name}.bin"));
+        match std::fs::write(&path, input) {
+            Ok(()) => path.display().to_string(),
+            Err(e) => format!("not saved: {e}"),
+        }
+    };
     println!(
-        "  slowest input       {:>10.2} ms ({} bytes, version byte {:?})",
+        "  slowest input       {:>10.2} ms ({} bytes, version byte {:?}; {})",
         worst.time.as_secs_f64() * 1e3,
         worst.time_input.len(),
-        worst.time_input.first()
+        worst.time_input.first(),
+        save("slowest", &worst.time_input)
     );
     println!(
-        "  largest decode heap {:>10.1} MB ({} bytes, version byte {:?}; bound {:.0} MB)",
+        "  largest decode heap {:>10.1} MB ({} bytes, version byte {:?}; bound {:.0} MB; {})",
         worst.heap as f64 / 1e6,
         worst.heap_input.len(),
         worst.heap_input.first(),
-        HEAP_BOUND as f64 / 1e6
+        HEAP_BOUND as f64 / 1e6,
+        save("largest-heap", &worst.heap_input)
     );
     println!(
         "  largest accepted batch decoded_bytes {:.1} MB (cap {:.1} MB)",
