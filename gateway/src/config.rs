@@ -46,6 +46,8 @@ pub struct ApiConfig {
     /// Bearer tokens and whether reads are open ([`crate::api::auth`]).
     pub auth: crate::api::auth::AuthConfig,
     pub rate_limit: crate::api::auth::RateLimitConfig,
+    /// Caps of the `/api/live` event streams ([`crate::api::live`]).
+    pub live: crate::api::live::LiveConfig,
 }
 
 impl Default for RedisConfig {
@@ -64,6 +66,7 @@ impl Default for ApiConfig {
             tile_url: String::new(),
             auth: Default::default(),
             rate_limit: Default::default(),
+            live: Default::default(),
         }
     }
 }
@@ -84,6 +87,48 @@ pub struct BrokerConfig {
     pub share_group: String,
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
+    /// TLS to the broker; off while `ca_file` is empty.
+    pub tls: BrokerTlsConfig,
+}
+
+/// `broker.tls`: the same rustls (ring) client the devices use
+/// ([`aeris_runtime::tls`]). The broker's certificate must chain to
+/// `ca_file` and name `broker.host`; with `cert_file`/`key_file` the
+/// gateway presents a client certificate (mutual TLS; with
+/// `use_identity_as_username` its CN must be the ACL's gateway user,
+/// `aeris-gateway`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerTlsConfig {
+    /// PEM bundle of the CAs that sign the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM certificate chain of the gateway; empty = no client certificate.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+impl BrokerTlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.ca_file.as_os_str().is_empty()
+    }
+
+    /// The rustls client configuration, `None` when TLS is off; reads the
+    /// files, and an error names the key and the file.
+    pub fn client_config(
+        &self,
+    ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, aeris_runtime::tls::TlsError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        aeris_runtime::tls::client_config(&aeris_runtime::tls::TlsFiles {
+            section: "broker.tls",
+            ca_file: &self.ca_file,
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+        })
+        .map(Some)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +169,7 @@ impl Default for BrokerConfig {
             password: String::new(),
             share_group: "aeris".into(),
             keep_alive: Duration::from_secs(30),
+            tls: BrokerTlsConfig::default(),
         }
     }
 }
@@ -146,6 +192,11 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   broker.username, broker.password  broker login; empty = anonymous
   broker.share_group                shared-subscription group of all gateways [aeris]
   broker.keep_alive                 MQTT keep-alive [30s]
+  broker.tls.ca_file                TLS to the broker: PEM CAs its certificate must chain to (it must
+                                    also name broker.host); empty = plain MQTT
+  broker.tls.cert_file, broker.tls.key_file
+                                    the gateway's client certificate and key (PEM) for mutual TLS;
+                                    empty = none
   database_url                      PostgreSQL+PostGIS URL; unset = embedded SQLite
   sqlite_path                       embedded sink file when database_url is unset [aeris-cloud.db]
   writer.max_batches_per_commit     batches per transaction, at most [64]
@@ -159,9 +210,16 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   api.auth.tokens                   API clients: [[api.auth.tokens]] name, sha256 (hex SHA-256 of the
                                     bearer token), scopes: read, operate (operate includes read)
   api.auth.open_reads               serve /api/* reads without a token; unset = only when no token is
-                                    configured and api.listen is a loopback address
+                                    configured and api.listen is a loopback address. Open reads are
+                                    for a loopback listener with no proxy in front: a reverse proxy on
+                                    the same host makes every client look local, so configure tokens
+                                    (the map page takes ?token=) before putting a proxy in front
   api.rate_limit.per_second         sustained API requests/s per client (token, else address); 0 = off [20]
   api.rate_limit.burst              requests a client may make at once [60]
+  api.live.max_streams              open /api/live event streams, in all; more get 503 [512]
+  api.live.max_streams_per_client   open event streams per client (token, else address) [16]
+  api.live.idle_timeout             close an event stream that sent no reading for this long; the
+                                    browser reconnects, through the caps again [5m]
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +262,12 @@ impl Config {
             return Err(ConfigError(format!("invalid `broker.prefix`: {e}")));
         }
         if let Err(e) = config.api.auth.validate() {
+            return Err(ConfigError(e));
+        }
+        if let Err(e) = config.broker.tls.client_config() {
+            return Err(ConfigError(format!("invalid {e}")));
+        }
+        if let Err(e) = config.api.live.validate() {
             return Err(ConfigError(e));
         }
         if config.writer.max_batches_per_commit == 0 {

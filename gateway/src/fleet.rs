@@ -28,7 +28,13 @@ pub async fn run(config: Arc<Config>, stats: Arc<Stats>, shutdown: CancellationT
         return;
     };
     let id = format!("aeris-gateway-fleet-{:08x}", crate::mqtt::random_suffix());
-    let mut opts = crate::mqtt::options(&config.broker, &id);
+    let mut opts = match crate::mqtt::options(&config.broker, &id) {
+        Ok(o) => o,
+        Err(e) => {
+            warn!(error = %e, "fleet metrics: cannot reach the broker");
+            return;
+        }
+    };
     opts.set_clean_session(true);
     let (client, mut events) = AsyncClient::new(opts, 64);
     let filters = [Channel::UpStatus, Channel::UpEvent]

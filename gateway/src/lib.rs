@@ -111,6 +111,7 @@ pub async fn run(
             shutdown: background.clone(),
             access: access.clone(),
             config: Arc::new(config.clone()),
+            streams: api::live::Streams::new(config.api.live.clone(), stats.clone()),
         })
         .merge(api::auth::protect(
             api::rollout::routes(config.broker.clone(), Some((sink.clone(), stats.clone()))),

@@ -1,22 +1,34 @@
-//! Connections to the cloud broker with the configured login, shared by the
-//! source and the operator tools (re-send, verify, fleet metrics).
+//! Connections to the cloud broker with the configured login and TLS,
+//! shared by the source and the operator tools (re-send, verify, fleet
+//! metrics, rollouts).
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet};
+use aeris_runtime::tls::TlsError;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, TlsConfiguration, Transport};
 
 use crate::config::BrokerConfig;
 
-/// Options for a client named `client_id` with `broker`'s address, login
-/// and keep-alive.
-pub fn options(broker: &BrokerConfig, client_id: &str) -> MqttOptions {
+/// Options for a client named `client_id` with `broker`'s address, login,
+/// keep-alive and TLS (`broker.tls`); `Err` when a TLS file cannot be
+/// used (the message names the key and the file).
+pub fn options(broker: &BrokerConfig, client_id: &str) -> Result<MqttOptions, TlsError> {
     let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     opts.set_keep_alive(broker.keep_alive)
         .set_max_packet_size(32 << 20, 1 << 20);
     if !broker.username.is_empty() {
         opts.set_credentials(broker.username.clone(), broker.password.clone());
     }
-    opts
+    if let Some(tls) = broker.tls.client_config()? {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    Ok(opts)
+}
+
+/// Why a connection to the broker failed, as a metric label: `tls`,
+/// `refused`, `rejected`, `timeout`, `io` ([`aeris_runtime::tls`]).
+pub fn failure_reason(e: &rumqttc::ConnectionError) -> &'static str {
+    aeris_runtime::tls::failure_reason(e)
 }
 
 /// A random suffix for client ids, so tools never take over each other's
@@ -36,7 +48,8 @@ pub async fn connect(
     client_id: &str,
     timeout: Duration,
 ) -> Result<(AsyncClient, EventLoop), String> {
-    let (client, mut events) = AsyncClient::new(options(broker, client_id), 256);
+    let opts = options(broker, client_id).map_err(|e| e.to_string())?;
+    let (client, mut events) = AsyncClient::new(opts, 256);
     let wait = async {
         loop {
             match events.poll().await {

@@ -33,6 +33,10 @@ pub struct Stats {
     pub live_errors: Counter,
     /// Sensors whose latest reading still waits for the live view (Redis).
     pub live_pending: Gauge,
+    /// Open `/api/live` event streams.
+    pub live_streams: Gauge,
+    live_streams_refused: Family<Reason, Counter>,
+    broker_connect_failures: Family<Reason, Counter>,
     /// Operations metrics: API refusals, operator actions, fleet gauges.
     pub ops: crate::opstats::OpsStats,
     rejected: Family<Reason, Counter>,
@@ -94,6 +98,30 @@ impl Default for Stats {
             "Sensors whose latest reading waits for the live view.",
             live_pending.clone(),
         );
+        let live_streams = Gauge::default();
+        registry.register(
+            "aeris_gateway_live_streams",
+            "Open /api/live event streams.",
+            live_streams.clone(),
+        );
+        let live_streams_refused = Family::<Reason, Counter>::default();
+        registry.register(
+            "aeris_gateway_live_streams_refused",
+            "/api/live event streams refused with 503, by cap (total, per_client).",
+            live_streams_refused.clone(),
+        );
+        for reason in ["total", "per_client"] {
+            let _ = live_streams_refused.get_or_create(&Reason { reason });
+        }
+        let broker_connect_failures = Family::<Reason, Counter>::default();
+        registry.register(
+            "aeris_gateway_broker_connect_failures",
+            "Failed connection attempts to the broker, by reason (tls, refused, rejected, timeout, io).",
+            broker_connect_failures.clone(),
+        );
+        for reason in ["tls", "refused", "rejected", "timeout", "io"] {
+            let _ = broker_connect_failures.get_or_create(&Reason { reason });
+        }
         let rejected = Family::<Reason, Counter>::default();
         registry.register(
             "aeris_gateway_messages_rejected",
@@ -113,6 +141,9 @@ impl Default for Stats {
             statuses_received,
             live_errors,
             live_pending,
+            live_streams,
+            live_streams_refused,
+            broker_connect_failures,
             rejected,
             registry,
             broker_connected: AtomicBool::new(false),
@@ -126,6 +157,18 @@ impl Default for Stats {
 impl Stats {
     pub fn reject(&self, reason: &'static str) {
         self.rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn live_stream_refused(&self, reason: &'static str) {
+        self.live_streams_refused
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    pub fn broker_connect_failure(&self, reason: &'static str) {
+        self.broker_connect_failures
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     pub fn rejected(&self, reason: &'static str) -> u64 {

@@ -132,3 +132,11 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// A process's peak resident set (`VmHWM` of `/proc/PID/status`), bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -95,3 +95,84 @@ async fn map_shows_sensors_by_aqi_and_recolours_them_live() {
         eprintln!("map screenshot: {}", shot.display());
     });
 }
+
+/// Issue 14 (5): with tokens configured the map page needs a read token.
+/// Opened with `?token=`, it moves the token out of the address bar into
+/// sessionStorage, sends it as a bearer token and on the event stream's
+/// query string, and works as on an open gateway; without one it asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_works_with_a_read_token() {
+    const VIEWER: &str = "map-viewer-token";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(VIEWER.as_bytes()))
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[[api.auth.tokens]]\nname = \"viewer\"\nsha256 = \"{sha}\"\nscopes = [\"read\"]\n"
+        ),
+    )
+    .unwrap();
+    let cloud = Cloud::start_with(
+        false,
+        &[("AERIS_GATEWAY_CONFIG", config.display().to_string())],
+    )
+    .await;
+    let dev = FakeDevice::connect(cloud.broker.port, DEV).await;
+    let t = now_ms() - 60_000;
+    dev.send(&batch(1, t, 4.0)).await;
+    assert!(
+        dev.wait_acked(3, Duration::from_secs(20)).await,
+        "{}",
+        cloud.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = format!("http://127.0.0.1:{}/", cloud.gateway.api_port);
+
+    tokio::task::block_in_place(|| {
+        // Without a token the page says so and shows the token field.
+        let mut browser = Browser::open(&base);
+        browser.wait_for(
+            "the token request",
+            "document.getElementById('status').textContent",
+            Duration::from_secs(20),
+            |v| v.as_str().is_some_and(|s| s.contains("needs a read token")),
+        );
+        assert_eq!(
+            browser.eval("document.getElementById('token-form').hidden"),
+            false
+        );
+        drop(browser);
+
+        let mut browser = Browser::open(&format!("{base}?token={VIEWER}"));
+        browser.wait_for("three green markers", FILLS, Duration::from_secs(20), |v| {
+            all_filled(v, GOOD)
+        });
+        assert_eq!(browser.eval("location.search"), "", "token left in the URL");
+        assert_eq!(
+            browser.eval("sessionStorage.getItem('aeris-read-token')"),
+            VIEWER
+        );
+        browser.wait_for(
+            "the event stream to open",
+            "window.aerisLive === true",
+            Duration::from_secs(10),
+            |v| v == true,
+        );
+        let rt = tokio::runtime::Handle::current();
+        rt.block_on(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            dev.send(&batch(4, t + 30_000, 180.0)).await;
+            assert!(dev.wait_acked(6, Duration::from_secs(20)).await);
+        });
+        browser.wait_for(
+            "markers turning purple",
+            FILLS,
+            Duration::from_secs(20),
+            |v| all_filled(v, VERY_UNHEALTHY),
+        );
+    });
+}

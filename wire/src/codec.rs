@@ -43,6 +43,11 @@ pub enum WireError {
     /// refuses in text and JSONB, or any other).
     #[error("bad text: {0}")]
     Text(String),
+    /// The message would decode into more memory than a message of its
+    /// kind may take (a small compressed batch naming long quantities in
+    /// every value); refused before it is built.
+    #[error("message would decode into {decoded} bytes, more than the {max} allowed")]
+    TooLarge { decoded: u64, max: u64 },
 }
 
 impl WireError {
@@ -56,6 +61,7 @@ impl WireError {
             WireError::Invalid(_) => "invalid",
             WireError::Timestamp(_) => "bad_timestamp",
             WireError::Text(_) => "bad_text",
+            WireError::TooLarge { .. } => "too_large",
         }
     }
 }

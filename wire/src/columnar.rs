@@ -4,8 +4,10 @@
 //! Invariants: lossless — `decode(encode(b)) == b` bit for bit, every `f64`
 //! included; decoding never panics, never allocates more than the input can
 //! justify (every counted item costs at least one input byte, the body is
-//! capped at [`MAX_BODY_BYTES`]), and returns only batches that pass
-//! [`Batch`]'s validation. Version 1 (postcard) batches stay decodable:
+//! capped at [`MAX_BODY_BYTES`], and the batch it builds at
+//! [`MAX_DECODED_BYTES`], checked from the dictionaries before a single
+//! reading is built), and returns only batches that pass [`Batch`]'s
+//! validation. Version 1 (postcard) batches stay decodable:
 //! [`crate::decode::<Batch>`] reads both.
 //!
 //! Layout (`uv` = unsigned LEB128 varint, `sv` = zigzag then `uv`, `str` =
@@ -60,6 +62,16 @@ pub const COLUMNAR_VERSION: u8 = 2;
 /// decoder commit unbounded memory.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
 
+/// Largest decoded batch accepted, as counted by [`decoded_bytes`].
+///
+/// The dictionaries let a few hundred compressed bytes name 10,000
+/// readings x 64 values with 128-byte quantity names, and a decoded
+/// [`Value`] owns a copy of its name: about 110 MB from 400 bytes. A real
+/// batch is far below this (10,000 readings of 7 values with short names,
+/// about 4 MB; the edge's default 2,000 readings, under 1 MB); a batch
+/// above it is refused as [`WireError::TooLarge`] before it is built.
+pub const MAX_DECODED_BYTES: usize = 16 << 20;
+
 const CODEC_PLAIN: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 const MODE_RAW: u8 = 255;
@@ -95,6 +107,59 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The memory a decoded batch takes, as the decoder bounds it: the structs
+/// of the batch, its readings and values, and the bytes of every string
+/// each owns (allocator overhead aside). Counts the same for a batch from
+/// either format version.
+pub fn decoded_bytes(batch: &Batch) -> usize {
+    let strings = |r: &Reading| {
+        r.values
+            .iter()
+            .map(|v| VALUE_BYTES + v.quantity.len())
+            .fold(READING_BYTES + r.sensor.len(), usize::saturating_add)
+    };
+    batch
+        .readings
+        .iter()
+        .map(strings)
+        .fold(BATCH_BYTES + batch.device.len(), usize::saturating_add)
+}
+
+const BATCH_BYTES: usize = std::mem::size_of::<Batch>();
+const READING_BYTES: usize = std::mem::size_of::<Reading>();
+const VALUE_BYTES: usize = std::mem::size_of::<Value>();
+
+/// [`decoded_bytes`] of the batch the dictionaries describe, computed
+/// before it is built; `Err` once it passes [`MAX_DECODED_BYTES`].
+fn check_decoded_size(
+    device: &str,
+    sensors: &[String],
+    quantities: &[String],
+    shapes: &[Vec<usize>],
+    sensor_of: &[usize],
+    shape_of: &[usize],
+) -> Result<(), WireError> {
+    let shape_bytes: Vec<u64> = shapes
+        .iter()
+        .map(|s| {
+            s.iter()
+                .map(|&q| (VALUE_BYTES + quantities[q].len()) as u64)
+                .sum()
+        })
+        .collect();
+    let mut total = (BATCH_BYTES + device.len()) as u64;
+    for (&s, &shape) in sensor_of.iter().zip(shape_of) {
+        total += (READING_BYTES + sensors[s].len()) as u64 + shape_bytes[shape];
+    }
+    if total > MAX_DECODED_BYTES as u64 {
+        return Err(WireError::TooLarge {
+            decoded: total,
+            max: MAX_DECODED_BYTES as u64,
+        });
+    }
+    Ok(())
 }
 
 /// Decodes what follows the version byte of a version-2 batch.
@@ -448,6 +513,14 @@ fn parse(body: &[u8]) -> Result<Batch, WireError> {
     let shape_of = (0..n)
         .map(|_| r.index(shapes.len(), "shape"))
         .collect::<Result<Vec<_>, _>>()?;
+    check_decoded_size(
+        &device,
+        &sensors,
+        &quantities,
+        &shapes,
+        &sensor_of,
+        &shape_of,
+    )?;
 
     let mut flags = Vec::with_capacity(n);
     let n_runs = r.count(n, "flag run")?;

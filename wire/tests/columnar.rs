@@ -256,3 +256,62 @@ fn invalid_batches_are_refused_in_the_columnar_layout_too() {
         "invalid"
     );
 }
+
+/// Issue 14 (2): the decode bomb. 10,000 readings x 64 values with 128-byte
+/// quantity names is about 400 bytes on the wire and used to decode into
+/// about 100 MB (every value cloned its name). The decoder now refuses any
+/// batch whose decoded size passes `MAX_DECODED_BYTES`, before building it.
+pub fn bomb(readings: usize, values: usize, name_len: usize) -> Batch {
+    let names: Vec<String> = (0..values)
+        .map(|i| format!("{i:0>width$}", width = name_len))
+        .collect();
+    Batch {
+        device: "dev-bomb".into(),
+        first_seq: 1,
+        readings: (0..readings)
+            .map(|i| Reading {
+                sensor: "s".repeat(name_len),
+                ts_ms: 1_700_000_000_000 + i as i64,
+                lat: 48.0,
+                lon: 11.0,
+                flags: 0,
+                values: names
+                    .iter()
+                    .map(|q| Value {
+                        quantity: q.clone(),
+                        value: 1.0,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_tiny_batch_cannot_decode_into_more_than_the_cap() {
+    let b = bomb(10_000, 64, 128);
+    let wire = columnar::encode(&b);
+    assert!(wire.len() < 2_000, "the bomb is {} bytes", wire.len());
+    assert!(columnar::decoded_bytes(&b) > 100_000_000);
+    let err = decode::<Batch>(&wire).unwrap_err();
+    assert_eq!(err.reason(), "too_large", "{err}");
+    assert!(err.to_string().contains("decode into"), "{err}");
+
+    // The largest batch of this shape under the cap still decodes, and
+    // the estimate the decoder checks is the one callers can compute.
+    let per_reading = columnar::decoded_bytes(&bomb(1, 9, 128));
+    let fits = (columnar::MAX_DECODED_BYTES / per_reading).min(10_000);
+    let b = bomb(fits, 9, 128);
+    assert!(columnar::decoded_bytes(&b) <= columnar::MAX_DECODED_BYTES);
+    assert_eq!(decode::<Batch>(&columnar::encode(&b)).unwrap(), b);
+    let over = bomb(10_000, 10, 128);
+    assert!(columnar::decoded_bytes(&over) > columnar::MAX_DECODED_BYTES);
+    assert_eq!(
+        decode::<Batch>(&columnar::encode(&over))
+            .unwrap_err()
+            .reason(),
+        "too_large"
+    );
+    // A realistic batch is far below the cap: 10,000 readings of 7 values.
+    assert!(columnar::decoded_bytes(&realistic(10_000, 50)) < columnar::MAX_DECODED_BYTES / 4);
+}

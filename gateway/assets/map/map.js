@@ -65,30 +65,90 @@
 
   function status(text) { document.getElementById('status').textContent = text; }
 
+  // A read token, when the gateway asks for one: from `?token=` (then
+  // taken out of the address bar, so it is not bookmarked or shared) or
+  // typed into the panel, and kept in sessionStorage for this tab only.
+  // Requests send it as `Authorization: Bearer`; the event stream, which
+  // cannot set headers, as `?access_token=` (the API takes that on
+  // /api/live only).
+  var TOKEN_KEY = 'aeris-read-token';
+  var token = null;
+  try { token = sessionStorage.getItem(TOKEN_KEY); } catch (e) { token = null; }
+  var query = new URLSearchParams(location.search);
+  if (query.has('token')) {
+    token = query.get('token');
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (e) { /* private mode: this page only */ }
+    query.delete('token');
+    var rest = query.toString();
+    history.replaceState(null, '', location.pathname + (rest ? '?' + rest : '') + location.hash);
+  }
+  window.aerisHasToken = function () { return !!token; };
+
+  function api(path) {
+    var opts = token ? { headers: { Authorization: 'Bearer ' + token } } : {};
+    return fetch(path, opts).then(function (res) {
+      if (res.status === 401 || res.status === 403) { askToken(res.status); throw new Error('needs a read token'); }
+      if (!res.ok) { throw new Error('HTTP ' + res.status); }
+      return res.json();
+    });
+  }
+
+  function asking() { return !document.getElementById('token-form').hidden; }
+
+  function askToken(code) {
+    var form = document.getElementById('token-form');
+    form.hidden = false;
+    status(code === 403 ? 'this token cannot read the map' : (token ? 'the read token was refused' : 'this gateway needs a read token'));
+  }
+  document.getElementById('token-form').addEventListener('submit', function (ev) {
+    ev.preventDefault();
+    var input = document.getElementById('token-input');
+    token = input.value.trim() || null;
+    input.value = '';
+    try { if (token) { sessionStorage.setItem(TOKEN_KEY, token); } } catch (e) { /* this page only */ }
+    document.getElementById('token-form').hidden = true;
+    load();
+    connect();
+  });
+
   // The whole picture, on load and after every (re)connect of the feed, so
   // nothing missed while disconnected stays stale; show() ignores
   // anything not newer than what a marker has.
   function load() {
-    fetch('api/sensors').then(function (res) { return res.json(); }).then(function (list) {
+    api('api/sensors').then(function (list) {
       if (Array.isArray(list)) { list.forEach(show); }
       fit();
       status(Object.keys(markers).length + ' sensors');
-    }).catch(function (e) { status('cannot load sensors: ' + e); });
+    }).catch(function (e) { if (!asking()) { status('cannot load sensors: ' + e); } });
   }
   load();
 
-  var events = new EventSource('api/live');
-  events.addEventListener('reading', function (ev) {
-    window.aerisUpdates++;
-    show(JSON.parse(ev.data));
-    fit();
-    status(Object.keys(markers).length + ' sensors, ' + window.aerisUpdates + ' live updates');
-  });
+  var events = null;
   var opened = false;
-  events.onopen = function () {
-    window.aerisLive = true;
-    if (opened) { load(); }
-    opened = true;
-  };
-  events.onerror = function () { window.aerisLive = false; status('live feed reconnecting…'); };
+  var retry = null;
+  function connect() {
+    if (events) { events.close(); }
+    clearTimeout(retry);
+    events = new EventSource('api/live' + (token ? '?access_token=' + encodeURIComponent(token) : ''));
+    events.addEventListener('reading', function (ev) {
+      window.aerisUpdates++;
+      show(JSON.parse(ev.data));
+      fit();
+      status(Object.keys(markers).length + ' sensors, ' + window.aerisUpdates + ' live updates');
+    });
+    events.onopen = function () {
+      window.aerisLive = true;
+      if (opened) { load(); }
+      opened = true;
+    };
+    var mine = events;
+    events.onerror = function () {
+      window.aerisLive = false;
+      if (!asking()) { status('live feed reconnecting…'); }
+      // The browser retries a dropped stream itself, but not a refused one
+      // (401, or 503 when the gateway's stream caps are reached).
+      if (mine.readyState === EventSource.CLOSED) { retry = setTimeout(connect, 10000); }
+    };
+  }
+  connect();
 })();

@@ -43,9 +43,17 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// The page with its config inlined as JSON (`</` escaped so the JSON
 /// cannot close the script element).
-async fn index(State(s): State<ApiState>) -> Html<String> {
+///
+/// `Referrer-Policy: no-referrer`: the page may be opened with `?token=`
+/// (it moves the token to sessionStorage at once), and no request it makes,
+/// to a tile server say, should carry that address.
+async fn index(State(s): State<ApiState>) -> Response {
     let config = serde_json::json!({ "tile_url": s.tile_url })
         .to_string()
         .replace("</", "<\\/");
-    Html(INDEX.replace("__AERIS_CONFIG__", &config))
+    (
+        [(header::REFERRER_POLICY, "no-referrer")],
+        Html(INDEX.replace("__AERIS_CONFIG__", &config)),
+    )
+        .into_response()
 }

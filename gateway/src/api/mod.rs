@@ -7,11 +7,15 @@
 //! - `GET /api/sensors[?bbox=w,s,e,n | ?lat=&lon=&radius_m=]`: latest reading
 //!   of each sensor in the area, from the live view (Redis geo index).
 //! - `GET /api/readings?device=&sensor=&from=&to=&limit=`: a sensor's stored
-//!   readings over `[from, to)` (Unix ms or RFC 3339), from the database.
+//!   readings over `[from, to)` (Unix ms or RFC 3339), from the database;
+//!   `to` defaults to now (+ the 5 minutes of clock skew ingest accepts),
+//!   `from` to 24 hours before `to`. Times must lie in the years 1..=9999.
 //! - `GET /api/devices`: each device's last status and data debt next to the
 //!   seq ranges never received (computed in the database).
 //! - `GET /api/live`: server-sent events, one `reading` event per reading
-//!   that became its sensor's latest (the Redis stream).
+//!   that became its sensor's latest (the Redis stream), capped per client
+//!   and in total, closed when idle ([`live`]). The only route that also
+//!   takes its token as `?access_token=` (`EventSource` cannot set headers).
 //! - `POST /api/rollouts`, `GET /api/rollouts/{id}`: staged agent updates
 //!   ([`rollout`]).
 //! - `GET /`: the map page; its scripts are compiled into the binary
@@ -23,11 +27,11 @@
 //! open.
 
 pub mod auth;
+pub mod live;
 mod map;
 mod ops;
 pub mod rollout;
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,11 +41,9 @@ use aeris_sink::query::ReadingsQuery;
 use aeris_sink::{Sink, SinkError};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -57,14 +59,20 @@ pub struct ApiState {
     pub access: Arc<auth::Access>,
     /// The gateway's config, for operator actions that reach the broker.
     pub config: Arc<crate::Config>,
+    /// The open `/api/live` streams and their caps.
+    pub streams: Arc<live::Streams>,
 }
+
+/// The event stream's path: the one route whose token may come in the
+/// query string ([`auth`]).
+pub const LIVE_PATH: &str = "/api/live";
 
 pub fn router(state: ApiState) -> Router {
     let reads = Router::new()
         .route("/api/sensors", get(sensors))
         .route("/api/readings", get(readings))
         .route("/api/devices", get(devices))
-        .route("/api/live", get(live));
+        .route(LIVE_PATH, get(live::handler));
     let access = state.access.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -205,16 +213,54 @@ fn parse_time(s: &str) -> Result<i64, String> {
         })
 }
 
+/// Times the API accepts: 0001-01-01 to 9999-12-31 UTC, which both sinks
+/// (PostgreSQL's timestamptz arithmetic included) represent.
+const MIN_TIME_MS: i64 = -62_135_596_800_000;
+const MAX_TIME_MS: i64 = 253_402_300_799_999;
+/// Without `to`, readings up to this far ahead of now (ingest accepts
+/// timestamps up to 5 minutes in the future).
+const DEFAULT_AHEAD_MS: i64 = 5 * 60_000;
+/// Without `from`, the window reaches this far back from `to`.
+const DEFAULT_WINDOW_MS: i64 = 24 * 3_600_000;
+
+/// `[from, to)` of a readings query: given times checked, missing ones
+/// defaulted relative to `now_ms`.
+fn window(from: Option<&str>, to: Option<&str>, now_ms: i64) -> Result<(i64, i64), String> {
+    let checked = |s: &str| {
+        let t = parse_time(s)?;
+        if (MIN_TIME_MS..=MAX_TIME_MS).contains(&t) {
+            Ok(t)
+        } else {
+            Err(format!(
+                "time {s:?} is outside the years 1 to 9999 (Unix ms {MIN_TIME_MS} to {MAX_TIME_MS})"
+            ))
+        }
+    };
+    let to = match to {
+        Some(t) => checked(t)?,
+        None => now_ms.saturating_add(DEFAULT_AHEAD_MS).min(MAX_TIME_MS),
+    };
+    let from = match from {
+        Some(f) => checked(f)?,
+        None => to.saturating_sub(DEFAULT_WINDOW_MS).max(MIN_TIME_MS),
+    };
+    if from > to {
+        return Err("`from` is after `to`".into());
+    }
+    Ok((from, to))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 async fn readings(State(s): State<ApiState>, Query(p): Query<ReadingsParams>) -> Response {
-    let from = p
-        .from
-        .as_deref()
-        .map(parse_time)
-        .unwrap_or(Ok(i64::MIN / 4));
-    let to = p.to.as_deref().map(parse_time).unwrap_or(Ok(i64::MAX / 4));
-    let (from_ms, to_ms) = match (from, to) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    let (from_ms, to_ms) = match window(p.from.as_deref(), p.to.as_deref(), now_ms()) {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let q = ReadingsQuery {
         device: p.device,
@@ -234,20 +280,6 @@ async fn devices(State(s): State<ApiState>) -> Response {
         Ok(d) => Json(d).into_response(),
         Err(e) => sink_error(e),
     }
-}
-
-/// Ends with the gateway's shutdown, so a graceful stop does not wait for
-/// browsers to close their event streams.
-async fn live(State(s): State<ApiState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let rx = s.live.subscribe();
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx)
-        .filter_map(|r| async move {
-            let r = r.ok()?;
-            let json = serde_json::to_string(&r).ok()?;
-            Some(Ok(Event::default().event("reading").data(json)))
-        })
-        .take_until(s.shutdown.cancelled_owned());
-    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[cfg(test)]
@@ -279,5 +311,23 @@ mod tests {
         ));
         assert_eq!(parse_time("1700000000000"), Ok(1_700_000_000_000));
         assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+    }
+
+    #[test]
+    fn the_readings_window_defaults_to_the_last_day_and_refuses_unrepresentable_times() {
+        let now = 1_700_000_000_000;
+        assert_eq!(
+            window(None, None, now),
+            Ok((now + 300_000 - 86_400_000, now + 300_000))
+        );
+        assert_eq!(window(Some("1000"), None, now), Ok((1000, now + 300_000)));
+        assert_eq!(window(None, Some("86400000"), now), Ok((0, 86_400_000)));
+        assert_eq!(
+            window(Some("-62135596800000"), Some("9999-12-31T23:59:59Z"), now),
+            Ok((MIN_TIME_MS, MAX_TIME_MS - 999))
+        );
+        assert!(window(Some("-9223372036854775808"), None, now).is_err());
+        assert!(window(None, Some("9223372036854775807"), now).is_err());
+        assert!(window(Some("2000"), Some("1000"), now).is_err());
     }
 }

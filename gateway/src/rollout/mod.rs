@@ -9,7 +9,7 @@ pub mod plan;
 use std::time::{Duration, Instant};
 
 use aeris_wire::{decode, encode, Channel, Command, CommandKind, Event, EventKind, Topics};
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, Packet, QoS};
 use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
@@ -25,17 +25,9 @@ pub async fn run(
     mut on_change: impl FnMut(&Summary),
 ) -> anyhow::Result<Summary> {
     let topics = Topics::new(&broker.prefix)?;
-    let mut opts = MqttOptions::new(
-        format!("aeris-rollout-{:08x}", fastrand_id()),
-        broker.host.clone(),
-        broker.port,
-    );
-    opts.set_keep_alive(broker.keep_alive)
-        .set_clean_session(true)
+    let mut opts = crate::mqtt::options(broker, &format!("aeris-rollout-{:08x}", fastrand_id()))?;
+    opts.set_clean_session(true)
         .set_max_packet_size(32 << 20, 32 << 20);
-    if !broker.username.is_empty() {
-        opts.set_credentials(broker.username.clone(), broker.password.clone());
-    }
     let (client, mut events) = AsyncClient::new(opts, 1024);
     let command_id = plan.summary().command_id;
     let end = tokio::time::Instant::now() + give_up;

@@ -22,7 +22,7 @@ use aeris_wire::{decode, Batch, Channel, Event as DeviceEvent, EventKind, Status
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::authorize;
 use crate::config::Config;
@@ -63,7 +63,7 @@ pub async fn run(
     } else {
         config.broker.client_id.clone()
     };
-    let mut opts = crate::mqtt::options(&config.broker, &client_id);
+    let mut opts = crate::mqtt::options(&config.broker, &client_id)?;
     opts.set_clean_session(true).set_manual_acks(true);
     let (client, mut events) = AsyncClient::new(opts, 4096);
     let (tx, rx) = mpsc::channel::<Incoming>(1024);
@@ -144,11 +144,22 @@ pub async fn run(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => {
-                stats.broker_connected.store(false, Relaxed);
+                let was_connected = stats.broker_connected.swap(false, Relaxed);
                 if writer_done {
                     break;
                 }
-                warn!(error = %e, retry_in = ?backoff, "broker connection lost");
+                let reason = crate::mqtt::failure_reason(&e);
+                if was_connected {
+                    warn!(error = %e, reason, retry_in = ?backoff, "broker connection lost");
+                } else {
+                    stats.broker_connect_failure(reason);
+                    if reason == "tls" {
+                        error!(error = %e, reason, broker = %format!("{}:{}", config.broker.host, config.broker.port),
+                            retry_in = ?backoff, "TLS with the broker failed: check broker.tls (CA, certificate, key) and broker.host against the broker's certificate");
+                    } else {
+                        warn!(error = %e, reason, retry_in = ?backoff, "cannot connect to the broker");
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -161,18 +172,24 @@ pub async fn run(
     Ok(())
 }
 
+/// What the gateway checks of a message that arrived on `device`'s topic
+/// before it goes anywhere: it decodes (format version, layout, size caps,
+/// the message's own validation) and names that device. `Err` holds the
+/// metric reason and the error text. Public for the decode fuzzer
+/// (`aeris-fuzz-decode` in tests/), which drives exactly this path.
+pub fn check<T: aeris_wire::WireMessage>(
+    device: &str,
+    payload: &[u8],
+    named: impl Fn(&T) -> &str,
+) -> Result<T, (&'static str, String)> {
+    let msg = decode::<T>(payload).map_err(|e| (e.reason(), e.to_string()))?;
+    authorize(device, named(&msg)).map_err(|e| (e.reason(), e.to_string()))?;
+    Ok(msg)
+}
+
 /// Decodes and authorizes one message; a rejected one is counted, logged
 /// and dropped (the caller acks it to the broker so it is not redelivered).
 fn accept(topics: &Topics, stats: &Stats, p: &Publish) -> Option<Accepted> {
-    fn check<T: aeris_wire::WireMessage>(
-        device: &str,
-        payload: &[u8],
-        named: impl Fn(&T) -> &str,
-    ) -> Result<T, (&'static str, String)> {
-        let msg = decode::<T>(payload).map_err(|e| (e.reason(), e.to_string()))?;
-        authorize(device, named(&msg)).map_err(|e| (e.reason(), e.to_string()))?;
-        Ok(msg)
-    }
     let verdict = match topics.parse(&p.topic) {
         Ok((device, Channel::UpBatch)) => {
             check::<Batch>(device, &p.payload, |b| &b.device).map(|batch| {

@@ -11,6 +11,9 @@
 //! 4. A valid token without the route's scope: 403. `operate` includes
 //!    `read`.
 //!
+//! The token comes in `Authorization: Bearer`; on `/api/live` only, also
+//! as `?access_token=` (browsers' `EventSource` cannot set headers).
+//!
 //! `/healthz`, `/readyz`, `/metrics` and the map's static files are not
 //! guarded: probes and Prometheus must reach them without credentials (the
 //! NetworkPolicy in `deploy/k8s` keeps them in the cluster).
@@ -27,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -206,6 +209,18 @@ fn bearer(req: &Request) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// The `access_token` query parameter (RFC 6750, 2.3), taken only on
+/// [`crate::api::LIVE_PATH`]: a browser's `EventSource` cannot send an
+/// `Authorization` header. Everywhere else a token in the URL is ignored,
+/// since URLs end up in logs and histories.
+fn query_token(req: &Request) -> Option<String> {
+    if req.uri().path() != crate::api::LIVE_PATH {
+        return None;
+    }
+    let Query(mut q) = Query::<HashMap<String, String>>::try_from_uri(req.uri()).ok()?;
+    q.remove("access_token")
+}
+
 async fn guard(
     State((access, need)): State<(Arc<Access>, Scope)>,
     mut req: Request,
@@ -217,7 +232,10 @@ async fn guard(
         .map(|c| c.0);
     // A malformed Authorization header counts as a wrong token.
     let presented = req.headers().contains_key(header::AUTHORIZATION);
-    let token = bearer(&req).map(str::to_owned);
+    let token = bearer(&req)
+        .map(str::to_owned)
+        .or_else(|| query_token(&req));
+    let presented = presented || token.is_some();
     let token = match (presented, token) {
         (true, None) => Some(String::new()),
         (_, t) => t,
