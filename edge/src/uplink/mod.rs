@@ -483,12 +483,20 @@ impl Uplink {
             self.pending_since = None;
         }
         let readings: Vec<Reading> = rows.into_iter().take(run).map(|(_, r)| r).collect();
-        let n = readings.len() as u64;
-        let batch = Batch {
+        let mut batch = Batch {
             device: self.config.device_id.clone(),
             first_seq: first,
             readings,
         };
+        // The gateway refuses a batch that would decode into more than
+        // this (many long-named values per reading); the rest goes next.
+        while batch.readings.len() > 1
+            && aeris_wire::columnar::decoded_bytes(&batch) > aeris_wire::columnar::MAX_DECODED_BYTES
+        {
+            batch.readings.truncate(batch.readings.len() / 2);
+            self.live_rows = None;
+        }
+        let n = batch.readings.len() as u64;
         let bytes = match self.config.uplink.encoding {
             BatchEncoding::Columnar => aeris_wire::columnar::encode(&batch),
             BatchEncoding::Postcard => encode(&batch),
