@@ -65,10 +65,12 @@ enum Request {
         readings: Vec<Reading>,
         on_commit: OnCommit,
     },
+    /// Applied before any later disk-budget work, without waiting for
+    /// the commits queued before it.
     MarkSent {
         first: u64,
         last: u64,
-        reply: oneshot::Sender<Result<usize, BufferError>>,
+        reply: Option<oneshot::Sender<Result<usize, BufferError>>>,
     },
     Renumber {
         first: u64,
@@ -183,6 +185,8 @@ impl Buffer {
             degraded_since: None,
             last_retry: Instant::now(),
             last_housekeeping: None,
+            budget_due: false,
+            deferred: VecDeque::new(),
         };
         if let Some(e) = open_error {
             worker.write_failed(&e);
@@ -226,10 +230,30 @@ impl Buffer {
         self.call(|reply| Request::Ack { first, last, reply }).await
     }
 
-    /// Marks readings `first..=last` as published, before they go out.
+    /// Marks readings `first..=last` as published and waits for it.
     pub async fn mark_sent(&self, first: u64, last: u64) -> Result<usize, BufferError> {
-        self.call(|reply| Request::MarkSent { first, last, reply })
+        self.call(|reply| Request::MarkSent {
+            first,
+            last,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// Queues the mark for readings `first..=last` before they go out,
+    /// without waiting for it: the buffer thread applies every queued mark
+    /// before it next enforces the disk budget, so a published row is
+    /// never downsampled, and the uplink does not wait behind the group
+    /// commits queued ahead of it (one round trip per batch less).
+    pub async fn mark_sent_queued(&self, first: u64, last: u64) -> Result<(), BufferError> {
+        self.tx
+            .send(Request::MarkSent {
+                first,
+                last,
+                reply: None,
+            })
             .await
+            .map_err(|_| BufferError::Closed)
     }
 
     /// Moves unacknowledged readings `first..=last` to new seqs from
@@ -306,6 +330,11 @@ struct Worker {
     degraded_since: Option<Instant>,
     last_retry: Instant,
     last_housekeeping: Option<Instant>,
+    /// A commit went over the disk budget: enforce it once the queued
+    /// marks are applied.
+    budget_due: bool,
+    /// Requests taken off the queue while looking for marks, served next.
+    deferred: VecDeque<Request>,
 }
 
 impl Worker {
@@ -324,10 +353,13 @@ impl Worker {
         let mut others = Vec::new();
         loop {
             let wait = self.next_wakeup();
-            let first = match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                Ok(Some(req)) => Some(req),
-                Ok(None) => break,
-                Err(_) => None,
+            let first = match self.deferred.pop_front() {
+                Some(req) => Some(req),
+                None => match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                    Ok(Some(req)) => Some(req),
+                    Ok(None) => break,
+                    Err(_) => None,
+                },
             };
             let mut group: Vec<Pending> = Vec::new();
             let mut count = 0;
@@ -348,10 +380,11 @@ impl Worker {
                             on_commit,
                         });
                     }
+                    mark @ Request::MarkSent { .. } => self.handle(mark),
                     other => others.push(other),
                 }
                 if count < MAX_GROUP {
-                    next = rx.try_recv().ok();
+                    next = self.deferred.pop_front().or_else(|| rx.try_recv().ok());
                 }
             }
             if !group.is_empty() {
@@ -361,6 +394,17 @@ impl Worker {
                 && self.last_retry.elapsed() >= self.settings.retry_interval
             {
                 self.retry();
+            }
+            if std::mem::take(&mut self.budget_due) {
+                // Marks queued while the commit ran come first: a batch
+                // published meanwhile may already be in the cloud.
+                while let Ok(req) = rx.try_recv() {
+                    match req {
+                        mark @ Request::MarkSent { .. } => self.handle(mark),
+                        other => self.deferred.push_back(other),
+                    }
+                }
+                self.enforce_budget();
             }
             for req in others.drain(..) {
                 self.handle(req);
@@ -405,7 +449,7 @@ impl Worker {
         match self.store().and_then(|s| s.append_groups(&messages)) {
             Ok(done) => {
                 self.committed(group, done);
-                self.enforce_budget();
+                self.budget_due = true;
             }
             Err(e) => {
                 self.write_failed(&e);
@@ -499,7 +543,7 @@ impl Worker {
                     after = ?after,
                     "buffer writable again; readings held in memory committed"
                 );
-                self.enforce_budget();
+                self.budget_due = true;
             }
             Err(e) => {
                 self.stats.buffer_write_error(e.kind());
@@ -589,8 +633,11 @@ impl Worker {
                     .and_then(|s| s.mark_sent(first, last, now_ms()));
                 if let Err(e) = &r {
                     self.stats.buffer_write_error(e.kind());
+                    warn!(error = %e, first_seq = first, last_seq = last, "cannot mark a batch as sent");
                 }
-                let _ = reply.send(r);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
             }
             Request::Renumber {
                 first,

@@ -503,9 +503,10 @@ impl Uplink {
         };
         let size = bytes.len() as u64;
         let last = first + n - 1;
-        // Durably marked before it leaves: from now on the cloud may hold
-        // these rows, so the disk budget must not fold them into aggregates.
-        if let Err(e) = self.buffer.mark_sent(first, last).await {
+        // Marked before it leaves (the buffer applies queued marks before
+        // any disk-budget work): from now on the cloud may hold these rows,
+        // so the budget must not fold them into aggregates.
+        if let Err(e) = self.buffer.mark_sent_queued(first, last).await {
             warn!(error = %e, first_seq = first, "cannot mark a batch as sent; trying again on the next event");
             return Ok(false);
         }
