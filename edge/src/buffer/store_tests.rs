@@ -209,20 +209,7 @@ fn renumbering_moves_the_rows_above_the_floor_once() {
 #[test]
 fn published_rows_are_not_downsampled() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(
-        &dir.path().join("b.db"),
-        Options {
-            max_bytes: 1 << 20,
-            acked_grace_ms: 0,
-            window_ms: HashMap::new(),
-            default_window_ms: 60_000,
-        },
-    )
-    .unwrap();
-    let all = series("a", 20_000, 1000);
-    for chunk in all.chunks(1000) {
-        s.append(chunk).unwrap();
-    }
+    let (mut s, _) = over_budget(dir.path(), 0, 60_000, "a", 1000);
     // The oldest batch went out; its fate is unknown.
     assert_eq!(s.mark_sent(1, 2000, 5).unwrap(), 2000);
     let e = s.enforce_budget().unwrap();
@@ -338,24 +325,38 @@ fn series(sensor: &str, n: i64, step_ms: i64) -> Vec<Reading> {
         .collect()
 }
 
-#[test]
-fn over_budget_the_oldest_raw_readings_become_aggregates_then_are_dropped() {
-    let dir = tempfile::tempdir().unwrap();
+/// A store with a 1 MiB budget holding 20,000 readings of `sensor`,
+/// `step_ms` apart (about three times the budget), appended 1,000 at a
+/// time; and the readings.
+fn over_budget(
+    dir: &Path,
+    acked_grace_ms: i64,
+    default_window_ms: i64,
+    sensor: &str,
+    step_ms: i64,
+) -> (Store, Vec<Reading>) {
     let mut s = Store::open(
-        &dir.path().join("b.db"),
+        &dir.join("b.db"),
         Options {
             max_bytes: 1 << 20,
-            acked_grace_ms: 3_600_000,
+            acked_grace_ms,
             window_ms: HashMap::new(),
-            default_window_ms: 60_000,
+            default_window_ms,
         },
     )
     .unwrap();
-    // 20,000 readings one second apart: ~3 MB, three times the budget.
-    let all = series("a", 20_000, 1000);
+    let all = series(sensor, 20_000, step_ms);
     for chunk in all.chunks(1000) {
         s.append(chunk).unwrap();
     }
+    (s, all)
+}
+
+#[test]
+fn over_budget_the_oldest_raw_readings_become_aggregates_then_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20,000 readings one second apart: ~3 MB, three times the budget.
+    let (mut s, _) = over_budget(dir.path(), 3_600_000, 60_000, "a", 1000);
     // Acked readings go first.
     sent_and_acked(&mut s, 1, 100, 0).unwrap();
     let e = s.enforce_budget().unwrap();
@@ -401,21 +402,8 @@ fn over_budget_the_oldest_raw_readings_become_aggregates_then_are_dropped() {
 #[test]
 fn readings_that_share_no_window_are_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(
-        &dir.path().join("b.db"),
-        Options {
-            max_bytes: 1 << 20,
-            acked_grace_ms: 0,
-            window_ms: HashMap::new(),
-            default_window_ms: 1000,
-        },
-    )
-    .unwrap();
     // One reading per window: nothing to aggregate.
-    let all = series("b", 20_000, 5000);
-    for chunk in all.chunks(1000) {
-        s.append(chunk).unwrap();
-    }
+    let (mut s, all) = over_budget(dir.path(), 0, 1000, "b", 5000);
     let e = s.enforce_budget().unwrap();
     assert_eq!(e.downsampled, 0);
     assert!(e.dropped > 0);
