@@ -10,10 +10,13 @@
 //!   no timestamp of their own. Only a broker *redelivery* is recognised and
 //!   not stored again: a QoS 1 PUBLISH with the DUP flag whose packet id,
 //!   topic and payload (a SHA-256 digest of both) match the last message
-//!   committed under that packet id (table `deliveries`, one row per packet
-//!   id, written in the same transaction as the message's readings). The
-//!   broker reuses a packet id only after the previous message under it was
-//!   acknowledged, so the ledger never needs more than 65,535 rows;
+//!   committed under that packet id. That is the delivery log: one row per
+//!   commit holding an entry (packet id, digest, first seq, count) per
+//!   message, written in the same transaction as the messages' readings.
+//!   The broker reuses a packet id only after the previous message under
+//!   it was acknowledged, and redelivers only messages still in flight, so
+//!   the log keeps the newest 65,536 to 131,072 entries and is searched
+//!   newest first;
 //! - seqs are taken from `meta.next_seq` inside an immediate transaction and
 //!   inserted with a plain `INSERT`: a seq that is already used is an error,
 //!   never a silently ignored row;
@@ -25,24 +28,29 @@
 //!   (`downsampled`), and only when nothing is left to downsample are the
 //!   oldest rows deleted (`dropped`). The counts live in `meta`, in the same
 //!   transaction as the change, so they survive restarts. A row that was
-//!   published (`sent_ms`) and not acknowledged may already be committed in
+//!   published (in `sent`) and not acknowledged may already be committed in
 //!   the cloud: it is never downsampled (the cloud would hold it twice, raw
-//!   and in the aggregate), and dropped only when nothing else is left;
+//!   and in the aggregate), and dropped only when nothing else is left.
+//!   Published rows are recorded as seq ranges (table `sent`), one row per
+//!   batch rather than a write per reading; every new row takes a seq above
+//!   all of them, so a range never covers a row written after it;
 //! - when the cloud says seqs are held there by other readings
 //!   ([`Store::renumber`]), the rows in that range move to new seqs above
 //!   the cloud's highest, unsent, and `next_seq` never goes below it;
-//! - only a published row (`sent_ms`) can be acknowledged.
+//! - only a published row (in `sent`) can be acknowledged; the ranges go
+//!   with the acks.
 //!
-//! Layout (schema version 3, `PRAGMA user_version`):
+//! Layout (schema version 4, `PRAGMA user_version`):
 //! `readings(seq INTEGER PRIMARY KEY, ts_ms, sensor, kind, acked_ms, fmt,
-//! sent_ms, body)` where `kind` is 0 for a raw reading and 1 for an
-//! aggregate, `acked_ms` is when the cloud acknowledged it (NULL = unsent),
-//! `sent_ms` when it was last published unacknowledged (NULL = never),
-//! and `body` is the reading in row format `fmt` ([`super::row`]);
-//! `deliveries(pkid INTEGER PRIMARY KEY, digest BLOB, first_seq, n)`;
+//! body)` where `kind` is 0 for a raw reading and 1 for an aggregate,
+//! `acked_ms` is when the cloud acknowledged it (NULL = unsent), and `body`
+//! is the reading in row format `fmt` ([`super::row`]);
+//! `sent(first INTEGER PRIMARY KEY, last)`, disjoint seq ranges published
+//! and not yet acknowledged; `delivery_log(id INTEGER PRIMARY KEY, n,
+//! entries BLOB)` with `n` entries of [`LOG_ENTRY_BYTES`] each;
 //! `meta(key TEXT PRIMARY KEY, value INTEGER)` with `next_seq` and the loss
-//! counters `lost_<reason>`. Version 1 and 2 files are migrated on open;
-//! their rows keep row format 1.
+//! counters `lost_<reason>`. Version 1, 2 and 3 files are migrated on
+//! open; rows of versions 1 and 2 keep row format 1.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -103,7 +111,7 @@ impl From<rusqlite::Error> for BufferError {
     }
 }
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 const SCHEMA: &str = "
 CREATE TABLE readings (seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -133,6 +141,27 @@ ALTER TABLE readings ADD COLUMN sent_ms INTEGER;
 CREATE TABLE deliveries (pkid INTEGER PRIMARY KEY, digest BLOB NOT NULL,
                          first_seq INTEGER NOT NULL, n INTEGER NOT NULL);
 ";
+/// Version 3 to 4: published rows as seq ranges, the delivery ledger as a
+/// log with one row per commit (both were a write per reading or message).
+const MIGRATE_4: &str = "
+CREATE TABLE sent (first INTEGER PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE delivery_log (id INTEGER PRIMARY KEY, n INTEGER NOT NULL,
+                           entries BLOB NOT NULL);
+";
+const DROP_3: &str = "
+DROP TABLE deliveries;
+ALTER TABLE readings DROP COLUMN sent_ms;
+";
+
+/// One delivery log entry: packet id (u16), digest, first seq (u64),
+/// readings stored (u32), little-endian.
+pub const LOG_ENTRY_BYTES: usize = 2 + 16 + 8 + 4;
+/// The log is cut back to this many newest entries once it holds twice as
+/// many: a packet id's previous message is always among them.
+const LOG_KEEP: u64 = 65_536;
+/// A row is not published if its seq is in a range of `sent`.
+const UNSENT: &str = "NOT EXISTS (SELECT 1 FROM sent WHERE sent.first <= readings.seq
+                                  AND sent.last >= readings.seq)";
 
 /// Raw readings examined per downsampling step.
 const DOWNSAMPLE_CHUNK: i64 = 2048;
@@ -261,6 +290,47 @@ pub struct Store {
     conn: Connection,
     next_seq: u64,
     options: Options,
+    /// Entries in `delivery_log`.
+    log_entries: u64,
+}
+
+/// A message's delivery as the log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LogEntry {
+    pkid: u16,
+    digest: [u8; 16],
+    first: u64,
+    n: u32,
+}
+
+impl LogEntry {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pkid.to_le_bytes());
+        out.extend_from_slice(&self.digest);
+        out.extend_from_slice(&self.first.to_le_bytes());
+        out.extend_from_slice(&self.n.to_le_bytes());
+    }
+
+    /// The entries of one log row, newest last; `None` if the blob is not
+    /// a whole number of entries.
+    fn parse(blob: &[u8]) -> Option<impl DoubleEndedIterator<Item = LogEntry> + '_> {
+        blob.len().is_multiple_of(LOG_ENTRY_BYTES).then(|| {
+            blob.chunks_exact(LOG_ENTRY_BYTES).map(|c| {
+                let mut digest = [0u8; 16];
+                digest.copy_from_slice(&c[2..18]);
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&c[18..26]);
+                let mut n = [0u8; 4];
+                n.copy_from_slice(&c[26..30]);
+                LogEntry {
+                    pkid: u16::from_le_bytes([c[0], c[1]]),
+                    digest,
+                    first: u64::from_le_bytes(first),
+                    n: u32::from_le_bytes(n),
+                }
+            })
+        })
+    }
 }
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<i64>, BufferError> {
@@ -307,14 +377,21 @@ impl Store {
                 tx.execute_batch(MIGRATE_2)?;
                 tx.execute_batch(INDEXES_2)?;
                 tx.execute_batch(MIGRATE_3)?;
+                tx.execute_batch(MIGRATE_4)?;
+                tx.execute_batch(DROP_3)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 tx.commit()?;
             }
             1 => {
                 migrate_from_1(&conn)?;
                 migrate_from_2(&conn)?;
+                migrate_from_3(&conn)?;
             }
-            2 => migrate_from_2(&conn)?,
+            2 => {
+                migrate_from_2(&conn)?;
+                migrate_from_3(&conn)?;
+            }
+            3 => migrate_from_3(&conn)?,
             SCHEMA_VERSION => {}
             v => {
                 return Err(BufferError::Corrupt(format!(
@@ -325,10 +402,15 @@ impl Store {
         let next_seq = meta_get(&conn, "next_seq")?
             .and_then(|v| u64::try_from(v).ok())
             .ok_or_else(|| BufferError::Corrupt("meta.next_seq is missing".into()))?;
+        let log_entries: i64 =
+            conn.query_row("SELECT coalesce(sum(n), 0) FROM delivery_log", [], |r| {
+                r.get(0)
+            })?;
         Ok(Store {
             conn,
             next_seq,
             options,
+            log_entries: log_entries.max(0) as u64,
         })
     }
 
@@ -361,31 +443,25 @@ impl Store {
             .ok_or_else(|| BufferError::Corrupt("meta.next_seq is missing".into()))?;
         let mut seq = start;
         let mut out = Vec::with_capacity(groups.len());
+        let mut logged: Vec<LogEntry> = Vec::new();
         let mut redelivered = 0u64;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO readings (seq, ts_ms, sensor, kind, fmt, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            let mut known = tx.prepare_cached(
-                "SELECT first_seq, n FROM deliveries WHERE pkid = ?1 AND digest = ?2",
-            )?;
-            let mut record = tx.prepare_cached(
-                "INSERT OR REPLACE INTO deliveries (pkid, digest, first_seq, n)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
             for group in groups {
                 if let Some(d) = group.delivery.filter(|d| d.dup) {
-                    let original: Option<(i64, i64)> = known
-                        .query_row(params![d.pkid, &d.digest[..]], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })
-                        .optional()?;
-                    if let Some((first, n)) = original {
+                    // This commit's own entries are the newest.
+                    let last = match logged.iter().rev().find(|e| e.pkid == d.pkid) {
+                        Some(e) => Some(*e),
+                        None => last_logged(&tx, d.pkid)?,
+                    };
+                    if let Some(original) = last.filter(|e| e.digest == d.digest) {
                         redelivered += 1;
                         out.push(Appended {
-                            first: first as u64,
-                            stored: n as u64,
+                            first: original.first,
+                            stored: u64::from(original.n),
                             redelivered: true,
                         });
                         continue;
@@ -405,18 +481,33 @@ impl Store {
                     seq += 1;
                 }
                 if let Some(d) = group.delivery {
-                    record.execute(params![
-                        d.pkid,
-                        &d.digest[..],
-                        first as i64,
-                        group.readings.len() as i64
-                    ])?;
+                    logged.push(LogEntry {
+                        pkid: d.pkid,
+                        digest: d.digest,
+                        first,
+                        n: u32::try_from(group.readings.len()).unwrap_or(u32::MAX),
+                    });
                 }
                 out.push(Appended {
                     first,
                     stored: seq - first,
                     redelivered: false,
                 });
+            }
+        }
+        let mut log_entries = self.log_entries;
+        if !logged.is_empty() {
+            let mut blob = Vec::with_capacity(logged.len() * LOG_ENTRY_BYTES);
+            for e in &logged {
+                e.write(&mut blob);
+            }
+            tx.execute(
+                "INSERT INTO delivery_log (n, entries) VALUES (?1, ?2)",
+                params![logged.len() as i64, blob],
+            )?;
+            log_entries += logged.len() as u64;
+            if log_entries > 2 * LOG_KEEP {
+                log_entries = trim_log(&tx)?;
             }
         }
         if seq != start {
@@ -428,6 +519,7 @@ impl Store {
         meta_add(&tx, "redelivered", redelivered)?;
         tx.commit()?;
         self.next_seq = seq;
+        self.log_entries = log_entries;
         Ok(out)
     }
 
@@ -441,15 +533,17 @@ impl Store {
     /// cut inside that gap can only let the disk budget downsample a batch
     /// that was published in it (the double count of decisions.md).
     pub fn mark_sent(&mut self, first: u64, last: u64, now_ms: i64) -> Result<usize, BufferError> {
+        let _ = now_ms;
+        // Only seqs already handed out; later rows must stay outside.
+        let last = last.min(self.next_seq.saturating_sub(1));
+        if first > last {
+            return Ok(0);
+        }
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let marked = self.conn.execute(
-            "UPDATE readings SET sent_ms = ?3
-             WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL AND sent_ms IS NULL",
-            params![clamp(first), clamp(last), now_ms],
-        );
+        let marked = mark_range(&self.conn, clamp(first), clamp(last));
         // Every other commit stays synced, whatever the update did.
         self.conn.pragma_update(None, "synchronous", "FULL")?;
-        Ok(marked?)
+        marked
     }
 
     /// The cloud holds other readings under seqs `first..=last`: each row
@@ -480,7 +574,7 @@ impl Store {
         };
         for old in &seqs {
             tx.execute(
-                "UPDATE readings SET seq = ?2, sent_ms = NULL, acked_ms = NULL WHERE seq = ?1",
+                "UPDATE readings SET seq = ?2, acked_ms = NULL WHERE seq = ?1",
                 params![old, next as i64],
             )?;
             next += 1;
@@ -491,6 +585,9 @@ impl Store {
                 [next as i64],
             )?;
         }
+        // The moved rows are unsent at their new seqs; nothing takes the
+        // old ones again.
+        unmark(&tx, clamp(first), clamp(last))?;
         meta_add(&tx, "renumbered", seqs.len() as u64)?;
         tx.commit()?;
         self.next_seq = next;
@@ -570,30 +667,43 @@ impl Store {
     /// seqs of a deleted buffer, arriving after new readings took them,
     /// leaves the new readings unsent.
     pub fn ack_range(&mut self, first: u64, last: u64, now_ms: i64) -> Result<usize, BufferError> {
-        let (first, last) = (
-            first.min(i64::MAX as u64) as i64,
-            last.min(i64::MAX as u64) as i64,
-        );
-        if self.options.acked_grace_ms <= 0 {
-            return Ok(self.conn.execute(
-                "DELETE FROM readings
-                 WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL AND sent_ms IS NOT NULL",
-                params![first, last],
-            )?);
+        let (first, last) = (clamp(first), clamp(last));
+        let tx = self.conn.transaction()?;
+        let mut acked = 0;
+        for (a, b) in unmark(&tx, first, last)? {
+            acked += if self.options.acked_grace_ms <= 0 {
+                tx.prepare_cached(
+                    "DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL",
+                )?
+                .execute(params![a, b])?
+            } else {
+                tx.prepare_cached(
+                    "UPDATE readings SET acked_ms = ?3
+                     WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL",
+                )?
+                .execute(params![a, b, now_ms])?
+            };
         }
-        Ok(self.conn.execute(
-            "UPDATE readings SET acked_ms = ?3
-             WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL AND sent_ms IS NOT NULL",
-            params![first, last, now_ms],
-        )?)
+        tx.commit()?;
+        Ok(acked)
     }
 
     /// Deletes acknowledged readings whose grace period is over.
+    /// Also forgets published ranges that hold no unacknowledged row any
+    /// more (their rows were dropped by the budget or renumbered).
     pub fn purge_acked(&mut self, now_ms: i64) -> Result<usize, BufferError> {
-        Ok(self.conn.execute(
-            "DELETE FROM readings WHERE acked_ms IS NOT NULL AND acked_ms < ?1",
-            [now_ms.saturating_sub(self.options.acked_grace_ms)],
-        )?)
+        let tx = self.conn.transaction()?;
+        tx.prepare_cached(
+            "DELETE FROM sent WHERE NOT EXISTS (SELECT 1 FROM readings
+             WHERE readings.seq BETWEEN sent.first AND sent.last
+             AND readings.acked_ms IS NULL)",
+        )?
+        .execute([])?;
+        let purged = tx
+            .prepare_cached("DELETE FROM readings WHERE acked_ms IS NOT NULL AND acked_ms < ?1")?
+            .execute([now_ms.saturating_sub(self.options.acked_grace_ms)])?;
+        tx.commit()?;
+        Ok(purged)
     }
 
     /// The cloud lacks what it acknowledged from `seq` on (restored from an
@@ -707,11 +817,11 @@ impl Store {
     /// (0, 0) when no window among the oldest holds two readings.
     fn downsample_oldest(&mut self) -> Result<(u64, u64), BufferError> {
         let rows: Vec<(u64, i64, Vec<u8>)> = {
-            let mut stmt = self.conn.prepare_cached(
+            let mut stmt = self.conn.prepare_cached(&format!(
                 "SELECT seq, fmt, body FROM readings
-                 WHERE acked_ms IS NULL AND kind = 0 AND sent_ms IS NULL
-                 ORDER BY ts_ms LIMIT ?1",
-            )?;
+                 WHERE acked_ms IS NULL AND kind = 0 AND {UNSENT}
+                 ORDER BY ts_ms LIMIT ?1"
+            ))?;
             let rows = stmt.query_map([DOWNSAMPLE_CHUNK], |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
@@ -785,8 +895,10 @@ impl Store {
     fn drop_oldest(&mut self) -> Result<u64, BufferError> {
         let tx = self.conn.transaction()?;
         let mut n = tx.execute(
-            "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings
-             WHERE acked_ms IS NULL AND sent_ms IS NULL ORDER BY ts_ms LIMIT ?1)",
+            &format!(
+                "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings
+                 WHERE acked_ms IS NULL AND {UNSENT} ORDER BY ts_ms LIMIT ?1)"
+            ),
             [DOWNSAMPLE_CHUNK / 4],
         )? as u64;
         if n == 0 {
@@ -886,6 +998,173 @@ fn migrate_from_1(conn: &Connection) -> Result<(), BufferError> {
 fn migrate_from_2(conn: &Connection) -> Result<(), BufferError> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(MIGRATE_3)?;
+    tx.pragma_update(None, "user_version", 3)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Records the seqs `first..=last` as published, merged with the ranges
+/// they overlap or touch; returns how many unacknowledged rows were not
+/// published before.
+fn mark_range(conn: &Connection, first: i64, last: i64) -> Result<usize, BufferError> {
+    let tx = conn.unchecked_transaction()?;
+    let (lo, hi) = (first.saturating_sub(1), last.saturating_add(1));
+    let touching: Vec<(i64, i64)> = {
+        let mut stmt =
+            tx.prepare_cached("SELECT first, last FROM sent WHERE first <= ?2 AND last >= ?1")?;
+        let rows = stmt.query_map([lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let unacked = |a: i64, b: i64| -> Result<i64, BufferError> {
+        Ok(tx
+            .prepare_cached(
+                "SELECT count(*) FROM readings WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL",
+            )?
+            .query_row([a, b], |r| r.get(0))?)
+    };
+    let mut marked = unacked(first, last)?;
+    let (mut from, mut to) = (first, last);
+    for &(f, l) in &touching {
+        if f.max(first) <= l.min(last) {
+            marked -= unacked(f.max(first), l.min(last))?;
+        }
+        from = from.min(f);
+        to = to.max(l);
+    }
+    tx.prepare_cached("DELETE FROM sent WHERE first <= ?2 AND last >= ?1")?
+        .execute([lo, hi])?;
+    tx.prepare_cached("INSERT INTO sent (first, last) VALUES (?1, ?2)")?
+        .execute([from, to])?;
+    tx.commit()?;
+    Ok(marked.max(0) as usize)
+}
+
+/// Takes the seqs `first..=last` out of the published ranges; returns the
+/// parts of `first..=last` that were published.
+fn unmark(conn: &Connection, first: i64, last: i64) -> Result<Vec<(i64, i64)>, BufferError> {
+    let ranges: Vec<(i64, i64)> = {
+        let mut stmt =
+            conn.prepare_cached("SELECT first, last FROM sent WHERE first <= ?2 AND last >= ?1")?;
+        let rows = stmt.query_map([first, last], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut hit = Vec::with_capacity(ranges.len());
+    for (f, l) in ranges {
+        let (a, b) = (f.max(first), l.min(last));
+        hit.push((a, b));
+        conn.prepare_cached("DELETE FROM sent WHERE first = ?1")?
+            .execute([f])?;
+        let mut keep = conn.prepare_cached("INSERT INTO sent (first, last) VALUES (?1, ?2)")?;
+        if f < a {
+            keep.execute([f, a - 1])?;
+        }
+        if b < l {
+            keep.execute([b + 1, l])?;
+        }
+    }
+    Ok(hit)
+}
+
+/// The newest log entry under packet id `pkid`. Redeliveries are of
+/// messages still in flight, so the search usually ends in the newest rows.
+fn last_logged(conn: &Connection, pkid: u16) -> Result<Option<LogEntry>, BufferError> {
+    let mut stmt = conn.prepare_cached("SELECT entries FROM delivery_log ORDER BY id DESC")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let blob = row.get_ref(0)?.as_blob().unwrap_or_default();
+        // A damaged row is skipped: it can only make a redelivery look new.
+        if let Some(mut entries) = LogEntry::parse(blob) {
+            if let Some(e) = entries.rfind(|e| e.pkid == pkid) {
+                return Ok(Some(e));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes the log rows older than the newest [`LOG_KEEP`] entries;
+/// returns the entries left.
+fn trim_log(conn: &Connection) -> Result<u64, BufferError> {
+    let mut kept = 0u64;
+    let mut cut = None;
+    {
+        let mut stmt = conn.prepare_cached("SELECT id, n FROM delivery_log ORDER BY id DESC")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            if kept >= LOG_KEEP {
+                cut = Some(row.get::<_, i64>(0)?);
+                break;
+            }
+            kept += row.get::<_, i64>(1)?.max(0) as u64;
+        }
+    }
+    if let Some(id) = cut {
+        conn.execute("DELETE FROM delivery_log WHERE id <= ?1", [id])?;
+    }
+    Ok(kept)
+}
+
+/// Schema 3 to 4 ([`MIGRATE_4`]): the per-row sent marks become ranges
+/// (a run of consecutive published rows is one range), the ledger one log
+/// row.
+fn migrate_from_3(conn: &Connection) -> Result<(), BufferError> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(MIGRATE_4)?;
+    let marks: Vec<(i64, bool)> = {
+        let mut stmt = tx.prepare(
+            "SELECT seq, sent_ms IS NOT NULL FROM readings WHERE acked_ms IS NULL ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut run: Option<(i64, i64)> = None;
+    for (seq, sent) in marks.into_iter().chain([(i64::MAX, false)]) {
+        match (sent, run) {
+            (true, Some((first, _))) => run = Some((first, seq)),
+            (true, None) => run = Some((seq, seq)),
+            (false, Some((first, last))) => {
+                tx.execute(
+                    "INSERT INTO sent (first, last) VALUES (?1, ?2)",
+                    [first, last],
+                )?;
+                run = None;
+            }
+            (false, None) => {}
+        }
+    }
+    let entries: Vec<LogEntry> = {
+        let mut stmt = tx.prepare("SELECT pkid, digest, first_seq, n FROM deliveries")?;
+        let rows = stmt.query_map([], |r| {
+            let digest: Vec<u8> = r.get(1)?;
+            Ok((
+                r.get::<_, i64>(0)?,
+                digest,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        rows.filter_map(|row| match row {
+            Ok((pkid, digest, first, n)) => Some(Ok(LogEntry {
+                pkid: u16::try_from(pkid).ok()?,
+                digest: digest.try_into().ok()?,
+                first: u64::try_from(first).ok()?,
+                n: u32::try_from(n).ok()?,
+            })),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?
+    };
+    if !entries.is_empty() {
+        let mut blob = Vec::with_capacity(entries.len() * LOG_ENTRY_BYTES);
+        for e in &entries {
+            e.write(&mut blob);
+        }
+        tx.execute(
+            "INSERT INTO delivery_log (n, entries) VALUES (?1, ?2)",
+            params![entries.len() as i64, blob],
+        )?;
+    }
+    tx.execute_batch(DROP_3)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())

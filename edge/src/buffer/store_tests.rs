@@ -257,6 +257,113 @@ fn a_version_2_buffer_is_read_and_keeps_every_row() {
 }
 
 #[test]
+fn a_version_3_buffer_keeps_its_sent_marks_and_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let rs: Vec<_> = (0..6).map(reading).collect();
+    let d = delivery(42, false, "m");
+    {
+        // What the previous agent wrote: schema 3, a mark per published
+        // row, a ledger row per packet id.
+        let conn = Connection::open(&path).unwrap();
+        for sql in [SCHEMA, MIGRATE_2, INDEXES_2, MIGRATE_3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        for (i, r) in rs.iter().enumerate() {
+            // Seqs 1, 2 and 4, 5 were published; 3 and 6 were not.
+            let sent = [0, 1, 3, 4].contains(&i).then_some(7i64);
+            conn.execute(
+                "INSERT INTO readings (seq, ts_ms, sensor, kind, fmt, sent_ms, body)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
+                params![
+                    i as i64 + 1,
+                    r.ts_ms,
+                    r.sensor,
+                    ROW_FORMAT,
+                    sent,
+                    row::encode(r)
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO deliveries (pkid, digest, first_seq, n) VALUES (42, ?1, 6, 1)",
+            [&d.digest[..]],
+        )
+        .unwrap();
+        conn.execute("UPDATE meta SET value = 7 WHERE key = 'next_seq'", [])
+            .unwrap();
+    }
+    let mut s = open(&path);
+    let ranges: Vec<(i64, i64)> = {
+        let mut stmt = s
+            .conn
+            .prepare("SELECT first, last FROM sent ORDER BY first")
+            .unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    };
+    assert_eq!(ranges, vec![(1, 2), (4, 5)]);
+    // Only the published rows take the ack.
+    assert_eq!(s.ack_range(1, 6, 0).unwrap(), 4);
+    let left: Vec<u64> = s.read_from(0, 10).unwrap().0.iter().map(|r| r.0).collect();
+    assert_eq!(left, vec![3, 6]);
+    // The broker redelivers the message the old agent committed last.
+    let again = s
+        .append_groups(&[msg(delivery(42, true, "m"), &rs[5..])])
+        .unwrap();
+    assert_eq!((again[0].first, again[0].redelivered), (6, true));
+    assert_eq!(s.next_seq(), 7);
+}
+
+#[test]
+fn the_delivery_log_is_trimmed_and_still_knows_the_newest_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let mut s = open(&path);
+    let r = [reading(1)];
+    // Three times round every packet id, 512 messages per commit.
+    let payloads: Vec<String> = (0..3 * 65_536).map(|i| format!("p{i}")).collect();
+    for chunk in payloads.chunks(512).enumerate().map(|(c, ps)| {
+        ps.iter()
+            .enumerate()
+            .map(|(i, p)| (((c * 512 + i) % 65_535 + 1) as u16, p))
+            .collect::<Vec<_>>()
+    }) {
+        let ds: Vec<Delivery> = chunk
+            .iter()
+            .map(|(id, p)| delivery(*id, false, p))
+            .collect();
+        let msgs: Vec<Message> = ds.iter().map(|d| msg(*d, &r)).collect();
+        s.append_groups(&msgs).unwrap();
+    }
+    let entries: i64 = s
+        .conn
+        .query_row("SELECT sum(n) FROM delivery_log", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        (LOG_KEEP as i64..=2 * LOG_KEEP as i64).contains(&entries),
+        "{entries} entries kept"
+    );
+    // After a reopen: the last message under a packet id is recognised,
+    // an older one under the same id is new.
+    drop(s);
+    let mut s = open(&path);
+    let last = 3 * 65_536 - 1;
+    let id = (last % 65_535 + 1) as u16;
+    let known = s
+        .append_groups(&[msg(delivery(id, true, &payloads[last]), &r)])
+        .unwrap();
+    assert!(known[0].redelivered);
+    assert_eq!(known[0].first, last as u64 + 1);
+    let older = s
+        .append_groups(&[msg(delivery(id, true, &payloads[last - 65_535]), &r)])
+        .unwrap();
+    assert!(!older[0].redelivered);
+}
+
+#[test]
 fn read_from_returns_unsent_readings_in_order_and_depth_counts_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = open(&dir.path().join("b.db"));
