@@ -5,12 +5,15 @@
 //!   (`Batch`, `Ack`, `Status`, `Event`, `Command`), each documenting its layout.
 //! - [`codec`]: `[format version byte][postcard body]`; decoding never panics and
 //!   returns only messages that pass their own validation.
+//! - `batch`: which layout a batch's version byte selects (postcard or
+//!   columnar); above both, so neither knows the other.
 //! - [`columnar`]: the compact batch layout (format version 2): dictionaries,
 //!   delta-of-delta timestamps, run-length flags, exact scaled-decimal value
 //!   columns, then zstd; lossless, and what the edge sends by default.
 //! - [`topic`]: topic builders and parsers under a configurable prefix.
 #![forbid(unsafe_code)]
 
+mod batch;
 pub mod codec;
 pub mod columnar;
 pub mod message;

@@ -266,10 +266,12 @@ impl Batch {
     pub fn with_seqs(&self) -> impl Iterator<Item = (u64, &Reading)> {
         (self.first_seq..).zip(self.readings.iter())
     }
-}
 
-impl WireMessage for Batch {
-    fn validate(&self) -> Result<(), WireError> {
+    /// The batch invariants: a valid device id, 1..=[`MAX_BATCH_READINGS`]
+    /// readings, a seq range that ends at most at [`MAX_SEQ`], every
+    /// reading valid. [`WireMessage::validate`] for a batch (in
+    /// [`crate::batch`], which also picks its layout) calls this.
+    pub fn check(&self) -> Result<(), WireError> {
         check_device(&self.device)?;
         if self.readings.is_empty() || self.readings.len() > MAX_BATCH_READINGS {
             return Err(invalid(format!(
@@ -280,10 +282,6 @@ impl WireMessage for Batch {
             return Err(invalid(format!("seq range goes past {MAX_SEQ}")));
         }
         self.readings.iter().try_for_each(Reading::check)
-    }
-
-    fn decode_other_version(version: u8, body: &[u8]) -> Option<Result<Self, WireError>> {
-        (version == crate::columnar::COLUMNAR_VERSION).then(|| crate::columnar::decode_body(body))
     }
 }
 
