@@ -1,6 +1,10 @@
 //! Gateway configuration: built-in defaults, then the TOML file, then
 //! `AERIS_*` environment variables (`__` separates levels, e.g.
 //! `AERIS_BROKER__PORT`). Unknown keys in the file are errors.
+//!
+//! A leaf: every section's type is defined here (the broker login in
+//! `broker.rs`, the HTTP API's in `api.rs`), and the components import
+//! their section from here, never the other way round.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +12,12 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+mod api;
+mod broker;
+
+pub use api::{ApiConfig, AuthConfig, LiveConfig, RateLimitConfig, Scope, TokenConfig};
+pub use broker::{BrokerConfig, BrokerTlsConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,100 +44,12 @@ pub struct RedisConfig {
     pub stream_len: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiConfig {
-    /// Address of the HTTP API and map; port 0 picks a free one; empty
-    /// turns the API off.
-    pub listen: String,
-    /// Optional map tile URL template (`https://.../{z}/{x}/{y}.png`); the
-    /// default map has no base layer, so nothing is fetched from outside.
-    pub tile_url: String,
-    /// Bearer tokens and whether reads are open ([`crate::api::auth`]).
-    pub auth: crate::api::auth::AuthConfig,
-    pub rate_limit: crate::api::auth::RateLimitConfig,
-    /// Caps of the `/api/live` event streams ([`crate::api::live`]).
-    pub live: crate::api::live::LiveConfig,
-}
-
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             prefix: "aeris:".into(),
             stream_len: 10_000,
         }
-    }
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            listen: "127.0.0.1:8080".into(),
-            tile_url: String::new(),
-            auth: Default::default(),
-            rate_limit: Default::default(),
-            live: Default::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerConfig {
-    pub host: String,
-    pub port: u16,
-    pub prefix: String,
-    /// MQTT client id; empty means `aeris-gateway-<random>`.
-    pub client_id: String,
-    /// Broker user name and password; empty means anonymous. The password
-    /// is never logged or printed.
-    pub username: String,
-    pub password: String,
-    /// Shared-subscription group all gateways of a deployment join.
-    pub share_group: String,
-    #[serde(with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// TLS to the broker; off while `ca_file` is empty.
-    pub tls: BrokerTlsConfig,
-}
-
-/// `broker.tls`: the same rustls (ring) client the devices use
-/// ([`aeris_runtime::tls`]). The broker's certificate must chain to
-/// `ca_file` and name `broker.host`; with `cert_file`/`key_file` the
-/// gateway presents a client certificate (mutual TLS; with
-/// `use_identity_as_username` its CN must be the ACL's gateway user,
-/// `aeris-gateway`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerTlsConfig {
-    /// PEM bundle of the CAs that sign the broker's certificate.
-    pub ca_file: PathBuf,
-    /// PEM certificate chain of the gateway; empty = no client certificate.
-    pub cert_file: PathBuf,
-    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-}
-
-impl BrokerTlsConfig {
-    pub fn enabled(&self) -> bool {
-        !self.ca_file.as_os_str().is_empty()
-    }
-
-    /// The rustls client configuration, `None` when TLS is off; reads the
-    /// files, and an error names the key and the file.
-    pub fn client_config(
-        &self,
-    ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, aeris_runtime::tls::TlsError> {
-        if !self.enabled() {
-            return Ok(None);
-        }
-        aeris_runtime::tls::client_config(&aeris_runtime::tls::TlsFiles {
-            section: "broker.tls",
-            ca_file: &self.ca_file,
-            cert_file: &self.cert_file,
-            key_file: &self.key_file,
-        })
-        .map(Some)
     }
 }
 
@@ -154,22 +76,6 @@ impl Default for Config {
             redis_url: None,
             redis: RedisConfig::default(),
             api: ApiConfig::default(),
-        }
-    }
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            host: "127.0.0.1".into(),
-            port: 1883,
-            prefix: "aeris/v1".into(),
-            client_id: String::new(),
-            username: String::new(),
-            password: String::new(),
-            share_group: "aeris".into(),
-            keep_alive: Duration::from_secs(30),
-            tls: BrokerTlsConfig::default(),
         }
     }
 }
