@@ -6,11 +6,16 @@
 //! - [`run_until_signal`]: logging to stderr, a multi-threaded runtime, and a
 //!   shutdown token cancelled by SIGINT or SIGTERM, handed to the program's
 //!   `run`; the exit code says whether it succeeded.
+//! - [`Backoff`]: the retry delay of every reconnect and retry loop
+//!   (exponential, capped, jittered, reset on success).
 //! - [`tls`]: the rustls (ring) client configuration for a broker, from
 //!   CA / certificate / key PEM files, and connect-failure reasons.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod tls;
+
+pub use backoff::Backoff;
 
 use std::future::Future;
 use std::process::ExitCode;

@@ -37,6 +37,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aeris_runtime::Backoff;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -46,7 +47,6 @@ use crate::config::Config;
 use crate::health::Stats;
 use crate::infer::runtime::{Inference, Runtime};
 use crate::preprocess::Preprocessor;
-use crate::uplink::backoff::Backoff;
 
 use self::acks::Acks;
 
