@@ -10,9 +10,12 @@
 //! - [`columnar`]: the compact batch layout (format version 2): dictionaries,
 //!   delta-of-delta timestamps, run-length flags, exact scaled-decimal value
 //!   columns, then zstd; lossless, and what the edge sends by default.
+//! - [`aqi`]: the US EPA AQI tables, the one implementation edge and cloud
+//!   share.
 //! - [`topic`]: topic builders and parsers under a configurable prefix.
 #![forbid(unsafe_code)]
 
+pub mod aqi;
 mod batch;
 pub mod codec;
 pub mod columnar;
