@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use aeris_runtime::Backoff;
 use aeris_wire::{
-    decode, encode, Ack, Batch, Channel, Command, CommandKind, DeviceState, Event as WireEvent,
-    Loss, ModelVersion, Reading, Status, Topics,
+    decode, encode, now_ms, Ack, Batch, Channel, Command, CommandKind, DeviceState,
+    Event as WireEvent, Loss, ModelVersion, Reading, Status, Topics,
 };
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
@@ -40,7 +40,6 @@ use crate::buffer::{Buffer, Snapshot};
 use crate::config::{BatchEncoding, Config};
 use crate::health::Stats;
 use crate::infer::store::ModelCommand;
-use crate::ingest::now_ms;
 use drain::DrainRate;
 use outbox::{run_len, Lane, Outbox};
 
