@@ -1,6 +1,7 @@
 //! Gateway configuration: built-in defaults, then the TOML file, then
 //! `AERIS_*` environment variables (`__` separates levels, e.g.
-//! `AERIS_BROKER__PORT`). Unknown keys in the file are errors.
+//! `AERIS_BROKER__PORT`; the loader both binaries share,
+//! [`aeris_runtime::config`]). Unknown keys in the file are errors.
 //!
 //! A leaf: every section's type is defined here (the broker login in
 //! `broker.rs`, the HTTP API's in `api.rs`), and the components import
@@ -9,8 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 mod api;
@@ -128,42 +127,15 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
                                     browser reconnects, through the caps again [5m]
 ";
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+/// A configuration that could not be loaded; the message names the key and
+/// the file.
+pub use aeris_runtime::config::ConfigError;
 
 impl Config {
+    /// Defaults, then `file` (if given; it must exist), then `AERIS_*`
+    /// ([`aeris_runtime::config`]), then the checks serde cannot express.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
-            }
-            fig = fig.merge(Toml::file_exact(path));
-        }
-        // Only our own top-level keys: AERIS_ is shared with the edge agent.
-        let env = Env::prefixed("AERIS_").split("__").filter_map(|k| {
-            let key = k.as_str().to_ascii_lowercase();
-            let first = key.split('.').next().unwrap_or("");
-            [
-                "broker",
-                "database_url",
-                "sqlite_path",
-                "writer",
-                "redis_url",
-                "redis",
-                "api",
-            ]
-            .contains(&first)
-            .then(|| key.into())
-        });
-        let config: Config = fig
-            .merge(env)
-            .extract()
-            .map_err(|e| ConfigError(aeris_runtime::describe_config_error(e)))?;
+        let config: Config = aeris_runtime::config::load(file, aeris_runtime::config::env())?;
         if let Err(e) = aeris_wire::Topics::new(&config.broker.prefix) {
             return Err(ConfigError(format!("invalid `broker.prefix`: {e}")));
         }
