@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use aeris_wire::Batch;
+use aeris_wire::{aqi, Batch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -59,10 +59,7 @@ impl LiveReading {
             .iter()
             .map(|v| (v.quantity.clone(), v.value))
             .collect();
-        let aqi = values
-            .get("pm25")
-            .map(|c| aqi_pm25(*c))
-            .or_else(|| values.get("pm10").map(|c| aqi_pm10(*c)));
+        let aqi = live_aqi(&values);
         LiveReading {
             id: format!("{device}/{}", r.sensor),
             device: device.to_owned(),
@@ -76,45 +73,12 @@ impl LiveReading {
     }
 }
 
-/// Linear interpolation over the US EPA breakpoint table.
-fn aqi(c: f64, table: &[(f64, f64, u32, u32)]) -> u32 {
-    for &(lo, hi, ilo, ihi) in table {
-        if c <= hi {
-            let c = c.max(lo);
-            return (ilo as f64 + (ihi - ilo) as f64 * (c - lo) / (hi - lo)).round() as u32;
-        }
-    }
-    500
-}
-
-/// AQI of a PM2.5 concentration (µg/m³), EPA 2024 breakpoints.
-pub fn aqi_pm25(c: f64) -> u32 {
-    aqi(
-        (c * 10.0).floor() / 10.0,
-        &[
-            (0.0, 9.0, 0, 50),
-            (9.1, 35.4, 51, 100),
-            (35.5, 55.4, 101, 150),
-            (55.5, 125.4, 151, 200),
-            (125.5, 225.4, 201, 300),
-            (225.5, 325.4, 301, 500),
-        ],
-    )
-}
-
-/// AQI of a PM10 concentration (µg/m³).
-pub fn aqi_pm10(c: f64) -> u32 {
-    aqi(
-        c.floor(),
-        &[
-            (0.0, 54.0, 0, 50),
-            (55.0, 154.0, 51, 100),
-            (155.0, 254.0, 101, 150),
-            (255.0, 354.0, 151, 200),
-            (355.0, 424.0, 201, 300),
-            (425.0, 604.0, 301, 500),
-        ],
-    )
+/// The map's AQI: PM2.5's, else PM10's ([`aeris_wire::aqi`], the tables
+/// the edge attaches to readings too). A concentration the tables do not
+/// read (negative) gives none.
+fn live_aqi(values: &BTreeMap<String, f64>) -> Option<u32> {
+    let pm25 = values.get("pm25").and_then(|c| aqi::PM25.index(*c));
+    pm25.or_else(|| values.get("pm10").and_then(|c| aqi::PM10.index(*c)))
 }
 
 /// Where to look for sensors.
@@ -253,8 +217,14 @@ impl Live for MemoryLive {
 mod tests {
     use super::*;
 
+    fn aqi_of(quantity: &str, c: f64) -> Option<u32> {
+        live_aqi(&BTreeMap::from([(quantity.to_owned(), c)]))
+    }
+
     #[test]
     fn aqi_follows_the_epa_breakpoints() {
+        let aqi_pm25 = |c| aqi_of("pm25", c).unwrap();
+        let aqi_pm10 = |c| aqi_of("pm10", c).unwrap();
         assert_eq!(aqi_pm25(0.0), 0);
         assert_eq!(aqi_pm25(9.0), 50);
         assert_eq!(aqi_pm25(35.4), 100);

@@ -9,9 +9,6 @@ use serde::Serialize;
 /// `measurements` (model outputs in `model_outputs`).
 pub const POLLUTANT_COLUMNS: [&str; 7] = ["pm1", "pm25", "pm10", "no2", "o3", "co", "so2"];
 
-/// Quantities named `model:<name>@<version>` are model outputs.
-pub const MODEL_PREFIX: &str = "model:";
-
 /// Readings of one sensor of one device with `from_ms <= ts < to_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadingsQuery {

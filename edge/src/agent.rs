@@ -221,7 +221,7 @@ async fn start_inference(
         tracing::error!(model = %dir.display(), reason = e.reason(), error = %e, "model not loaded; running without it");
         let _ = events.send(Event {
             device: config.device_id.clone(),
-            ts_ms: crate::ingest::now_ms(),
+            ts_ms: aeris_wire::now_ms(),
             kind: EventKind::Model,
             message: format!(
                 "model at {} not loaded ({}): {e}",

@@ -1,14 +1,15 @@
 //! Agent configuration in layers: built-in defaults, then the TOML file, then
 //! `AERIS_*` environment variables (`AERIS_CLOUD__PORT=8883` sets
 //! `cloud.port`; `__` separates levels). Unknown keys in the file are errors,
-//! so a typo is named instead of silently ignored.
+//! so a typo is named instead of silently ignored. The loader is the one
+//! both binaries share ([`aeris_runtime::config`]); this module holds the
+//! agent's structs and the checks serde cannot express.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::providers::Env;
 use serde::{Deserialize, Serialize};
 
 /// The whole agent configuration.
@@ -415,57 +416,16 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
 
 /// A configuration that could not be loaded; the message names the key and
 /// the file.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+pub use aeris_runtime::config::ConfigError;
 
 impl Config {
     /// Defaults, then `file` (if given; it must exist), then `AERIS_*`.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_with_env(file, Env::prefixed("AERIS_"))
+        Self::load_with_env(file, aeris_runtime::config::env())
     }
 
     fn load_with_env(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
-            }
-            fig = fig.merge(Toml::file_exact(path));
-        }
-        // Only variables whose first level is one of ours: AERIS_ is shared
-        // with other Aeris programs on the same host.
-        let known = [
-            "device_id",
-            "data_dir",
-            "shutdown_grace",
-            "health_listen",
-            "local",
-            "cloud",
-        ];
-        let known_sections = [
-            "ingest",
-            "preprocess",
-            "uplink",
-            "buffer",
-            "infer",
-            "ota",
-            "sensors",
-        ];
-        let env = env.split("__").filter_map(move |k| {
-            // Keys reach this filter before figment lower-cases them; lower
-            // them here so errors name `cloud.port`, as in the file.
-            let key = k.as_str().to_ascii_lowercase();
-            let first = key.split('.').next().unwrap_or("");
-            (known.contains(&first) || known_sections.contains(&first)).then(|| key.into())
-        });
-        let config: Config = fig
-            .merge(env)
-            .extract()
-            .map_err(|e| ConfigError(aeris_runtime::describe_config_error(e)))?;
+        let config: Config = aeris_runtime::config::load(file, env)?;
         config.validate()?;
         Ok(config)
     }

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aeris_runtime::Backoff;
 use aeris_wire::{decode, Channel, DeviceState, Event as DeviceEvent, EventKind, Status, Topics};
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +40,7 @@ pub async fn run(config: Arc<Config>, stats: Arc<Stats>, shutdown: CancellationT
     let (client, mut events) = AsyncClient::new(opts, 64);
     let filters = [Channel::UpStatus, Channel::UpEvent]
         .map(|c| SubscribeFilter::new(topics.all_devices(c), QoS::AtMostOnce));
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let ev = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -47,7 +48,7 @@ pub async fn run(config: Arc<Config>, stats: Arc<Stats>, shutdown: CancellationT
         };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 if let Err(e) = client.try_subscribe_many(filters.clone()) {
                     warn!(error = %e, "fleet metrics: cannot queue subscription");
                 }
@@ -65,12 +66,12 @@ pub async fn run(config: Arc<Config>, stats: Arc<Stats>, shutdown: CancellationT
             },
             Ok(_) => {}
             Err(e) => {
+                let backoff = backoff.next_delay();
                 debug!(error = %e, retry_in = ?backoff, "fleet metrics: broker connection lost");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -206,7 +206,9 @@ async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
         "signature": read("manifest.json.sig")?.trim(),
     }))?;
     let targets = rollout::select(&args.devices, args.percent);
-    let id = args.id.unwrap_or_else(|| aeris_wire_now_ms() as u64);
+    let id = args
+        .id
+        .unwrap_or_else(|| u64::try_from(aeris_wire::now_ms()).unwrap_or(0));
     let plan = rollout::Plan::new(
         id,
         targets,
@@ -257,11 +259,4 @@ async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
 /// The audit log's target of a rollout: its devices and share.
 fn plan_targets_text(devices: &[String], percent: u8) -> String {
     format!("{percent}% of {}", devices.join(","))
-}
-
-fn aeris_wire_now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }

@@ -81,13 +81,7 @@ pub async fn run(config: &Config, sink: &dyn Sink) -> Result<Report, String> {
         .map_err(|e| e.to_string())?;
     let on_broker = retained_devices(&topics, &mut rx).await?;
     let targets = targets(points, on_broker);
-    let command_id = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0),
-    )
-    .unwrap_or(0);
+    let command_id = u64::try_from(aeris_wire::now_ms()).unwrap_or(0);
     for t in &targets {
         let cmd = Command {
             id: command_id,

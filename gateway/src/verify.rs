@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use aeris_sink::postgis::{self, MIGRATIONS};
-use aeris_wire::{decode, encode, Ack, Batch, Reading, Topics, Value};
+use aeris_wire::{decode, encode, now_ms, Ack, Batch, Reading, Topics, Value};
 use rumqttc::{Event, Packet, QoS};
 
 use crate::config::{BrokerConfig, Config};
@@ -147,13 +147,6 @@ pub async fn run(config: &Config, args: &VerifyArgs) -> Vec<Check> {
     out.push(check("canary-api", api_check(config, args, ts_ms).await));
     out.push(check("canary-removed", remove(config, &url, &device).await));
     out
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The canary's broker login.

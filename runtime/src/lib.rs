@@ -1,53 +1,28 @@
 //! aeris-runtime: what every Aeris binary does around its own work.
 //!
-//! - [`describe_config_error`]: a figment error as one line per problem,
-//!   naming the dotted key and where the value came from (the file, or the
-//!   exact `AERIS_*` variable).
+//! - [`config`]: the config loader of both binaries: the struct's defaults,
+//!   a TOML file, then `AERIS_*` variables (allow-listed by the struct's
+//!   own fields); errors name the dotted key and where the value came from
+//!   (the file, or the exact `AERIS_*` variable).
 //! - [`run_until_signal`]: logging to stderr, a multi-threaded runtime, and a
 //!   shutdown token cancelled by SIGINT or SIGTERM, handed to the program's
 //!   `run`; the exit code says whether it succeeded.
+//! - [`Backoff`]: the retry delay of every reconnect and retry loop
+//!   (exponential, capped, jittered, reset on success).
 //! - [`tls`]: the rustls (ring) client configuration for a broker, from
 //!   CA / certificate / key PEM files, and connect-failure reasons.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod config;
 pub mod tls;
+
+pub use backoff::Backoff;
 
 use std::future::Future;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
-
-/// One line per problem: the dotted key, where the value came from, and what
-/// is wrong.
-pub fn describe_config_error(e: figment::Error) -> String {
-    e.into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            let source = match &e.metadata {
-                Some(m) if m.name.contains("environment") => format!(
-                    "environment variable AERIS_{}",
-                    e.path
-                        .iter()
-                        .map(|p| p.to_ascii_uppercase())
-                        .collect::<Vec<_>>()
-                        .join("__")
-                ),
-                Some(m) => m
-                    .source
-                    .as_ref()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| m.name.to_string()),
-                None => "configuration".to_owned(),
-            };
-            if key.is_empty() {
-                format!("{source}: {}", e.kind)
-            } else {
-                format!("`{key}` in {source}: {}", e.kind)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 /// How a binary logs; flattened into each binary's command line.
 #[derive(clap::Args, Debug, Clone)]

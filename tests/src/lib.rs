@@ -77,13 +77,8 @@ where
     }
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// Unix time in milliseconds (the wire's clock).
+pub use aeris_wire::now_ms;
 
 /// A plain HTTP/1.1 GET on 127.0.0.1; returns the status code and body.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {

@@ -24,10 +24,22 @@ pub const MAX_TS_MS: i64 = 253_402_300_799_999;
 /// integers (PostgreSQL `bigint`, SQLite `INTEGER`).
 pub const MAX_SEQ: u64 = i64::MAX as u64;
 
+/// The prefix of a model output's quantity name: `model:<name>@<version>`
+/// (see [`model_quantity`]).
+pub const MODEL_PREFIX: &str = "model:";
+
+/// The quantity a model's output travels under:
+/// `model:<name>@<version>`. With an empty `version`, the prefix every
+/// version of `name` shares (`model:<name>@`).
+pub fn model_quantity(name: &str, version: &str) -> String {
+    format!("{MODEL_PREFIX}{name}@{version}")
+}
+
 /// One measured quantity. Layout: `quantity: String, value: f64`.
 ///
 /// `quantity` is the normalised name (`pm25`, `pm10`, `no2`, `temp`, `rh`, ...);
-/// model outputs use `model:<name>@<version>` so they travel like any value.
+/// model outputs use `model:<name>@<version>` ([`model_quantity`]) so they
+/// travel like any value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Value {
     pub quantity: String,
@@ -38,7 +50,8 @@ pub struct Value {
 ///
 /// Layout: `sensor: String, ts_ms: i64, lat: f64, lon: f64, flags: u32,
 /// values: Vec<Value>`. `ts_ms` is Unix time in milliseconds (UTC); `lat`/`lon`
-/// are WGS84 degrees; `flags` is a bit set of quality flags (0 = no flag).
+/// are WGS84 degrees; `flags` is a bit set of quality flags (0 = no flag;
+/// the bits are [`crate::flags`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     pub sensor: String,
@@ -266,10 +279,12 @@ impl Batch {
     pub fn with_seqs(&self) -> impl Iterator<Item = (u64, &Reading)> {
         (self.first_seq..).zip(self.readings.iter())
     }
-}
 
-impl WireMessage for Batch {
-    fn validate(&self) -> Result<(), WireError> {
+    /// The batch invariants: a valid device id, 1..=[`MAX_BATCH_READINGS`]
+    /// readings, a seq range that ends at most at [`MAX_SEQ`], every
+    /// reading valid. [`WireMessage::validate`] for a batch (in
+    /// [`crate::batch`], which also picks its layout) calls this.
+    pub fn check(&self) -> Result<(), WireError> {
         check_device(&self.device)?;
         if self.readings.is_empty() || self.readings.len() > MAX_BATCH_READINGS {
             return Err(invalid(format!(
@@ -280,10 +295,6 @@ impl WireMessage for Batch {
             return Err(invalid(format!("seq range goes past {MAX_SEQ}")));
         }
         self.readings.iter().try_for_each(Reading::check)
-    }
-
-    fn decode_other_version(version: u8, body: &[u8]) -> Option<Result<Self, WireError>> {
-        (version == crate::columnar::COLUMNAR_VERSION).then(|| crate::columnar::decode_body(body))
     }
 }
 

@@ -7,13 +7,14 @@
 //! rollback, so a failed write leaves nothing behind. Its `batch` column is
 //! the reading's batch index in the write, for [`super::collide`].
 
+use aeris_wire::message::MODEL_PREFIX;
 use aeris_wire::{Batch, Reading};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
-use crate::query::{MODEL_PREFIX, POLLUTANT_COLUMNS};
+use crate::query::POLLUTANT_COLUMNS;
 
 /// Created once per connection.
 pub(super) const CREATE_STAGING: &str = "

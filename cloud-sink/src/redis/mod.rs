@@ -18,6 +18,7 @@ pub mod ops;
 
 use std::time::Duration;
 
+use aeris_runtime::Backoff;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::AsyncCommands;
@@ -227,7 +228,7 @@ impl Live for RedisLive {
 /// the stream's cap).
 async fn follow_stream(live: std::sync::Arc<RedisLive>, shutdown: CancellationToken) {
     let mut last_id = "$".to_owned();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let opts = StreamReadOptions::default().block(1000).count(1000);
     'outer: while !shutdown.is_cancelled() {
         let mut conn = match timed(live.client.get_multiplexed_async_connection()).await {
@@ -236,14 +237,13 @@ async fn follow_stream(live: std::sync::Arc<RedisLive>, shutdown: CancellationTo
                 debug!(error = %e, "redis stream follower cannot connect");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         info!(stream = %live.keys.live, "following the redis live stream");
-        backoff = Duration::from_millis(200);
+        backoff.reset();
         loop {
             let keys = [live.keys.live.as_str()];
             let ids = [last_id.as_str()];

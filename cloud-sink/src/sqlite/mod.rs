@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use aeris_wire::message::MODEL_PREFIX;
 use aeris_wire::{Batch, Status};
 use rusqlite::{params, Connection};
 
@@ -19,7 +20,7 @@ mod ops;
 mod write;
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
-use crate::query::{DeviceReport, ReadingsQuery, StoredReading, MODEL_PREFIX};
+use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
 use crate::{DeadLetter, Sink, SinkError, WriteOutcome};
 
 const READINGS: &str = "SELECT seq, ts_ms, lat, lon, flags, measurements FROM readings

@@ -2,6 +2,7 @@
 //! as on PostGIS. The audit table is created on first use, so it needs no
 //! schema version of its own.
 
+use aeris_wire::now_ms;
 use rusqlite::{params, Connection};
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
@@ -22,13 +23,6 @@ SELECT k.device_id,
              FROM readings r WHERE r.device_id = k.device_id) WHERE seq - prev > 1),
          (SELECT coalesce(max(seq), 0) + 1 FROM readings r WHERE r.device_id = k.device_id))
 FROM known k ORDER BY k.device_id";
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 pub(super) fn record_audit(conn: &Connection, e: &AuditEntry) -> rusqlite::Result<()> {
     conn.execute_batch(CREATE_AUDIT)?;

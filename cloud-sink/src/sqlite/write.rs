@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use aeris_wire::Batch;
+use aeris_wire::{now_ms, Batch};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{values_json, DeadLetter, SinkError, WriteOutcome};
@@ -33,13 +33,6 @@ const RECORD_COLLISIONS: &str = "INSERT INTO devices (device_id, status_ts_ms, o
 
 const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters
     (at_ms, device_id, first_seq, last_seq, reason, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// A refused value (a constraint, a type, a size) is the data's fault and
 /// fails again on a retry; anything else (busy, I/O, full disk) is not.

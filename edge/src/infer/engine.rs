@@ -16,9 +16,7 @@ use aeris_wire::{Reading, Value};
 use super::features::{Entry, History, Missing};
 use super::model::Model;
 
-/// Bit set in `Reading::flags` when a model with a decision threshold
-/// scored the reading above it (a suspected sensor fault).
-pub const FLAG_MODEL_ANOMALY: u32 = 1;
+pub use aeris_wire::flags::FLAG_MODEL_ANOMALY;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -191,7 +189,7 @@ impl Engine {
                 .get(name)
                 .copied()
                 .unwrap_or(3_600_000);
-            let own = format!("model:{name}@");
+            let own = aeris_wire::message::model_quantity(name, "");
             let row =
                 match slot
                     .active

@@ -59,6 +59,6 @@ impl Manifest {
 
     /// The quantity name a model output travels under.
     pub fn output_quantity(&self) -> String {
-        format!("model:{}@{}", self.name, self.version)
+        aeris_wire::message::model_quantity(&self.name, &self.version)
     }
 }

@@ -6,14 +6,13 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use aeris_wire::{Event, EventKind, Reading};
+use aeris_wire::{now_ms, Event, EventKind, Reading};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::engine::{Change, Engine};
 use super::store::{Candidate, LoaderNews, ModelsDir};
 use crate::health::Stats;
-use crate::ingest::now_ms;
 
 pub struct Runtime {
     pub engine: Engine,

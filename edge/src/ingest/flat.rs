@@ -146,10 +146,8 @@ fn timestamp_ms(v: &Json, now_ms: i64) -> Result<i64, Reject> {
         Json::String(s) => {
             let t = humantime::parse_rfc3339_weak(s)
                 .map_err(|e| Reject::BadTimestamp(e.to_string()))?;
-            let d = t
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_err(|_| Reject::BadTimestamp("before 1970".into()))?;
-            i64::try_from(d.as_millis()).map_err(|_| Reject::BadTimestamp(s.clone()))?
+            aeris_wire::time::unix_ms(t)
+                .ok_or_else(|| Reject::BadTimestamp("before 1970".into()))?
         }
         _ => return Err(Reject::WrongType("ts".into())),
     };

@@ -37,6 +37,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aeris_runtime::Backoff;
+use aeris_wire::flags::{FLAG_SPIKE, FLAG_STUCK};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -46,17 +48,13 @@ use crate::config::Config;
 use crate::health::Stats;
 use crate::infer::runtime::{Inference, Runtime};
 use crate::preprocess::Preprocessor;
-use crate::uplink::backoff::Backoff;
 
 use self::acks::Acks;
 
-/// `Reading::flags` bit: the reading had no timestamp of its own; its time
-/// is when the agent received it.
-pub const FLAG_ARRIVAL_TIME: u32 = 1 << 4;
-/// `Reading::flags` bit: arrival-stamped and delivered right after a
-/// reconnect from the broker's stored session; measured earlier than its
-/// stamp (by up to the time the agent was away).
-pub const FLAG_REPLAYED: u32 = 1 << 5;
+pub use aeris_wire::flags::{FLAG_ARRIVAL_TIME, FLAG_REPLAYED};
+/// Kept for the modules that still import the clock from here; the one
+/// definition is [`aeris_wire::now_ms`].
+pub use aeris_wire::now_ms;
 
 /// The topic level after the filter's fixed part names the sensor:
 /// `sensors/#` and `sensors/abc/pm` give `abc`.
@@ -91,13 +89,6 @@ pub fn parse_message(
         serde_json::Value::Array(records) => senml::from_pack(sensor, &records, cx),
         _ => Err(flat::Reject::NotObject),
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Runs until `shutdown`; then disconnects, leaving uncommitted messages
@@ -309,11 +300,11 @@ async fn handle(
 /// windows are logged and counted; the disk-budget work will store them.
 fn preprocess(pre: &mut Preprocessor, stats: &Stats, reading: &mut aeris_wire::Reading) {
     let out = pre.process(reading);
-    if reading.flags & crate::preprocess::FLAG_SPIKE != 0 {
+    if reading.flags & FLAG_SPIKE != 0 {
         stats.flagged_spike.fetch_add(1, Relaxed);
         debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "spike", "reading flagged");
     }
-    if reading.flags & crate::preprocess::FLAG_STUCK != 0 {
+    if reading.flags & FLAG_STUCK != 0 {
         stats.flagged_stuck.fetch_add(1, Relaxed);
         debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "stuck", "reading flagged");
     }

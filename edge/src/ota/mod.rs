@@ -111,7 +111,7 @@ impl Reporter {
     pub fn send(&self, message: String) {
         let _ = self.tx.send(Event {
             device: self.device.clone(),
-            ts_ms: crate::ingest::now_ms(),
+            ts_ms: aeris_wire::now_ms(),
             kind: EventKind::Ota,
             message,
         });

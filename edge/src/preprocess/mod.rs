@@ -7,7 +7,7 @@
 //! - [`quality`]: spike and stuck-sensor detection. Invariant: a suspect
 //!   reading is flagged, never dropped: bit [`FLAG_SPIKE`] or
 //!   [`FLAG_STUCK`] of `Reading::flags` (bit 0 is
-//!   [`crate::infer::FLAG_MODEL_ANOMALY`]).
+//!   [`aeris_wire::flags::FLAG_MODEL_ANOMALY`]).
 //! - [`window`]: tumbling windows per sensor and quantity yielding mean,
 //!   min, max and count when they close.
 //! - [`aqi`]: US EPA AQI per pollutant (`aqi_pm25`, ...) and overall (`aqi`),
@@ -26,10 +26,7 @@ use crate::config::PreprocessConfig;
 pub use quality::{Quality, Thresholds, Verdict};
 pub use window::{Added, Aggregate, Windows};
 
-/// `Reading::flags` bit: a value jumped far from its recent median.
-pub const FLAG_SPIKE: u32 = 1 << 1;
-/// `Reading::flags` bit: a value repeated unchanged too many times.
-pub const FLAG_STUCK: u32 = 1 << 2;
+pub use aeris_wire::flags::{FLAG_SPIKE, FLAG_STUCK};
 
 /// What preprocessing one reading produced besides changing it.
 #[derive(Debug, Default, PartialEq)]

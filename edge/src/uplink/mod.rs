@@ -14,7 +14,6 @@
 //! within one round trip of reconnecting. Batches go out in the columnar
 //! layout (`aeris_wire::columnar`) unless `uplink.encoding = "postcard"`.
 
-pub mod backoff;
 pub mod drain;
 pub mod outbox;
 pub mod tls;
@@ -23,9 +22,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aeris_runtime::Backoff;
 use aeris_wire::{
-    decode, encode, Ack, Batch, Channel, Command, CommandKind, DeviceState, Event as WireEvent,
-    Loss, ModelVersion, Reading, Status, Topics,
+    decode, encode, now_ms, Ack, Batch, Channel, Command, CommandKind, DeviceState,
+    Event as WireEvent, Loss, ModelVersion, Reading, Status, Topics,
 };
 use rumqttc::{
     AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
@@ -40,8 +40,6 @@ use crate::buffer::{Buffer, Snapshot};
 use crate::config::{BatchEncoding, Config};
 use crate::health::Stats;
 use crate::infer::store::ModelCommand;
-use crate::ingest::now_ms;
-use backoff::Backoff;
 use drain::DrainRate;
 use outbox::{run_len, Lane, Outbox};
 

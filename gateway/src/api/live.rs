@@ -22,50 +22,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::auth::Caller;
 use super::ApiState;
+pub use crate::config::LiveConfig;
 use crate::stats::Stats;
-
-/// `api.live`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LiveConfig {
-    /// Open event streams in all.
-    pub max_streams: usize,
-    /// Open event streams per client (token name, else peer address).
-    pub max_streams_per_client: usize,
-    /// A stream that sent no reading for this long is closed.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-}
-
-impl Default for LiveConfig {
-    fn default() -> Self {
-        LiveConfig {
-            max_streams: 512,
-            max_streams_per_client: 16,
-            idle_timeout: Duration::from_secs(300),
-        }
-    }
-}
-
-impl LiveConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_streams == 0 || self.max_streams_per_client == 0 {
-            return Err(
-                "invalid `api.live.max_streams` / `api.live.max_streams_per_client`: must be at least 1"
-                    .into(),
-            );
-        }
-        if self.idle_timeout.is_zero() {
-            return Err("invalid `api.live.idle_timeout`: must be longer than 0s".into());
-        }
-        Ok(())
-    }
-}
 
 /// Why a stream was refused; the label of
 /// `aeris_gateway_live_streams_refused_total{reason}`.

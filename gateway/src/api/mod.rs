@@ -206,11 +206,7 @@ fn parse_time(s: &str) -> Result<i64, String> {
     }
     humantime::parse_rfc3339_weak(s)
         .map_err(|e| format!("bad time {s:?}: {e}"))
-        .map(|t| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)
-        })
+        .map(|t| aeris_wire::time::unix_ms(t).unwrap_or(0))
 }
 
 /// Times the API accepts: 0001-01-01 to 9999-12-31 UTC, which both sinks
@@ -250,15 +246,8 @@ fn window(from: Option<&str>, to: Option<&str>, now_ms: i64) -> Result<(i64, i64
     Ok((from, to))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 async fn readings(State(s): State<ApiState>, Query(p): Query<ReadingsParams>) -> Response {
-    let (from_ms, to_ms) = match window(p.from.as_deref(), p.to.as_deref(), now_ms()) {
+    let (from_ms, to_ms) = match window(p.from.as_deref(), p.to.as_deref(), aeris_wire::now_ms()) {
         Ok(w) => w,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };

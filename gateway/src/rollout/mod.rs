@@ -25,7 +25,10 @@ pub async fn run(
     mut on_change: impl FnMut(&Summary),
 ) -> anyhow::Result<Summary> {
     let topics = Topics::new(&broker.prefix)?;
-    let mut opts = crate::mqtt::options(broker, &format!("aeris-rollout-{:08x}", fastrand_id()))?;
+    let mut opts = crate::mqtt::options(
+        broker,
+        &format!("aeris-rollout-{:08x}", crate::mqtt::random_suffix()),
+    )?;
     opts.set_clean_session(true)
         .set_max_packet_size(32 << 20, 32 << 20);
     let (client, mut events) = AsyncClient::new(opts, 1024);
@@ -90,11 +93,4 @@ pub async fn run(
             return Ok(last);
         }
     }
-}
-
-fn fastrand_id() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() ^ std::process::id())
-        .unwrap_or(0)
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aeris_runtime::Backoff;
 use aeris_sink::live::{Live, LiveReading};
 use aeris_wire::Batch;
 use tokio::sync::Notify;
@@ -70,7 +71,7 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut failing = false;
     loop {
         let work = feed.take();
@@ -90,7 +91,7 @@ pub async fn run(
                     );
                 }
                 failing = false;
-                delay = Duration::from_millis(100);
+                backoff.reset();
                 stats.live_pending.set(0);
             }
             Err(e) => {
@@ -103,9 +104,8 @@ pub async fn run(
                 failing = true;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aeris_runtime::Backoff;
 use aeris_sink::live::Live;
 use aeris_sink::Sink;
 use aeris_wire::{decode, Batch, Channel, Event as DeviceEvent, EventKind, Status, Topics};
@@ -84,7 +85,7 @@ pub async fn run(
     let mut forward = Some(tx);
     let mut writer = writer;
     let mut writer_done = false;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let ev = tokio::select! {
             // On shutdown stop taking batches; keep polling so the writer's
@@ -105,7 +106,7 @@ pub async fn run(
         };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 info!(client_id = %client_id, filter = %filters[0], "connected to broker");
                 for f in &filters {
                     if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
@@ -149,6 +150,7 @@ pub async fn run(
                     break;
                 }
                 let reason = crate::mqtt::failure_reason(&e);
+                let backoff = backoff.next_delay();
                 if was_connected {
                     warn!(error = %e, reason, retry_in = ?backoff, "broker connection lost");
                 } else {
@@ -161,7 +163,6 @@ pub async fn run(
                     }
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

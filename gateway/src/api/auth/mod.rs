@@ -22,7 +22,6 @@
 //! passing that through [`protect`] with [`Scope::Operate`]; its handler
 //! finds the [`Caller`] in the request extensions, for the audit log.
 
-mod config;
 mod limit;
 
 use std::collections::HashMap;
@@ -37,7 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 
-pub use config::{AuthConfig, RateLimitConfig, Scope, TokenConfig};
+pub use crate::config::{AuthConfig, RateLimitConfig, Scope, TokenConfig};
 use limit::RateLimiter;
 
 use crate::stats::Stats;

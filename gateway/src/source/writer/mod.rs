@@ -136,8 +136,5 @@ impl Writer {
 
 /// Ids of the writer's commands: Unix ms, as the operator's re-send.
 fn command_id() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
-        .unwrap_or(0)
+    u64::try_from(aeris_wire::now_ms()).unwrap_or(0)
 }

@@ -14,6 +14,7 @@ use std::slice;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use aeris_runtime::Backoff;
 use aeris_sink::{DeadLetter, SinkError, WriteOutcome};
 use aeris_wire::Batch;
 use tokio_util::sync::CancellationToken;
@@ -76,8 +77,10 @@ impl Writer {
         batches: &[Batch],
         stop: &CancellationToken,
     ) -> Option<Result<WriteOutcome, String>> {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = self.backoff();
         loop {
+            // Drawn before the attempt, so the log of a failure says it.
+            let delay = backoff.next_delay();
             let answered = match self.sink.write(batches).await {
                 Ok(outcome) => Some(Ok(outcome)),
                 Err(SinkError::Data(reason)) => Some(Err(reason)),
@@ -92,7 +95,7 @@ impl Writer {
                 return Some(result);
             }
             self.failed();
-            self.backoff(&mut delay, stop).await?;
+            sleep(delay, stop).await?;
         }
     }
 
@@ -112,14 +115,15 @@ impl Writer {
             reason,
             payload: incoming.publish.payload.to_vec(),
         };
-        let mut delay = FIRST_RETRY;
+        let mut backoff = self.backoff();
         loop {
+            let delay = backoff.next_delay();
             match self.sink.dead_letter(&letter).await {
                 Ok(()) => break,
                 Err(e) => {
                     error!(error = %e, device = %letter.device, retry_in = ?delay, "dead letter not stored; its ack is held");
                     self.failed();
-                    self.backoff(&mut delay, stop).await?;
+                    sleep(delay, stop).await?;
                 }
             }
         }
@@ -139,13 +143,17 @@ impl Writer {
         self.stats.progress.failing();
     }
 
-    /// Waits `delay` and doubles it (capped); `None` if shutdown came first.
-    async fn backoff(&self, delay: &mut Duration, stop: &CancellationToken) -> Option<()> {
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(*delay) => {}
-        }
-        *delay = (*delay * 2).min(self.config.max_retry_delay);
-        Some(())
+    /// The retry delays of one write: from [`FIRST_RETRY`] up to
+    /// `writer.max_retry_delay`.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(FIRST_RETRY, self.config.max_retry_delay)
+    }
+}
+
+/// Waits `delay`; `None` if shutdown came first.
+async fn sleep(delay: Duration, stop: &CancellationToken) -> Option<()> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        _ = tokio::time::sleep(delay) => Some(()),
     }
 }

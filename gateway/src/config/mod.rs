@@ -1,13 +1,22 @@
 //! Gateway configuration: built-in defaults, then the TOML file, then
 //! `AERIS_*` environment variables (`__` separates levels, e.g.
-//! `AERIS_BROKER__PORT`). Unknown keys in the file are errors.
+//! `AERIS_BROKER__PORT`; the loader both binaries share,
+//! [`aeris_runtime::config`]). Unknown keys in the file are errors.
+//!
+//! A leaf: every section's type is defined here (the broker login in
+//! `broker.rs`, the HTTP API's in `api.rs`), and the components import
+//! their section from here, never the other way round.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+mod api;
+mod broker;
+
+pub use api::{ApiConfig, AuthConfig, LiveConfig, RateLimitConfig, Scope, TokenConfig};
+pub use broker::{BrokerConfig, BrokerTlsConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,100 +43,12 @@ pub struct RedisConfig {
     pub stream_len: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiConfig {
-    /// Address of the HTTP API and map; port 0 picks a free one; empty
-    /// turns the API off.
-    pub listen: String,
-    /// Optional map tile URL template (`https://.../{z}/{x}/{y}.png`); the
-    /// default map has no base layer, so nothing is fetched from outside.
-    pub tile_url: String,
-    /// Bearer tokens and whether reads are open ([`crate::api::auth`]).
-    pub auth: crate::api::auth::AuthConfig,
-    pub rate_limit: crate::api::auth::RateLimitConfig,
-    /// Caps of the `/api/live` event streams ([`crate::api::live`]).
-    pub live: crate::api::live::LiveConfig,
-}
-
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             prefix: "aeris:".into(),
             stream_len: 10_000,
         }
-    }
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            listen: "127.0.0.1:8080".into(),
-            tile_url: String::new(),
-            auth: Default::default(),
-            rate_limit: Default::default(),
-            live: Default::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerConfig {
-    pub host: String,
-    pub port: u16,
-    pub prefix: String,
-    /// MQTT client id; empty means `aeris-gateway-<random>`.
-    pub client_id: String,
-    /// Broker user name and password; empty means anonymous. The password
-    /// is never logged or printed.
-    pub username: String,
-    pub password: String,
-    /// Shared-subscription group all gateways of a deployment join.
-    pub share_group: String,
-    #[serde(with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// TLS to the broker; off while `ca_file` is empty.
-    pub tls: BrokerTlsConfig,
-}
-
-/// `broker.tls`: the same rustls (ring) client the devices use
-/// ([`aeris_runtime::tls`]). The broker's certificate must chain to
-/// `ca_file` and name `broker.host`; with `cert_file`/`key_file` the
-/// gateway presents a client certificate (mutual TLS; with
-/// `use_identity_as_username` its CN must be the ACL's gateway user,
-/// `aeris-gateway`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerTlsConfig {
-    /// PEM bundle of the CAs that sign the broker's certificate.
-    pub ca_file: PathBuf,
-    /// PEM certificate chain of the gateway; empty = no client certificate.
-    pub cert_file: PathBuf,
-    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-}
-
-impl BrokerTlsConfig {
-    pub fn enabled(&self) -> bool {
-        !self.ca_file.as_os_str().is_empty()
-    }
-
-    /// The rustls client configuration, `None` when TLS is off; reads the
-    /// files, and an error names the key and the file.
-    pub fn client_config(
-        &self,
-    ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, aeris_runtime::tls::TlsError> {
-        if !self.enabled() {
-            return Ok(None);
-        }
-        aeris_runtime::tls::client_config(&aeris_runtime::tls::TlsFiles {
-            section: "broker.tls",
-            ca_file: &self.ca_file,
-            cert_file: &self.cert_file,
-            key_file: &self.key_file,
-        })
-        .map(Some)
     }
 }
 
@@ -154,22 +75,6 @@ impl Default for Config {
             redis_url: None,
             redis: RedisConfig::default(),
             api: ApiConfig::default(),
-        }
-    }
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            host: "127.0.0.1".into(),
-            port: 1883,
-            prefix: "aeris/v1".into(),
-            client_id: String::new(),
-            username: String::new(),
-            password: String::new(),
-            share_group: "aeris".into(),
-            keep_alive: Duration::from_secs(30),
-            tls: BrokerTlsConfig::default(),
         }
     }
 }
@@ -222,42 +127,15 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
                                     browser reconnects, through the caps again [5m]
 ";
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+/// A configuration that could not be loaded; the message names the key and
+/// the file.
+pub use aeris_runtime::config::ConfigError;
 
 impl Config {
+    /// Defaults, then `file` (if given; it must exist), then `AERIS_*`
+    /// ([`aeris_runtime::config`]), then the checks serde cannot express.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
-            }
-            fig = fig.merge(Toml::file_exact(path));
-        }
-        // Only our own top-level keys: AERIS_ is shared with the edge agent.
-        let env = Env::prefixed("AERIS_").split("__").filter_map(|k| {
-            let key = k.as_str().to_ascii_lowercase();
-            let first = key.split('.').next().unwrap_or("");
-            [
-                "broker",
-                "database_url",
-                "sqlite_path",
-                "writer",
-                "redis_url",
-                "redis",
-                "api",
-            ]
-            .contains(&first)
-            .then(|| key.into())
-        });
-        let config: Config = fig
-            .merge(env)
-            .extract()
-            .map_err(|e| ConfigError(aeris_runtime::describe_config_error(e)))?;
+        let config: Config = aeris_runtime::config::load(file, aeris_runtime::config::env())?;
         if let Err(e) = aeris_wire::Topics::new(&config.broker.prefix) {
             return Err(ConfigError(format!("invalid `broker.prefix`: {e}")));
         }

@@ -1,6 +1,38 @@
-//! `api.auth` and `api.rate_limit`: who may call the HTTP API.
+//! `api`: the HTTP API's address, who may call it (`api.auth`,
+//! `api.rate_limit`, enforced by `api::auth`) and the caps of its
+//! event streams (`api.live`, `api::live`).
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the HTTP API and map; port 0 picks a free one; empty
+    /// turns the API off.
+    pub listen: String,
+    /// Optional map tile URL template (`https://.../{z}/{x}/{y}.png`); the
+    /// default map has no base layer, so nothing is fetched from outside.
+    pub tile_url: String,
+    /// Bearer tokens and whether reads are open (`api::auth`).
+    pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
+    /// Caps of the `/api/live` event streams (`api::live`).
+    pub live: LiveConfig,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8080".into(),
+            tile_url: String::new(),
+            auth: Default::default(),
+            rate_limit: Default::default(),
+            live: Default::default(),
+        }
+    }
+}
 
 /// What a token allows. `operate` includes `read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -80,6 +112,44 @@ impl AuthConfig {
                     "invalid `api.auth.tokens[{i}]`: needs a name and at least one scope (read, operate)"
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+/// `api.live`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Open event streams in all.
+    pub max_streams: usize,
+    /// Open event streams per client (token name, else peer address).
+    pub max_streams_per_client: usize,
+    /// A stream that sent no reading for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            max_streams: 512,
+            max_streams_per_client: 16,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl LiveConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_streams == 0 || self.max_streams_per_client == 0 {
+            return Err(
+                "invalid `api.live.max_streams` / `api.live.max_streams_per_client`: must be at least 1"
+                    .into(),
+            );
+        }
+        if self.idle_timeout.is_zero() {
+            return Err("invalid `api.live.idle_timeout`: must be longer than 0s".into());
         }
         Ok(())
     }
