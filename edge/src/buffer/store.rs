@@ -40,7 +40,7 @@
 //! - only a published row (in `sent`) can be acknowledged; the ranges go
 //!   with the acks.
 //!
-//! Layout (schema version 4, `PRAGMA user_version`):
+//! Layout (schema version 5, `PRAGMA user_version`):
 //! `readings(seq INTEGER PRIMARY KEY, ts_ms, sensor, kind, acked_ms, fmt,
 //! body)` where `kind` is 0 for a raw reading and 1 for an aggregate,
 //! `acked_ms` is when the cloud acknowledged it (NULL = unsent), and `body`
@@ -48,9 +48,11 @@
 //! `sent(first INTEGER PRIMARY KEY, last)`, disjoint seq ranges published
 //! and not yet acknowledged; `delivery_log(id INTEGER PRIMARY KEY, n,
 //! entries BLOB)` with `n` entries of [`LOG_ENTRY_BYTES`] each;
-//! `meta(key TEXT PRIMARY KEY, value INTEGER)` with `next_seq` and the loss
-//! counters `lost_<reason>`. Version 1, 2 and 3 files are migrated on
-//! open; rows of versions 1 and 2 keep row format 1.
+//! `meta(key TEXT PRIMARY KEY, value INTEGER)` with `next_seq`, the loss
+//! counters `lost_<reason>` and the running totals `unsent_rows`,
+//! `unsent_bytes` (bytes of the bodies) and `acked_rows`, changed in the
+//! same transaction as the rows they count. Files of versions 1 to 4 are
+//! migrated on open; rows of versions 1 and 2 keep row format 1.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -111,7 +113,7 @@ impl From<rusqlite::Error> for BufferError {
     }
 }
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 const SCHEMA: &str = "
 CREATE TABLE readings (seq INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -152,6 +154,11 @@ const DROP_3: &str = "
 DROP TABLE deliveries;
 ALTER TABLE readings DROP COLUMN sent_ms;
 ";
+
+/// Version 4 to 5: running totals of what the buffer holds, kept in `meta`
+/// in the transaction of every change, so that the depth gauges cost no
+/// scan of the table (computed once, by [`migrate_to_5`]).
+const TOTALS: [&str; 3] = ["unsent_rows", "unsent_bytes", "acked_rows"];
 
 /// One delivery log entry: packet id (u16), digest, first seq (u64),
 /// readings stored (u32), little-endian.
@@ -350,6 +357,73 @@ fn meta_add(conn: &Connection, key: &str, n: u64) -> Result<(), BufferError> {
     Ok(())
 }
 
+/// A change to the running totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Totals {
+    unsent_rows: i64,
+    unsent_bytes: i64,
+    acked_rows: i64,
+}
+
+impl Totals {
+    /// Unsent rows with this many body bytes.
+    fn unsent(rows: i64, bytes: i64) -> Totals {
+        Totals {
+            unsent_rows: rows,
+            unsent_bytes: bytes,
+            acked_rows: 0,
+        }
+    }
+
+    fn acked(rows: i64) -> Totals {
+        Totals {
+            acked_rows: rows,
+            ..Totals::default()
+        }
+    }
+
+    fn neg(self) -> Totals {
+        Totals {
+            unsent_rows: -self.unsent_rows,
+            unsent_bytes: -self.unsent_bytes,
+            acked_rows: -self.acked_rows,
+        }
+    }
+
+    /// Adds `self` to the totals in `meta`.
+    fn add_to(self, conn: &Connection) -> Result<(), BufferError> {
+        if self == Totals::default() {
+            return Ok(());
+        }
+        conn.prepare_cached(
+            "UPDATE meta SET value = value + CASE key WHEN 'unsent_rows' THEN ?1
+             WHEN 'unsent_bytes' THEN ?2 ELSE ?3 END
+             WHERE key IN ('unsent_rows', 'unsent_bytes', 'acked_rows')",
+        )?
+        .execute(params![
+            self.unsent_rows,
+            self.unsent_bytes,
+            self.acked_rows
+        ])?;
+        Ok(())
+    }
+}
+
+/// Runs `stmt` (an UPDATE or DELETE ending in `RETURNING length(body)`);
+/// returns the rows it touched and their body bytes.
+fn touched<P: rusqlite::Params>(
+    mut stmt: rusqlite::CachedStatement<'_>,
+    p: P,
+) -> Result<(i64, i64), BufferError> {
+    let mut rows = stmt.query(p)?;
+    let (mut n, mut bytes) = (0i64, 0i64);
+    while let Some(row) = rows.next()? {
+        n += 1;
+        bytes += row.get::<_, i64>(0)?;
+    }
+    Ok((n, bytes))
+}
+
 impl Store {
     pub fn open(path: &Path, options: Options) -> Result<Store, BufferError> {
         let conn = Connection::open(path)?;
@@ -379,19 +453,26 @@ impl Store {
                 tx.execute_batch(MIGRATE_3)?;
                 tx.execute_batch(MIGRATE_4)?;
                 tx.execute_batch(DROP_3)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                tx.pragma_update(None, "user_version", 4)?;
                 tx.commit()?;
+                migrate_to_5(&conn)?;
             }
             1 => {
                 migrate_from_1(&conn)?;
                 migrate_from_2(&conn)?;
                 migrate_from_3(&conn)?;
+                migrate_to_5(&conn)?;
             }
             2 => {
                 migrate_from_2(&conn)?;
                 migrate_from_3(&conn)?;
+                migrate_to_5(&conn)?;
             }
-            3 => migrate_from_3(&conn)?,
+            3 => {
+                migrate_from_3(&conn)?;
+                migrate_to_5(&conn)?;
+            }
+            4 => migrate_to_5(&conn)?,
             SCHEMA_VERSION => {}
             v => {
                 return Err(BufferError::Corrupt(format!(
@@ -445,6 +526,7 @@ impl Store {
         let mut out = Vec::with_capacity(groups.len());
         let mut logged: Vec<LogEntry> = Vec::new();
         let mut redelivered = 0u64;
+        let mut bytes = 0i64;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO readings (seq, ts_ms, sensor, kind, fmt, body)
@@ -470,13 +552,10 @@ impl Store {
                 let first = seq;
                 for r in group.readings {
                     let kind = i64::from(r.flags & FLAG_AGGREGATE != 0);
+                    let body = row::encode(r);
+                    bytes += body.len() as i64;
                     insert.execute(params![
-                        seq as i64,
-                        r.ts_ms,
-                        r.sensor,
-                        kind,
-                        ROW_FORMAT,
-                        row::encode(r)
+                        seq as i64, r.ts_ms, r.sensor, kind, ROW_FORMAT, body
                     ])?;
                     seq += 1;
                 }
@@ -516,6 +595,7 @@ impl Store {
                 [seq as i64],
             )?;
         }
+        Totals::unsent((seq - start) as i64, bytes).add_to(&tx)?;
         meta_add(&tx, "redelivered", redelivered)?;
         tx.commit()?;
         self.next_seq = seq;
@@ -566,12 +646,25 @@ impl Store {
             .ok_or_else(|| BufferError::Corrupt("meta.next_seq is missing".into()))?;
         let mut next = current.max(floor).min(i64::MAX as u64);
         let first_new = next;
-        let seqs: Vec<i64> = {
-            let mut stmt =
-                tx.prepare("SELECT seq FROM readings WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq")?;
-            let rows = stmt.query_map(params![clamp(first), clamp(last)], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
+        let (seqs, acked): (Vec<i64>, Vec<Option<i64>>) = {
+            let mut stmt = tx.prepare(
+                "SELECT seq, CASE WHEN acked_ms IS NULL THEN NULL ELSE length(body) END
+                 FROM readings WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![clamp(first), clamp(last)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?.into_iter().unzip()
         };
+        // Acked rows in the range are unsent again.
+        let unacked: Vec<i64> = acked.into_iter().flatten().collect();
+        let n = unacked.len() as i64;
+        Totals {
+            unsent_rows: n,
+            unsent_bytes: unacked.iter().sum(),
+            acked_rows: -n,
+        }
+        .add_to(&tx)?;
         for old in &seqs {
             tx.execute(
                 "UPDATE readings SET seq = ?2, acked_ms = NULL WHERE seq = ?1",
@@ -627,6 +720,7 @@ impl Store {
     ) -> Result<(Vec<(u64, Reading)>, Vec<CorruptRow>), BufferError> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
+        let mut bad_bytes = 0i64;
         {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT seq, fmt, body FROM readings WHERE seq >= ?1 AND acked_ms IS NULL
@@ -643,10 +737,13 @@ impl Store {
                 let (seq, fmt, body) = row?;
                 match row::decode(fmt, &body) {
                     Ok(reading) => good.push((seq, reading)),
-                    Err(e) => bad.push(CorruptRow {
-                        seq,
-                        error: e.to_string(),
-                    }),
+                    Err(e) => {
+                        bad_bytes += body.len() as i64;
+                        bad.push(CorruptRow {
+                            seq,
+                            error: e.to_string(),
+                        })
+                    }
                 }
             }
         }
@@ -655,6 +752,9 @@ impl Store {
             for row in &bad {
                 tx.execute("DELETE FROM readings WHERE seq = ?1", [row.seq as i64])?;
             }
+            Totals::unsent(bad.len() as i64, bad_bytes)
+                .neg()
+                .add_to(&tx)?;
             meta_add(&tx, "lost_corrupt", bad.len() as u64)?;
             tx.commit()?;
         }
@@ -669,23 +769,38 @@ impl Store {
     pub fn ack_range(&mut self, first: u64, last: u64, now_ms: i64) -> Result<usize, BufferError> {
         let (first, last) = (clamp(first), clamp(last));
         let tx = self.conn.transaction()?;
-        let mut acked = 0;
+        let (mut acked, mut bytes) = (0, 0);
+        let keep = self.options.acked_grace_ms > 0;
         for (a, b) in unmark(&tx, first, last)? {
-            acked += if self.options.acked_grace_ms <= 0 {
-                tx.prepare_cached(
-                    "DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL",
+            let (n, len) = if keep {
+                touched(
+                    tx.prepare_cached(
+                        "UPDATE readings SET acked_ms = ?3
+                         WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL
+                         RETURNING length(body)",
+                    )?,
+                    params![a, b, now_ms],
                 )?
-                .execute(params![a, b])?
             } else {
-                tx.prepare_cached(
-                    "UPDATE readings SET acked_ms = ?3
-                     WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL",
+                touched(
+                    tx.prepare_cached(
+                        "DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL
+                         RETURNING length(body)",
+                    )?,
+                    params![a, b],
                 )?
-                .execute(params![a, b, now_ms])?
             };
+            acked += n;
+            bytes += len;
         }
+        Totals {
+            unsent_rows: -acked,
+            unsent_bytes: -bytes,
+            acked_rows: if keep { acked } else { 0 },
+        }
+        .add_to(&tx)?;
         tx.commit()?;
-        Ok(acked)
+        Ok(acked as usize)
     }
 
     /// Deletes acknowledged readings whose grace period is over.
@@ -702,6 +817,7 @@ impl Store {
         let purged = tx
             .prepare_cached("DELETE FROM readings WHERE acked_ms IS NOT NULL AND acked_ms < ?1")?
             .execute([now_ms.saturating_sub(self.options.acked_grace_ms)])?;
+        Totals::acked(-(purged as i64)).add_to(&tx)?;
         tx.commit()?;
         Ok(purged)
     }
@@ -709,13 +825,52 @@ impl Store {
     /// The cloud lacks what it acknowledged from `seq` on (restored from an
     /// older backup): every held reading from there is unsent again.
     pub fn unack_from(&mut self, seq: u64) -> Result<usize, BufferError> {
-        Ok(self.conn.execute(
-            "UPDATE readings SET acked_ms = NULL WHERE seq >= ?1 AND acked_ms IS NOT NULL",
-            [seq.min(i64::MAX as u64) as i64],
-        )?)
+        let tx = self.conn.transaction()?;
+        let (n, bytes) = touched(
+            tx.prepare_cached(
+                "UPDATE readings SET acked_ms = NULL WHERE seq >= ?1 AND acked_ms IS NOT NULL
+                 RETURNING length(body)",
+            )?,
+            [clamp(seq)],
+        )?;
+        Totals {
+            unsent_rows: n,
+            unsent_bytes: bytes,
+            acked_rows: -n,
+        }
+        .add_to(&tx)?;
+        tx.commit()?;
+        Ok(n as usize)
     }
 
+    /// What the buffer holds, from the running totals and two index
+    /// lookups: the same cost with ten readings or ten million.
     pub fn depth(&self) -> Result<Depth, BufferError> {
+        let mut totals = [0u64; 3];
+        for (slot, key) in totals.iter_mut().zip(TOTALS) {
+            *slot = meta_get(&self.conn, key)?.unwrap_or(0).max(0) as u64;
+        }
+        // One index seek per kind on `readings_unsent`.
+        let oldest_ts_ms = self
+            .conn
+            .prepare_cached(
+                "SELECT min(t) FROM (
+                   SELECT min(ts_ms) AS t FROM readings WHERE kind = 0 AND acked_ms IS NULL
+                   UNION ALL
+                   SELECT min(ts_ms) FROM readings WHERE kind = 1 AND acked_ms IS NULL)",
+            )?
+            .query_row([], |r| r.get(0))?;
+        Ok(Depth {
+            readings: totals[0],
+            bytes: totals[1],
+            oldest_ts_ms,
+            acked_held: totals[2],
+            used_bytes: self.used_bytes()?,
+        })
+    }
+
+    /// [`Store::depth`] counted from the rows themselves (a full scan).
+    pub fn depth_scanned(&self) -> Result<Depth, BufferError> {
         let (readings, bytes, oldest_ts_ms) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(length(body)), 0), min(ts_ms)
              FROM readings WHERE acked_ms IS NULL",
@@ -778,11 +933,14 @@ impl Store {
         }
         let target = (self.options.max_bytes as f64 * LOW_WATER) as u64;
         while self.used_bytes()? > target {
-            let acked = self.conn.execute(
+            let tx = self.conn.transaction()?;
+            let acked = tx.execute(
                 "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings
                  WHERE acked_ms IS NOT NULL ORDER BY acked_ms LIMIT ?1)",
                 [DOWNSAMPLE_CHUNK],
             )? as u64;
+            Totals::acked(-(acked as i64)).add_to(&tx)?;
+            tx.commit()?;
             if acked > 0 {
                 done.acked += acked;
                 continue;
@@ -850,8 +1008,19 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Rows leave by seq; what they held comes back from the delete.
+        let mut left = Totals::default();
+        let delete = |seq: u64, left: &mut Totals| -> Result<(), BufferError> {
+            let (n, bytes) = touched(
+                tx.prepare_cached("DELETE FROM readings WHERE seq = ?1 RETURNING length(body)")?,
+                [seq as i64],
+            )?;
+            left.unsent_rows -= n;
+            left.unsent_bytes -= bytes;
+            Ok(())
+        };
         for seq in &corrupt {
-            tx.execute("DELETE FROM readings WHERE seq = ?1", [*seq as i64])?;
+            delete(*seq, &mut left)?;
         }
         meta_add(&tx, "lost_corrupt", corrupt.len() as u64)?;
         let mut seq = meta_get(&tx, "next_seq")?
@@ -861,8 +1030,11 @@ impl Store {
         for ((_, start), members) in groups.into_iter().filter(|(_, m)| m.len() >= 2) {
             let aggregate = aggregate(start, &members);
             for (s, _) in &members {
-                tx.execute("DELETE FROM readings WHERE seq = ?1", [*s as i64])?;
+                delete(*s, &mut left)?;
             }
+            let body = row::encode(&aggregate);
+            left.unsent_rows += 1;
+            left.unsent_bytes += body.len() as i64;
             tx.execute(
                 "INSERT INTO readings (seq, ts_ms, sensor, kind, fmt, body)
                  VALUES (?1, ?2, ?3, 1, ?4, ?5)",
@@ -871,7 +1043,7 @@ impl Store {
                     aggregate.ts_ms,
                     aggregate.sensor,
                     ROW_FORMAT,
-                    row::encode(&aggregate)
+                    body
                 ],
             )?;
             seq += 1;
@@ -885,6 +1057,7 @@ impl Store {
             )?;
             meta_add(&tx, "lost_downsampled", replaced)?;
         }
+        left.add_to(&tx)?;
         tx.commit()?;
         self.next_seq = seq;
         Ok((replaced, written))
@@ -894,23 +1067,28 @@ impl Store {
     /// published ones first; returns how many.
     fn drop_oldest(&mut self) -> Result<u64, BufferError> {
         let tx = self.conn.transaction()?;
-        let mut n = tx.execute(
-            &format!(
+        let (mut n, mut bytes) = touched(
+            tx.prepare_cached(&format!(
                 "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings
-                 WHERE acked_ms IS NULL AND {UNSENT} ORDER BY ts_ms LIMIT ?1)"
-            ),
+                 WHERE acked_ms IS NULL AND {UNSENT} ORDER BY ts_ms LIMIT ?1)
+                 RETURNING length(body)"
+            ))?,
             [DOWNSAMPLE_CHUNK / 4],
-        )? as u64;
+        )?;
         if n == 0 {
-            n = tx.execute(
-                "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings
-                 WHERE acked_ms IS NULL ORDER BY ts_ms LIMIT ?1)",
+            (n, bytes) = touched(
+                tx.prepare_cached(
+                    "DELETE FROM readings WHERE seq IN (SELECT seq FROM readings
+                     WHERE acked_ms IS NULL ORDER BY ts_ms LIMIT ?1)
+                     RETURNING length(body)",
+                )?,
                 [DOWNSAMPLE_CHUNK / 4],
-            )? as u64;
+            )?;
         }
-        meta_add(&tx, "lost_dropped", n)?;
+        Totals::unsent(n, bytes).neg().add_to(&tx)?;
+        meta_add(&tx, "lost_dropped", n as u64)?;
         tx.commit()?;
-        Ok(n)
+        Ok(n as u64)
     }
 }
 
@@ -1165,6 +1343,24 @@ fn migrate_from_3(conn: &Connection) -> Result<(), BufferError> {
         )?;
     }
     tx.execute_batch(DROP_3)?;
+    tx.pragma_update(None, "user_version", 4)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Schema 4 to 5: the running totals, counted once from the rows.
+fn migrate_to_5(conn: &Connection) -> Result<(), BufferError> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value)
+         SELECT 'unsent_rows', count(*) FROM readings WHERE acked_ms IS NULL
+         UNION ALL
+         SELECT 'unsent_bytes', coalesce(sum(length(body)), 0) FROM readings
+         WHERE acked_ms IS NULL
+         UNION ALL
+         SELECT 'acked_rows', count(*) FROM readings WHERE acked_ms IS NOT NULL",
+        [],
+    )?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
