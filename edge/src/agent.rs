@@ -64,7 +64,7 @@ async fn pipeline(
     let path = config.buffer_path();
     let (buffer, buffer_thread) = Buffer::open(
         &path,
-        crate::buffer::Settings::from_config(&config),
+        crate::buffer::Settings::from_config(&config.buffer, &config.preprocess),
         stats.clone(),
     )
     .with_context(|| format!("cannot open buffer {}", path.display()))?;
@@ -142,16 +142,29 @@ async fn pipeline(
     ));
 
     let ingest_stop = CancellationToken::new();
+    let ingest_settings = crate::ingest::Settings {
+        device_id: config.device_id.clone(),
+        local: config.local.clone(),
+        ingest: config.ingest.clone(),
+        sensors: config.sensors.clone(),
+        preprocess: config.preprocess.clone(),
+    };
     let ingest = tokio::spawn(crate::ingest::run(
-        config.clone(),
+        Arc::new(ingest_settings),
         buffer.clone(),
         stats.clone(),
         ingest_stop.clone(),
         inference,
     ));
     let uplink_stop = CancellationToken::new();
+    let uplink_settings = uplink::Settings {
+        device_id: config.device_id.clone(),
+        cloud: config.cloud.clone(),
+        uplink: config.uplink.clone(),
+        shutdown_grace: config.shutdown_grace,
+    };
     let uplink = tokio::spawn(uplink::run(
-        config.clone(),
+        Arc::new(uplink_settings),
         tls,
         buffer.clone(),
         stats.clone(),

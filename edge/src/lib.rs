@@ -15,6 +15,7 @@
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`agent`]: the start-up and shutdown sequence tying them together.
 //! - [`lock`]: one agent per data directory.
+//! - [`keys`]: parsing of trusted ed25519 keys (a leaf).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod health;
 pub mod infer;
 pub mod ingest;
+pub mod keys;
 pub mod lock;
 pub mod ota;
 pub mod preprocess;

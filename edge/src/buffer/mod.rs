@@ -15,6 +15,7 @@
 //! them (they come again on the next connection). Nothing is acked to a
 //! sensor before it is on disk.
 
+pub mod config;
 pub mod row;
 mod store;
 
@@ -30,6 +31,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::health::Stats;
+use crate::preprocess::PreprocessConfig;
+pub use config::BufferConfig;
 
 /// Requests the buffer thread holds before senders wait. Appends are one
 /// sensor message each, and the sensor broker may deliver faster than its
@@ -122,19 +125,20 @@ impl Default for Settings {
 }
 
 impl Settings {
-    pub fn from_config(c: &crate::config::Config) -> Settings {
+    /// From `[buffer]`, and the aggregation windows of `[preprocess]`
+    /// (the budget replaces raw readings by aggregates of those windows).
+    pub fn from_config(c: &BufferConfig, preprocess: &PreprocessConfig) -> Settings {
         let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
-        let default_window = if c.preprocess.window.is_zero() {
+        let default_window = if preprocess.window.is_zero() {
             300_000
         } else {
-            ms(c.preprocess.window)
+            ms(preprocess.window)
         };
         Settings {
             store: Options {
-                max_bytes: c.buffer.max_bytes,
-                acked_grace_ms: ms(c.buffer.acked_grace),
-                window_ms: c
-                    .preprocess
+                max_bytes: c.max_bytes,
+                acked_grace_ms: ms(c.acked_grace),
+                window_ms: preprocess
                     .windows
                     .iter()
                     .filter(|(_, d)| !d.is_zero())
@@ -142,8 +146,8 @@ impl Settings {
                     .collect(),
                 default_window_ms: default_window,
             },
-            memory_readings: c.buffer.memory_readings,
-            retry_interval: c.buffer.retry_interval,
+            memory_readings: c.memory_readings,
+            retry_interval: c.retry_interval,
         }
     }
 }

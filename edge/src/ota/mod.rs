@@ -190,7 +190,7 @@ async fn install(
     report: &Reporter,
     cmd: OtaCommand,
 ) -> Result<Trial, OtaError> {
-    let trusted = crate::config::parse_keys(&config.trusted_keys).map_err(OtaError::Malformed)?;
+    let trusted = crate::keys::parse_keys(&config.trusted_keys).map_err(OtaError::Malformed)?;
     let running = running_version();
     let (update, m) = update::accept(&cmd.payload, &trusted, &running, config.max_package_bytes)?;
     let slot = slots.inactive();

@@ -14,6 +14,7 @@
 //! within one round trip of reconnecting. Batches go out in the columnar
 //! layout (`aeris_wire::columnar`) unless `uplink.encoding = "postcard"`.
 
+pub mod config;
 pub mod drain;
 pub mod outbox;
 pub mod tls;
@@ -37,9 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::buffer::{Buffer, Snapshot};
-use crate::config::{BatchEncoding, Config};
 use crate::health::Stats;
 use crate::infer::store::ModelCommand;
+pub use config::{BatchEncoding, CloudConfig, TlsConfig, UplinkConfig};
 use drain::DrainRate;
 use outbox::{run_len, Lane, Outbox};
 
@@ -65,6 +66,18 @@ pub struct Commands {
     pub ota: mpsc::Sender<crate::ota::OtaCommand>,
 }
 
+/// What the uplink is built from: its own sections and the agent's id and
+/// shutdown grace.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This device's id: client id and topic level.
+    pub device_id: String,
+    pub cloud: CloudConfig,
+    pub uplink: UplinkConfig,
+    /// How long a shutdown may spend getting held readings acked.
+    pub shutdown_grace: Duration,
+}
+
 /// Identity of this agent run, for the status heartbeat.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -73,7 +86,7 @@ pub struct Identity {
 }
 
 pub struct Uplink {
-    config: Arc<Config>,
+    config: Arc<Settings>,
     topics: Topics,
     buffer: Buffer,
     stats: Arc<Stats>,
@@ -101,7 +114,7 @@ const MAX_UNSENT_EVENTS: usize = 256;
 /// `tls` (from [`tls::client_config`]) puts the link on TLS.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    config: Arc<Config>,
+    config: Arc<Settings>,
     tls: Option<Arc<rustls::ClientConfig>>,
     buffer: Buffer,
     stats: Arc<Stats>,
