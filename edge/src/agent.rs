@@ -20,8 +20,6 @@ use crate::uplink::{self, Identity};
 use aeris_wire::{Event, EventKind};
 use tokio::sync::mpsc;
 
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// Runs the agent until `shutdown` is cancelled; returns once buffered work
 /// is committed and the uplink has drained or its grace period ended.
 ///
@@ -178,9 +176,14 @@ async fn pipeline(
     ));
 
     let notify_stop = CancellationToken::new();
+    let probe = buffer.clone();
+    let held = move || {
+        let buffer = probe.clone();
+        async move { buffer.snapshot().await.ok().map(|s| s.depth.readings) }
+    };
     tokio::spawn(crate::health::systemd::run(
         stats.clone(),
-        buffer.clone(),
+        held,
         notify_stop.clone(),
     ));
 

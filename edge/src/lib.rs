@@ -15,7 +15,7 @@
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`agent`]: the start-up and shutdown sequence tying them together.
 //! - [`lock`]: one agent per data directory.
-//! - [`keys`]: parsing of trusted ed25519 keys (a leaf).
+//! - [`keys`], [`version`]: key parsing and the built-in version (leaves).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -29,6 +29,7 @@ pub mod lock;
 pub mod ota;
 pub mod preprocess;
 pub mod uplink;
+pub mod version;
 
 pub use agent::run;
 pub use config::Config;

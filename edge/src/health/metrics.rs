@@ -10,12 +10,12 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use super::Stats;
+use super::{OtaStats, Stats};
 
 #[derive(Debug)]
 struct StatsCollector(Arc<Stats>);
 
-pub(crate) fn counter(
+fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -36,7 +36,7 @@ fn gauge(
 }
 
 /// One counter per label value, e.g. rejections by reason.
-pub(crate) fn labelled(
+fn labelled(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -105,36 +105,36 @@ impl Collector for StatsCollector {
             g(&s.buffer_errors),
         )?;
         let b = s.buffer();
-        let now = crate::ingest::now_ms();
+        let now = aeris_wire::now_ms();
         gauge(
             &mut enc,
             "aeris_edge_buffer_readings",
             "Unsent readings in the buffer.",
-            b.depth.readings as i64,
+            b.readings as i64,
         )?;
         gauge(
             &mut enc,
             "aeris_edge_buffer_bytes",
             "Encoded bytes of the unsent readings in the buffer.",
-            b.depth.bytes as i64,
+            b.bytes as i64,
         )?;
         gauge(
             &mut enc,
             "aeris_edge_buffer_oldest_unsent_age_seconds",
             "Age of the oldest unsent reading's timestamp; 0 when none.",
-            b.depth.oldest_ts_ms.map_or(0, |t| (now - t).max(0) / 1000),
+            b.oldest_ts_ms.map_or(0, |t| (now - t).max(0) / 1000),
         )?;
         gauge(
             &mut enc,
             "aeris_edge_buffer_acked_held_readings",
             "Acknowledged readings kept for the grace period.",
-            b.depth.acked_held as i64,
+            b.acked_held as i64,
         )?;
         gauge(
             &mut enc,
             "aeris_edge_buffer_used_bytes",
             "Bytes of the buffer database file in use.",
-            b.depth.used_bytes as i64,
+            b.used_bytes as i64,
         )?;
         gauge(
             &mut enc,
@@ -321,9 +321,43 @@ impl Collector for StatsCollector {
             "Candidate models that failed a check.",
             g(&s.model_rejections),
         )?;
-        crate::ota::encode_metrics(&s.ota, &mut enc)?;
+        encode_ota(&s.ota, &mut enc)?;
         Ok(())
     }
+}
+
+/// The OTA metrics, written by the agent's collector.
+fn encode_ota(
+    s: &OtaStats,
+    enc: &mut prometheus_client::encoding::DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    counter(
+        enc,
+        "aeris_edge_ota_downloaded_bytes",
+        "Update package bytes downloaded (progress of a running download).",
+        s.bytes_downloaded.load(Relaxed),
+    )?;
+    counter(
+        enc,
+        "aeris_edge_ota_installed",
+        "Updates installed into the inactive slot and put on trial.",
+        s.installed.load(Relaxed),
+    )?;
+    counter(
+        enc,
+        "aeris_edge_ota_rollbacks",
+        "Updates rolled back (trial failed or interrupted).",
+        s.rollbacks.load(Relaxed),
+    )?;
+    let failures = s.failures();
+    let values: Vec<(&str, u64)> = failures.iter().map(|(k, v)| (*k, *v)).collect();
+    labelled(
+        enc,
+        "aeris_edge_ota_refused",
+        "Updates refused or failed before their trial, by reason.",
+        "reason",
+        &values,
+    )
 }
 
 /// The exposition text of every metric.

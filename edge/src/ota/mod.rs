@@ -23,8 +23,8 @@ pub mod trial;
 pub mod update;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use aeris_wire::{Event, EventKind};
 use tokio::sync::mpsc;
@@ -42,63 +42,7 @@ pub struct OtaCommand {
     pub payload: Vec<u8>,
 }
 
-/// OTA counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct OtaStats {
-    /// Package bytes downloaded.
-    pub bytes_downloaded: AtomicU64,
-    /// Updates refused or failed, by reason.
-    failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    pub installed: AtomicU64,
-    pub rollbacks: AtomicU64,
-}
-
-impl OtaStats {
-    pub fn failed(&self, reason: &'static str) {
-        if let Ok(mut m) = self.failures.lock() {
-            *m.entry(reason).or_default() += 1;
-        }
-    }
-
-    pub fn failures(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.failures.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-}
-
-/// The OTA metrics, written by the agent's collector.
-pub fn encode_metrics(
-    s: &OtaStats,
-    enc: &mut prometheus_client::encoding::DescriptorEncoder,
-) -> Result<(), std::fmt::Error> {
-    use crate::health::metrics::{counter, labelled};
-    counter(
-        enc,
-        "aeris_edge_ota_downloaded_bytes",
-        "Update package bytes downloaded (progress of a running download).",
-        s.bytes_downloaded.load(Relaxed),
-    )?;
-    counter(
-        enc,
-        "aeris_edge_ota_installed",
-        "Updates installed into the inactive slot and put on trial.",
-        s.installed.load(Relaxed),
-    )?;
-    counter(
-        enc,
-        "aeris_edge_ota_rollbacks",
-        "Updates rolled back (trial failed or interrupted).",
-        s.rollbacks.load(Relaxed),
-    )?;
-    let failures = s.failures();
-    let values: Vec<(&str, u64)> = failures.iter().map(|(k, v)| (*k, *v)).collect();
-    labelled(
-        enc,
-        "aeris_edge_ota_refused",
-        "Updates refused or failed before their trial, by reason.",
-        "reason",
-        &values,
-    )
-}
+pub use crate::health::OtaStats;
 
 /// Sends `up/event` messages of kind `Ota`.
 #[derive(Debug, Clone)]
@@ -126,7 +70,7 @@ pub fn running_version() -> String {
         .and_then(|exe| std::fs::read(exe.parent()?.join(package::MANIFEST)).ok())
         .and_then(|b| serde_json::from_slice::<package::Manifest>(&b).ok())
         .map(|m| m.version)
-        .unwrap_or_else(|| crate::agent::AGENT_VERSION.to_owned())
+        .unwrap_or_else(|| crate::version::AGENT_VERSION.to_owned())
 }
 
 /// At start (not on trial): reports and clears a trial left by the last
@@ -224,7 +168,7 @@ async fn install(
         version: m.version.clone(),
         from_version: running,
         command_id: cmd.id,
-        deadline_ms: crate::ingest::now_ms() + config.trial_deadline.as_millis() as i64,
+        deadline_ms: aeris_wire::now_ms() + config.trial_deadline.as_millis() as i64,
         state: "running".into(),
     };
     slots.write_trial(&trial)?;

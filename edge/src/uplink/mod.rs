@@ -305,7 +305,7 @@ impl Uplink {
                 // The newest full batch and what comes after it are live.
                 let next_seq = match self.buffer.snapshot().await {
                     Ok(s) => s.next_seq,
-                    Err(_) => self.stats.buffer().next_seq,
+                    Err(_) => self.buffer.last_snapshot().next_seq,
                 };
                 let batch = self.config.uplink.batch_max_readings as u64;
                 self.outbox.reset(next_seq.saturating_sub(batch));
@@ -575,7 +575,7 @@ impl Uplink {
         let snapshot = match self.buffer.snapshot().await {
             Ok(s) => s,
             // The last known state, when the buffer cannot answer.
-            Err(_) => self.stats.buffer(),
+            Err(_) => self.buffer.last_snapshot(),
         };
         let eta = self.drain.observe(Instant::now(), snapshot.depth.readings);
         let s = status(
