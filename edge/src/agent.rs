@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::buffer::Buffer;
 use crate::config::Config;
@@ -17,7 +17,7 @@ use crate::infer::store::{Loader, ModelCommand, ModelsDir};
 use crate::infer::{Engine, EngineConfig};
 use crate::ota::{self, slots::Slots, slots::Trial, trial::Supervised};
 use crate::uplink::{self, Identity};
-use aeris_wire::{Event, EventKind};
+use aeris_wire::{Command, CommandKind, Event, EventKind};
 use tokio::sync::mpsc;
 
 /// Runs the agent until `shutdown` is cancelled; returns once buffered work
@@ -154,6 +154,9 @@ async fn pipeline(
         ingest_stop.clone(),
         inference,
     ));
+    let (command_tx, command_rx) = mpsc::unbounded_channel();
+    // Ends when the uplink, the only sender, has ended.
+    tokio::spawn(route_commands(command_rx, model_commands, ota_tx));
     let uplink_stop = CancellationToken::new();
     let uplink_settings = uplink::Settings {
         device_id: config.device_id.clone(),
@@ -169,10 +172,7 @@ async fn pipeline(
         identity,
         uplink_stop.clone(),
         event_rx,
-        uplink::Commands {
-            models: model_commands,
-            ota: ota_tx,
-        },
+        command_tx,
     ));
 
     let notify_stop = CancellationToken::new();
@@ -214,6 +214,60 @@ async fn pipeline(
     }
     info!("agent stopped");
     result.map(|()| trial)
+}
+
+/// Hands the `down/cmd` commands the uplink passed on to the stage that
+/// acts on them: model updates to the loader (when inference runs), agent
+/// updates to the OTA installer. A stage still busy with the previous one
+/// drops the new command (the cloud may send it again).
+async fn route_commands(
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    models: Option<mpsc::Sender<ModelCommand>>,
+    ota: mpsc::Sender<ota::OtaCommand>,
+) {
+    while let Some(Command { id, kind }) = commands.recv().await {
+        match kind {
+            CommandKind::Model {
+                name,
+                version,
+                url,
+                sha256,
+                signature,
+                force,
+            } => match &models {
+                Some(tx) => {
+                    info!(id, model = %name, %version, "model update requested");
+                    let cmd = ModelCommand {
+                        id,
+                        name,
+                        version,
+                        url,
+                        sha256,
+                        signature,
+                        force,
+                    };
+                    if tx.try_send(cmd).is_err() {
+                        warn!(
+                            id,
+                            "model loader busy; update dropped, the cloud may send it again"
+                        );
+                    }
+                }
+                None => warn!(id, "model update ignored: inference is disabled"),
+            },
+            CommandKind::Ota { manifest } => {
+                info!(id, "agent update offered");
+                let cmd = ota::OtaCommand {
+                    id,
+                    payload: manifest,
+                };
+                if ota.try_send(cmd).is_err() {
+                    warn!(id, "an update is in progress; this one is dropped");
+                }
+            }
+            _ => warn!(id, "command not supported by this agent version"),
+        }
+    }
 }
 
 /// Loads the active models (seeding empty slots from `infer.models`) and

@@ -39,7 +39,6 @@ use tracing::{debug, info, warn};
 
 use crate::buffer::{Buffer, Snapshot};
 use crate::health::Stats;
-use crate::infer::store::ModelCommand;
 pub use config::{BatchEncoding, CloudConfig, TlsConfig, UplinkConfig};
 use drain::DrainRate;
 use outbox::{run_len, Lane, Outbox};
@@ -59,12 +58,9 @@ enum Link {
     },
 }
 
-/// Where `down/cmd` commands go: the model loader (when inference runs)
-/// and the OTA installer.
-pub struct Commands {
-    pub models: Option<mpsc::Sender<ModelCommand>>,
-    pub ota: mpsc::Sender<crate::ota::OtaCommand>,
-}
+/// Where the `down/cmd` commands the uplink does not act on itself go
+/// (everything but `Resend` and `Renumber`): the agent routes them.
+pub type Commands = mpsc::UnboundedSender<Command>;
 
 /// What the uplink is built from: its own sections and the agent's id and
 /// shutdown grace.
@@ -673,50 +669,10 @@ async fn drive(
                                 next_seq,
                             });
                         }
-                        Ok(Command {
-                            id,
-                            kind:
-                                CommandKind::Model {
-                                    name,
-                                    version,
-                                    url,
-                                    sha256,
-                                    signature,
-                                    force,
-                                },
-                        }) => match &commands.models {
-                            Some(tx) => {
-                                info!(id, model = %name, %version, "model update requested");
-                                let cmd = ModelCommand {
-                                    id,
-                                    name,
-                                    version,
-                                    url,
-                                    sha256,
-                                    signature,
-                                    force,
-                                };
-                                if tx.try_send(cmd).is_err() {
-                                    warn!(id, "model loader busy; update dropped, the cloud may send it again");
-                                }
-                            }
-                            None => warn!(id, "model update ignored: inference is disabled"),
-                        },
-                        Ok(Command {
-                            id,
-                            kind: CommandKind::Ota { manifest },
-                        }) => {
-                            info!(id, "agent update offered");
-                            let cmd = crate::ota::OtaCommand {
-                                id,
-                                payload: manifest,
-                            };
-                            if commands.ota.try_send(cmd).is_err() {
-                                warn!(id, "an update is in progress; this one is dropped");
-                            }
-                        }
+                        // Model and agent updates, and commands this
+                        // version does not know, are the agent's to route.
                         Ok(cmd) => {
-                            warn!(id = cmd.id, "command not supported by this agent version")
+                            let _ = commands.send(cmd);
                         }
                         Err(e) => warn!(reason = e.reason(), error = %e, "bad command ignored"),
                     },
