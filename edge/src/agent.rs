@@ -33,8 +33,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let slots = Slots::new(&config.ota.root);
+    // Outlives the pipeline runs, so the counters keep counting after a
+    // rollback.
+    let ota_metrics = Arc::new(ota::Metrics::default());
     loop {
-        let Some(trial) = pipeline(config.clone(), stats.clone(), shutdown.clone()).await? else {
+        let run = pipeline(
+            config.clone(),
+            stats.clone(),
+            ota_metrics.clone(),
+            shutdown.clone(),
+        );
+        let Some(trial) = run.await? else {
             return Ok(());
         };
         let (deadline, probation) = (config.ota.trial_deadline, config.ota.probation);
@@ -53,6 +62,7 @@ pub async fn run(
 async fn pipeline(
     config: Arc<Config>,
     stats: Arc<Stats>,
+    ota_metrics: Arc<ota::Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Option<Trial>> {
     std::fs::create_dir_all(&config.data_dir)
@@ -91,15 +101,21 @@ async fn pipeline(
     let health = if config.health_listen.is_empty() {
         None
     } else {
-        let (_, task) =
-            crate::health::http::start(&config.health_listen, stats.clone(), health_stop.clone())
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot serve /healthz and /metrics on health_listen {}",
-                        config.health_listen
-                    )
-                })?;
+        let mut registry = crate::health::metrics::registry(&stats);
+        ota_metrics.register(&mut registry);
+        let (_, task) = crate::health::http::start(
+            &config.health_listen,
+            stats.clone(),
+            Arc::new(registry),
+            health_stop.clone(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve /healthz and /metrics on health_listen {}",
+                config.health_listen
+            )
+        })?;
         Some(task)
     };
     let (event_tx, event_rx) = mpsc::unbounded_channel();
@@ -128,12 +144,12 @@ async fn pipeline(
             ota_stop.clone(),
         ));
     } else {
-        ota::report_leftover(&slots, &report, &stats.ota);
+        ota::report_leftover(&slots, &report, &ota_metrics);
     }
     let (ota_tx, ota_rx) = mpsc::channel(1);
     let mut ota_task = tokio::spawn(ota::serve(
         Arc::new(config.ota.clone()),
-        stats.clone(),
+        ota_metrics.clone(),
         report,
         ota_rx,
         ota_stop.clone(),

@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use super::{OtaStats, Stats};
+use super::Stats;
 
 #[derive(Debug)]
 struct StatsCollector(Arc<Stats>);
@@ -321,51 +321,22 @@ impl Collector for StatsCollector {
             "Candidate models that failed a check.",
             g(&s.model_rejections),
         )?;
-        encode_ota(&s.ota, &mut enc)?;
         Ok(())
     }
 }
 
-/// The OTA metrics, written by the agent's collector.
-fn encode_ota(
-    s: &OtaStats,
-    enc: &mut prometheus_client::encoding::DescriptorEncoder,
-) -> Result<(), std::fmt::Error> {
-    counter(
-        enc,
-        "aeris_edge_ota_downloaded_bytes",
-        "Update package bytes downloaded (progress of a running download).",
-        s.bytes_downloaded.load(Relaxed),
-    )?;
-    counter(
-        enc,
-        "aeris_edge_ota_installed",
-        "Updates installed into the inactive slot and put on trial.",
-        s.installed.load(Relaxed),
-    )?;
-    counter(
-        enc,
-        "aeris_edge_ota_rollbacks",
-        "Updates rolled back (trial failed or interrupted).",
-        s.rollbacks.load(Relaxed),
-    )?;
-    let failures = s.failures();
-    let values: Vec<(&str, u64)> = failures.iter().map(|(k, v)| (*k, *v)).collect();
-    labelled(
-        enc,
-        "aeris_edge_ota_refused",
-        "Updates refused or failed before their trial, by reason.",
-        "reason",
-        &values,
-    )
-}
-
-/// The exposition text of every metric.
-pub fn render(stats: &Arc<Stats>) -> String {
+/// A registry holding the counters of [`Stats`]; the agent adds the
+/// metrics stages register themselves (`ota::Metrics`) after them.
+pub fn registry(stats: &Arc<Stats>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StatsCollector(stats.clone())));
+    registry
+}
+
+/// The exposition text of every metric in `registry`.
+pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
 }

@@ -92,8 +92,6 @@ pub struct Stats {
     pub ingest_subscribed: AtomicBool,
     /// Deadlines the agent's loops promise to turn again by (watchdog).
     pub live: systemd::Liveness,
-    /// Over-the-air update counters.
-    pub ota: OtaStats,
 }
 
 impl Stats {
@@ -184,29 +182,6 @@ pub struct BufferGauges {
     pub used_bytes: u64,
     /// Readings lost since the buffer was created, by reason.
     pub losses: Vec<(String, u64)>,
-}
-
-/// OTA counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct OtaStats {
-    /// Package bytes downloaded.
-    pub bytes_downloaded: AtomicU64,
-    /// Updates refused or failed, by reason.
-    failures: Mutex<BTreeMap<&'static str, u64>>,
-    pub installed: AtomicU64,
-    pub rollbacks: AtomicU64,
-}
-
-impl OtaStats {
-    pub fn failed(&self, reason: &'static str) {
-        if let Ok(mut m) = self.failures.lock() {
-            *m.entry(reason).or_default() += 1;
-        }
-    }
-
-    pub fn failures(&self) -> BTreeMap<&'static str, u64> {
-        self.failures.lock().map(|m| m.clone()).unwrap_or_default()
-    }
 }
 
 /// Histogram of ack latencies in seconds, 5 ms to about 40 s.

@@ -14,16 +14,17 @@
 //!
 //! - [`config`]: the `[ota]` keys.
 //! - [`download`]: resumable, size-capped fetching with a progress counter.
+//! - [`metrics`]: the `aeris_edge_ota_*` metrics.
 
 pub mod config;
 pub mod download;
+pub mod metrics;
 pub mod package;
 pub mod slots;
 pub mod trial;
 pub mod update;
 
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use aeris_wire::{Event, EventKind};
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::OtaConfig;
+pub use metrics::Metrics;
 use slots::{Slots, Trial};
 use update::OtaError;
 
@@ -41,8 +43,6 @@ pub struct OtaCommand {
     pub id: u64,
     pub payload: Vec<u8>,
 }
-
-pub use crate::health::OtaStats;
 
 /// Sends `up/event` messages of kind `Ota`.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ pub fn running_version() -> String {
 
 /// At start (not on trial): reports and clears a trial left by the last
 /// run: rolled back unless it was confirmed and its slot is current.
-pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &OtaStats) {
+pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &Metrics) {
     let Some(t) = slots.read_trial() else { return };
     if t.state == "confirmed" && slots.current().as_deref() == Some(t.slot.as_str()) {
         info!(version = %t.version, "running the confirmed update");
@@ -88,7 +88,7 @@ pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &OtaStats) {
             other => other.to_owned(),
         };
         warn!(version = %t.version, reason = %why, "update rolled back");
-        stats.rollbacks.fetch_add(1, Relaxed);
+        stats.rollbacks.inc();
         report.send(format!(
             "ota {}: rolled back: version {} not kept ({why}); running {}",
             t.command_id,
@@ -104,7 +104,7 @@ pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &OtaStats) {
 /// are reported and counted, and the next command is awaited.
 pub async fn serve(
     config: Arc<OtaConfig>,
-    stats: Arc<crate::health::Stats>,
+    stats: Arc<Metrics>,
     report: Reporter,
     mut commands: mpsc::Receiver<OtaCommand>,
     stop: CancellationToken,
@@ -116,10 +116,10 @@ pub async fn serve(
             c = commands.recv() => c?,
         };
         let id = cmd.id;
-        match install(&config, &slots, &stats.ota, &report, cmd).await {
+        match install(&config, &slots, &stats, &report, cmd).await {
             Ok(trial) => return Some(trial),
             Err(e) => {
-                stats.ota.failed(e.reason());
+                stats.failed(e.reason());
                 warn!(id, reason = e.reason(), error = %e, "update not installed");
                 report.send(format!("ota {id}: refused ({}): {e}", e.reason()));
             }
@@ -130,7 +130,7 @@ pub async fn serve(
 async fn install(
     config: &OtaConfig,
     slots: &Slots,
-    stats: &OtaStats,
+    stats: &Metrics,
     report: &Reporter,
     cmd: OtaCommand,
 ) -> Result<Trial, OtaError> {
@@ -148,7 +148,7 @@ async fn install(
     // does not list goes before the download; a symlink at a listed path
     // would otherwise be written through.
     discard_unlisted(&m, &partial, cmd.id)?;
-    download::fetch_all(&update.url, &m, &partial, &stats.bytes_downloaded).await?;
+    download::fetch_all(&update.url, &m, &partial, stats.bytes_downloaded.inner()).await?;
     let write = |name: &str, bytes: &[u8]| {
         std::fs::write(partial.join(name), bytes).map_err(|e| package::PackageError::Io {
             path: name.into(),
@@ -172,7 +172,7 @@ async fn install(
         state: "running".into(),
     };
     slots.write_trial(&trial)?;
-    stats.installed.fetch_add(1, Relaxed);
+    stats.installed.inc();
     report.send(format!(
         "ota {}: installed: version {} in slot {slot}; starting its trial ({} to prove itself)",
         cmd.id,
