@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::buffer::Buffer;
 use crate::config::Config;
@@ -17,10 +17,8 @@ use crate::infer::store::{Loader, ModelCommand, ModelsDir};
 use crate::infer::{Engine, EngineConfig};
 use crate::ota::{self, slots::Slots, slots::Trial, trial::Supervised};
 use crate::uplink::{self, Identity};
-use aeris_wire::{Event, EventKind};
+use aeris_wire::{Command, CommandKind, Event, EventKind};
 use tokio::sync::mpsc;
-
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Runs the agent until `shutdown` is cancelled; returns once buffered work
 /// is committed and the uplink has drained or its grace period ended.
@@ -35,8 +33,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let slots = Slots::new(&config.ota.root);
+    // Outlives the pipeline runs, so the counters keep counting after a
+    // rollback.
+    let ota_metrics = Arc::new(ota::Metrics::default());
     loop {
-        let Some(trial) = pipeline(config.clone(), stats.clone(), shutdown.clone()).await? else {
+        let run = pipeline(
+            config.clone(),
+            stats.clone(),
+            ota_metrics.clone(),
+            shutdown.clone(),
+        );
+        let Some(trial) = run.await? else {
             return Ok(());
         };
         let (deadline, probation) = (config.ota.trial_deadline, config.ota.probation);
@@ -55,6 +62,7 @@ pub async fn run(
 async fn pipeline(
     config: Arc<Config>,
     stats: Arc<Stats>,
+    ota_metrics: Arc<ota::Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Option<Trial>> {
     std::fs::create_dir_all(&config.data_dir)
@@ -64,7 +72,7 @@ async fn pipeline(
     let path = config.buffer_path();
     let (buffer, buffer_thread) = Buffer::open(
         &path,
-        crate::buffer::Settings::from_config(&config),
+        crate::buffer::Settings::from_config(&config.buffer, &config.preprocess),
         stats.clone(),
     )
     .with_context(|| format!("cannot open buffer {}", path.display()))?;
@@ -93,15 +101,21 @@ async fn pipeline(
     let health = if config.health_listen.is_empty() {
         None
     } else {
-        let (_, task) =
-            crate::health::http::start(&config.health_listen, stats.clone(), health_stop.clone())
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot serve /healthz and /metrics on health_listen {}",
-                        config.health_listen
-                    )
-                })?;
+        let mut registry = crate::health::metrics::registry(&stats);
+        ota_metrics.register(&mut registry);
+        let (_, task) = crate::health::http::start(
+            &config.health_listen,
+            stats.clone(),
+            Arc::new(registry),
+            health_stop.clone(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve /healthz and /metrics on health_listen {}",
+                config.health_listen
+            )
+        })?;
         Some(task)
     };
     let (event_tx, event_rx) = mpsc::unbounded_channel();
@@ -130,44 +144,62 @@ async fn pipeline(
             ota_stop.clone(),
         ));
     } else {
-        ota::report_leftover(&slots, &report, &stats.ota);
+        ota::report_leftover(&slots, &report, &ota_metrics);
     }
     let (ota_tx, ota_rx) = mpsc::channel(1);
     let mut ota_task = tokio::spawn(ota::serve(
         Arc::new(config.ota.clone()),
-        stats.clone(),
+        ota_metrics.clone(),
         report,
         ota_rx,
         ota_stop.clone(),
     ));
 
     let ingest_stop = CancellationToken::new();
+    let ingest_settings = crate::ingest::Settings {
+        device_id: config.device_id.clone(),
+        local: config.local.clone(),
+        ingest: config.ingest.clone(),
+        sensors: config.sensors.clone(),
+        preprocess: config.preprocess.clone(),
+    };
     let ingest = tokio::spawn(crate::ingest::run(
-        config.clone(),
+        Arc::new(ingest_settings),
         buffer.clone(),
         stats.clone(),
         ingest_stop.clone(),
         inference,
     ));
+    let (command_tx, command_rx) = mpsc::unbounded_channel();
+    // Ends when the uplink, the only sender, has ended.
+    tokio::spawn(route_commands(command_rx, model_commands, ota_tx));
     let uplink_stop = CancellationToken::new();
+    let uplink_settings = uplink::Settings {
+        device_id: config.device_id.clone(),
+        cloud: config.cloud.clone(),
+        uplink: config.uplink.clone(),
+        shutdown_grace: config.shutdown_grace,
+    };
     let uplink = tokio::spawn(uplink::run(
-        config.clone(),
+        Arc::new(uplink_settings),
         tls,
         buffer.clone(),
         stats.clone(),
         identity,
         uplink_stop.clone(),
         event_rx,
-        uplink::Commands {
-            models: model_commands,
-            ota: ota_tx,
-        },
+        command_tx,
     ));
 
     let notify_stop = CancellationToken::new();
+    let probe = buffer.clone();
+    let held = move || {
+        let buffer = probe.clone();
+        async move { buffer.snapshot().await.ok().map(|s| s.depth.readings) }
+    };
     tokio::spawn(crate::health::systemd::run(
         stats.clone(),
-        buffer.clone(),
+        held,
         notify_stop.clone(),
     ));
 
@@ -198,6 +230,60 @@ async fn pipeline(
     }
     info!("agent stopped");
     result.map(|()| trial)
+}
+
+/// Hands the `down/cmd` commands the uplink passed on to the stage that
+/// acts on them: model updates to the loader (when inference runs), agent
+/// updates to the OTA installer. A stage still busy with the previous one
+/// drops the new command (the cloud may send it again).
+async fn route_commands(
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    models: Option<mpsc::Sender<ModelCommand>>,
+    ota: mpsc::Sender<ota::OtaCommand>,
+) {
+    while let Some(Command { id, kind }) = commands.recv().await {
+        match kind {
+            CommandKind::Model {
+                name,
+                version,
+                url,
+                sha256,
+                signature,
+                force,
+            } => match &models {
+                Some(tx) => {
+                    info!(id, model = %name, %version, "model update requested");
+                    let cmd = ModelCommand {
+                        id,
+                        name,
+                        version,
+                        url,
+                        sha256,
+                        signature,
+                        force,
+                    };
+                    if tx.try_send(cmd).is_err() {
+                        warn!(
+                            id,
+                            "model loader busy; update dropped, the cloud may send it again"
+                        );
+                    }
+                }
+                None => warn!(id, "model update ignored: inference is disabled"),
+            },
+            CommandKind::Ota { manifest } => {
+                info!(id, "agent update offered");
+                let cmd = ota::OtaCommand {
+                    id,
+                    payload: manifest,
+                };
+                if ota.try_send(cmd).is_err() {
+                    warn!(id, "an update is in progress; this one is dropped");
+                }
+            }
+            _ => warn!(id, "command not supported by this agent version"),
+        }
+    }
 }
 
 /// Loads the active models (seeding empty slots from `infer.models`) and

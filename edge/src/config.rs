@@ -2,8 +2,9 @@
 //! `AERIS_*` environment variables (`AERIS_CLOUD__PORT=8883` sets
 //! `cloud.port`; `__` separates levels). Unknown keys in the file are errors,
 //! so a typo is named instead of silently ignored. The loader is the one
-//! both binaries share ([`aeris_runtime::config`]); this module holds the
-//! agent's structs and the checks serde cannot express.
+//! both binaries share ([`aeris_runtime::config`]). Each stage owns its
+//! section (`ingest::config`, `uplink::config`, ...) and checks it; this
+//! module only assembles them, with the few keys of the agent as a whole.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,14 @@ use std::time::Duration;
 
 use figment::providers::Env;
 use serde::{Deserialize, Serialize};
+
+pub use crate::buffer::config::BufferConfig;
+pub use crate::infer::config::InferConfig;
+pub use crate::ingest::config::{IngestConfig, LocalConfig, SensorConfig};
+pub use crate::keys::parse_keys;
+pub use crate::ota::OtaConfig;
+pub use crate::preprocess::config::PreprocessConfig;
+pub use crate::uplink::config::{BatchEncoding, CloudConfig, TlsConfig, UplinkConfig};
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +38,7 @@ pub struct Config {
     pub uplink: UplinkConfig,
     pub buffer: BufferConfig,
     pub infer: InferConfig,
-    pub ota: crate::ota::OtaConfig,
+    pub ota: OtaConfig,
     /// Local HTTP endpoint for /healthz, /readyz and /metrics; empty = off.
     pub health_listen: String,
     /// Fixed positions of sensors without GPS, by sensor id.
@@ -37,217 +46,6 @@ pub struct Config {
     /// How long SIGTERM may spend flushing in-flight work.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LocalConfig {
-    pub host: String,
-    pub port: u16,
-    /// Filter the agent subscribes to.
-    pub topic: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CloudConfig {
-    pub host: String,
-    pub port: u16,
-    /// Topic prefix of the wire protocol.
-    pub prefix: String,
-    #[serde(with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// Heartbeat period of the retained status message.
-    #[serde(with = "humantime_serde")]
-    pub status_interval: Duration,
-    /// TLS to the cloud broker; off while `ca_file` is empty.
-    pub tls: TlsConfig,
-}
-
-/// Mutual TLS on the cloud link: the broker is checked against `ca_file`,
-/// and the device shows `cert_file` (its identity) with `key_file`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// PEM bundle of the CAs that sign the broker's certificate.
-    pub ca_file: PathBuf,
-    /// PEM certificate chain of this device (empty = no client certificate).
-    pub cert_file: PathBuf,
-    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: PathBuf,
-}
-
-impl TlsConfig {
-    pub fn enabled(&self) -> bool {
-        !self.ca_file.as_os_str().is_empty()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// Larger sensor payloads are rejected unread.
-    pub max_payload_bytes: usize,
-    /// Readings stamped further ahead of the board's clock are rejected.
-    #[serde(with = "humantime_serde")]
-    pub max_future: Duration,
-    /// Readings stamped further in the past are rejected (`too_old`).
-    #[serde(with = "humantime_serde")]
-    pub retention: Duration,
-    /// Sensor ids accepted; empty = any. Others are rejected (`unknown_sensor`).
-    pub allow_list: Vec<String>,
-    /// After a reconnect to a broker that kept the session, readings
-    /// without their own timestamp that arrive within this window are
-    /// flagged as replayed (measured earlier than their arrival stamp).
-    #[serde(with = "humantime_serde")]
-    pub replay_window: Duration,
-}
-
-/// Preprocessing between validation and inference (see `preprocess`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PreprocessConfig {
-    /// Reference temperature (°C) for ppb/ppm → µg/m³.
-    pub reference_temp_c: f64,
-    /// Reference pressure (hPa) for ppb/ppm → µg/m³.
-    pub reference_pressure_hpa: f64,
-    /// A value this many times the recent median away from it is a spike;
-    /// 0 = off.
-    pub spike_ratio: f64,
-    /// ...and at least this far from it, in the quantity's unit.
-    pub spike_min_delta: f64,
-    /// A value repeated unchanged this many times in a row is stuck; 0 = off.
-    pub stuck_count: u32,
-    /// Default aggregation window; 0 = off.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Aggregation window by sensor id.
-    pub windows: BTreeMap<String, humantime_serde::Serde<Duration>>,
-    /// Attach US EPA AQI values (`aqi_<pollutant>`, `aqi`) to readings.
-    pub aqi: bool,
-}
-
-impl Default for PreprocessConfig {
-    fn default() -> Self {
-        PreprocessConfig {
-            reference_temp_c: 25.0,
-            reference_pressure_hpa: 1013.25,
-            spike_ratio: 4.0,
-            spike_min_delta: 50.0,
-            stuck_count: 30,
-            window: Duration::from_secs(300),
-            windows: BTreeMap::new(),
-            aqi: true,
-        }
-    }
-}
-
-impl PreprocessConfig {
-    pub fn reference(&self) -> crate::preprocess::units::Reference {
-        crate::preprocess::units::Reference {
-            temp_c: self.reference_temp_c,
-            pressure_hpa: self.reference_pressure_hpa,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UplinkConfig {
-    /// A batch is closed when it holds this many readings...
-    pub batch_max_readings: usize,
-    /// ...or when its oldest reading has waited this long.
-    #[serde(with = "humantime_serde")]
-    pub batch_max_age: Duration,
-    /// Batches sent and not yet acked, at most.
-    pub max_inflight_batches: usize,
-    /// A batch not acked within this time is sent again.
-    #[serde(with = "humantime_serde")]
-    pub ack_timeout: Duration,
-    /// Share of the in-flight window the backlog may take after a
-    /// reconnect; the rest is kept for the newest readings.
-    pub backlog_share: f64,
-    /// Batch layout on the wire.
-    pub encoding: BatchEncoding,
-}
-
-/// How batches are encoded (see `aeris_wire::columnar`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BatchEncoding {
-    /// Format version 2: columnar, delta-coded, zstd; the default.
-    Columnar,
-    /// Format version 1: plain postcard, for gateways older than version 2.
-    Postcard,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct InferConfig {
-    /// Run models at all.
-    pub enabled: bool,
-    /// Model folders (model.onnx + manifest.json) installed when their slot
-    /// has no active model yet, e.g. the ones shipped with the agent.
-    pub models: Vec<PathBuf>,
-    /// Windows a candidate runs in shadow before it can be promoted.
-    pub shadow_windows: u32,
-    /// Local time offset of the board, for hour-of-day features.
-    pub utc_offset_hours: f64,
-    /// Spacing of each model's input series, by model name.
-    pub cadence: BTreeMap<String, humantime_serde::Serde<Duration>>,
-    /// Hex ed25519 public keys; when any is set, models must be signed by one.
-    pub trusted_keys: Vec<String>,
-    /// How often the drop folder is checked.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// Largest model file accepted.
-    pub max_model_bytes: u64,
-}
-
-impl Default for InferConfig {
-    fn default() -> Self {
-        let cadence = [("pm25_nowcast", 3600), ("pm_anomaly", 86_400)]
-            .into_iter()
-            .map(|(n, s)| (n.to_owned(), Duration::from_secs(s).into()))
-            .collect();
-        InferConfig {
-            enabled: true,
-            models: Vec::new(),
-            shadow_windows: 24,
-            utc_offset_hours: 0.0,
-            cadence,
-            trusted_keys: Vec::new(),
-            poll_interval: Duration::from_secs(5),
-            max_model_bytes: 16 << 20,
-        }
-    }
-}
-
-impl InferConfig {
-    /// The trusted keys, parsed (`validate` has checked them).
-    pub fn verifying_keys(&self) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
-        parse_keys(&self.trusted_keys)
-    }
-}
-
-/// Hex ed25519 public keys, parsed.
-pub fn parse_keys(keys: &[String]) -> Result<Vec<ed25519_dalek::VerifyingKey>, String> {
-    keys.iter()
-        .map(|k| {
-            let bytes: [u8; 32] = hex::decode(k.trim())
-                .map_err(|e| e.to_string())?
-                .try_into()
-                .map_err(|_| "an ed25519 public key is 32 bytes (64 hex digits)".to_owned())?;
-            ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| e.to_string())
-        })
-        .collect()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SensorConfig {
-    pub lat: f64,
-    pub lon: f64,
 }
 
 impl Default for Config {
@@ -262,91 +60,10 @@ impl Default for Config {
             uplink: UplinkConfig::default(),
             buffer: BufferConfig::default(),
             infer: InferConfig::default(),
-            ota: crate::ota::OtaConfig::default(),
+            ota: OtaConfig::default(),
             health_listen: "127.0.0.1:9750".into(),
             sensors: BTreeMap::new(),
             shutdown_grace: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Default for LocalConfig {
-    fn default() -> Self {
-        LocalConfig {
-            host: "127.0.0.1".into(),
-            port: 1883,
-            topic: "sensors/#".into(),
-        }
-    }
-}
-
-impl Default for CloudConfig {
-    fn default() -> Self {
-        CloudConfig {
-            host: "127.0.0.1".into(),
-            port: 1883,
-            prefix: "aeris/v1".into(),
-            keep_alive: Duration::from_secs(30),
-            status_interval: Duration::from_secs(10),
-            tls: TlsConfig::default(),
-        }
-    }
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        IngestConfig {
-            max_payload_bytes: 4096,
-            max_future: Duration::from_secs(300),
-            replay_window: Duration::from_secs(10),
-            retention: Duration::from_secs(7 * 86_400),
-            allow_list: Vec::new(),
-        }
-    }
-}
-
-/// The on-disk buffer's budget and retention (see `buffer`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BufferConfig {
-    /// Most bytes the buffer database may use; beyond it the oldest raw
-    /// readings are replaced by their window aggregates, then dropped.
-    pub max_bytes: u64,
-    /// Acknowledged readings are kept this long, so the cloud can ask for
-    /// them again (restore from backup); 0s deletes them on the ack.
-    #[serde(with = "humantime_serde")]
-    pub acked_grace: Duration,
-    /// Readings held in memory while the buffer file cannot be written
-    /// (full disk, read-only file), at most.
-    pub memory_readings: usize,
-    /// How often a failed buffer write is retried.
-    #[serde(with = "humantime_serde")]
-    pub retry_interval: Duration,
-}
-
-impl Default for BufferConfig {
-    fn default() -> Self {
-        BufferConfig {
-            max_bytes: 1 << 30,
-            acked_grace: Duration::from_secs(3600),
-            memory_readings: 10_000,
-            retry_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-impl Default for UplinkConfig {
-    fn default() -> Self {
-        UplinkConfig {
-            // Measured: 2,000 per batch moves 25-40 % more readings per
-            // second than 500 (fewer acks and buffer transactions), and
-            // is about 6 KB on the wire in the columnar layout.
-            batch_max_readings: 2000,
-            batch_max_age: Duration::from_secs(1),
-            max_inflight_batches: 8,
-            ack_timeout: Duration::from_secs(15),
-            backlog_share: 0.5,
-            encoding: BatchEncoding::Columnar,
         }
     }
 }
@@ -435,84 +152,23 @@ impl Config {
         if let Err(e) = aeris_wire::validate_device_id(&self.device_id) {
             return bad("device_id", e.to_string());
         }
-        if let Err(e) = aeris_wire::Topics::new(&self.cloud.prefix) {
-            return bad("cloud.prefix", e.to_string());
-        }
-        let u = &self.uplink;
-        if u.batch_max_readings == 0
-            || u.batch_max_readings > aeris_wire::message::MAX_BATCH_READINGS
-        {
-            return bad(
-                "uplink.batch_max_readings",
-                format!("must be 1..={}", aeris_wire::message::MAX_BATCH_READINGS),
-            );
-        }
-        if !(u.backlog_share > 0.0 && u.backlog_share <= 1.0) {
-            return bad("uplink.backlog_share", "must be > 0 and <= 1".into());
-        }
-        let tls = &self.cloud.tls;
-        let has_identity =
-            !tls.cert_file.as_os_str().is_empty() || !tls.key_file.as_os_str().is_empty();
-        if has_identity && !tls.enabled() {
-            return bad(
-                "cloud.tls.ca_file",
-                "must be set when a device certificate or key is".into(),
-            );
-        }
-        if tls.cert_file.as_os_str().is_empty() != tls.key_file.as_os_str().is_empty() {
-            return bad(
-                "cloud.tls.key_file",
-                "cert_file and key_file go together".into(),
-            );
-        }
-        if u.max_inflight_batches == 0 {
-            return bad("uplink.max_inflight_batches", "must be at least 1".into());
-        }
-        if self.buffer.max_bytes < 1 << 20 {
-            return bad(
-                "buffer.max_bytes",
-                "must be at least 1048576 (1 MiB)".into(),
-            );
-        }
-        if self.buffer.memory_readings == 0 {
-            return bad("buffer.memory_readings", "must be at least 1".into());
-        }
-        if self.buffer.retry_interval.is_zero() {
-            return bad("buffer.retry_interval", "must be more than 0s".into());
-        }
-        if let Err(e) = self.infer.verifying_keys() {
-            return bad("infer.trusted_keys", e);
-        }
-        if let Err(e) = parse_keys(&self.ota.trusted_keys) {
-            return bad("ota.trusted_keys", e);
-        }
-        if !(-14.0..=14.0).contains(&self.infer.utc_offset_hours) {
-            return bad("infer.utc_offset_hours", "must be within -14..=14".into());
-        }
-        let p = &self.preprocess;
-        if !(-60.0..=60.0).contains(&p.reference_temp_c) {
-            return bad(
-                "preprocess.reference_temp_c",
-                "must be within -60..=60".into(),
-            );
-        }
-        if !(500.0..=1100.0).contains(&p.reference_pressure_hpa) {
-            return bad(
-                "preprocess.reference_pressure_hpa",
-                "must be within 500..=1100".into(),
-            );
-        }
-        if !(p.spike_ratio >= 0.0 && p.spike_min_delta >= 0.0) {
-            return bad("preprocess.spike_ratio", "thresholds must be >= 0".into());
-        }
-        for id in &self.ingest.allow_list {
-            if id.is_empty() || id.contains('/') {
-                return bad("ingest.allow_list", format!("{id:?} is not a sensor id"));
+        let sections = [
+            ("cloud", self.cloud.validate()),
+            ("uplink", self.uplink.validate()),
+            ("buffer", self.buffer.validate()),
+            ("infer", self.infer.validate()),
+            ("ota", self.ota.validate()),
+            ("preprocess", self.preprocess.validate()),
+            ("ingest", self.ingest.validate()),
+        ];
+        for (section, checked) in sections {
+            if let Err((key, why)) = checked {
+                return bad(&format!("{section}.{key}"), why);
             }
         }
         for (id, s) in &self.sensors {
-            if !(-90.0..=90.0).contains(&s.lat) || !(-180.0..=180.0).contains(&s.lon) {
-                return bad(&format!("sensors.{id}"), "lat/lon outside WGS84".into());
+            if let Err(why) = s.validate() {
+                return bad(&format!("sensors.{id}"), why);
             }
         }
         Ok(())
@@ -585,26 +241,30 @@ mod tests {
         assert_eq!(c.device_id, "from-env");
     }
 
+    /// Every key of the structs, as `section.key` (nested sections
+    /// recursed; maps by id or name are written `<...>` in the help).
+    fn keys(prefix: &str, table: &toml::value::Table, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let key = format!("{prefix}{k}");
+            match v.as_table() {
+                Some(t) if !["sensors", "cadence", "windows"].contains(&k.as_str()) => {
+                    keys(&format!("{key}."), t, out)
+                }
+                _ => out.push(key),
+            }
+        }
+    }
+
     #[test]
     fn help_names_every_key() {
         let value = toml::Value::try_from(Config::default()).unwrap();
-        let mut missing = vec![];
-        for (k, v) in value.as_table().unwrap() {
-            match v.as_table() {
-                Some(t) if k != "sensors" => {
-                    for sub in t.keys().filter(|s| *s != "cadence") {
-                        if !KEYS_HELP.contains(&format!("{k}.{sub}")) {
-                            missing.push(format!("{k}.{sub}"));
-                        }
-                    }
-                }
-                _ => {
-                    if !KEYS_HELP.contains(k.as_str()) {
-                        missing.push(k.clone());
-                    }
-                }
-            }
-        }
+        let mut all = vec![];
+        keys("", value.as_table().unwrap(), &mut all);
+        assert!(all.contains(&"cloud.tls.key_file".to_owned()), "{all:?}");
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|k| !KEYS_HELP.contains(k.as_str()))
+            .collect();
         assert!(missing.is_empty(), "not in --help: {missing:?}");
     }
 

@@ -15,6 +15,7 @@
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`agent`]: the start-up and shutdown sequence tying them together.
 //! - [`lock`]: one agent per data directory.
+//! - [`keys`], [`version`]: key parsing and the built-in version (leaves).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -23,10 +24,12 @@ pub mod config;
 pub mod health;
 pub mod infer;
 pub mod ingest;
+pub mod keys;
 pub mod lock;
 pub mod ota;
 pub mod preprocess;
 pub mod uplink;
+pub mod version;
 
 pub use agent::run;
 pub use config::Config;

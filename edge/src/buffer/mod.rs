@@ -15,21 +15,24 @@
 //! them (they come again on the next connection). Nothing is acked to a
 //! sensor before it is on disk.
 
+pub mod config;
 pub mod row;
 mod store;
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use aeris_wire::Reading;
+use aeris_wire::{now_ms, Reading};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::health::Stats;
+use crate::health::{BufferGauges, Stats};
+use crate::preprocess::PreprocessConfig;
+pub use config::BufferConfig;
 
 /// Requests the buffer thread holds before senders wait. Appends are one
 /// sensor message each, and the sensor broker may deliver faster than its
@@ -122,19 +125,20 @@ impl Default for Settings {
 }
 
 impl Settings {
-    pub fn from_config(c: &crate::config::Config) -> Settings {
+    /// From `[buffer]`, and the aggregation windows of `[preprocess]`
+    /// (the budget replaces raw readings by aggregates of those windows).
+    pub fn from_config(c: &BufferConfig, preprocess: &PreprocessConfig) -> Settings {
         let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
-        let default_window = if c.preprocess.window.is_zero() {
+        let default_window = if preprocess.window.is_zero() {
             300_000
         } else {
-            ms(c.preprocess.window)
+            ms(preprocess.window)
         };
         Settings {
             store: Options {
-                max_bytes: c.buffer.max_bytes,
-                acked_grace_ms: ms(c.buffer.acked_grace),
-                window_ms: c
-                    .preprocess
+                max_bytes: c.max_bytes,
+                acked_grace_ms: ms(c.acked_grace),
+                window_ms: preprocess
                     .windows
                     .iter()
                     .filter(|(_, d)| !d.is_zero())
@@ -142,8 +146,8 @@ impl Settings {
                     .collect(),
                 default_window_ms: default_window,
             },
-            memory_readings: c.buffer.memory_readings,
-            retry_interval: c.buffer.retry_interval,
+            memory_readings: c.memory_readings,
+            retry_interval: c.retry_interval,
         }
     }
 }
@@ -154,6 +158,9 @@ pub struct Buffer {
     tx: mpsc::Sender<Request>,
     /// Signalled after every commit that added readings.
     pub appended: Arc<Notify>,
+    /// The state as of the last refresh (every second), for when the
+    /// thread is too busy to answer.
+    last: Arc<Mutex<Snapshot>>,
 }
 
 impl Buffer {
@@ -174,7 +181,9 @@ impl Buffer {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let appended = Arc::new(Notify::new());
+        let last = Arc::new(Mutex::new(Snapshot::default()));
         let mut worker = Worker {
+            last: last.clone(),
             store,
             path: path.to_owned(),
             settings,
@@ -195,7 +204,7 @@ impl Buffer {
             .name("aeris-buffer".into())
             .spawn(move || worker.serve(rx))
             .map_err(|e| BufferError::Corrupt(format!("cannot start buffer thread: {e}")))?;
-        Ok((Buffer { tx, appended }, join))
+        Ok((Buffer { tx, appended, last }, join))
     }
 
     /// Queues one sensor message's `readings` for the next group commit;
@@ -297,8 +306,11 @@ impl Buffer {
     }
 }
 
-fn now_ms() -> i64 {
-    crate::ingest::now_ms()
+impl Buffer {
+    /// The buffer's state as of its last refresh, without asking the thread.
+    pub fn last_snapshot(&self) -> Snapshot {
+        self.last.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
 /// One sensor message waiting for its commit.
@@ -323,6 +335,8 @@ struct Worker {
     path: std::path::PathBuf,
     settings: Settings,
     stats: Arc<Stats>,
+    /// Shared with the handles ([`Buffer::last_snapshot`]).
+    last: Arc<Mutex<Snapshot>>,
     appended: Arc<Notify>,
     /// Appends that could not be written yet, oldest first.
     pending: VecDeque<Pending>,
@@ -585,7 +599,7 @@ impl Worker {
             }
         }
         match self.snapshot() {
-            Ok(s) => self.stats.set_buffer(&s),
+            Ok(s) => self.publish(&s),
             Err(e) => warn!(error = %e, "cannot read the buffer's depth"),
         }
     }
@@ -594,6 +608,21 @@ impl Worker {
         self.store
             .as_mut()
             .ok_or_else(|| BufferError::NotOpen(self.path.display().to_string()))
+    }
+
+    /// Makes `s` the last known state, for the handles and `/metrics`.
+    fn publish(&self, s: &Snapshot) {
+        self.stats.set_buffer(BufferGauges {
+            readings: s.depth.readings,
+            bytes: s.depth.bytes,
+            oldest_ts_ms: s.depth.oldest_ts_ms,
+            acked_held: s.depth.acked_held,
+            used_bytes: s.depth.used_bytes,
+            losses: s.losses.clone(),
+        });
+        if let Ok(mut last) = self.last.lock() {
+            *last = s.clone();
+        }
     }
 
     fn snapshot(&self) -> Result<Snapshot, BufferError> {
@@ -660,7 +689,7 @@ impl Worker {
             Request::Snapshot { reply } => {
                 let s = self.snapshot();
                 if let Ok(s) = &s {
-                    self.stats.set_buffer(s);
+                    self.publish(s);
                 }
                 let _ = reply.send(s);
             }

@@ -11,6 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use prometheus_client::registry::Registry;
+
 use super::Stats;
 
 fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
@@ -21,7 +23,7 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn route(path: &str, stats: &Arc<Stats>) -> Vec<u8> {
+fn route(path: &str, stats: &Stats, registry: &Registry) -> Vec<u8> {
     match path {
         "/healthz" => response("200 OK", "text/plain", "ok\n"),
         "/readyz" if stats.ingest_subscribed.load(Relaxed) => {
@@ -35,13 +37,13 @@ fn route(path: &str, stats: &Arc<Stats>) -> Vec<u8> {
         "/metrics" => response(
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            &super::metrics::render(stats),
+            &super::metrics::render(registry),
         ),
         _ => response("404 Not Found", "text/plain", "not found\n"),
     }
 }
 
-async fn serve_one(mut sock: TcpStream, stats: Arc<Stats>) {
+async fn serve_one(mut sock: TcpStream, stats: Arc<Stats>, registry: Arc<Registry>) {
     let mut buf = vec![0u8; 2048];
     let mut n = 0;
     let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -59,18 +61,21 @@ async fn serve_one(mut sock: TcpStream, stats: Arc<Stats>) {
     let head = String::from_utf8_lossy(&buf[..n]);
     let mut parts = head.split_whitespace();
     let reply = match (read, parts.next(), parts.next()) {
-        (Ok(()), Some("GET"), Some(path)) => route(path.split('?').next().unwrap_or(path), &stats),
+        (Ok(()), Some("GET"), Some(path)) => {
+            route(path.split('?').next().unwrap_or(path), &stats, &registry)
+        }
         _ => response("400 Bad Request", "text/plain", "bad request\n"),
     };
     let _ = sock.write_all(&reply).await;
     let _ = sock.shutdown().await;
 }
 
-/// Serves until `shutdown`. Returns the bound address and the task, which
+/// Serves until `shutdown`; `/metrics` encodes `registry`. Returns the bound address and the task, which
 /// ends (closing the listener) after `shutdown`; or the bind error.
 pub async fn start(
     listen: &str,
     stats: Arc<Stats>,
+    registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(listen).await?;
@@ -81,7 +86,7 @@ pub async fn start(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((sock, _)) => { tokio::spawn(serve_one(sock, stats.clone())); }
+                    Ok((sock, _)) => { tokio::spawn(serve_one(sock, stats.clone(), registry.clone())); }
                     Err(e) => debug!(error = %e, "accept failed"),
                 },
             }

@@ -15,7 +15,7 @@ use super::Stats;
 #[derive(Debug)]
 struct StatsCollector(Arc<Stats>);
 
-pub(crate) fn counter(
+fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -36,7 +36,7 @@ fn gauge(
 }
 
 /// One counter per label value, e.g. rejections by reason.
-pub(crate) fn labelled(
+fn labelled(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -105,36 +105,36 @@ impl Collector for StatsCollector {
             g(&s.buffer_errors),
         )?;
         let b = s.buffer();
-        let now = crate::ingest::now_ms();
+        let now = aeris_wire::now_ms();
         gauge(
             &mut enc,
             "aeris_edge_buffer_readings",
             "Unsent readings in the buffer.",
-            b.depth.readings as i64,
+            b.readings as i64,
         )?;
         gauge(
             &mut enc,
             "aeris_edge_buffer_bytes",
             "Encoded bytes of the unsent readings in the buffer.",
-            b.depth.bytes as i64,
+            b.bytes as i64,
         )?;
         gauge(
             &mut enc,
             "aeris_edge_buffer_oldest_unsent_age_seconds",
             "Age of the oldest unsent reading's timestamp; 0 when none.",
-            b.depth.oldest_ts_ms.map_or(0, |t| (now - t).max(0) / 1000),
+            b.oldest_ts_ms.map_or(0, |t| (now - t).max(0) / 1000),
         )?;
         gauge(
             &mut enc,
             "aeris_edge_buffer_acked_held_readings",
             "Acknowledged readings kept for the grace period.",
-            b.depth.acked_held as i64,
+            b.acked_held as i64,
         )?;
         gauge(
             &mut enc,
             "aeris_edge_buffer_used_bytes",
             "Bytes of the buffer database file in use.",
-            b.depth.used_bytes as i64,
+            b.used_bytes as i64,
         )?;
         gauge(
             &mut enc,
@@ -321,17 +321,22 @@ impl Collector for StatsCollector {
             "Candidate models that failed a check.",
             g(&s.model_rejections),
         )?;
-        crate::ota::encode_metrics(&s.ota, &mut enc)?;
         Ok(())
     }
 }
 
-/// The exposition text of every metric.
-pub fn render(stats: &Arc<Stats>) -> String {
+/// A registry holding the counters of [`Stats`]; the agent adds the
+/// metrics stages register themselves (`ota::Metrics`) after them.
+pub fn registry(stats: &Arc<Stats>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StatsCollector(stats.clone())));
+    registry
+}
+
+/// The exposition text of every metric in `registry`.
+pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
 }

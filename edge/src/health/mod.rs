@@ -53,7 +53,7 @@ pub struct Stats {
     /// The active models, for the status heartbeat.
     models: Mutex<Vec<aeris_wire::ModelVersion>>,
     /// Last known buffer state (refreshed every second).
-    buffer_snapshot: Mutex<crate::buffer::Snapshot>,
+    buffer_gauges: Mutex<BufferGauges>,
     pub batches_sent: AtomicU64,
     pub readings_sent: AtomicU64,
     /// Readings the cloud acknowledged and the buffer deleted.
@@ -92,8 +92,6 @@ pub struct Stats {
     pub ingest_subscribed: AtomicBool,
     /// Deadlines the agent's loops promise to turn again by (watchdog).
     pub live: systemd::Liveness,
-    /// Over-the-air update counters.
-    pub ota: crate::ota::OtaStats,
 }
 
 impl Stats {
@@ -140,16 +138,16 @@ impl Stats {
             .unwrap_or_default()
     }
 
-    pub fn set_buffer(&self, s: &crate::buffer::Snapshot) {
-        self.buffered.store(s.depth.readings, Relaxed);
-        if let Ok(mut m) = self.buffer_snapshot.lock() {
-            *m = s.clone();
+    pub fn set_buffer(&self, g: BufferGauges) {
+        self.buffered.store(g.readings, Relaxed);
+        if let Ok(mut m) = self.buffer_gauges.lock() {
+            *m = g;
         }
     }
 
-    /// The buffer's state as of its last refresh.
-    pub fn buffer(&self) -> crate::buffer::Snapshot {
-        self.buffer_snapshot
+    /// The buffer's gauges as of its last refresh.
+    pub fn buffer(&self) -> BufferGauges {
+        self.buffer_gauges
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
@@ -168,6 +166,22 @@ impl Stats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
     }
+}
+
+/// The buffer's depth as `/metrics` shows it; the buffer fills it in from
+/// its snapshot (health sits below the buffer and does not know its types).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BufferGauges {
+    /// Unsent readings, their encoded bytes and the oldest one's timestamp.
+    pub readings: u64,
+    pub bytes: u64,
+    pub oldest_ts_ms: Option<i64>,
+    /// Acknowledged readings kept for the grace period.
+    pub acked_held: u64,
+    /// Bytes of the database file in use.
+    pub used_bytes: u64,
+    /// Readings lost since the buffer was created, by reason.
+    pub losses: Vec<(String, u64)>,
 }
 
 /// Histogram of ack latencies in seconds, 5 ms to about 40 s.

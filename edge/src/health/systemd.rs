@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Stats;
-use crate::buffer::Buffer;
 
 /// How often a loop beats while idle.
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
@@ -111,7 +110,14 @@ pub fn stopping() {
 
 /// Runs until `stop`: READY=1 once the sensor subscription is up, then
 /// WATCHDOG=1 while the loops and the buffer are alive, and STATUS= lines.
-pub async fn run(stats: Arc<Stats>, buffer: Buffer, stop: CancellationToken) {
+/// `held` asks the buffer thread for the readings it holds (a round trip:
+/// `None` when it cannot answer); health sits below the buffer, so the
+/// agent passes the question in.
+pub async fn run<F, Fut>(stats: Arc<Stats>, held: F, stop: CancellationToken)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<u64>>,
+{
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
@@ -143,20 +149,20 @@ pub async fn run(stats: Arc<Stats>, buffer: Buffer, stop: CancellationToken) {
                 _ = tokio::time::sleep_until(next_check) => {}
             }
         }
-        let held = tokio::time::timeout(period, buffer.snapshot()).await;
+        let held = tokio::time::timeout(period, held()).await;
         let stale = stats.live.stale(Instant::now());
         let line = match &held {
-            Ok(Ok(snap)) => format!(
+            Ok(Some(readings)) => format!(
                 "{}: {} readings held, {} accepted, {} acked, {} rejected",
                 if ready { "running" } else { "starting" },
-                snap.depth.readings,
+                readings,
                 Stats::get(&stats.accepted),
                 Stats::get(&stats.readings_acked),
                 Stats::get(&stats.rejected),
             ),
             _ => "buffer not answering".to_owned(),
         };
-        let buffer_ok = matches!(held, Ok(Ok(_)));
+        let buffer_ok = matches!(held, Ok(Some(_)));
         if watchdog.is_some() && buffer_ok && stale.is_empty() {
             send(&[NotifyState::Watchdog, NotifyState::Status(&line)]);
         } else {

@@ -11,6 +11,7 @@
 //!   the loader that turns dropped folders and `down/cmd` model updates into
 //!   candidates without stalling ingest.
 
+pub mod config;
 pub mod engine;
 pub mod features;
 pub mod manifest;
@@ -19,5 +20,6 @@ pub mod runtime;
 pub mod signing;
 pub mod store;
 
+pub use config::InferConfig;
 pub use engine::{Change, Engine, EngineConfig, InferStats, FLAG_MODEL_ANOMALY};
 pub use model::{Model, ModelError};

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use aeris_wire::{Reading, Value};
 use serde_json::Value as Json;
 
-use crate::config::SensorConfig;
+use super::config::SensorConfig;
 use crate::preprocess::units::{self, Reference};
 
 /// Why a sensor message was rejected. [`Reject::reason`] is the metric label.

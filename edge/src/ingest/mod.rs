@@ -30,9 +30,11 @@
 //! agent was away, so it was measured before its stamp.
 
 pub mod acks;
+pub mod config;
 pub mod flat;
 pub mod senml;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,10 +46,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::buffer::Buffer;
-use crate::config::Config;
 use crate::health::Stats;
 use crate::infer::runtime::{Inference, Runtime};
+use crate::preprocess::PreprocessConfig;
 use crate::preprocess::Preprocessor;
+pub use config::{IngestConfig, LocalConfig, SensorConfig};
 
 use self::acks::Acks;
 
@@ -91,10 +94,23 @@ pub fn parse_message(
     }
 }
 
+/// What ingest is built from: its own sections, and `[preprocess]` for the
+/// preprocessor it runs on each reading.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This device's id; the local client id is `<device_id>-ingest`.
+    pub device_id: String,
+    pub local: LocalConfig,
+    pub ingest: IngestConfig,
+    /// Fixed positions of sensors without GPS, by sensor id.
+    pub sensors: BTreeMap<String, SensorConfig>,
+    pub preprocess: PreprocessConfig,
+}
+
 /// Runs until `shutdown`; then disconnects, leaving uncommitted messages
 /// unacknowledged for the broker to deliver again.
 pub async fn run(
-    config: Arc<Config>,
+    config: Arc<Settings>,
     buffer: Buffer,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
@@ -220,7 +236,7 @@ pub async fn run(
 
 #[allow(clippy::too_many_arguments)]
 async fn handle(
-    config: &Config,
+    config: &Settings,
     acks: &Arc<Acks>,
     buffer: &Buffer,
     stats: &Arc<Stats>,

@@ -240,7 +240,7 @@ fn resolve_time(secs: f64, now_ms: i64) -> Result<(i64, bool), Reject> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SensorConfig;
+    use crate::ingest::config::SensorConfig;
     use crate::preprocess::units::Reference;
 
     const NOW: i64 = 1_700_000_000_000;

@@ -1,3 +1,6 @@
+//! `[ota]`: over-the-air updates. Imports nothing from the crate but the
+//! key parser ([`crate::keys`], a leaf).
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -33,5 +36,15 @@ impl Default for OtaConfig {
             probation: Duration::from_secs(600),
             max_package_bytes: 128 << 20,
         }
+    }
+}
+
+impl OtaConfig {
+    /// Checks serde cannot express; the error names the key within `[ota]`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Err(e) = crate::keys::parse_keys(&self.trusted_keys) {
+            return Err(("trusted_keys", e));
+        }
+        Ok(())
     }
 }

@@ -14,17 +14,18 @@
 //!
 //! - [`config`]: the `[ota]` keys.
 //! - [`download`]: resumable, size-capped fetching with a progress counter.
+//! - [`metrics`]: the `aeris_edge_ota_*` metrics.
 
 pub mod config;
 pub mod download;
+pub mod metrics;
 pub mod package;
 pub mod slots;
 pub mod trial;
 pub mod update;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aeris_wire::{Event, EventKind};
 use tokio::sync::mpsc;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use config::OtaConfig;
+pub use metrics::Metrics;
 use slots::{Slots, Trial};
 use update::OtaError;
 
@@ -40,64 +42,6 @@ use update::OtaError;
 pub struct OtaCommand {
     pub id: u64,
     pub payload: Vec<u8>,
-}
-
-/// OTA counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct OtaStats {
-    /// Package bytes downloaded.
-    pub bytes_downloaded: AtomicU64,
-    /// Updates refused or failed, by reason.
-    failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    pub installed: AtomicU64,
-    pub rollbacks: AtomicU64,
-}
-
-impl OtaStats {
-    pub fn failed(&self, reason: &'static str) {
-        if let Ok(mut m) = self.failures.lock() {
-            *m.entry(reason).or_default() += 1;
-        }
-    }
-
-    pub fn failures(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.failures.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-}
-
-/// The OTA metrics, written by the agent's collector.
-pub fn encode_metrics(
-    s: &OtaStats,
-    enc: &mut prometheus_client::encoding::DescriptorEncoder,
-) -> Result<(), std::fmt::Error> {
-    use crate::health::metrics::{counter, labelled};
-    counter(
-        enc,
-        "aeris_edge_ota_downloaded_bytes",
-        "Update package bytes downloaded (progress of a running download).",
-        s.bytes_downloaded.load(Relaxed),
-    )?;
-    counter(
-        enc,
-        "aeris_edge_ota_installed",
-        "Updates installed into the inactive slot and put on trial.",
-        s.installed.load(Relaxed),
-    )?;
-    counter(
-        enc,
-        "aeris_edge_ota_rollbacks",
-        "Updates rolled back (trial failed or interrupted).",
-        s.rollbacks.load(Relaxed),
-    )?;
-    let failures = s.failures();
-    let values: Vec<(&str, u64)> = failures.iter().map(|(k, v)| (*k, *v)).collect();
-    labelled(
-        enc,
-        "aeris_edge_ota_refused",
-        "Updates refused or failed before their trial, by reason.",
-        "reason",
-        &values,
-    )
 }
 
 /// Sends `up/event` messages of kind `Ota`.
@@ -126,12 +70,12 @@ pub fn running_version() -> String {
         .and_then(|exe| std::fs::read(exe.parent()?.join(package::MANIFEST)).ok())
         .and_then(|b| serde_json::from_slice::<package::Manifest>(&b).ok())
         .map(|m| m.version)
-        .unwrap_or_else(|| crate::agent::AGENT_VERSION.to_owned())
+        .unwrap_or_else(|| crate::version::AGENT_VERSION.to_owned())
 }
 
 /// At start (not on trial): reports and clears a trial left by the last
 /// run: rolled back unless it was confirmed and its slot is current.
-pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &OtaStats) {
+pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &Metrics) {
     let Some(t) = slots.read_trial() else { return };
     if t.state == "confirmed" && slots.current().as_deref() == Some(t.slot.as_str()) {
         info!(version = %t.version, "running the confirmed update");
@@ -144,7 +88,7 @@ pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &OtaStats) {
             other => other.to_owned(),
         };
         warn!(version = %t.version, reason = %why, "update rolled back");
-        stats.rollbacks.fetch_add(1, Relaxed);
+        stats.rollbacks.inc();
         report.send(format!(
             "ota {}: rolled back: version {} not kept ({why}); running {}",
             t.command_id,
@@ -160,7 +104,7 @@ pub fn report_leftover(slots: &Slots, report: &Reporter, stats: &OtaStats) {
 /// are reported and counted, and the next command is awaited.
 pub async fn serve(
     config: Arc<OtaConfig>,
-    stats: Arc<crate::health::Stats>,
+    stats: Arc<Metrics>,
     report: Reporter,
     mut commands: mpsc::Receiver<OtaCommand>,
     stop: CancellationToken,
@@ -172,10 +116,10 @@ pub async fn serve(
             c = commands.recv() => c?,
         };
         let id = cmd.id;
-        match install(&config, &slots, &stats.ota, &report, cmd).await {
+        match install(&config, &slots, &stats, &report, cmd).await {
             Ok(trial) => return Some(trial),
             Err(e) => {
-                stats.ota.failed(e.reason());
+                stats.failed(e.reason());
                 warn!(id, reason = e.reason(), error = %e, "update not installed");
                 report.send(format!("ota {id}: refused ({}): {e}", e.reason()));
             }
@@ -186,11 +130,11 @@ pub async fn serve(
 async fn install(
     config: &OtaConfig,
     slots: &Slots,
-    stats: &OtaStats,
+    stats: &Metrics,
     report: &Reporter,
     cmd: OtaCommand,
 ) -> Result<Trial, OtaError> {
-    let trusted = crate::config::parse_keys(&config.trusted_keys).map_err(OtaError::Malformed)?;
+    let trusted = crate::keys::parse_keys(&config.trusted_keys).map_err(OtaError::Malformed)?;
     let running = running_version();
     let (update, m) = update::accept(&cmd.payload, &trusted, &running, config.max_package_bytes)?;
     let slot = slots.inactive();
@@ -204,7 +148,7 @@ async fn install(
     // does not list goes before the download; a symlink at a listed path
     // would otherwise be written through.
     discard_unlisted(&m, &partial, cmd.id)?;
-    download::fetch_all(&update.url, &m, &partial, &stats.bytes_downloaded).await?;
+    download::fetch_all(&update.url, &m, &partial, stats.bytes_downloaded.inner()).await?;
     let write = |name: &str, bytes: &[u8]| {
         std::fs::write(partial.join(name), bytes).map_err(|e| package::PackageError::Io {
             path: name.into(),
@@ -224,11 +168,11 @@ async fn install(
         version: m.version.clone(),
         from_version: running,
         command_id: cmd.id,
-        deadline_ms: crate::ingest::now_ms() + config.trial_deadline.as_millis() as i64,
+        deadline_ms: aeris_wire::now_ms() + config.trial_deadline.as_millis() as i64,
         state: "running".into(),
     };
     slots.write_trial(&trial)?;
-    stats.installed.fetch_add(1, Relaxed);
+    stats.installed.inc();
     report.send(format!(
         "ota {}: installed: version {} in slot {slot}; starting its trial ({} to prove itself)",
         cmd.id,

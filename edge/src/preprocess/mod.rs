@@ -14,6 +14,7 @@
 //!   attached to the reading as values.
 
 pub mod aqi;
+pub mod config;
 pub mod quality;
 pub mod units;
 pub mod window;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use aeris_wire::{Reading, Value};
 
-use crate::config::PreprocessConfig;
+pub use config::PreprocessConfig;
 pub use quality::{Quality, Thresholds, Verdict};
 pub use window::{Added, Aggregate, Windows};
 

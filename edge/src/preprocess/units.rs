@@ -27,6 +27,16 @@ pub struct Reference {
     pub pressure_hpa: f64,
 }
 
+impl super::config::PreprocessConfig {
+    /// The configured reference conditions.
+    pub fn reference(&self) -> Reference {
+        Reference {
+            temp_c: self.reference_temp_c,
+            pressure_hpa: self.reference_pressure_hpa,
+        }
+    }
+}
+
 impl Default for Reference {
     /// 25 °C and 1013.25 hPa, as the US EPA.
     fn default() -> Self {

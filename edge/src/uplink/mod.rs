@@ -14,6 +14,7 @@
 //! within one round trip of reconnecting. Batches go out in the columnar
 //! layout (`aeris_wire::columnar`) unless `uplink.encoding = "postcard"`.
 
+pub mod config;
 pub mod drain;
 pub mod outbox;
 pub mod tls;
@@ -37,9 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::buffer::{Buffer, Snapshot};
-use crate::config::{BatchEncoding, Config};
 use crate::health::Stats;
-use crate::infer::store::ModelCommand;
+pub use config::{BatchEncoding, CloudConfig, TlsConfig, UplinkConfig};
 use drain::DrainRate;
 use outbox::{run_len, Lane, Outbox};
 
@@ -58,11 +58,20 @@ enum Link {
     },
 }
 
-/// Where `down/cmd` commands go: the model loader (when inference runs)
-/// and the OTA installer.
-pub struct Commands {
-    pub models: Option<mpsc::Sender<ModelCommand>>,
-    pub ota: mpsc::Sender<crate::ota::OtaCommand>,
+/// Where the `down/cmd` commands the uplink does not act on itself go
+/// (everything but `Resend` and `Renumber`): the agent routes them.
+pub type Commands = mpsc::UnboundedSender<Command>;
+
+/// What the uplink is built from: its own sections and the agent's id and
+/// shutdown grace.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This device's id: client id and topic level.
+    pub device_id: String,
+    pub cloud: CloudConfig,
+    pub uplink: UplinkConfig,
+    /// How long a shutdown may spend getting held readings acked.
+    pub shutdown_grace: Duration,
 }
 
 /// Identity of this agent run, for the status heartbeat.
@@ -73,7 +82,7 @@ pub struct Identity {
 }
 
 pub struct Uplink {
-    config: Arc<Config>,
+    config: Arc<Settings>,
     topics: Topics,
     buffer: Buffer,
     stats: Arc<Stats>,
@@ -101,7 +110,7 @@ const MAX_UNSENT_EVENTS: usize = 256;
 /// `tls` (from [`tls::client_config`]) puts the link on TLS.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    config: Arc<Config>,
+    config: Arc<Settings>,
     tls: Option<Arc<rustls::ClientConfig>>,
     buffer: Buffer,
     stats: Arc<Stats>,
@@ -292,7 +301,7 @@ impl Uplink {
                 // The newest full batch and what comes after it are live.
                 let next_seq = match self.buffer.snapshot().await {
                     Ok(s) => s.next_seq,
-                    Err(_) => self.stats.buffer().next_seq,
+                    Err(_) => self.buffer.last_snapshot().next_seq,
                 };
                 let batch = self.config.uplink.batch_max_readings as u64;
                 self.outbox.reset(next_seq.saturating_sub(batch));
@@ -562,7 +571,7 @@ impl Uplink {
         let snapshot = match self.buffer.snapshot().await {
             Ok(s) => s,
             // The last known state, when the buffer cannot answer.
-            Err(_) => self.stats.buffer(),
+            Err(_) => self.buffer.last_snapshot(),
         };
         let eta = self.drain.observe(Instant::now(), snapshot.depth.readings);
         let s = status(
@@ -660,50 +669,10 @@ async fn drive(
                                 next_seq,
                             });
                         }
-                        Ok(Command {
-                            id,
-                            kind:
-                                CommandKind::Model {
-                                    name,
-                                    version,
-                                    url,
-                                    sha256,
-                                    signature,
-                                    force,
-                                },
-                        }) => match &commands.models {
-                            Some(tx) => {
-                                info!(id, model = %name, %version, "model update requested");
-                                let cmd = ModelCommand {
-                                    id,
-                                    name,
-                                    version,
-                                    url,
-                                    sha256,
-                                    signature,
-                                    force,
-                                };
-                                if tx.try_send(cmd).is_err() {
-                                    warn!(id, "model loader busy; update dropped, the cloud may send it again");
-                                }
-                            }
-                            None => warn!(id, "model update ignored: inference is disabled"),
-                        },
-                        Ok(Command {
-                            id,
-                            kind: CommandKind::Ota { manifest },
-                        }) => {
-                            info!(id, "agent update offered");
-                            let cmd = crate::ota::OtaCommand {
-                                id,
-                                payload: manifest,
-                            };
-                            if commands.ota.try_send(cmd).is_err() {
-                                warn!(id, "an update is in progress; this one is dropped");
-                            }
-                        }
+                        // Model and agent updates, and commands this
+                        // version does not know, are the agent's to route.
                         Ok(cmd) => {
-                            warn!(id = cmd.id, "command not supported by this agent version")
+                            let _ = commands.send(cmd);
                         }
                         Err(e) => warn!(reason = e.reason(), error = %e, "bad command ignored"),
                     },

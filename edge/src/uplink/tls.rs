@@ -12,7 +12,7 @@ use aeris_runtime::tls::TlsFiles;
 pub use aeris_runtime::tls::{failure_reason, TlsError};
 use rustls::ClientConfig;
 
-use crate::config::TlsConfig;
+use super::config::TlsConfig;
 
 /// The client configuration, or `None` when TLS is off.
 pub fn client_config(tls: &TlsConfig) -> Result<Option<Arc<ClientConfig>>, TlsError> {

@@ -1,0 +1,63 @@
+//! `[preprocess]`: unit references, quality thresholds, windows and AQI.
+//! Imports nothing else from the crate.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Preprocessing between validation and inference (see `preprocess`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreprocessConfig {
+    /// Reference temperature (°C) for ppb/ppm → µg/m³.
+    pub reference_temp_c: f64,
+    /// Reference pressure (hPa) for ppb/ppm → µg/m³.
+    pub reference_pressure_hpa: f64,
+    /// A value this many times the recent median away from it is a spike;
+    /// 0 = off.
+    pub spike_ratio: f64,
+    /// ...and at least this far from it, in the quantity's unit.
+    pub spike_min_delta: f64,
+    /// A value repeated unchanged this many times in a row is stuck; 0 = off.
+    pub stuck_count: u32,
+    /// Default aggregation window; 0 = off.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Aggregation window by sensor id.
+    pub windows: BTreeMap<String, humantime_serde::Serde<Duration>>,
+    /// Attach US EPA AQI values (`aqi_<pollutant>`, `aqi`) to readings.
+    pub aqi: bool,
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        PreprocessConfig {
+            reference_temp_c: 25.0,
+            reference_pressure_hpa: 1013.25,
+            spike_ratio: 4.0,
+            spike_min_delta: 50.0,
+            stuck_count: 30,
+            window: Duration::from_secs(300),
+            windows: BTreeMap::new(),
+            aqi: true,
+        }
+    }
+}
+
+impl PreprocessConfig {
+    /// Checks serde cannot express; the error names the key within
+    /// `[preprocess]`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(-60.0..=60.0).contains(&self.reference_temp_c) {
+            return Err(("reference_temp_c", "must be within -60..=60".into()));
+        }
+        if !(500.0..=1100.0).contains(&self.reference_pressure_hpa) {
+            return Err(("reference_pressure_hpa", "must be within 500..=1100".into()));
+        }
+        if !(self.spike_ratio >= 0.0 && self.spike_min_delta >= 0.0) {
+            return Err(("spike_ratio", "thresholds must be >= 0".into()));
+        }
+        Ok(())
+    }
+}
