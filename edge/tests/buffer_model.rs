@@ -289,7 +289,7 @@ impl World {
             .map(|(_, r)| r)
             .collect();
         let last = run.last().unwrap().0;
-        self.store().mark_sent(first, last, 0).unwrap();
+        self.store().mark_sent(first, last).unwrap();
         self.in_flight.push_back(run);
     }
 

@@ -657,9 +657,7 @@ impl Worker {
                 let _ = reply.send(r);
             }
             Request::MarkSent { first, last, reply } => {
-                let r = self
-                    .store()
-                    .and_then(|s| s.mark_sent(first, last, now_ms()));
+                let r = self.store().and_then(|s| s.mark_sent(first, last));
                 if let Err(e) = &r {
                     self.stats.buffer_write_error(e.kind());
                     warn!(error = %e, first_seq = first, last_seq = last, "cannot mark a batch as sent");

@@ -76,6 +76,17 @@ impl LogEntry {
     }
 }
 
+/// Writes `entries` as one log row.
+pub(super) fn append_log(conn: &Connection, entries: &[LogEntry]) -> Result<(), BufferError> {
+    let mut blob = Vec::with_capacity(entries.len() * LOG_ENTRY_BYTES);
+    for e in entries {
+        e.write(&mut blob);
+    }
+    conn.prepare_cached("INSERT INTO delivery_log (n, entries) VALUES (?1, ?2)")?
+        .execute(params![entries.len() as i64, blob])?;
+    Ok(())
+}
+
 /// The newest log entry under packet id `pkid`. Redeliveries are of
 /// messages still in flight, so the search usually ends in the newest rows.
 pub(super) fn last_logged(conn: &Connection, pkid: u16) -> Result<Option<LogEntry>, BufferError> {
@@ -182,14 +193,7 @@ impl Store {
         }
         let mut log_entries = self.log_entries;
         if !logged.is_empty() {
-            let mut blob = Vec::with_capacity(logged.len() * LOG_ENTRY_BYTES);
-            for e in &logged {
-                e.write(&mut blob);
-            }
-            tx.execute(
-                "INSERT INTO delivery_log (n, entries) VALUES (?1, ?2)",
-                params![logged.len() as i64, blob],
-            )?;
+            append_log(&tx, &logged)?;
             log_entries += logged.len() as u64;
             if log_entries > 2 * LOG_KEEP {
                 log_entries = trim_log(&tx)?;

@@ -68,8 +68,8 @@ mod schema;
 mod sent;
 mod totals;
 
+pub use ledger::Delivery;
 use ledger::*;
-pub use ledger::{Delivery, LOG_ENTRY_BYTES};
 use schema::*;
 use sent::*;
 use totals::*;

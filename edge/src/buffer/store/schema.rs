@@ -140,14 +140,7 @@ pub(super) fn migrate_from_3(conn: &Connection) -> Result<(), BufferError> {
         .collect::<Result<_, _>>()?
     };
     if !entries.is_empty() {
-        let mut blob = Vec::with_capacity(entries.len() * LOG_ENTRY_BYTES);
-        for e in &entries {
-            e.write(&mut blob);
-        }
-        tx.execute(
-            "INSERT INTO delivery_log (n, entries) VALUES (?1, ?2)",
-            params![entries.len() as i64, blob],
-        )?;
+        append_log(&tx, &entries)?;
     }
     tx.execute_batch(DROP_3)?;
     tx.pragma_update(None, "user_version", 4)?;

@@ -74,7 +74,7 @@ pub(super) fn unmark(
 }
 
 impl Store {
-    /// Marks the unacknowledged rows `first..=last` published at `now_ms`:
+    /// Marks the unacknowledged rows `first..=last` published:
     /// from now on they may be committed in the cloud.
     ///
     /// Committed without its own fsync (`synchronous=NORMAL` for this one
@@ -83,8 +83,7 @@ impl Store {
     /// one fsync per batch on the thread every append waits for. A power
     /// cut inside that gap can only let the disk budget downsample a batch
     /// that was published in it (the double count of decisions.md).
-    pub fn mark_sent(&mut self, first: u64, last: u64, now_ms: i64) -> Result<usize, BufferError> {
-        let _ = now_ms;
+    pub fn mark_sent(&mut self, first: u64, last: u64) -> Result<usize, BufferError> {
         // Only seqs already handed out; later rows must stay outside.
         let last = last.min(self.next_seq.saturating_sub(1));
         if first > last {

@@ -19,7 +19,7 @@ pub(crate) fn reading(i: i64) -> Reading {
 
 /// Publishes and acknowledges `first..=last`, as the uplink does.
 fn sent_and_acked(s: &mut Store, first: u64, last: u64, now_ms: i64) -> Result<usize, BufferError> {
-    s.mark_sent(first, last, now_ms)?;
+    s.mark_sent(first, last)?;
     s.ack_range(first, last, now_ms)
 }
 
@@ -31,7 +31,7 @@ fn only_published_readings_can_be_acknowledged() {
     // A stale ack (for seqs of a deleted buffer) finds nothing sent.
     assert_eq!(s.ack_range(1, 2, 0).unwrap(), 0);
     assert_eq!(s.depth().unwrap().readings, 2);
-    s.mark_sent(1, 1, 0).unwrap();
+    s.mark_sent(1, 1).unwrap();
     assert_eq!(s.ack_range(1, 2, 0).unwrap(), 1);
     assert_eq!(s.depth().unwrap().readings, 1);
 }
@@ -211,7 +211,7 @@ fn published_rows_are_not_downsampled() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = over_budget(dir.path(), 0, 60_000, "a", 1000);
     // The oldest batch went out; its fate is unknown.
-    assert_eq!(s.mark_sent(1, 2000, 5).unwrap(), 2000);
+    assert_eq!(s.mark_sent(1, 2000).unwrap(), 2000);
     let e = s.enforce_budget().unwrap();
     assert!(e.downsampled > 0 && e.dropped == 0, "{e:?}");
     let (rows, _) = s.read_from(1, 2000).unwrap();
@@ -610,7 +610,7 @@ fn the_running_totals_match_the_rows_after_every_change() {
             }
             40..=54 => {
                 let (a, b) = (any(&mut rng), any(&mut rng));
-                s.mark_sent(a.min(b), a.max(b), step).unwrap();
+                s.mark_sent(a.min(b), a.max(b)).unwrap();
             }
             55..=69 => {
                 let (a, b) = (any(&mut rng), any(&mut rng));
