@@ -19,7 +19,9 @@
 //! - [`files`]: an HTTP file server with Range support, for downloads.
 //! - [`browser`]: headless Chromium over the DevTools protocol.
 //! - [`stack`]: the whole pipeline with an edge agent.
+//! - [`bench`]: what the benchmark commands share (MQTT client, /proc usage).
 
+pub mod bench;
 pub mod browser;
 pub mod cloud;
 pub mod device;

@@ -23,13 +23,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aeris_tests::bench::proc_usage;
 use aeris_tests::cloud::Gateway;
 use aeris_tests::http::metric;
 use aeris_tests::mosquitto::Mosquitto;
 use aeris_tests::postgres::TestDb;
 use aeris_tests::process::Proc;
 use aeris_wire::{decode, encode, Batch, Channel, Topics};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, QoS};
 
 const DEVICE: &str = "bench-edge";
 
@@ -74,59 +75,18 @@ fn messages(n: usize, sensors: usize) -> Vec<(String, String)> {
 /// A client, how many publishes it received, and the batch payloads among them.
 type Client = (AsyncClient, Arc<AtomicU64>, Arc<Mutex<Vec<Vec<u8>>>>);
 
-/// A QoS 1 client with its event loop in a task; counts publishes received.
+/// A QoS 1 client that keeps the batch payloads it receives.
 async fn client(port: u16, subscribe: Option<&str>) -> Client {
-    let mut opts = MqttOptions::new(
-        format!("bench-{:08x}", fastrand::u32(..)),
-        "127.0.0.1",
-        port,
-    );
-    opts.set_keep_alive(Duration::from_secs(60))
-        .set_max_packet_size(32 << 20, 32 << 20)
-        .set_inflight(1000);
-    let (client, mut events) = AsyncClient::new(opts, 10_000);
-    let received = Arc::new(AtomicU64::new(0));
     let kept: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let (count, keep, c, topic) = (
-        received.clone(),
-        kept.clone(),
-        client.clone(),
-        subscribe.map(str::to_owned),
-    );
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let mut ready_tx = Some(ready_tx);
-    tokio::spawn(async move {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => match &topic {
-                    Some(t) => {
-                        let _ = c.subscribe(t.clone(), QoS::AtLeastOnce).await;
-                    }
-                    None => {
-                        if let Some(tx) = ready_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                },
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    count.fetch_add(1, Relaxed);
-                    if p.topic.ends_with("/up/batch") {
-                        if let Ok(mut k) = keep.lock() {
-                            k.push(p.payload.to_vec());
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+    let keep = kept.clone();
+    let (client, received) = aeris_tests::bench::client(port, subscribe, move |topic, payload| {
+        if topic.ends_with("/up/batch") {
+            if let Ok(mut k) = keep.lock() {
+                k.push(payload.to_vec());
             }
         }
-    });
-    let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+    })
+    .await;
     (client, received, kept)
 }
 
@@ -160,44 +120,6 @@ async fn ceiling(msgs: &[(String, String)]) -> f64 {
         }
     }
     n as f64 / start.elapsed().as_secs_f64()
-}
-
-/// Memory and CPU of a process, from /proc.
-struct Usage {
-    /// Peak resident set (VmHWM).
-    peak: u64,
-    /// Resident now: anonymous (heap, stacks) and file-backed (the binary's
-    /// and libraries' pages).
-    anon: u64,
-    file: u64,
-    cpu_s: f64,
-}
-
-fn proc_usage(pid: u32) -> Usage {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let bytes = |field: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields, in clock ticks (100 per second on Linux).
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
-        .sum();
-    Usage {
-        peak: bytes("VmHWM:"),
-        anon: bytes("RssAnon:"),
-        file: bytes("RssFile:"),
-        cpu_s: ticks as f64 / 100.0,
-    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
