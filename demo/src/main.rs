@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
         },
         ..defaults
     };
-    let edge_stats = Arc::new(aeris_edge::Stats::default());
+    let edge_stats = aeris_edge::Telemetry::default();
     let edge_stop = CancellationToken::new();
     let edge = tokio::spawn(aeris_edge::run(
         edge_config,
@@ -212,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
                 // "max" is closed-loop: the sensors stay at most a few
                 // thousand readings ahead of what the agent has stored.
                 while matches!(speedup, Speedup::Max)
-                    && published.load(Relaxed) > accepted.accepted.load(Relaxed) + 4000
+                    && published.load(Relaxed) > accepted.ingest.accepted.get() + 4000
                 {
                     tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(Duration::from_millis(2)) => {} }
                 }
@@ -247,7 +247,7 @@ async fn main() -> anyhow::Result<()> {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until((started + cli.duration).into()) => break,
             _ = tick.tick() => {
-                let (accepted, acked) = (edge_stats.accepted.load(Relaxed), edge_stats.readings_acked.load(Relaxed));
+                let (accepted, acked) = (edge_stats.ingest.accepted.get(), edge_stats.uplink.readings_acked.get());
                 let dt = last_t.elapsed().as_secs_f64();
                 println!(
                     "[{:>4.0}s] published {:>7} | in {:>7} ({:>6.0}/s) | buffered {:>5} | acked {:>7} ({:>6.0}/s) | stored {:>7} | model runs {:>6} | rejected {}",
@@ -259,8 +259,8 @@ async fn main() -> anyhow::Result<()> {
                     acked,
                     (acked - last_acked) as f64 / dt,
                     gw_stats.readings_inserted.get(),
-                    edge_stats.infer_runs.load(Relaxed),
-                    edge_stats.rejected.load(Relaxed),
+                    edge_stats.infer.runs.get(),
+                    edge_stats.ingest.rejected(),
                 );
                 (last_in, last_acked, last_t) = (accepted, acked, Instant::now());
             }
@@ -277,8 +277,8 @@ async fn main() -> anyhow::Result<()> {
     gw_stop.cancel();
     gateway.await??;
 
-    let accepted = edge_stats.accepted.load(Relaxed);
-    let acked = edge_stats.readings_acked.load(Relaxed);
+    let accepted = edge_stats.ingest.accepted.get();
+    let acked = edge_stats.uplink.readings_acked.get();
     println!();
     println!(
         "{} readings published in {:.1}s; {} accepted by the agent ({:.0}/s), {} stored and acked, {} rejected, {} left in the edge buffer",
@@ -287,14 +287,14 @@ async fn main() -> anyhow::Result<()> {
         accepted,
         accepted as f64 / elapsed.as_secs_f64(),
         acked,
-        edge_stats.rejected.load(Relaxed),
+        edge_stats.ingest.rejected(),
         accepted.saturating_sub(acked),
     );
-    let runs = edge_stats.infer_runs.load(Relaxed);
+    let runs = edge_stats.infer.runs.get();
     if runs > 0 {
         println!(
             "models: {runs} runs on the board ({:.1} µs each), {} readings flagged as suspected sensor faults",
-            edge_stats.infer_run_micros.load(Relaxed) as f64 / runs as f64,
+            edge_stats.infer.run_micros.get() as f64 / runs as f64,
             flagged(&cloud_db)?,
         );
     }

@@ -10,7 +10,8 @@
 //!   never-reused seq in the same transaction that stores it.
 //! - [`uplink`]: sends contiguous seq ranges as batches to the cloud broker
 //!   and deletes what the cloud acknowledges.
-//! - [`health`]: counters shared by the tasks, `/metrics`, systemd notify.
+//! - [`health`]: readiness and liveness probes, `/healthz`, `/readyz`,
+//!   `/metrics` (each stage registers its own metrics), systemd notify.
 //! - [`ota`]: the signed agent package and over-the-air updates.
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`agent`]: the start-up and shutdown sequence tying them together.
@@ -31,9 +32,8 @@ pub mod preprocess;
 pub mod uplink;
 pub mod version;
 
-pub use agent::run;
+pub use agent::{run, Telemetry};
 pub use config::Config;
-pub use health::Stats;
 
 // The flag bits are defined once, in `aeris_wire::flags`; the buffer still
 // declares its own `FLAG_AGGREGATE` (it is being reworked elsewhere), so

@@ -1,5 +1,4 @@
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use aeris_edge::config::{Config, KEYS_HELP};
 use clap::Parser;
@@ -71,6 +70,6 @@ fn main() -> std::process::ExitCode {
         }
     }
     aeris_runtime::run_until_signal("aeris-edge", &cli.logging, |shutdown| {
-        aeris_edge::run(config, Arc::new(aeris_edge::Stats::default()), shutdown)
+        aeris_edge::run(config, aeris_edge::Telemetry::default(), shutdown)
     })
 }

@@ -16,12 +16,12 @@
 //! sensor before it is on disk.
 
 pub mod config;
+pub mod metrics;
 pub mod row;
 mod store;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,9 +30,9 @@ use aeris_wire::{now_ms, Reading};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::health::{BufferGauges, Stats};
 use crate::preprocess::PreprocessConfig;
 pub use config::BufferConfig;
+pub use metrics::Metrics;
 
 /// Requests the buffer thread holds before senders wait. Appends are one
 /// sensor message each, and the sensor broker may deliver faster than its
@@ -169,7 +169,7 @@ impl Buffer {
     pub fn open(
         path: &Path,
         settings: Settings,
-        stats: Arc<Stats>,
+        metrics: Arc<Metrics>,
     ) -> Result<(Buffer, thread::JoinHandle<()>), BufferError> {
         // A file that is not an Aeris buffer stops the agent with a clear
         // error; one that cannot be opened for writing (read-only file
@@ -187,7 +187,7 @@ impl Buffer {
             store,
             path: path.to_owned(),
             settings,
-            stats,
+            metrics,
             appended: appended.clone(),
             pending: VecDeque::new(),
             pending_readings: 0,
@@ -203,7 +203,7 @@ impl Buffer {
         let join = thread::Builder::new()
             .name("aeris-buffer".into())
             .spawn(move || worker.serve(rx))
-            .map_err(|e| BufferError::Corrupt(format!("cannot start buffer thread: {e}")))?;
+            .map_err(BufferError::Thread)?;
         Ok((Buffer { tx, appended, last }, join))
     }
 
@@ -334,7 +334,7 @@ struct Worker {
     store: Option<Store>,
     path: std::path::PathBuf,
     settings: Settings,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     /// Shared with the handles ([`Buffer::last_snapshot`]).
     last: Arc<Mutex<Snapshot>>,
     appended: Arc<Notify>,
@@ -486,13 +486,13 @@ impl Worker {
             (p.on_commit)(Ok(a));
         }
         if redelivered > 0 {
-            self.stats.buffer_duplicates.fetch_add(redelivered, Relaxed);
+            self.metrics.duplicates.inc_by(redelivered);
         }
         self.appended.notify_one();
     }
 
     fn write_failed(&mut self, e: &BufferError) {
-        self.stats.buffer_write_error(e.kind());
+        self.metrics.write_error(e.kind());
         if self.degraded_since.is_none() {
             error!(
                 error = %e,
@@ -501,7 +501,7 @@ impl Worker {
                 "buffer cannot be written; holding new readings in memory (unacknowledged to sensors) and retrying"
             );
             self.degraded_since = Some(Instant::now());
-            self.stats.buffer_degraded.store(true, Relaxed);
+            self.metrics.degraded.set(1);
         }
         self.last_retry = Instant::now();
     }
@@ -511,18 +511,16 @@ impl Worker {
     fn hold(&mut self, group: Vec<Pending>) {
         for p in group {
             if self.pending_readings + p.readings.len() > self.settings.memory_readings {
-                self.stats
-                    .buffer_refused
-                    .fetch_add(p.readings.len() as u64, Relaxed);
+                self.metrics.refused.inc_by(p.readings.len() as u64);
                 (p.on_commit)(Err(&BufferError::Backlogged));
                 continue;
             }
             self.pending_readings += p.readings.len();
             self.pending.push_back(p);
         }
-        self.stats
-            .buffer_memory_readings
-            .store(self.pending_readings as u64, Relaxed);
+        self.metrics
+            .memory_readings
+            .set(self.pending_readings as i64);
     }
 
     /// Tries to commit what is held in memory.
@@ -532,7 +530,7 @@ impl Worker {
             match Store::open(&self.path, self.settings.store.clone()) {
                 Ok(s) => self.store = Some(s),
                 Err(e) => {
-                    self.stats.buffer_write_error(e.kind());
+                    self.metrics.write_error(e.kind());
                     return;
                 }
             }
@@ -548,10 +546,10 @@ impl Worker {
                 let held = self.pending_readings;
                 let group: Vec<_> = self.pending.drain(..).collect();
                 self.pending_readings = 0;
-                self.stats.buffer_memory_readings.store(0, Relaxed);
+                self.metrics.memory_readings.set(0);
                 self.committed(group, done);
                 let after = self.degraded_since.take().map(|t| t.elapsed());
-                self.stats.buffer_degraded.store(false, Relaxed);
+                self.metrics.degraded.set(0);
                 info!(
                     readings = held,
                     after = ?after,
@@ -560,7 +558,7 @@ impl Worker {
                 self.budget_due = true;
             }
             Err(e) => {
-                self.stats.buffer_write_error(e.kind());
+                self.metrics.write_error(e.kind());
             }
         }
     }
@@ -568,11 +566,11 @@ impl Worker {
     fn enforce_budget(&mut self) {
         match self.store().and_then(|s| s.enforce_budget()) {
             Ok(e) if e.any() => {
-                let s = &self.stats;
-                s.buffer_evicted_acked.fetch_add(e.acked, Relaxed);
-                s.buffer_downsampled.fetch_add(e.downsampled, Relaxed);
-                s.buffer_aggregates.fetch_add(e.aggregates, Relaxed);
-                s.buffer_dropped.fetch_add(e.dropped, Relaxed);
+                let m = &self.metrics;
+                m.evicted("acked_early", e.acked);
+                m.evicted("downsampled", e.downsampled);
+                m.evicted("dropped", e.dropped);
+                m.aggregates.inc_by(e.aggregates);
                 warn!(
                     budget_bytes = self.settings.store.max_bytes,
                     acked_deleted_early = e.acked,
@@ -584,7 +582,7 @@ impl Worker {
             }
             Ok(_) => {}
             Err(e) => {
-                self.stats.buffer_write_error(e.kind());
+                self.metrics.write_error(e.kind());
                 warn!(error = %e, "cannot enforce the buffer's disk budget");
             }
         }
@@ -595,7 +593,7 @@ impl Worker {
         self.last_housekeeping = Some(Instant::now());
         if self.degraded_since.is_none() {
             if let Err(e) = self.store().and_then(|s| s.purge_acked(now_ms())) {
-                self.stats.buffer_write_error(e.kind());
+                self.metrics.write_error(e.kind());
             }
         }
         match self.snapshot() {
@@ -612,14 +610,7 @@ impl Worker {
 
     /// Makes `s` the last known state, for the handles and `/metrics`.
     fn publish(&self, s: &Snapshot) {
-        self.stats.set_buffer(BufferGauges {
-            readings: s.depth.readings,
-            bytes: s.depth.bytes,
-            oldest_ts_ms: s.depth.oldest_ts_ms,
-            acked_held: s.depth.acked_held,
-            used_bytes: s.depth.used_bytes,
-            losses: s.losses.clone(),
-        });
+        self.metrics.set_depth(s);
         if let Ok(mut last) = self.last.lock() {
             *last = s.clone();
         }
@@ -652,14 +643,14 @@ impl Worker {
                     .store()
                     .and_then(|s| s.ack_range(first, last, now_ms()));
                 if let Err(e) = &r {
-                    self.stats.buffer_write_error(e.kind());
+                    self.metrics.write_error(e.kind());
                 }
                 let _ = reply.send(r);
             }
             Request::MarkSent { first, last, reply } => {
                 let r = self.store().and_then(|s| s.mark_sent(first, last));
                 if let Err(e) = &r {
-                    self.stats.buffer_write_error(e.kind());
+                    self.metrics.write_error(e.kind());
                     warn!(error = %e, first_seq = first, last_seq = last, "cannot mark a batch as sent");
                 }
                 if let Some(reply) = reply {
@@ -675,9 +666,9 @@ impl Worker {
                 let r = self.store().and_then(|s| s.renumber(first, last, floor));
                 match &r {
                     Ok(done) => {
-                        self.stats.buffer_renumbered.fetch_add(done.moved, Relaxed);
+                        self.metrics.renumbered.inc_by(done.moved);
                     }
-                    Err(e) => self.stats.buffer_write_error(e.kind()),
+                    Err(e) => self.metrics.write_error(e.kind()),
                 }
                 let _ = reply.send(r);
             }

@@ -2,7 +2,6 @@
 //! responder: one GET per connection, bounded request size and time; anything
 //! else gets 404 or 400. A failure here never touches the data path.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use tracing::{debug, info};
 
 use prometheus_client::registry::Registry;
 
-use super::Stats;
+use super::Probes;
 
 fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     format!(
@@ -23,12 +22,10 @@ fn response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn route(path: &str, stats: &Stats, registry: &Registry) -> Vec<u8> {
+fn route(path: &str, probes: &Probes, registry: &Registry) -> Vec<u8> {
     match path {
         "/healthz" => response("200 OK", "text/plain", "ok\n"),
-        "/readyz" if stats.ingest_subscribed.load(Relaxed) => {
-            response("200 OK", "text/plain", "ready\n")
-        }
+        "/readyz" if probes.ready() => response("200 OK", "text/plain", "ready\n"),
         "/readyz" => response(
             "503 Service Unavailable",
             "text/plain",
@@ -43,7 +40,7 @@ fn route(path: &str, stats: &Stats, registry: &Registry) -> Vec<u8> {
     }
 }
 
-async fn serve_one(mut sock: TcpStream, stats: Arc<Stats>, registry: Arc<Registry>) {
+async fn serve_one(mut sock: TcpStream, probes: Arc<Probes>, registry: Arc<Registry>) {
     let mut buf = vec![0u8; 2048];
     let mut n = 0;
     let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -62,7 +59,7 @@ async fn serve_one(mut sock: TcpStream, stats: Arc<Stats>, registry: Arc<Registr
     let mut parts = head.split_whitespace();
     let reply = match (read, parts.next(), parts.next()) {
         (Ok(()), Some("GET"), Some(path)) => {
-            route(path.split('?').next().unwrap_or(path), &stats, &registry)
+            route(path.split('?').next().unwrap_or(path), &probes, &registry)
         }
         _ => response("400 Bad Request", "text/plain", "bad request\n"),
     };
@@ -70,27 +67,30 @@ async fn serve_one(mut sock: TcpStream, stats: Arc<Stats>, registry: Arc<Registr
     let _ = sock.shutdown().await;
 }
 
-/// Serves until `shutdown`; `/metrics` encodes `registry`. Returns the bound address and the task, which
-/// ends (closing the listener) after `shutdown`; or the bind error.
-pub async fn start(
-    listen: &str,
-    stats: Arc<Stats>,
+/// Binds the endpoint's port (an error names why it cannot be had).
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(listen).await?;
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "health and metrics endpoint listening");
+    }
+    Ok(listener)
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` (encoding `registry`) on
+/// `listener` until `shutdown`, then closes it.
+pub async fn serve(
+    listener: TcpListener,
+    probes: Arc<Probes>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
-) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    info!(%addr, "health and metrics endpoint listening");
-    let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((sock, _)) => { tokio::spawn(serve_one(sock, stats.clone(), registry.clone())); }
-                    Err(e) => debug!(error = %e, "accept failed"),
-                },
-            }
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((sock, _)) => { tokio::spawn(serve_one(sock, probes.clone(), registry.clone())); }
+                Err(e) => debug!(error = %e, "accept failed"),
+            },
         }
-    });
-    Ok((addr, task))
+    }
 }

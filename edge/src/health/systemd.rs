@@ -27,7 +27,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Stats;
+use super::Probes;
+
+/// The totals of the `STATUS=` line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub accepted: u64,
+    pub acked: u64,
+    pub rejected: u64,
+}
 
 /// How often a loop beats while idle.
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
@@ -111,10 +119,14 @@ pub fn stopping() {
 /// Runs until `stop`: READY=1 once the sensor subscription is up, then
 /// WATCHDOG=1 while the loops and the buffer are alive, and STATUS= lines.
 /// `held` asks the buffer thread for the readings it holds (a round trip:
-/// `None` when it cannot answer); health sits below the buffer, so the
-/// agent passes the question in.
-pub async fn run<F, Fut>(stats: Arc<Stats>, held: F, stop: CancellationToken)
-where
+/// `None` when it cannot answer) and `counts` gives the status line's
+/// totals; health sits below the stages, so the agent passes both in.
+pub async fn run<F, Fut>(
+    probes: Arc<Probes>,
+    held: F,
+    counts: impl Fn() -> Counts,
+    stop: CancellationToken,
+) where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<u64>>,
 {
@@ -132,7 +144,7 @@ where
         let now = Instant::now();
         let next_check = now + period;
         while !ready && Instant::now() < next_check {
-            if stats.ingest_subscribed.load(Relaxed) {
+            if probes.ready() {
                 ready = true;
                 send(&[NotifyState::Ready]);
                 info!("notified systemd: ready");
@@ -150,15 +162,16 @@ where
             }
         }
         let held = tokio::time::timeout(period, held()).await;
-        let stale = stats.live.stale(Instant::now());
+        let stale = probes.live.stale(Instant::now());
+        let c = counts();
         let line = match &held {
             Ok(Some(readings)) => format!(
                 "{}: {} readings held, {} accepted, {} acked, {} rejected",
                 if ready { "running" } else { "starting" },
                 readings,
-                Stats::get(&stats.accepted),
-                Stats::get(&stats.readings_acked),
-                Stats::get(&stats.rejected),
+                c.accepted,
+                c.acked,
+                c.rejected,
             ),
             _ => "buffer not answering".to_owned(),
         };

@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod features;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod signing;
@@ -22,4 +23,5 @@ pub mod store;
 
 pub use config::InferConfig;
 pub use engine::{Change, Engine, EngineConfig, InferStats, FLAG_MODEL_ANOMALY};
+pub use metrics::Metrics;
 pub use model::{Model, ModelError};

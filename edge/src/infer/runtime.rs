@@ -3,23 +3,26 @@
 //! model slot persisted in the models folder, counted, and reported on
 //! `up/event`.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use aeris_wire::{now_ms, Event, EventKind, Reading};
+use aeris_wire::{now_ms, Event, EventKind, ModelVersion, Reading};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::engine::{Change, Engine};
+use super::metrics::{Metrics, Seen};
 use super::store::{Candidate, LoaderNews, ModelsDir};
-use crate::health::Stats;
 
 pub struct Runtime {
     pub engine: Engine,
     pub store: ModelsDir,
     pub events: mpsc::UnboundedSender<Event>,
     pub device: String,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+    /// The engine's totals already added to `metrics`.
+    pub seen: Seen,
+    /// The active models, as the status heartbeat reports them.
+    pub active: Arc<Mutex<Vec<ModelVersion>>>,
 }
 
 impl Runtime {
@@ -27,15 +30,7 @@ impl Runtime {
         for change in self.engine.process(reading) {
             self.apply(change);
         }
-        let s = &self.engine.stats;
-        let st = &self.stats;
-        st.infer_runs.store(s.runs, Relaxed);
-        st.infer_run_micros
-            .store(s.run_time.as_micros() as u64, Relaxed);
-        st.infer_errors.store(s.errors, Relaxed);
-        st.infer_skipped.store(s.skipped.values().sum(), Relaxed);
-        st.shadow_agreed.store(s.shadow_agreed, Relaxed);
-        st.shadow_disagreed.store(s.shadow_disagreed, Relaxed);
+        self.metrics.add_engine(&self.engine.stats, &mut self.seen);
     }
 
     pub fn offer(&mut self, c: Candidate) {
@@ -59,7 +54,7 @@ impl Runtime {
                 reason,
                 error,
             } => {
-                self.stats.model_rejections.fetch_add(1, Relaxed);
+                self.metrics.rejections.inc();
                 self.event(format!(
                     "model from {source} rejected ({reason}): {error}; active model kept"
                 ));
@@ -91,7 +86,9 @@ impl Runtime {
             .into_iter()
             .map(|(name, version)| aeris_wire::ModelVersion { name, version })
             .collect();
-        self.stats.set_models(active);
+        if let Ok(mut m) = self.active.lock() {
+            *m = active;
+        }
         match change {
             Change::Installed { name, version, dir } => {
                 info!(model = %name, %version, "model active");
@@ -116,7 +113,7 @@ impl Runtime {
                 dir,
                 ..
             } => {
-                self.stats.model_promotions.fetch_add(1, Relaxed);
+                self.metrics.promotions.inc();
                 info!(model = %name, %from, %to, windows, max_diff, forced, "model promoted");
                 self.install(&name, dir.as_deref());
                 let how = if forced {
@@ -134,7 +131,7 @@ impl Runtime {
                 max_diff,
                 dropped,
             } => {
-                self.stats.model_discards.fetch_add(1, Relaxed);
+                self.metrics.discards.inc();
                 warn!(model = %name, %version, windows, disagreed, max_diff, "candidate disagreed; discarded");
                 if let Some(dir) = &dropped.dir {
                     self.store.reject(dir);

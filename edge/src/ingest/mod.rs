@@ -32,6 +32,7 @@
 pub mod acks;
 pub mod config;
 pub mod flat;
+pub mod metrics;
 pub mod senml;
 
 use std::collections::BTreeMap;
@@ -46,11 +47,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::buffer::Buffer;
-use crate::health::Stats;
+use crate::health::Probes;
 use crate::infer::runtime::{Inference, Runtime};
 use crate::preprocess::PreprocessConfig;
 use crate::preprocess::Preprocessor;
 pub use config::{IngestConfig, LocalConfig, SensorConfig};
+pub use metrics::Metrics;
 
 use self::acks::Acks;
 
@@ -112,7 +114,8 @@ pub struct Settings {
 pub async fn run(
     config: Arc<Settings>,
     buffer: Buffer,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    probes: Arc<Probes>,
     shutdown: CancellationToken,
     inference: Option<Inference>,
 ) {
@@ -140,11 +143,11 @@ pub async fn run(
     // Until when arrivals may be the broker's stored session.
     let mut replay_until: Option<tokio::time::Instant> = None;
     loop {
-        stats.live.beat(&stats.live.ingest);
+        probes.live.beat(&probes.live.ingest);
         acks.hand_over(&client);
-        stats
-            .ingest_acks_pending
-            .store(acks.pending.load(Relaxed), Relaxed);
+        metrics
+            .acks_pending
+            .set(acks.pending.load(Relaxed).min(i64::MAX as u64) as i64);
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = beat.tick() => continue,
@@ -175,7 +178,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                stats.ingest_subscribed.store(true, Relaxed);
+                probes.set_subscribed(true);
                 info!(topic = %config.local.topic, "subscribed to sensor topic");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -184,7 +187,7 @@ pub async fn run(
                     &config,
                     &acks,
                     &buffer,
-                    &stats,
+                    &metrics,
                     &mut pre,
                     runtime.as_mut(),
                     p,
@@ -196,10 +199,10 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 acks.connection_lost();
-                stats.ingest_subscribed.store(false, Relaxed);
+                probes.set_subscribed(false);
                 let wait = backoff.next_delay();
                 warn!(error = %e, retry_in = ?wait, "local broker connection lost");
-                let live = &stats.live;
+                let live = &probes.live;
                 live.alive_for(&live.ingest, wait + crate::health::systemd::BEAT_GRACE);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -239,7 +242,7 @@ async fn handle(
     config: &Settings,
     acks: &Arc<Acks>,
     buffer: &Buffer,
-    stats: &Arc<Stats>,
+    metrics: &Arc<Metrics>,
     pre: &mut Preprocessor,
     mut runtime: Option<&mut Runtime>,
     p: Publish,
@@ -263,12 +266,12 @@ async fn handle(
     let parsed = parsed.and_then(|mut readings| {
         for reading in &mut readings {
             if reading.flags & FLAG_ARRIVAL_TIME != 0 {
-                stats.ingest_arrival_stamped.fetch_add(1, Relaxed);
+                metrics.arrival_stamped.inc();
                 if replayed {
                     reading.flags |= FLAG_REPLAYED;
                 }
             }
-            preprocess(pre, stats, reading);
+            preprocess(pre, metrics, reading);
             if let Some(rt) = runtime.as_deref_mut() {
                 rt.process(reading);
             }
@@ -278,7 +281,7 @@ async fn handle(
     });
     match parsed {
         Err(reject) => {
-            stats.reject(reject.reason());
+            metrics.reject(reject.reason());
             debug!(topic = %topic, reason = reject.reason(), error = %reject, "sensor message rejected");
             acks.push(p.qos, p.pkid);
         }
@@ -288,19 +291,19 @@ async fn handle(
             let delivery = (p.qos != QoS::AtMostOnce)
                 .then(|| crate::buffer::Delivery::new(p.pkid, p.dup, &topic, &p.payload));
             let (acks, qos, pkid) = (acks.clone(), p.qos, p.pkid);
-            let stats_cb = stats.clone();
+            let counts = metrics.clone();
             let on_commit = Box::new(
                 move |res: Result<crate::buffer::Appended, &crate::buffer::BufferError>| {
                     match res {
                         Ok(done) => {
                             if !done.redelivered {
-                                stats_cb.accepted.fetch_add(done.stored, Relaxed);
+                                counts.accepted.inc_by(done.stored);
                             }
                             acks.push(qos, pkid);
                         }
                         // Not acked: the broker delivers it again after a reconnect.
                         Err(_) => {
-                            stats_cb.buffer_errors.fetch_add(n, Relaxed);
+                            counts.buffer_errors.inc_by(n);
                         }
                     }
                 },
@@ -314,19 +317,19 @@ async fn handle(
 
 /// Runs preprocessing on one reading and counts what it found. Closed
 /// windows are logged and counted; the disk-budget work will store them.
-fn preprocess(pre: &mut Preprocessor, stats: &Stats, reading: &mut aeris_wire::Reading) {
+fn preprocess(pre: &mut Preprocessor, metrics: &Metrics, reading: &mut aeris_wire::Reading) {
     let out = pre.process(reading);
     if reading.flags & FLAG_SPIKE != 0 {
-        stats.flagged_spike.fetch_add(1, Relaxed);
+        metrics.flagged("spike");
         debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "spike", "reading flagged");
     }
     if reading.flags & FLAG_STUCK != 0 {
-        stats.flagged_stuck.fetch_add(1, Relaxed);
+        metrics.flagged("stuck");
         debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "stuck", "reading flagged");
     }
-    stats.windows_late.fetch_add(out.late, Relaxed);
+    metrics.windows_late.inc_by(out.late);
     for a in &out.aggregates {
-        stats.windows_closed.fetch_add(1, Relaxed);
+        metrics.windows_closed.inc();
         debug!(
             sensor = %a.sensor, quantity = %a.quantity, start_ms = a.start_ms, end_ms = a.end_ms,
             mean = a.mean, min = a.min, max = a.max, count = a.count, flagged = a.flagged,

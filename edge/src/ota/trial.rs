@@ -28,8 +28,6 @@
 //! and `trial.json` is left behind, so the old agent boots and reports the
 //! trial as rolled back; after it, the confirmed new slot boots.
 
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -38,7 +36,6 @@ use tracing::{error, info, warn};
 
 use super::slots::{Slots, Trial};
 use super::Reporter;
-use crate::health::Stats;
 
 /// Set for the child on trial.
 pub const TRIAL_ENV: &str = "AERIS_OTA_TRIAL";
@@ -177,12 +174,23 @@ pub async fn supervise(
     }
 }
 
+/// What the trial check asks of the running pipeline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Work {
+    /// The sensor subscription is up.
+    pub subscribed: bool,
+    /// The cloud acknowledged at least one batch.
+    pub acked: bool,
+    /// A model ran at least once.
+    pub model_ran: bool,
+}
+
 /// In the child on trial: marks the trial confirmed once this version did
 /// real work, and reports it; then reports when the parent made it current
 /// (probation passed).
 pub async fn confirm_when_working(
     slots: Slots,
-    stats: Arc<Stats>,
+    work: impl Fn() -> Work,
     needs_model_run: bool,
     events: Reporter,
     stop: CancellationToken,
@@ -193,10 +201,9 @@ pub async fn confirm_when_working(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let healthy = stats.ingest_subscribed.load(Relaxed);
-        let acked = Stats::get(&stats.readings_acked) > 0;
-        let model = !needs_model_run || Stats::get(&stats.infer_runs) > 0;
-        if !(healthy && acked && model) {
+        let w = work();
+        let model = !needs_model_run || w.model_ran;
+        if !(w.subscribed && w.acked && model) {
             continue;
         }
         let Some(mut trial) = slots.read_trial() else {

@@ -16,10 +16,10 @@
 
 pub mod config;
 pub mod drain;
+pub mod metrics;
 pub mod outbox;
 pub mod tls;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::buffer::{Buffer, Snapshot};
-use crate::health::Stats;
+use crate::health::Probes;
 pub use config::{BatchEncoding, CloudConfig, TlsConfig, UplinkConfig};
 use drain::DrainRate;
+pub use metrics::Metrics;
 use outbox::{run_len, Lane, Outbox};
 
 enum Link {
@@ -85,7 +86,7 @@ pub struct Uplink {
     config: Arc<Settings>,
     topics: Topics,
     buffer: Buffer,
-    stats: Arc<Stats>,
+    cx: Context,
     identity: Identity,
     client: AsyncClient,
     outbox: Outbox,
@@ -102,6 +103,16 @@ pub struct Uplink {
     drain: DrainRate,
 }
 
+/// What the uplink reports into and reads from beside the buffer.
+#[derive(Clone)]
+pub struct Context {
+    pub metrics: Arc<Metrics>,
+    /// Where the uplink loop proves it is alive.
+    pub probes: Arc<Probes>,
+    /// The active models, for the status heartbeat.
+    pub models: Arc<dyn Fn() -> Vec<ModelVersion> + Send + Sync>,
+}
+
 /// Events kept while offline; older ones are dropped (and counted) first.
 const MAX_UNSENT_EVENTS: usize = 256;
 
@@ -113,7 +124,7 @@ pub async fn run(
     config: Arc<Settings>,
     tls: Option<Arc<rustls::ClientConfig>>,
     buffer: Buffer,
-    stats: Arc<Stats>,
+    cx: Context,
     identity: Identity,
     stop: CancellationToken,
     event_rx: mpsc::UnboundedReceiver<WireEvent>,
@@ -154,7 +165,7 @@ pub async fn run(
         topics.clone(),
         config.device_id.clone(),
         link_tx,
-        stats.clone(),
+        cx.metrics.clone(),
         commands,
         link_stop.clone(),
     ));
@@ -167,7 +178,7 @@ pub async fn run(
         config,
         topics,
         buffer,
-        stats,
+        cx,
         identity,
         client,
         connected: false,
@@ -226,7 +237,7 @@ impl Uplink {
         let mut drain_until: Option<tokio::time::Instant> = None;
         let mut beat = tokio::time::interval(crate::health::systemd::BEAT_EVERY);
         loop {
-            self.stats.live.beat(&self.stats.live.uplink);
+            self.cx.probes.live.beat(&self.cx.probes.live.uplink);
             if self.connected {
                 self.send_ready(drain_until.is_some()).await?;
             }
@@ -307,14 +318,17 @@ impl Uplink {
                 self.outbox.reset(next_seq.saturating_sub(batch));
                 self.pending_since = None;
                 self.live_rows = None;
-                self.stats.uplink_connects.fetch_add(1, Relaxed);
+                self.cx.metrics.connects.inc();
                 self.publish_status(DeviceState::Online).await?;
                 self.flush_events();
             }
             Link::Down => self.connected = false,
             Link::Ack(ack) => {
                 for sent_at in self.outbox.acked(ack.first_seq, ack.last_seq) {
-                    self.stats.ack_latency.observe(sent_at.elapsed());
+                    self.cx
+                        .metrics
+                        .ack_latency
+                        .observe(sent_at.elapsed().as_secs_f64());
                 }
                 match self.acks.last_mut() {
                     Some(run) if run.1.checked_add(1) == Some(ack.first_seq) => {
@@ -394,7 +408,7 @@ impl Uplink {
         for (first, last) in std::mem::take(&mut self.acks) {
             match self.buffer.ack(first, last).await {
                 Ok(n) => {
-                    self.stats.readings_acked.fetch_add(n as u64, Relaxed);
+                    self.cx.metrics.readings_acked.inc_by(n as u64);
                 }
                 // The readings stay unsent and go again after the next ack
                 // timeout; the cloud stores them once.
@@ -431,9 +445,6 @@ impl Uplink {
             }
         };
         if !corrupt.is_empty() {
-            self.stats
-                .lost_corrupt
-                .fetch_add(corrupt.len() as u64, Relaxed);
             warn!(count = corrupt.len(), first_seq = corrupt[0].seq, error = %corrupt[0].error, "corrupt buffered readings removed");
         }
         Some(rows)
@@ -528,11 +539,12 @@ impl Uplink {
             )
             .await?;
         self.outbox.sent(first, last, Instant::now());
-        self.stats.batches_sent.fetch_add(1, Relaxed);
-        self.stats.readings_sent.fetch_add(n, Relaxed);
-        self.stats.uplink_bytes_sent.fetch_add(size, Relaxed);
+        let m = &self.cx.metrics;
+        m.batches_sent.inc();
+        m.readings_sent.inc_by(n);
+        m.bytes_sent.inc_by(size);
         if lane == Lane::Backlog {
-            self.stats.backlog_batches_sent.fetch_add(1, Relaxed);
+            m.backlog_batches_sent.inc();
         }
         Ok(true)
     }
@@ -543,7 +555,7 @@ impl Uplink {
         self.unsent_events.push_back(ev);
         if self.unsent_events.len() > MAX_UNSENT_EVENTS {
             self.unsent_events.pop_front();
-            self.stats.events_dropped.fetch_add(1, Relaxed);
+            self.cx.metrics.events_dropped.inc();
         }
         self.flush_events();
     }
@@ -579,7 +591,7 @@ impl Uplink {
             &self.identity,
             state,
             Some(&snapshot),
-            self.stats.models(),
+            (self.cx.models)(),
             eta,
         );
         self.client
@@ -610,7 +622,7 @@ async fn drive(
     topics: Topics,
     device: String,
     tx: mpsc::UnboundedSender<Link>,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
     commands: Commands,
     stop: CancellationToken,
 ) {
@@ -685,11 +697,11 @@ async fn drive(
                 let _ = tx.send(Link::Down);
                 let wait = backoff.next_delay();
                 if std::mem::take(&mut connected) {
-                    stats.uplink_disconnects.fetch_add(1, Relaxed);
+                    metrics.disconnects.inc();
                     warn!(error = %e, retry_in = ?wait, "cloud broker connection lost");
                 } else {
                     let reason = tls::failure_reason(&e);
-                    stats.connect_failed(reason);
+                    metrics.connect_failed(reason);
                     warn!(reason, error = %e, retry_in = ?wait, "cannot connect to the cloud broker");
                 }
                 tokio::select! {

@@ -96,6 +96,8 @@ pub enum BufferError {
     Backlogged,
     #[error("the buffer thread has stopped")]
     Closed,
+    #[error("cannot start the buffer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl BufferError {
@@ -109,6 +111,7 @@ impl BufferError {
             BufferError::NotOpen(_) => "not_open",
             BufferError::Backlogged => "backlogged",
             BufferError::Closed => "closed",
+            BufferError::Thread(_) => "thread",
         }
     }
 }
