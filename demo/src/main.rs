@@ -4,15 +4,17 @@
 
 mod broker;
 mod replay;
+mod report;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Runs sensors → edge agent → MQTT → gateway → database on this machine with
@@ -65,15 +67,12 @@ impl std::str::FromStr for Speedup {
 
 const DEVICE: &str = "demo-edge-1";
 
+/// Sets up, runs for `--duration` (or until Ctrl-C) while printing
+/// progress, then drains the pipeline front to back and prints the summary.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli.log);
 
     eprintln!("loading data sets from {}", cli.data.display());
     let messages = replay::load(&cli.data).with_context(|| {
@@ -82,10 +81,65 @@ async fn main() -> anyhow::Result<()> {
             cli.data.display()
         )
     })?;
-    std::fs::create_dir_all(&cli.out)
-        .with_context(|| format!("cannot create {}", cli.out.display()))?;
-    let out = cli.out.canonicalize()?;
+    let out = prepare_out(&cli.out)?;
     let cloud_db = out.join("cloud.db");
+
+    let port = broker::start()?;
+    eprintln!("embedded MQTT broker on 127.0.0.1:{port}");
+    let gateway = start_gateway(port, &cloud_db, &cli.listen).await;
+    let edge = start_edge(port, &out);
+    let sensors = connect_sensors(port).await;
+
+    let stop = stop_on_ctrl_c();
+    let started = Instant::now();
+    let published = Arc::new(AtomicU64::new(0));
+    let replay = spawn_replay(
+        messages,
+        sensors,
+        cli.speedup,
+        started,
+        published.clone(),
+        edge.stats.clone(),
+        stop.clone(),
+    );
+    let counters = report::Counters {
+        published: &published,
+        edge: &edge.stats,
+        gateway: &gateway.stats,
+    };
+    report::progress(&counters, started, cli.duration, &stop).await;
+    let elapsed = started.elapsed();
+    stop.cancel();
+    let _ = replay.await;
+    // Let the last sensor messages reach the agent, then drain it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!("stopping: the agent flushes its buffer to the gateway");
+    let edge_stats = edge.stop().await?;
+    let gw_stats = gateway.stop().await?;
+
+    let counters = report::Counters {
+        published: &published,
+        edge: &edge_stats,
+        gateway: &gw_stats,
+    };
+    report::totals(&counters, elapsed, &cloud_db)?;
+    report::summary(&cloud_db)
+}
+
+fn init_logging(filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Creates the output folder and removes the demo's files from an earlier
+/// run; returns the folder's canonical path.
+fn prepare_out(out: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let out = out.canonicalize()?;
     let _ = std::fs::remove_dir_all(out.join("edge/models"));
     for stale in [
         "cloud.db",
@@ -97,47 +151,66 @@ async fn main() -> anyhow::Result<()> {
     ] {
         let _ = std::fs::remove_file(out.join(stale));
     }
+    Ok(out)
+}
 
-    let port = broker::start()?;
-    eprintln!("embedded MQTT broker on 127.0.0.1:{port}");
+/// A component running as a task until its `stop` is cancelled.
+struct Running<S> {
+    stats: Arc<S>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
 
+impl<S> Running<S> {
+    /// Stops the component, waits for it to end, and hands back its stats.
+    async fn stop(self) -> anyhow::Result<Arc<S>> {
+        self.stop.cancel();
+        self.task.await??;
+        Ok(self.stats)
+    }
+}
+
+/// Starts the gateway on the SQLite file `cloud_db` and waits (up to five
+/// seconds) for its HTTP API, printing the live map's address.
+async fn start_gateway(port: u16, cloud_db: &Path, listen: &str) -> Running<aeris_gateway::Stats> {
     let gw_defaults = aeris_gateway::Config::default();
     let gw_config = aeris_gateway::Config {
         broker: aeris_gateway::config::BrokerConfig {
             port,
             ..gw_defaults.broker.clone()
         },
-        sqlite_path: cloud_db.clone(),
+        sqlite_path: cloud_db.to_path_buf(),
         api: aeris_gateway::config::ApiConfig {
-            listen: if std::net::TcpListener::bind(&cli.listen).is_ok() {
-                cli.listen.clone()
+            listen: if std::net::TcpListener::bind(listen).is_ok() {
+                listen.to_owned()
             } else {
-                eprintln!("{} is taken; the map listens on a free port", cli.listen);
+                eprintln!("{listen} is taken; the map listens on a free port");
                 "127.0.0.1:0".into()
             },
             ..gw_defaults.api.clone()
         },
         ..gw_defaults
     };
-    let gw_stats = Arc::new(aeris_gateway::Stats::default());
-    let gw_stop = CancellationToken::new();
-    let gateway = tokio::spawn(aeris_gateway::run(
-        gw_config,
-        gw_stats.clone(),
-        gw_stop.clone(),
-    ));
+    let stats = Arc::new(aeris_gateway::Stats::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(aeris_gateway::run(gw_config, stats.clone(), stop.clone()));
 
     for _ in 0..100 {
-        if gw_stats.api_addr.get().is_some() || gateway.is_finished() {
+        if stats.api_addr.get().is_some() || task.is_finished() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    match gw_stats.api_addr.get() {
+    match stats.api_addr.get() {
         Some(addr) => println!("live map: http://{addr}/  (sensors coloured by AQI, updated live)"),
         None => eprintln!("the gateway's HTTP API did not start (see --listen)"),
     }
+    Running { stats, stop, task }
+}
 
+/// Starts the edge agent with its data under `out/edge`, running the
+/// repository's two models.
+fn start_edge(port: u16, out: &Path) -> Running<aeris_edge::Telemetry> {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
     let defaults = aeris_edge::Config::default();
     let edge_config = aeris_edge::Config {
@@ -170,14 +243,14 @@ async fn main() -> anyhow::Result<()> {
         },
         ..defaults
     };
-    let edge_stats = aeris_edge::Telemetry::default();
-    let edge_stop = CancellationToken::new();
-    let edge = tokio::spawn(aeris_edge::run(
-        edge_config,
-        edge_stats.clone(),
-        edge_stop.clone(),
-    ));
+    let stats = Arc::new(aeris_edge::Telemetry::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(aeris_edge::run(edge_config, (*stats).clone(), stop.clone()));
+    Running { stats, stop, task }
+}
 
+/// The sensors' MQTT client, connected to the broker on `port`.
+async fn connect_sensors(port: u16) -> AsyncClient {
     let (sensors, mut sensor_events) =
         AsyncClient::new(MqttOptions::new("demo-sensors", "127.0.0.1", port), 1024);
     tokio::spawn(async move {
@@ -189,164 +262,63 @@ async fn main() -> anyhow::Result<()> {
     });
     // Give the agent a moment to subscribe before the sensors speak.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    sensors
+}
 
+/// A token cancelled on Ctrl-C.
+fn stop_on_ctrl_c() -> CancellationToken {
     let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("\nCtrl-C: stopping");
-            stop.cancel();
-        });
-    }
-    let started = Instant::now();
-    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let replay = {
-        let (published, stop, speedup) = (published.clone(), stop.clone(), cli.speedup);
-        let accepted = edge_stats.clone();
-        tokio::spawn(async move {
-            for m in &messages {
-                if stop.is_cancelled() {
-                    break;
-                }
-                // "max" is closed-loop: the sensors stay at most a few
-                // thousand readings ahead of what the agent has stored.
-                while matches!(speedup, Speedup::Max)
-                    && published.load(Relaxed) > accepted.ingest.accepted.get() + 4000
-                {
-                    tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(Duration::from_millis(2)) => {} }
-                }
-                if let Speedup::Factor(f) = speedup {
-                    let due = Duration::from_secs_f64(m.offset_ms as f64 / 1000.0 / f);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(wait) => {} }
-                    }
-                }
-                if sensors
-                    .publish(
-                        format!("sensors/{}/air", m.sensor),
-                        QoS::AtLeastOnce,
-                        false,
-                        m.payload.clone(),
-                    )
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                published.fetch_add(1, Relaxed);
-            }
-        })
-    };
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("\nCtrl-C: stopping");
+        on_signal.cancel();
+    });
+    stop
+}
 
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    let (mut last_in, mut last_acked, mut last_t) = (0u64, 0u64, Instant::now());
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep_until((started + cli.duration).into()) => break,
-            _ = tick.tick() => {
-                let (accepted, acked) = (edge_stats.ingest.accepted.get(), edge_stats.uplink.readings_acked.get());
-                let dt = last_t.elapsed().as_secs_f64();
-                println!(
-                    "[{:>4.0}s] published {:>7} | in {:>7} ({:>6.0}/s) | buffered {:>5} | acked {:>7} ({:>6.0}/s) | stored {:>7} | model runs {:>6} | rejected {}",
-                    started.elapsed().as_secs_f64(),
-                    published.load(Relaxed),
-                    accepted,
-                    (accepted - last_in) as f64 / dt,
-                    accepted.saturating_sub(acked),
-                    acked,
-                    (acked - last_acked) as f64 / dt,
-                    gw_stats.readings_inserted.get(),
-                    edge_stats.infer.runs.get(),
-                    edge_stats.ingest.rejected(),
-                );
-                (last_in, last_acked, last_t) = (accepted, acked, Instant::now());
+/// Publishes the replay's messages at `speedup` from `started`, counting
+/// them in `published`, until they run out or `stop`.
+fn spawn_replay(
+    messages: Vec<replay::Message>,
+    sensors: AsyncClient,
+    speedup: Speedup,
+    started: Instant,
+    published: Arc<AtomicU64>,
+    accepted: Arc<aeris_edge::Telemetry>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        for m in &messages {
+            if stop.is_cancelled() {
+                break;
             }
+            // "max" is closed-loop: the sensors stay at most a few
+            // thousand readings ahead of what the agent has stored.
+            while matches!(speedup, Speedup::Max)
+                && published.load(Relaxed) > accepted.ingest.accepted.get() + 4000
+            {
+                tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(Duration::from_millis(2)) => {} }
+            }
+            if let Speedup::Factor(f) = speedup {
+                let due = Duration::from_secs_f64(m.offset_ms as f64 / 1000.0 / f);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(wait) => {} }
+                }
+            }
+            if sensors
+                .publish(
+                    format!("sensors/{}/air", m.sensor),
+                    QoS::AtLeastOnce,
+                    false,
+                    m.payload.clone(),
+                )
+                .await
+                .is_err()
+            {
+                break;
+            }
+            published.fetch_add(1, Relaxed);
         }
-    }
-    let elapsed = started.elapsed();
-    stop.cancel();
-    let _ = replay.await;
-    // Let the last sensor messages reach the agent, then drain it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    eprintln!("stopping: the agent flushes its buffer to the gateway");
-    edge_stop.cancel();
-    edge.await??;
-    gw_stop.cancel();
-    gateway.await??;
-
-    let accepted = edge_stats.ingest.accepted.get();
-    let acked = edge_stats.uplink.readings_acked.get();
-    println!();
-    println!(
-        "{} readings published in {:.1}s; {} accepted by the agent ({:.0}/s), {} stored and acked, {} rejected, {} left in the edge buffer",
-        published.load(Relaxed),
-        elapsed.as_secs_f64(),
-        accepted,
-        accepted as f64 / elapsed.as_secs_f64(),
-        acked,
-        edge_stats.ingest.rejected(),
-        accepted.saturating_sub(acked),
-    );
-    let runs = edge_stats.infer.runs.get();
-    if runs > 0 {
-        println!(
-            "models: {runs} runs on the board ({:.1} µs each), {} readings flagged as suspected sensor faults",
-            edge_stats.infer.run_micros.get() as f64 / runs as f64,
-            flagged(&cloud_db)?,
-        );
-    }
-    summary(&cloud_db)
-}
-
-fn flagged(db: &Path) -> anyhow::Result<i64> {
-    let conn = rusqlite::Connection::open(db)?;
-    Ok(conn.query_row(
-        "SELECT count(*) FROM readings WHERE flags & 1 = 1",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
-const QUERY: &str = "SELECT sensor_id, count(*) AS readings, \
-    round(avg(coalesce(json_extract(measurements, '$.pm10'), json_extract(measurements, '$.pm25'))), 1) AS mean_pm, \
-    round(avg(json_extract(measurements, '$.\"model:pm25_nowcast@1.0.0\"')), 1) AS mean_nowcast, \
-    round(lat, 3) AS lat, round(lon, 3) AS lon \
-    FROM readings GROUP BY sensor_id ORDER BY readings DESC LIMIT 5";
-
-fn summary(db: &Path) -> anyhow::Result<()> {
-    println!("cloud database: {}", db.display());
-    println!("look at it (sqlite3 is Debian's package sqlite3):");
-    println!(
-        "sqlite3 -header -column {} <<'SQL'\n{QUERY};\nSQL",
-        db.display()
-    );
-    let conn = rusqlite::Connection::open(db)?;
-    let mut stmt = conn.prepare(QUERY)?;
-    println!(
-        "\n{:<24} {:>9} {:>9} {:>12} {:>9} {:>9}",
-        "sensor_id", "readings", "mean_pm", "mean_nowcast", "lat", "lon"
-    );
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Option<f64>>(2)?,
-            r.get::<_, Option<f64>>(3)?,
-            r.get::<_, f64>(4)?,
-            r.get::<_, f64>(5)?,
-        ))
-    })?;
-    let show = |v: Option<f64>| v.map(|m| m.to_string()).unwrap_or_default();
-    for row in rows {
-        let (sensor, n, mean, nowcast, lat, lon) = row?;
-        println!(
-            "{sensor:<24} {n:>9} {:>9} {:>12} {lat:>9} {lon:>9}",
-            show(mean),
-            show(nowcast)
-        );
-    }
-    Ok(())
+    })
 }

@@ -20,8 +20,8 @@ use tracing::{info, warn};
 use crate::buffer::Buffer;
 use crate::config::Config;
 use crate::health::Probes;
-use crate::infer::runtime::{Inference, Runtime};
-use crate::infer::store::{Loader, ModelCommand, ModelsDir};
+use crate::infer::models_dir::{Candidate, Loader, ModelCommand, ModelsDir};
+use crate::infer::scorer::{Inference, Scorer};
 use crate::infer::{Engine, EngineConfig};
 use crate::ota::{self, slots::Slots, slots::Trial, trial::Supervised};
 use crate::uplink::{self, Identity};
@@ -451,11 +451,11 @@ async fn start_inference(
     let events = scoring.events;
     let infer = &config.infer;
     let trusted = infer.verifying_keys().map_err(anyhow::Error::msg)?;
-    let store = ModelsDir::create(&config.data_dir.join("models"))
+    let models_dir = ModelsDir::create(&config.data_dir.join("models"))
         .context("cannot create the models folder")?;
     let (models, failures) = {
-        let (store, seeds, trusted) = (store.clone(), infer.models.clone(), trusted.clone());
-        tokio::task::spawn_blocking(move || store.load_active(&seeds, &trusted)).await?
+        let (dir, seeds, trusted) = (models_dir.clone(), infer.models.clone(), trusted.clone());
+        tokio::task::spawn_blocking(move || dir.load_active(&seeds, &trusted)).await?
     };
     for (dir, e) in &failures {
         tracing::error!(model = %dir.display(), reason = e.reason(), error = %e, "model not loaded; running without it");
@@ -479,9 +479,9 @@ async fn start_inference(
             .map(|(k, v)| (k.clone(), v.as_millis() as i64))
             .collect(),
     });
-    let mut runtime = Runtime {
+    let mut scorer = Scorer {
         engine,
-        store: store.clone(),
+        models_dir: models_dir.clone(),
         events,
         device: config.device_id.clone(),
         metrics: scoring.metrics,
@@ -489,7 +489,7 @@ async fn start_inference(
         active: scoring.active,
     };
     for m in models {
-        runtime.offer(crate::infer::store::Candidate {
+        scorer.offer(Candidate {
             model: m,
             force: false,
         });
@@ -498,7 +498,7 @@ async fn start_inference(
     let (news_tx, news) = mpsc::channel(64);
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let loader = Loader {
-        dir: store,
+        dir: models_dir,
         trusted,
         poll_interval: infer.poll_interval,
         max_model_bytes: infer.max_model_bytes,
@@ -508,7 +508,7 @@ async fn start_inference(
     phase.spawn(|stop| loader.run(cmd_rx, stop));
     Ok((
         Inference {
-            runtime,
+            scorer,
             candidates,
             news,
         },

@@ -344,8 +344,8 @@ fn a_manifest_name_or_version_that_is_not_a_plain_token_is_refused() {
 
 /// The loader's next news, within 20 s.
 async fn next(
-    rx: &mut tokio::sync::mpsc::Receiver<aeris_edge::infer::store::LoaderNews>,
-) -> Option<aeris_edge::infer::store::LoaderNews> {
+    rx: &mut tokio::sync::mpsc::Receiver<aeris_edge::infer::models_dir::LoaderNews>,
+) -> Option<aeris_edge::infer::models_dir::LoaderNews> {
     tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
         .await
         .unwrap()
@@ -384,7 +384,7 @@ async fn serve(files: Vec<(String, Vec<u8>)>) -> u16 {
 
 #[tokio::test]
 async fn a_commanded_model_is_downloaded_over_http_checked_and_size_capped() {
-    use aeris_edge::infer::store::{Loader, LoaderNews, ModelCommand, ModelsDir};
+    use aeris_edge::infer::models_dir::{Loader, LoaderNews, ModelCommand, ModelsDir};
     use sha2::{Digest, Sha256};
     let dir = models().join("testdata/pm25_nowcast_agree");
     let model = std::fs::read(dir.join("model.onnx")).unwrap();

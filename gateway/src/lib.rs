@@ -3,7 +3,8 @@
 //! - [`source`]: consumes `up/batch`, `up/status` and `up/event` through
 //!   shared subscriptions, decodes, authorizes, writes batches through the
 //!   sink and acks after the commit; feeds the live view off the ack path.
-//! - [`auth`]: a device may write only its own data.
+//! - [`ownership`]: a device may write only its own data (the payload's
+//!   device must be the topic's).
 //! - [`api`]: HTTP: health, metrics, sensors, readings, devices, the live
 //!   map and its event stream.
 //! - [`rollout`]: staged agent updates: canary first, outcomes from
@@ -18,11 +19,11 @@
 
 pub mod api;
 pub mod audit;
-pub mod auth;
 pub mod config;
 pub mod fleet;
 pub mod mqtt;
 pub mod opstats;
+pub mod ownership;
 pub mod resend;
 pub mod rollout;
 pub mod source;

@@ -9,7 +9,7 @@
 //! (see [`write`]); since version 4 `dead_letters(id, at_ms, device_id,
 //! first_seq, last_seq, reason, payload BLOB)`, batches the database refused.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use aeris_wire::message::MODEL_PREFIX;
@@ -112,7 +112,6 @@ const GAPS: &str = "SELECT prev + 1, seq - 1 FROM (
     WHERE seq - prev > 1 ORDER BY seq LIMIT 100";
 
 pub struct SqliteSink {
-    path: PathBuf,
     conn: Arc<Mutex<Connection>>,
 }
 
@@ -144,13 +143,8 @@ impl SqliteSink {
                 .map_err(|e| SinkError::Migration(e.to_string()))?;
         }
         Ok(SqliteSink {
-            path: path.to_owned(),
             conn: Arc::new(Mutex::new(conn)),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Runs `f` on the connection on a blocking thread.

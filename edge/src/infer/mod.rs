@@ -7,9 +7,12 @@
 //! - [`features`]: input rows from each sensor's recent readings;
 //! - [`engine`]: the active model per slot, its outputs attached to readings,
 //!   and shadow evaluation of candidates;
-//! - [`store`]: the models folder (active, staging, incoming, rejected) and
-//!   the loader that turns dropped folders and `down/cmd` model updates into
-//!   candidates without stalling ingest.
+//! - [`models_dir`]: the models folder (active, staging, incoming, rejected)
+//!   and the loader that turns dropped folders and `down/cmd` model updates
+//!   into candidates without stalling ingest;
+//! - [`scorer`]: the engine as the ingest task runs it: each reading scored
+//!   by the active models, candidates offered, every slot change persisted
+//!   and reported.
 
 pub mod config;
 pub mod engine;
@@ -17,9 +20,9 @@ pub mod features;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
-pub mod runtime;
+pub mod models_dir;
+pub mod scorer;
 pub mod signing;
-pub mod store;
 
 pub use config::InferConfig;
 pub use engine::{Change, Engine, EngineConfig, InferStats, FLAG_MODEL_ANOMALY};

@@ -48,7 +48,7 @@ use tracing::{debug, info, warn};
 
 use crate::buffer::Buffer;
 use crate::health::Probes;
-use crate::infer::runtime::{Inference, Runtime};
+use crate::infer::scorer::{Inference, Scorer};
 use crate::preprocess::PreprocessConfig;
 use crate::preprocess::Preprocessor;
 pub use config::{IngestConfig, LocalConfig, SensorConfig};
@@ -119,8 +119,8 @@ pub async fn run(
     shutdown: CancellationToken,
     inference: Option<Inference>,
 ) {
-    let (mut runtime, mut candidates, mut news) = match inference {
-        Some(i) => (Some(i.runtime), Some(i.candidates), Some(i.news)),
+    let (mut scorer, mut candidates, mut news) = match inference {
+        Some(i) => (Some(i.scorer), Some(i.candidates), Some(i.news)),
         None => (None, None, None),
     };
     let mut opts = MqttOptions::new(
@@ -154,14 +154,14 @@ pub async fn run(
             _ = acks.pushed.notified() => continue,
             ev = events.poll() => ev,
             c = recv_opt(&mut candidates) => {
-                if let (Some(c), Some(rt)) = (c, runtime.as_mut()) {
-                    rt.offer(c);
+                if let (Some(c), Some(sc)) = (c, scorer.as_mut()) {
+                    sc.offer(c);
                 }
                 continue;
             }
             n = recv_opt(&mut news) => {
-                if let (Some(n), Some(rt)) = (n, runtime.as_mut()) {
-                    rt.on_news(n);
+                if let (Some(n), Some(sc)) = (n, scorer.as_mut()) {
+                    sc.on_news(n);
                 }
                 continue;
             }
@@ -189,7 +189,7 @@ pub async fn run(
                     &buffer,
                     &metrics,
                     &mut pre,
-                    runtime.as_mut(),
+                    scorer.as_mut(),
                     p,
                     replayed,
                 )
@@ -244,7 +244,7 @@ async fn handle(
     buffer: &Buffer,
     metrics: &Arc<Metrics>,
     pre: &mut Preprocessor,
-    mut runtime: Option<&mut Runtime>,
+    mut scorer: Option<&mut Scorer>,
     p: Publish,
     replayed: bool,
 ) {
@@ -272,8 +272,8 @@ async fn handle(
                 }
             }
             preprocess(pre, metrics, reading);
-            if let Some(rt) = runtime.as_deref_mut() {
-                rt.process(reading);
+            if let Some(sc) = scorer.as_deref_mut() {
+                sc.process(reading);
             }
             crate::buffer::row::check(reading).map_err(|e| flat::Reject::Invalid(e.to_string()))?;
         }

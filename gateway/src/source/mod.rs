@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::auth::authorize;
 use crate::config::Config;
+use crate::ownership::authorize;
 use crate::stats::Stats;
 use live::LiveFeed;
 

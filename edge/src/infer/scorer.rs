@@ -11,11 +11,13 @@ use tracing::{info, warn};
 
 use super::engine::{Change, Engine};
 use super::metrics::{Metrics, Seen};
-use super::store::{Candidate, LoaderNews, ModelsDir};
+use super::models_dir::{Candidate, LoaderNews, ModelsDir};
 
-pub struct Runtime {
+/// Scores each reading with the active models (their outputs attached to
+/// it) and handles the candidates the loader delivers.
+pub struct Scorer {
     pub engine: Engine,
-    pub store: ModelsDir,
+    pub models_dir: ModelsDir,
     pub events: mpsc::UnboundedSender<Event>,
     pub device: String,
     pub metrics: Arc<Metrics>,
@@ -25,7 +27,7 @@ pub struct Runtime {
     pub active: Arc<Mutex<Vec<ModelVersion>>>,
 }
 
-impl Runtime {
+impl Scorer {
     pub fn process(&mut self, reading: &mut Reading) {
         for change in self.engine.process(reading) {
             self.apply(change);
@@ -73,7 +75,7 @@ impl Runtime {
 
     fn install(&self, name: &str, dir: Option<&std::path::Path>) {
         if let Some(dir) = dir {
-            if let Err(e) = self.store.install(name, dir) {
+            if let Err(e) = self.models_dir.install(name, dir) {
                 warn!(model = %name, error = %e, "cannot persist the active model; it runs until restart");
             }
         }
@@ -134,7 +136,7 @@ impl Runtime {
                 self.metrics.discards.inc();
                 warn!(model = %name, %version, windows, disagreed, max_diff, "candidate disagreed; discarded");
                 if let Some(dir) = &dropped.dir {
-                    self.store.reject(dir);
+                    self.models_dir.reject(dir);
                 }
                 self.event(format!(
                     "model {name}@{version} discarded: disagreed on {disagreed} of {windows} windows (max diff {max_diff:.3})"
@@ -144,9 +146,9 @@ impl Runtime {
     }
 }
 
-/// The runtime and the channels the loader feeds it through.
+/// The scorer and the channels the loader feeds it through.
 pub struct Inference {
-    pub runtime: Runtime,
+    pub scorer: Scorer,
     pub candidates: mpsc::Receiver<Candidate>,
     pub news: mpsc::Receiver<LoaderNews>,
 }

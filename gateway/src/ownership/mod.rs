@@ -1,5 +1,7 @@
-//! Who may write what. A message is taken for the device named by the topic
-//! it arrived on, and only if the payload names the same device.
+//! Device ownership of a message: who may write what. A message is taken
+//! for the device named by the topic it arrived on, and only if the payload
+//! names the same device. (Not to be confused with [`crate::api::auth`],
+//! the HTTP API's bearer tokens.)
 //!
 //! Identity is split between the broker and the gateway: the device id is
 //! the MQTT user name (or the TLS client certificate's CN with
@@ -10,26 +12,26 @@
 //! topic the ACL vouched for. Together: a device can only write its own data.
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub enum OwnershipError {
     #[error("batch names device {payload:?} but arrived on {topic:?}'s topic")]
     DeviceMismatch { topic: String, payload: String },
 }
 
-impl AuthError {
+impl OwnershipError {
     pub fn reason(&self) -> &'static str {
         match self {
-            AuthError::DeviceMismatch { .. } => "device_mismatch",
+            OwnershipError::DeviceMismatch { .. } => "device_mismatch",
         }
     }
 }
 
 /// Accepts a payload naming `payload_device` on `topic_device`'s topic only
 /// if they are the same device.
-pub fn authorize(topic_device: &str, payload_device: &str) -> Result<(), AuthError> {
+pub fn authorize(topic_device: &str, payload_device: &str) -> Result<(), OwnershipError> {
     if payload_device == topic_device {
         Ok(())
     } else {
-        Err(AuthError::DeviceMismatch {
+        Err(OwnershipError::DeviceMismatch {
             topic: topic_device.to_owned(),
             payload: payload_device.to_owned(),
         })

@@ -1,0 +1,181 @@
+//! Writing the body of a version-2 batch, section by section in the order
+//! of the layout in the module docs.
+
+use super::{Dictionaries, TsState, MAX_ENCODE_SCALE, MODE_RAW, POW10};
+use crate::message::{Batch, Reading};
+
+fn put_uv(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+pub(super) fn put_sv(out: &mut Vec<u8>, v: i64) {
+    put_uv(out, zigzag(v));
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_uv(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Index of `key` in `dict`, adding it if new.
+fn intern<T: PartialEq + Clone>(dict: &mut Vec<T>, key: &T) -> usize {
+    match dict.iter().position(|k| k == key) {
+        Some(i) => i,
+        None => {
+            dict.push(key.clone());
+            dict.len() - 1
+        }
+    }
+}
+
+/// The body: everything after the codec byte, uncompressed.
+pub(super) fn body(b: &Batch) -> Vec<u8> {
+    let d = dictionaries(b);
+    let mut out = Vec::with_capacity(64 + b.readings.len() * 12);
+    put_header(&mut out, b, &d);
+    put_flags(&mut out, &b.readings);
+    put_timestamps(&mut out, &b.readings, &d);
+    put_positions(&mut out, &b.readings, &d);
+    for column in columns(&b.readings, &d) {
+        put_column(&mut out, &column);
+    }
+    out
+}
+
+fn dictionaries(b: &Batch) -> Dictionaries<&str> {
+    let n = b.readings.len();
+    let mut d = Dictionaries {
+        sensors: Vec::new(),
+        quantities: Vec::new(),
+        shapes: Vec::new(),
+        sensor_of: Vec::with_capacity(n),
+        shape_of: Vec::with_capacity(n),
+    };
+    for r in &b.readings {
+        d.sensor_of.push(intern(&mut d.sensors, &r.sensor.as_str()));
+        let shape: Vec<usize> = r
+            .values
+            .iter()
+            .map(|v| intern(&mut d.quantities, &v.quantity.as_str()))
+            .collect();
+        d.shape_of.push(intern(&mut d.shapes, &shape));
+    }
+    d
+}
+
+/// device, first_seq, n, the three dictionaries, and each reading's
+/// sensor and shape index.
+fn put_header(out: &mut Vec<u8>, b: &Batch, d: &Dictionaries<&str>) {
+    put_str(out, &b.device);
+    put_uv(out, b.first_seq);
+    put_uv(out, b.readings.len() as u64);
+    for dict in [&d.sensors, &d.quantities] {
+        put_uv(out, dict.len() as u64);
+        dict.iter().for_each(|s| put_str(out, s));
+    }
+    put_uv(out, d.shapes.len() as u64);
+    for s in &d.shapes {
+        put_uv(out, s.len() as u64);
+        s.iter().for_each(|&q| put_uv(out, q as u64));
+    }
+    d.sensor_of.iter().for_each(|&s| put_uv(out, s as u64));
+    d.shape_of.iter().for_each(|&s| put_uv(out, s as u64));
+}
+
+fn put_flags(out: &mut Vec<u8>, readings: &[Reading]) {
+    let runs = runs(readings.iter().map(|r| r.flags));
+    put_uv(out, runs.len() as u64);
+    for (len, flags) in runs {
+        put_uv(out, len);
+        put_uv(out, u64::from(flags));
+    }
+}
+
+fn put_timestamps(out: &mut Vec<u8>, readings: &[Reading], d: &Dictionaries<&str>) {
+    let mut ts_state = vec![TsState::default(); d.sensors.len()];
+    let mut prev_any = 0i64;
+    for (r, &s) in readings.iter().zip(&d.sensor_of) {
+        put_sv(out, r.ts_ms.wrapping_sub(ts_state[s].predict(prev_any)));
+        ts_state[s].update(r.ts_ms);
+        prev_any = r.ts_ms;
+    }
+}
+
+fn put_positions(out: &mut Vec<u8>, readings: &[Reading], d: &Dictionaries<&str>) {
+    let mut pos: Vec<Option<(u64, u64)>> = vec![None; d.sensors.len()];
+    let mut changes = Vec::new();
+    for (i, (r, &s)) in readings.iter().zip(&d.sensor_of).enumerate() {
+        let p = (r.lat.to_bits(), r.lon.to_bits());
+        if pos[s] != Some(p) {
+            pos[s] = Some(p);
+            changes.push((i, p));
+        }
+    }
+    put_uv(out, changes.len() as u64);
+    let mut at = 0;
+    for (i, (lat, lon)) in changes {
+        put_uv(out, (i - at) as u64);
+        at = i;
+        out.extend_from_slice(&lat.to_le_bytes());
+        out.extend_from_slice(&lon.to_le_bytes());
+    }
+}
+
+/// Run-length pairs (length, value) of a sequence.
+fn runs(values: impl Iterator<Item = u32>) -> Vec<(u64, u32)> {
+    let mut out: Vec<(u64, u32)> = Vec::new();
+    for v in values {
+        match out.last_mut() {
+            Some((len, last)) if *last == v => *len += 1,
+            _ => out.push((1, v)),
+        }
+    }
+    out
+}
+
+fn columns(readings: &[Reading], d: &Dictionaries<&str>) -> Vec<Vec<f64>> {
+    let (slots, count) = d.column_slots();
+    let mut cols = vec![Vec::new(); count];
+    let values = readings.iter().flat_map(|r| r.values.iter());
+    for (&c, v) in slots.iter().zip(values) {
+        cols[c].push(v.value);
+    }
+    cols
+}
+
+/// `m` such that `m as f64 / 10^k` is `v` bit for bit, if there is one.
+pub(super) fn scaled(v: f64, k: u8) -> Option<i64> {
+    let m = (v * POW10[k as usize]).round();
+    // Beyond 2^53 (or NaN) is not exactly an i64 here.
+    if m.is_nan() || m.abs() > 9_007_199_254_740_992.0 {
+        return None;
+    }
+    let m = m as i64;
+    ((m as f64 / POW10[k as usize]).to_bits() == v.to_bits()).then_some(m)
+}
+
+pub(super) fn put_column(out: &mut Vec<u8>, col: &[f64]) {
+    for k in 0..=MAX_ENCODE_SCALE {
+        let ms: Option<Vec<i64>> = col.iter().map(|&v| scaled(v, k)).collect();
+        if let Some(ms) = ms {
+            out.push(k);
+            let mut prev = 0i64;
+            for m in ms {
+                put_sv(out, m.wrapping_sub(prev));
+                prev = m;
+            }
+            return;
+        }
+    }
+    out.push(MODE_RAW);
+    col.iter()
+        .for_each(|v| out.extend_from_slice(&v.to_bits().to_le_bytes()));
+}
