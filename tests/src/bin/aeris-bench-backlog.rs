@@ -106,9 +106,15 @@ fn fill(path: &Path, sensors: usize, hours: u64, end_ms: i64) -> anyhow::Result<
     Ok(written)
 }
 
-fn agent_env(dir: &Path, local: u16, cloud: u16, health: u16) -> Vec<(&'static str, String)> {
+fn agent_env(
+    device: &str,
+    dir: &Path,
+    local: u16,
+    cloud: u16,
+    health: u16,
+) -> Vec<(&'static str, String)> {
     vec![
-        ("AERIS_DEVICE_ID", DEVICE.to_owned()),
+        ("AERIS_DEVICE_ID", device.to_owned()),
         ("AERIS_DATA_DIR", dir.display().to_string()),
         ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
         ("AERIS_LOCAL__PORT", local.to_string()),
@@ -186,17 +192,22 @@ struct Seen {
     backlog_count: u64,
     /// Age at arrival of each live reading, in ms.
     live_ages: Vec<i64>,
+    /// Readings newer than this are live, older ones the backlog.
+    live_from_ms: i64,
 }
 
 impl Seen {
-    fn record(&mut self, payload: &[u8], backlog_last: u64) {
+    fn record(&mut self, payload: &[u8]) {
         let Ok(batch) = aeris_wire::decode::<aeris_wire::Batch>(payload) else {
             return;
         };
+        if batch.device != DEVICE {
+            return;
+        }
         let now = aeris_wire::now_ms();
         for (i, r) in batch.readings.iter().enumerate() {
             let seq = batch.first_seq + i as u64;
-            if seq <= backlog_last {
+            if r.ts_ms < self.live_from_ms {
                 let (w, b) = ((seq / 64) as usize, seq % 64);
                 if let Some(word) = self.backlog.get_mut(w) {
                     if *word & (1 << b) == 0 {
@@ -258,7 +269,9 @@ async fn main() -> anyhow::Result<()> {
     // the live sensors and nothing to catch up on.
     let health = aeris_tests::free_port();
     let idle_dir = dir.path().join("idle");
-    let env = agent_env(&idle_dir, local.port, cloud.port, health);
+    // Another device id: its seqs must not meet the backlog's at the cloud.
+    let idle_device = format!("{DEVICE}-idle");
+    let env = agent_env(&idle_device, &idle_dir, local.port, cloud.port, health);
     let (mut idle, idle_ready) =
         start_agent(&agent, &env, health, dir.path().join("idle.log")).await?;
     let pid = idle.pid().expect("agent pid");
@@ -281,12 +294,8 @@ async fn main() -> anyhow::Result<()> {
     let data = dir.path().join("edge");
     std::fs::create_dir_all(&data)?;
     let fill_start = Instant::now();
-    let backlog = fill(
-        &data.join("buffer.db"),
-        sensors,
-        hours,
-        aeris_wire::now_ms(),
-    )?;
+    let fill_end = aeris_wire::now_ms();
+    let backlog = fill(&data.join("buffer.db"), sensors, hours, fill_end)?;
     let file_bytes = std::fs::metadata(data.join("buffer.db"))?.len();
     let fill_s = fill_start.elapsed().as_secs_f64();
     eprintln!(
@@ -296,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
 
     let seen = Arc::new(Mutex::new(Seen {
         backlog: vec![0; (backlog / 64 + 1) as usize],
+        live_from_ms: fill_end,
         ..Seen::default()
     }));
     let batches = Arc::new(AtomicU64::new(0));
@@ -307,7 +317,7 @@ async fn main() -> anyhow::Result<()> {
             move |_, payload| {
                 batches.fetch_add(1, Relaxed);
                 if let Ok(mut s) = seen.lock() {
-                    s.record(payload, backlog);
+                    s.record(payload);
                 }
             },
         )
@@ -315,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let health = aeris_tests::free_port();
-    let env = agent_env(&data, local.port, cloud.port, health);
+    let env = agent_env(DEVICE, &data, local.port, cloud.port, health);
     let (edge, ready) = start_agent(&agent, &env, health, dir.path().join("edge.log")).await?;
     let pid = edge.pid().expect("agent pid");
     let at_ready = proc_usage(pid);
