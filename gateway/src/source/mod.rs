@@ -23,6 +23,7 @@ use aeris_sink::Sink;
 use aeris_wire::{decode, Batch, Channel, Event as DeviceEvent, EventKind, Status, Topics};
 use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -66,8 +67,6 @@ pub async fn run(
     let mut opts = crate::mqtt::options(&config.broker, &client_id)?;
     opts.set_clean_session(true).set_manual_acks(true);
     let (client, mut events) = AsyncClient::new(opts, 4096);
-    let (tx, rx) = mpsc::channel::<Incoming>(1024);
-    let (status_tx, status_rx) = mpsc::channel::<Accepted>(1024);
     let writer = writer::Writer {
         client: client.clone(),
         topics: topics.clone(),
@@ -76,22 +75,9 @@ pub async fn run(
         stats: stats.clone(),
         config: config.writer.clone(),
     };
-    let mut writer = tokio::spawn(writer::run(writer, rx, shutdown.clone()));
-    tokio::spawn(side_channel(status_rx, out.sink, out.live, stats.clone()));
-    let group = &config.broker.share_group;
-    let filters =
-        [Channel::UpBatch, Channel::UpStatus, Channel::UpEvent].map(|c| topics.shared(group, c));
-    let mut source = Source {
-        config,
-        topics,
-        client,
-        client_id,
-        filters,
-        stats,
-        forward: Some(tx),
-        side: status_tx,
-        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
-    };
+    let (mut writer, tx) = start_writer(writer, shutdown.clone());
+    let status_tx = start_side_channel(out, stats.clone());
+    let mut source = Source::new(config, topics, client, client_id, stats, tx, status_tx);
     let mut writer_done = false;
     loop {
         let ev = tokio::select! {
@@ -122,6 +108,22 @@ pub async fn run(
     Ok(())
 }
 
+/// Spawns the writer task; returns it and where batches go.
+fn start_writer(
+    writer: writer::Writer,
+    shutdown: CancellationToken,
+) -> (JoinHandle<()>, mpsc::Sender<Incoming>) {
+    let (tx, rx) = mpsc::channel::<Incoming>(1024);
+    (tokio::spawn(writer::run(writer, rx, shutdown)), tx)
+}
+
+/// Spawns [`side_channel`]; returns where statuses and events go.
+fn start_side_channel(out: Outputs, stats: Arc<Stats>) -> mpsc::Sender<Accepted> {
+    let (status_tx, status_rx) = mpsc::channel::<Accepted>(1024);
+    tokio::spawn(side_channel(status_rx, out.sink, out.live, stats));
+    status_tx
+}
+
 /// The configured client id, or a random one.
 fn client_id(config: &Config) -> String {
     if config.broker.client_id.is_empty() {
@@ -149,6 +151,31 @@ struct Source {
 }
 
 impl Source {
+    fn new(
+        config: Arc<Config>,
+        topics: Topics,
+        client: AsyncClient,
+        client_id: String,
+        stats: Arc<Stats>,
+        forward: mpsc::Sender<Incoming>,
+        side: mpsc::Sender<Accepted>,
+    ) -> Source {
+        let group = &config.broker.share_group;
+        let filters = [Channel::UpBatch, Channel::UpStatus, Channel::UpEvent]
+            .map(|c| topics.shared(group, c));
+        Source {
+            config,
+            topics,
+            client,
+            client_id,
+            filters,
+            stats,
+            forward: Some(forward),
+            side,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+        }
+    }
+
     /// Acts on one event of the MQTT event loop (after an error, waits out
     /// the backoff); `Break` ends the loop.
     async fn on_event(
