@@ -34,8 +34,3 @@ pub mod version;
 
 pub use agent::{run, Telemetry};
 pub use config::Config;
-
-// The flag bits are defined once, in `aeris_wire::flags`; the buffer still
-// declares its own `FLAG_AGGREGATE` (it is being reworked elsewhere), so
-// until it imports that one the two must agree.
-const _: () = assert!(buffer::FLAG_AGGREGATE == aeris_wire::flags::FLAG_AGGREGATE);

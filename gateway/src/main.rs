@@ -82,32 +82,12 @@ struct RolloutArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let mut config = match Config::load(cli.config.as_deref()) {
+    let config = match load_config(&cli) {
         Ok(c) => c,
-        Err(e) => {
-            let file = cli
-                .config
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "(no file)".into());
-            eprintln!("aeris-gateway: bad configuration ({file}): {e}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if cli.print_config {
-        if config.database_url.is_some() {
-            config.database_url = Some("<redacted>".into());
-        }
-        if config.redis_url.is_some() {
-            config.redis_url = Some("<redacted>".into());
-        }
-        if !config.broker.password.is_empty() {
-            config.broker.password = "<redacted>".into();
-        }
-        match toml::to_string_pretty(&config) {
-            Ok(s) => print!("{s}"),
-            Err(e) => eprintln!("aeris-gateway: cannot print config: {e}"),
-        }
+        print_config(config);
         return std::process::ExitCode::SUCCESS;
     }
     match cli.command {
@@ -131,35 +111,62 @@ fn main() -> std::process::ExitCode {
                 }
             })
         }
-        Some(Cmd::Resend) => tool(&cli.logging.log, async move {
-            let sink = aeris_gateway::open_sink(&config).await?;
-            let stats = aeris_gateway::Stats::default();
-            let result = aeris_gateway::resend::run(&config, sink.as_ref()).await;
-            let audited = result
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()));
-            let actor = aeris_gateway::audit::cli_actor();
-            aeris_gateway::audit::record(
-                sink.as_ref(),
-                &stats,
-                &actor,
-                "resend",
-                "fleet",
-                &audited,
-            )
-            .await;
-            match result {
-                Ok(report) => {
-                    print!("{}", aeris_gateway::resend::table(&report));
-                    Ok(true)
-                }
-                Err(e) => {
-                    eprintln!("aeris-gateway resend: {e}");
-                    Ok(false)
-                }
-            }
-        }),
+        Some(Cmd::Resend) => tool(&cli.logging.log, resend(config)),
+    }
+}
+
+/// The merged configuration; a bad one is reported with its file and
+/// exits 2.
+fn load_config(cli: &Cli) -> Result<Config, std::process::ExitCode> {
+    Config::load(cli.config.as_deref()).map_err(|e| {
+        let file = cli
+            .config
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(no file)".into());
+        eprintln!("aeris-gateway: bad configuration ({file}): {e}");
+        std::process::ExitCode::from(2)
+    })
+}
+
+/// `--print-config`: the merged configuration as TOML, secrets redacted.
+fn print_config(mut config: Config) {
+    if config.database_url.is_some() {
+        config.database_url = Some("<redacted>".into());
+    }
+    if config.redis_url.is_some() {
+        config.redis_url = Some("<redacted>".into());
+    }
+    if !config.broker.password.is_empty() {
+        config.broker.password = "<redacted>".into();
+    }
+    match toml::to_string_pretty(&config) {
+        Ok(s) => print!("{s}"),
+        Err(e) => eprintln!("aeris-gateway: cannot print config: {e}"),
+    }
+}
+
+/// `resend`: asks every known device to re-send what the database lacks,
+/// writes it to the audit log and prints the table; `false` if it failed.
+async fn resend(config: Config) -> anyhow::Result<bool> {
+    let sink = aeris_gateway::open_sink(&config).await?;
+    let stats = aeris_gateway::Stats::default();
+    let result = aeris_gateway::resend::run(&config, sink.as_ref()).await;
+    let audited = result
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()));
+    let actor = aeris_gateway::audit::cli_actor();
+    aeris_gateway::audit::record(sink.as_ref(), &stats, &actor, "resend", "fleet", &audited).await;
+    match result {
+        Ok(report) => {
+            print!("{}", aeris_gateway::resend::table(&report));
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!("aeris-gateway resend: {e}");
+            Ok(false)
+        }
     }
 }
 
@@ -192,19 +199,12 @@ fn tool(
     }
 }
 
+/// `rollout`: sends the package's update wave by wave, prints each
+/// change, writes the outcome to the audit log; an error unless every
+/// targeted device confirmed.
 async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
     use aeris_gateway::rollout;
-    use anyhow::Context;
-    let read = |name: &str| {
-        let path = args.package.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
-    };
-    let payload = serde_json::to_vec(&serde_json::json!({
-        "format": 1,
-        "url": args.url,
-        "manifest": read("manifest.json")?,
-        "signature": read("manifest.json.sig")?.trim(),
-    }))?;
+    let payload = update_payload(&args)?;
     let targets = rollout::select(&args.devices, args.percent);
     let id = args
         .id
@@ -223,24 +223,7 @@ async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(s).unwrap_or_default());
     })
     .await;
-    let audited = match &result {
-        Ok(s) => serde_json::to_value(s).map_err(|e| e.to_string()),
-        Err(e) => Err(format!("{e:#}")),
-    };
-    match aeris_gateway::open_sink(&config).await {
-        Ok(sink) => {
-            aeris_gateway::audit::record(
-                sink.as_ref(),
-                &aeris_gateway::Stats::default(),
-                &aeris_gateway::audit::cli_actor(),
-                "rollout",
-                &devices,
-                &audited,
-            )
-            .await
-        }
-        Err(e) => tracing::error!(error = %e, "rollout not written to the audit log"),
-    }
+    audit_rollout(&config, &devices, &result).await;
     let summary = result?;
     if summary.halted.is_some() || summary.failed > 0 {
         anyhow::bail!(
@@ -254,6 +237,48 @@ async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The update command's payload: the package's signed manifest and where
+/// devices fetch its files.
+fn update_payload(args: &RolloutArgs) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let read = |name: &str| {
+        let path = args.package.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    Ok(serde_json::to_vec(&serde_json::json!({
+        "format": 1,
+        "url": args.url,
+        "manifest": read("manifest.json")?,
+        "signature": read("manifest.json.sig")?.trim(),
+    }))?)
+}
+
+/// Writes the rollout's outcome to the audit log, or logs why it cannot.
+async fn audit_rollout(
+    config: &Config,
+    devices: &str,
+    result: &anyhow::Result<aeris_gateway::rollout::Summary>,
+) {
+    let audited = match result {
+        Ok(s) => serde_json::to_value(s).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    match aeris_gateway::open_sink(config).await {
+        Ok(sink) => {
+            aeris_gateway::audit::record(
+                sink.as_ref(),
+                &aeris_gateway::Stats::default(),
+                &aeris_gateway::audit::cli_actor(),
+                "rollout",
+                devices,
+                &audited,
+            )
+            .await
+        }
+        Err(e) => tracing::error!(error = %e, "rollout not written to the audit log"),
+    }
 }
 
 /// The audit log's target of a rollout: its devices and share.

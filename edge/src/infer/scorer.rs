@@ -81,16 +81,10 @@ impl Scorer {
         }
     }
 
+    /// Shares the active models after `change`, then acts on it: installs
+    /// what went live, rejects what was discarded, and reports it.
     fn apply(&mut self, change: Change) {
-        let active = self
-            .engine
-            .active()
-            .into_iter()
-            .map(|(name, version)| aeris_wire::ModelVersion { name, version })
-            .collect();
-        if let Ok(mut m) = self.active.lock() {
-            *m = active;
-        }
+        self.share_active();
         match change {
             Change::Installed { name, version, dir } => {
                 info!(model = %name, %version, "model active");
@@ -118,11 +112,7 @@ impl Scorer {
                 self.metrics.promotions.inc();
                 info!(model = %name, %from, %to, windows, max_diff, forced, "model promoted");
                 self.install(&name, dir.as_deref());
-                let how = if forced {
-                    "forced".to_owned()
-                } else {
-                    format!("agreed on {windows} windows, max diff {max_diff:.3}")
-                };
+                let how = promotion_reason(forced, windows, max_diff);
                 self.event(format!("model {name} promoted {from} -> {to} ({how})"));
             }
             Change::Discarded {
@@ -143,6 +133,28 @@ impl Scorer {
                 ));
             }
         }
+    }
+
+    /// Makes the engine's active models what the status heartbeat reports.
+    fn share_active(&self) {
+        let active = self
+            .engine
+            .active()
+            .into_iter()
+            .map(|(name, version)| aeris_wire::ModelVersion { name, version })
+            .collect();
+        if let Ok(mut m) = self.active.lock() {
+            *m = active;
+        }
+    }
+}
+
+/// Why a candidate was promoted, for the event.
+fn promotion_reason(forced: bool, windows: u32, max_diff: f64) -> String {
+    if forced {
+        "forced".to_owned()
+    } else {
+        format!("agreed on {windows} windows, max diff {max_diff:.3}")
     }
 }
 

@@ -31,7 +31,9 @@
 
 pub mod acks;
 pub mod config;
+mod connection;
 pub mod flat;
+mod message;
 pub mod metrics;
 pub mod senml;
 
@@ -41,13 +43,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aeris_runtime::Backoff;
-use aeris_wire::flags::{FLAG_SPIKE, FLAG_STUCK};
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::buffer::Buffer;
 use crate::health::Probes;
+use crate::infer::models_dir::{Candidate, LoaderNews as News};
 use crate::infer::scorer::{Inference, Scorer};
 use crate::preprocess::PreprocessConfig;
 use crate::preprocess::Preprocessor;
@@ -119,228 +122,159 @@ pub async fn run(
     shutdown: CancellationToken,
     inference: Option<Inference>,
 ) {
-    let (mut scorer, mut candidates, mut news) = match inference {
-        Some(i) => (Some(i.scorer), Some(i.candidates), Some(i.news)),
-        None => (None, None, None),
-    };
-    let mut opts = MqttOptions::new(
-        format!("{}-ingest", config.device_id),
-        config.local.host.clone(),
-        config.local.port,
-    );
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        // Oversize payloads must reach the parser to be counted, not break
-        // the connection, so the client's own limit is far above ours.
-        .set_max_packet_size(16 << 20, 1 << 20);
     // Acks wait in `acks` and enter the client's queue a window at a time.
-    let (client, mut events) = AsyncClient::new(opts, acks::CLIENT_QUEUE);
-    let acks = Arc::new(Acks::default());
-    let mut pre = Preprocessor::new(config.preprocess.clone());
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(connection::options(&config), acks::CLIENT_QUEUE);
+    let mut ingest = Ingest {
+        pre: Preprocessor::new(config.preprocess.clone()),
+        config,
+        buffer,
+        metrics,
+        probes,
+        client,
+        acks: Arc::new(Acks::default()),
+        models: Models::from(inference),
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+        replay_until: None,
+    };
     let mut beat = tokio::time::interval(crate::health::systemd::BEAT_EVERY);
-    // Until when arrivals may be the broker's stored session.
-    let mut replay_until: Option<tokio::time::Instant> = None;
     loop {
-        probes.live.beat(&probes.live.ingest);
-        acks.hand_over(&client);
-        metrics
-            .acks_pending
-            .set(acks.pending.load(Relaxed).min(i64::MAX as u64) as i64);
+        ingest.tick();
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = beat.tick() => continue,
-            _ = acks.pushed.notified() => continue,
+            _ = ingest.acks.pushed.notified() => continue,
             ev = events.poll() => ev,
-            c = recv_opt(&mut candidates) => {
-                if let (Some(c), Some(sc)) = (c, scorer.as_mut()) {
-                    sc.offer(c);
-                }
-                continue;
-            }
-            n = recv_opt(&mut news) => {
-                if let (Some(n), Some(sc)) = (n, scorer.as_mut()) {
-                    sc.on_news(n);
-                }
-                continue;
-            }
+            _ = ingest.models.update() => continue,
         };
+        if let Some(wait) = ingest.on_event(event).await {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+    connection::close(&ingest.buffer, &ingest.acks, &ingest.client, &mut events).await;
+}
+
+/// The ingest loop's state beside the MQTT event loop.
+struct Ingest {
+    config: Arc<Settings>,
+    buffer: Buffer,
+    metrics: Arc<Metrics>,
+    probes: Arc<Probes>,
+    client: AsyncClient,
+    acks: Arc<Acks>,
+    pre: Preprocessor,
+    models: Models,
+    backoff: Backoff,
+    /// Until when arrivals may be the broker's stored session.
+    replay_until: Option<tokio::time::Instant>,
+}
+
+impl Ingest {
+    /// Every turn of the loop: proves it alive and hands the client the
+    /// acks earned since.
+    fn tick(&self) {
+        self.probes.live.beat(&self.probes.live.ingest);
+        self.acks.hand_over(&self.client);
+        self.metrics
+            .acks_pending
+            .set(self.acks.pending.load(Relaxed).min(i64::MAX as u64) as i64);
+    }
+
+    /// Acts on one event of the MQTT event loop; after a lost connection,
+    /// returns how long to wait before the next attempt.
+    async fn on_event(&mut self, event: Result<Event, ConnectionError>) -> Option<Duration> {
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff.reset();
+                self.backoff.reset();
                 if ack.session_present {
-                    replay_until = Some(tokio::time::Instant::now() + config.ingest.replay_window);
+                    self.replay_until =
+                        Some(tokio::time::Instant::now() + self.config.ingest.replay_window);
                 }
-                info!(host = %config.local.host, port = config.local.port, "connected to local broker");
-                if let Err(e) = client.try_subscribe(config.local.topic.clone(), QoS::AtLeastOnce) {
-                    warn!(error = %e, "cannot queue sensor subscription");
-                }
+                connection::subscribe(&self.config, &self.client);
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
-                probes.set_subscribed(true);
-                info!(topic = %config.local.topic, "subscribed to sensor topic");
+                self.probes.set_subscribed(true);
+                info!(topic = %self.config.local.topic, "subscribed to sensor topic");
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let replayed = replay_until.is_some_and(|t| tokio::time::Instant::now() < t);
-                handle(
-                    &config,
-                    &acks,
-                    &buffer,
-                    &metrics,
-                    &mut pre,
-                    scorer.as_mut(),
+                let replayed = self
+                    .replay_until
+                    .is_some_and(|t| tokio::time::Instant::now() < t);
+                let (config, acks, buffer) = (&self.config, &self.acks, &self.buffer);
+                let scorer = self.models.scorer.as_mut();
+                message::handle(
+                    config,
+                    acks,
+                    buffer,
+                    &self.metrics,
+                    &mut self.pre,
+                    scorer,
                     p,
                     replayed,
                 )
                 .await;
             }
-            Ok(Event::Outgoing(Outgoing::PubAck(_))) => acks.written(),
+            Ok(Event::Outgoing(Outgoing::PubAck(_))) => self.acks.written(),
             Ok(_) => {}
             Err(e) => {
-                acks.connection_lost();
-                probes.set_subscribed(false);
-                let wait = backoff.next_delay();
-                warn!(error = %e, retry_in = ?wait, "local broker connection lost");
-                let live = &probes.live;
-                live.alive_for(&live.ingest, wait + crate::health::systemd::BEAT_GRACE);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
-                }
+                let wait = self.backoff.next_delay();
+                connection::lost(&e, &self.acks, &self.probes, wait);
+                return Some(wait);
             }
         }
+        None
     }
-    // Barrier: the buffer thread answers this only after committing every
-    // reading handed to it before, so their acks are queued by now.
-    if buffer.snapshot().await.is_err() {
-        warn!("buffer closed before the last commit");
-    }
-    // Hand the client every waiting ack, then DISCONNECT behind them: once
-    // it is written, they are too, and the broker will not deliver those
-    // messages again. Messages arriving meanwhile stay unacked and come
-    // again on the next start.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while acks.hand_over(&client) > 0 {
-        match tokio::time::timeout_at(deadline, events.poll()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => break,
-        }
-    }
-    if client.try_disconnect().is_ok() {
-        loop {
-            match tokio::time::timeout_at(deadline, events.poll()).await {
-                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
-                Ok(Ok(_)) => {}
-            }
+}
+
+/// The scorer and the channels that bring it candidate models and news;
+/// all `None` without inference.
+struct Models {
+    scorer: Option<Scorer>,
+    candidates: Option<mpsc::Receiver<Candidate>>,
+    news: Option<mpsc::Receiver<News>>,
+}
+
+impl From<Option<Inference>> for Models {
+    fn from(inference: Option<Inference>) -> Models {
+        match inference {
+            Some(i) => Models {
+                scorer: Some(i.scorer),
+                candidates: Some(i.candidates),
+                news: Some(i.news),
+            },
+            None => Models {
+                scorer: None,
+                candidates: None,
+                news: None,
+            },
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    config: &Settings,
-    acks: &Arc<Acks>,
-    buffer: &Buffer,
-    metrics: &Arc<Metrics>,
-    pre: &mut Preprocessor,
-    mut scorer: Option<&mut Scorer>,
-    p: Publish,
-    replayed: bool,
-) {
-    let topic = p.topic.clone();
-    let parsed = match sensor_id(&config.local.topic, &topic) {
-        None => Err(flat::Reject::BadSensorId(topic.clone())),
-        Some(sensor) => {
-            let cx = flat::Context {
-                now_ms: now_ms(),
-                max_future_ms: config.ingest.max_future.as_millis() as i64,
-                retention_ms: config.ingest.retention.as_millis() as i64,
-                max_payload_bytes: config.ingest.max_payload_bytes,
-                sensors: &config.sensors,
-                reference: config.preprocess.reference(),
-            };
-            parse_message(sensor, &p.payload, &config.ingest.allow_list, &cx)
-        }
-    };
-    let parsed = parsed.and_then(|mut readings| {
-        for reading in &mut readings {
-            if reading.flags & FLAG_ARRIVAL_TIME != 0 {
-                metrics.arrival_stamped.inc();
-                if replayed {
-                    reading.flags |= FLAG_REPLAYED;
+impl Models {
+    /// Waits for the next candidate model or news and hands it to the
+    /// scorer; pends forever once both channels are closed or absent.
+    async fn update(&mut self) {
+        tokio::select! {
+            c = recv_opt(&mut self.candidates) => {
+                if let (Some(c), Some(sc)) = (c, self.scorer.as_mut()) {
+                    sc.offer(c);
                 }
             }
-            preprocess(pre, metrics, reading);
-            if let Some(sc) = scorer.as_deref_mut() {
-                sc.process(reading);
-            }
-            crate::buffer::row::check(reading).map_err(|e| flat::Reject::Invalid(e.to_string()))?;
-        }
-        Ok(readings)
-    });
-    match parsed {
-        Err(reject) => {
-            metrics.reject(reject.reason());
-            debug!(topic = %topic, reason = reject.reason(), error = %reject, "sensor message rejected");
-            acks.push(p.qos, p.pkid);
-        }
-        Ok(readings) => {
-            let n = readings.len() as u64;
-            // QoS 0 is never redelivered.
-            let delivery = (p.qos != QoS::AtMostOnce)
-                .then(|| crate::buffer::Delivery::new(p.pkid, p.dup, &topic, &p.payload));
-            let (acks, qos, pkid) = (acks.clone(), p.qos, p.pkid);
-            let counts = metrics.clone();
-            let on_commit = Box::new(
-                move |res: Result<crate::buffer::Appended, &crate::buffer::BufferError>| {
-                    match res {
-                        Ok(done) => {
-                            if !done.redelivered {
-                                counts.accepted.inc_by(done.stored);
-                            }
-                            acks.push(qos, pkid);
-                        }
-                        // Not acked: the broker delivers it again after a reconnect.
-                        Err(_) => {
-                            counts.buffer_errors.inc_by(n);
-                        }
-                    }
-                },
-            );
-            if buffer.append(delivery, readings, on_commit).await.is_err() {
-                warn!("buffer closed; reading left with the broker");
+            n = recv_opt(&mut self.news) => {
+                if let (Some(n), Some(sc)) = (n, self.scorer.as_mut()) {
+                    sc.on_news(n);
+                }
             }
         }
-    }
-}
-
-/// Runs preprocessing on one reading and counts what it found. Closed
-/// windows are logged and counted; the disk-budget work will store them.
-fn preprocess(pre: &mut Preprocessor, metrics: &Metrics, reading: &mut aeris_wire::Reading) {
-    let out = pre.process(reading);
-    if reading.flags & FLAG_SPIKE != 0 {
-        metrics.flagged("spike");
-        debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "spike", "reading flagged");
-    }
-    if reading.flags & FLAG_STUCK != 0 {
-        metrics.flagged("stuck");
-        debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "stuck", "reading flagged");
-    }
-    metrics.windows_late.inc_by(out.late);
-    for a in &out.aggregates {
-        metrics.windows_closed.inc();
-        debug!(
-            sensor = %a.sensor, quantity = %a.quantity, start_ms = a.start_ms, end_ms = a.end_ms,
-            mean = a.mean, min = a.min, max = a.max, count = a.count, flagged = a.flagged,
-            "aggregation window closed"
-        );
     }
 }
 
 /// The next item of an optional channel; pends forever once it is closed
 /// or absent.
-async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(r) => match r.recv().await {
             Some(v) => Some(v),

@@ -12,6 +12,7 @@
 pub mod live;
 mod writer;
 
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,9 @@ use aeris_runtime::Backoff;
 use aeris_sink::live::Live;
 use aeris_sink::Sink;
 use aeris_wire::{decode, Batch, Channel, Event as DeviceEvent, EventKind, Status, Topics};
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -52,6 +54,8 @@ pub struct Outputs {
     pub feed: Arc<LiveFeed>,
 }
 
+/// Runs until `shutdown`: then stops taking batches, lets the writer
+/// finish and its last acks go out, and disconnects.
 pub async fn run(
     config: Arc<Config>,
     out: Outputs,
@@ -59,16 +63,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topics = Topics::new(&config.broker.prefix)?;
-    let client_id = if config.broker.client_id.is_empty() {
-        format!("aeris-gateway-{:08x}", crate::mqtt::random_suffix())
-    } else {
-        config.broker.client_id.clone()
-    };
+    let client_id = client_id(&config);
     let mut opts = crate::mqtt::options(&config.broker, &client_id)?;
     opts.set_clean_session(true).set_manual_acks(true);
     let (client, mut events) = AsyncClient::new(opts, 4096);
-    let (tx, rx) = mpsc::channel::<Incoming>(1024);
-    let (status_tx, status_rx) = mpsc::channel::<Accepted>(1024);
     let writer = writer::Writer {
         client: client.clone(),
         topics: topics.clone(),
@@ -77,100 +75,201 @@ pub async fn run(
         stats: stats.clone(),
         config: config.writer.clone(),
     };
-    let writer = tokio::spawn(writer::run(writer, rx, shutdown.clone()));
-    tokio::spawn(side_channel(status_rx, out.sink, out.live, stats.clone()));
-    let group = &config.broker.share_group;
-    let filters =
-        [Channel::UpBatch, Channel::UpStatus, Channel::UpEvent].map(|c| topics.shared(group, c));
-    let mut forward = Some(tx);
-    let mut writer = writer;
+    let (mut writer, tx) = start_writer(writer, shutdown.clone());
+    let status_tx = start_side_channel(out, stats.clone());
+    let mut source = Source::new(config, topics, client, client_id, stats, tx, status_tx);
     let mut writer_done = false;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let ev = tokio::select! {
             // On shutdown stop taking batches; keep polling so the writer's
             // last acks still go out, then disconnect.
-            _ = shutdown.cancelled(), if forward.is_some() => {
-                forward = None;
+            _ = shutdown.cancelled(), if source.forward.is_some() => {
+                source.forward = None;
                 continue;
             }
             res = &mut writer, if !writer_done => {
                 writer_done = true;
                 res?;
-                if client.try_disconnect().is_err() {
+                if source.client.try_disconnect().is_err() {
                     break;
                 }
                 continue;
             }
             ev = events.poll() => ev,
         };
-        match ev {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
-                info!(client_id = %client_id, filter = %filters[0], "connected to broker");
-                for f in &filters {
-                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                        warn!(error = %e, "cannot queue subscription");
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                // Ready only once the broker confirmed the subscriptions.
-                stats.broker_connected.store(true, Relaxed);
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                // Without a forward (shutting down) the message stays
-                // unacked: the broker forgets it with the clean session, and
-                // the device sends it again after its ack timeout.
-                let Some(tx) = &forward else { continue };
-                match accept(&topics, &stats, &p) {
-                    Some(Accepted::Batch(incoming)) => {
-                        if tx.send(incoming).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(other) => {
-                        // Status and events are not on the ack path: acked
-                        // to the broker at once, handled on the side.
-                        if status_tx.try_send(other).is_err() {
-                            stats.reject("side_channel_full");
-                        }
-                        let _ = client.try_ack(&p);
-                    }
-                    None => {
-                        let _ = client.try_ack(&p);
-                    }
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-            Ok(_) => {}
-            Err(e) => {
-                let was_connected = stats.broker_connected.swap(false, Relaxed);
-                if writer_done {
-                    break;
-                }
-                let reason = crate::mqtt::failure_reason(&e);
-                let backoff = backoff.next_delay();
-                if was_connected {
-                    warn!(error = %e, reason, retry_in = ?backoff, "broker connection lost");
-                } else {
-                    stats.broker_connect_failure(reason);
-                    if reason == "tls" {
-                        error!(error = %e, reason, broker = %format!("{}:{}", config.broker.host, config.broker.port),
-                            retry_in = ?backoff, "TLS with the broker failed: check broker.tls (CA, certificate, key) and broker.host against the broker's certificate");
-                    } else {
-                        warn!(error = %e, reason, retry_in = ?backoff, "cannot connect to the broker");
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-            }
+        if source.on_event(ev, writer_done).await.is_break() {
+            break;
         }
     }
-    stats.broker_connected.store(false, Relaxed);
+    source.stats.broker_connected.store(false, Relaxed);
     if !writer_done {
         writer.await?;
     }
     Ok(())
+}
+
+/// Spawns the writer task; returns it and where batches go.
+fn start_writer(
+    writer: writer::Writer,
+    shutdown: CancellationToken,
+) -> (JoinHandle<()>, mpsc::Sender<Incoming>) {
+    let (tx, rx) = mpsc::channel::<Incoming>(1024);
+    (tokio::spawn(writer::run(writer, rx, shutdown)), tx)
+}
+
+/// Spawns [`side_channel`]; returns where statuses and events go.
+fn start_side_channel(out: Outputs, stats: Arc<Stats>) -> mpsc::Sender<Accepted> {
+    let (status_tx, status_rx) = mpsc::channel::<Accepted>(1024);
+    tokio::spawn(side_channel(status_rx, out.sink, out.live, stats));
+    status_tx
+}
+
+/// The configured client id, or a random one.
+fn client_id(config: &Config) -> String {
+    if config.broker.client_id.is_empty() {
+        format!("aeris-gateway-{:08x}", crate::mqtt::random_suffix())
+    } else {
+        config.broker.client_id.clone()
+    }
+}
+
+/// The source's side of the broker connection and where it hands what
+/// arrives.
+struct Source {
+    config: Arc<Config>,
+    topics: Topics,
+    client: AsyncClient,
+    client_id: String,
+    /// The shared subscriptions: batches, statuses, events.
+    filters: [String; 3],
+    stats: Arc<Stats>,
+    /// Batches to the writer; `None` once shutting down.
+    forward: Option<mpsc::Sender<Incoming>>,
+    /// Statuses and events to [`side_channel`].
+    side: mpsc::Sender<Accepted>,
+    backoff: Backoff,
+}
+
+impl Source {
+    fn new(
+        config: Arc<Config>,
+        topics: Topics,
+        client: AsyncClient,
+        client_id: String,
+        stats: Arc<Stats>,
+        forward: mpsc::Sender<Incoming>,
+        side: mpsc::Sender<Accepted>,
+    ) -> Source {
+        let group = &config.broker.share_group;
+        let filters = [Channel::UpBatch, Channel::UpStatus, Channel::UpEvent]
+            .map(|c| topics.shared(group, c));
+        Source {
+            config,
+            topics,
+            client,
+            client_id,
+            filters,
+            stats,
+            forward: Some(forward),
+            side,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+        }
+    }
+
+    /// Acts on one event of the MQTT event loop (after an error, waits out
+    /// the backoff); `Break` ends the loop.
+    async fn on_event(
+        &mut self,
+        ev: Result<Event, ConnectionError>,
+        writer_done: bool,
+    ) -> ControlFlow<()> {
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                self.backoff.reset();
+                self.subscribe();
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                // Ready only once the broker confirmed the subscriptions.
+                self.stats.broker_connected.store(true, Relaxed);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => return self.hand_on(&p).await,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return ControlFlow::Break(()),
+            Ok(_) => {}
+            Err(e) => {
+                let was_connected = self.stats.broker_connected.swap(false, Relaxed);
+                if writer_done {
+                    return ControlFlow::Break(());
+                }
+                let reason = crate::mqtt::failure_reason(&e);
+                let backoff = self.backoff.next_delay();
+                self.report_failure(&e, reason, was_connected, backoff);
+                tokio::time::sleep(backoff).await;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn subscribe(&self) {
+        info!(client_id = %self.client_id, filter = %self.filters[0], "connected to broker");
+        for f in &self.filters {
+            if let Err(e) = self.client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                warn!(error = %e, "cannot queue subscription");
+            }
+        }
+    }
+
+    /// Batches go to the writer, which acks them after the commit;
+    /// statuses, events and rejected messages are acked at once. `Break`
+    /// when the writer is gone.
+    async fn hand_on(&self, p: &Publish) -> ControlFlow<()> {
+        // Without a forward (shutting down) the message stays unacked: the
+        // broker forgets it with the clean session, and the device sends it
+        // again after its ack timeout.
+        let Some(tx) = &self.forward else {
+            return ControlFlow::Continue(());
+        };
+        match accept(&self.topics, &self.stats, p) {
+            Some(Accepted::Batch(incoming)) => {
+                if tx.send(incoming).await.is_err() {
+                    return ControlFlow::Break(());
+                }
+            }
+            Some(other) => {
+                // Status and events are not on the ack path: acked to the
+                // broker at once, handled on the side.
+                if self.side.try_send(other).is_err() {
+                    self.stats.reject("side_channel_full");
+                }
+                let _ = self.client.try_ack(p);
+            }
+            None => {
+                let _ = self.client.try_ack(p);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Logs a lost connection, or counts and logs a failed attempt.
+    fn report_failure(
+        &self,
+        e: &ConnectionError,
+        reason: &'static str,
+        was_connected: bool,
+        backoff: Duration,
+    ) {
+        if was_connected {
+            warn!(error = %e, reason, retry_in = ?backoff, "broker connection lost");
+            return;
+        }
+        self.stats.broker_connect_failure(reason);
+        let broker = &self.config.broker;
+        if reason == "tls" {
+            error!(error = %e, reason, broker = %format!("{}:{}", broker.host, broker.port),
+                retry_in = ?backoff, "TLS with the broker failed: check broker.tls (CA, certificate, key) and broker.host against the broker's certificate");
+        } else {
+            warn!(error = %e, reason, retry_in = ?backoff, "cannot connect to the broker");
+        }
+    }
 }
 
 /// What the gateway checks of a message that arrived on `device`'s topic

@@ -74,10 +74,7 @@ use schema::*;
 use sent::*;
 use totals::*;
 
-/// `Reading::flags` bit: the reading is a window aggregate written by the
-/// disk budget in place of raw readings. For each quantity `q` it carries
-/// `q` (mean), `q.min`, `q.max` and `q.n` (how many raw values).
-pub const FLAG_AGGREGATE: u32 = 1 << 3;
+pub use aeris_wire::flags::FLAG_AGGREGATE;
 
 /// Why the buffer could not do what was asked.
 #[derive(Debug, thiserror::Error)]

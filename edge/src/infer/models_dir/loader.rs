@@ -209,6 +209,8 @@ impl Loader {
         Ok(())
     }
 
+    /// The bytes at `url` (`file://`, `https://` or `http://`), at most
+    /// `max_model_bytes` of them.
     async fn get(&self, url: &str) -> Result<Vec<u8>, ModelError> {
         if !(has_scheme(url, "file://")
             || has_scheme(url, "https://")
@@ -219,22 +221,31 @@ impl Loader {
                 error: "only file://, https:// and http:// URLs are fetched".into(),
             });
         }
-        let fail = |e: String| ModelError::Io {
-            path: url.to_owned(),
-            error: e,
-        };
-        if let Some(path) = url.strip_prefix("file://") {
-            let len = std::fs::metadata(path)
-                .map_err(|e| fail(e.to_string()))?
-                .len();
-            if len > self.max_model_bytes {
-                return Err(fail(format!(
-                    "{len} bytes exceeds the {} byte limit",
-                    self.max_model_bytes
-                )));
-            }
-            return std::fs::read(path).map_err(|e| fail(e.to_string()));
+        match url.strip_prefix("file://") {
+            Some(path) => self.read_file(url, path),
+            None => self.fetch_http(url).await,
         }
+    }
+
+    /// The file at `path` (from `url`), unless it is over the limit.
+    fn read_file(&self, url: &str, path: &str) -> Result<Vec<u8>, ModelError> {
+        let fail = |e: String| fetch_error(url, e);
+        let len = std::fs::metadata(path)
+            .map_err(|e| fail(e.to_string()))?
+            .len();
+        if len > self.max_model_bytes {
+            return Err(fail(format!(
+                "{len} bytes exceeds the {} byte limit",
+                self.max_model_bytes
+            )));
+        }
+        std::fs::read(path).map_err(|e| fail(e.to_string()))
+    }
+
+    /// The body at the HTTP(S) `url`, given up on as soon as it is over the
+    /// limit.
+    async fn fetch_http(&self, url: &str) -> Result<Vec<u8>, ModelError> {
+        let fail = |e: String| fetch_error(url, e);
         let mut resp = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
@@ -255,6 +266,14 @@ impl Loader {
             }
         }
         Ok(body)
+    }
+}
+
+/// A fetch of `url` that failed with `error`.
+fn fetch_error(url: &str, error: String) -> ModelError {
+    ModelError::Io {
+        path: url.to_owned(),
+        error,
     }
 }
 
