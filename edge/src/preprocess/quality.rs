@@ -13,7 +13,8 @@
 //!   `stuck_count`-th time in a row or more (a frozen sensor repeats its
 //!   last output; real signals carry noise).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::RandomState;
 
 /// Values remembered per sensor and quantity for the spike median.
 pub const HISTORY: usize = 5;
@@ -45,15 +46,12 @@ pub struct Verdict {
 /// quantities seen, a few dozen bytes each.
 #[derive(Debug, Default)]
 pub struct Quality {
-    tracks: HashMap<(String, String), Track>,
+    tracks: BySeries<Track>,
 }
 
 impl Quality {
     pub fn check(&mut self, t: &Thresholds, sensor: &str, quantity: &str, v: f64) -> Verdict {
-        let track = self
-            .tracks
-            .entry((sensor.to_owned(), quantity.to_owned()))
-            .or_default();
+        let track = series(&mut self.tracks, sensor, quantity);
         let mut verdict = Verdict::default();
         if t.spike_ratio > 0.0 && track.recent.len() >= 3 {
             let m = median(&track.recent);
@@ -84,6 +82,24 @@ fn median(values: &VecDeque<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// Per-series state by sensor, then quantity. Looked up by `&str` with
+/// `entry_ref`, so a reading allocates nothing once its series are known;
+/// std's `RandomState` hashing, as sensor names come from the outside.
+pub(super) type BySeries<T> =
+    hashbrown::HashMap<String, hashbrown::HashMap<String, T, RandomState>, RandomState>;
+
+/// The state of (`sensor`, `quantity`), created empty when missing.
+pub(super) fn series<'a, T: Default>(
+    map: &'a mut BySeries<T>,
+    sensor: &str,
+    quantity: &str,
+) -> &'a mut T {
+    map.entry_ref(sensor)
+        .or_default()
+        .entry_ref(quantity)
+        .or_default()
 }
 
 #[cfg(test)]

@@ -9,8 +9,6 @@
 //! and is counted as late. Flagged values are aggregated too; `flagged`
 //! says how many there were.
 
-use std::collections::HashMap;
-
 /// Statistics of one closed window. Later work (disk-budget downsampling)
 /// stores these in place of the raw readings.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +50,8 @@ pub enum Added {
 
 #[derive(Debug, Default)]
 pub struct Windows {
-    open: HashMap<(String, String), Open>,
+    /// By sensor, then quantity.
+    open: super::quality::BySeries<Option<Open>>,
 }
 
 impl Windows {
@@ -76,8 +75,7 @@ impl Windows {
             count: 0,
             flagged: 0,
         };
-        let key = (sensor.to_owned(), quantity.to_owned());
-        let w = self.open.entry(key).or_insert_with(fresh);
+        let w = super::quality::series(&mut self.open, sensor, quantity).get_or_insert_with(fresh);
         let mut result = Added::Open;
         if ts_ms < w.start_ms {
             return Added::Late;

@@ -172,24 +172,29 @@ impl Store {
         let (mut acked, mut bytes) = (0, 0);
         let keep = self.options.acked_grace_ms > 0;
         for (a, b) in unmark(&tx, first, last)? {
-            let (n, len) = if keep {
-                touched(
-                    tx.prepare_cached(
-                        "UPDATE readings SET acked_ms = ?3
-                         WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL
-                         RETURNING length(body)",
-                    )?,
-                    params![a, b, now_ms],
+            // Counted first, then changed without `RETURNING`: a result row
+            // per reading costs more than a second pass over the range.
+            let (n, len): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(length(body)), 0) FROM readings
+                     WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL",
                 )?
+                .query_row(params![a, b], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            if n == 0 {
+                continue;
+            }
+            if keep {
+                tx.prepare_cached(
+                    "UPDATE readings SET acked_ms = ?3
+                     WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL",
+                )?
+                .execute(params![a, b, now_ms])?;
             } else {
-                touched(
-                    tx.prepare_cached(
-                        "DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL
-                         RETURNING length(body)",
-                    )?,
-                    params![a, b],
+                tx.prepare_cached(
+                    "DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2 AND acked_ms IS NULL",
                 )?
-            };
+                .execute(params![a, b])?;
+            }
             acked += n;
             bytes += len;
         }
