@@ -70,6 +70,7 @@ mod totals;
 
 pub use ledger::Delivery;
 use ledger::*;
+#[cfg(test)]
 use schema::*;
 use sent::*;
 use totals::*;
@@ -260,43 +261,7 @@ impl Store {
         // each of its three indexes; 512 KiB holds them (README, edge
         // bench: same rate).
         conn.pragma_update(None, "cache_size", -512)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        match version {
-            0 => {
-                let tx = conn.unchecked_transaction()?;
-                tx.execute_batch(SCHEMA)?;
-                tx.execute_batch(MIGRATE_2)?;
-                tx.execute_batch(INDEXES_2)?;
-                tx.execute_batch(MIGRATE_3)?;
-                tx.execute_batch(MIGRATE_4)?;
-                tx.execute_batch(DROP_3)?;
-                tx.pragma_update(None, "user_version", 4)?;
-                tx.commit()?;
-                migrate_to_5(&conn)?;
-            }
-            1 => {
-                migrate_from_1(&conn)?;
-                migrate_from_2(&conn)?;
-                migrate_from_3(&conn)?;
-                migrate_to_5(&conn)?;
-            }
-            2 => {
-                migrate_from_2(&conn)?;
-                migrate_from_3(&conn)?;
-                migrate_to_5(&conn)?;
-            }
-            3 => {
-                migrate_from_3(&conn)?;
-                migrate_to_5(&conn)?;
-            }
-            4 => migrate_to_5(&conn)?,
-            SCHEMA_VERSION => {}
-            v => {
-                return Err(BufferError::Corrupt(format!(
-                    "schema version {v} is newer than this agent's {SCHEMA_VERSION}"
-                )))
-            }
-        }
+        schema::upgrade(&conn)?;
         let next_seq = meta_get(&conn, "next_seq")?
             .and_then(|v| u64::try_from(v).ok())
             .ok_or_else(|| BufferError::Corrupt("meta.next_seq is missing".into()))?;
@@ -345,58 +310,6 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `max` unsent readings with seq >= `from`, in seq order. Rows
-    /// that cannot be decoded are deleted, counted as `corrupt` losses and
-    /// returned separately.
-    #[allow(clippy::type_complexity)]
-    pub fn read_from(
-        &mut self,
-        from: u64,
-        max: usize,
-    ) -> Result<(Vec<(u64, Reading)>, Vec<CorruptRow>), BufferError> {
-        let mut good = Vec::new();
-        let mut bad = Vec::new();
-        let mut bad_bytes = 0i64;
-        {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, fmt, body FROM readings WHERE seq >= ?1 AND acked_ms IS NULL
-                 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![clamp(from), max as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (seq, fmt, body) = row?;
-                match row::decode(fmt, &body) {
-                    Ok(reading) => good.push((seq, reading)),
-                    Err(e) => {
-                        bad_bytes += body.len() as i64;
-                        bad.push(CorruptRow {
-                            seq,
-                            error: e.to_string(),
-                        })
-                    }
-                }
-            }
-        }
-        if !bad.is_empty() {
-            let tx = self.conn.transaction()?;
-            for row in &bad {
-                tx.execute("DELETE FROM readings WHERE seq = ?1", [row.seq as i64])?;
-            }
-            Totals::unsent(bad.len() as i64, bad_bytes)
-                .neg()
-                .add_to(&tx)?;
-            meta_add(&tx, "lost_corrupt", bad.len() as u64)?;
-            tx.commit()?;
-        }
-        Ok((good, bad))
-    }
-
     /// Bytes of the database file holding data (free pages excluded).
     pub fn used_bytes(&self) -> Result<u64, BufferError> {
         let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
@@ -427,6 +340,8 @@ impl Store {
 fn clamp(seq: u64) -> i64 {
     seq.min(i64::MAX as u64) as i64
 }
+
+mod read;
 
 #[cfg(test)]
 mod tests;

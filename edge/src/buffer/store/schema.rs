@@ -165,3 +165,47 @@ pub(super) fn migrate_to_5(conn: &Connection) -> Result<(), BufferError> {
     tx.commit()?;
     Ok(())
 }
+
+/// Brings the file at `conn` from its `user_version` up to
+/// [`SCHEMA_VERSION`] (a new file gets the whole schema); a file of a newer
+/// agent is refused.
+pub(super) fn upgrade(conn: &Connection) -> Result<(), BufferError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    match version {
+        0 => {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(MIGRATE_2)?;
+            tx.execute_batch(INDEXES_2)?;
+            tx.execute_batch(MIGRATE_3)?;
+            tx.execute_batch(MIGRATE_4)?;
+            tx.execute_batch(DROP_3)?;
+            tx.pragma_update(None, "user_version", 4)?;
+            tx.commit()?;
+            migrate_to_5(conn)?;
+        }
+        1 => {
+            migrate_from_1(conn)?;
+            migrate_from_2(conn)?;
+            migrate_from_3(conn)?;
+            migrate_to_5(conn)?;
+        }
+        2 => {
+            migrate_from_2(conn)?;
+            migrate_from_3(conn)?;
+            migrate_to_5(conn)?;
+        }
+        3 => {
+            migrate_from_3(conn)?;
+            migrate_to_5(conn)?;
+        }
+        4 => migrate_to_5(conn)?,
+        SCHEMA_VERSION => {}
+        v => {
+            return Err(BufferError::Corrupt(format!(
+                "schema version {v} is newer than this agent's {SCHEMA_VERSION}"
+            )))
+        }
+    }
+    Ok(())
+}
