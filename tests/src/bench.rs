@@ -2,6 +2,7 @@
 //! MQTT client with its event loop in a task, and a process's memory and
 //! CPU read from `/proc`.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,4 +103,26 @@ pub fn proc_usage(pid: u32) -> Usage {
         file: bytes("RssFile:"),
         cpu_s: ticks as f64 / 100.0,
     }
+}
+
+/// Takes `--agent PATH` out of `args`: the agent binary to run, or the
+/// release one beside the bench when absent.
+pub fn agent_arg(args: &mut Vec<String>) -> anyhow::Result<PathBuf> {
+    let Some(i) = args.iter().position(|a| a == "--agent") else {
+        return Ok(crate::process::binary("aeris-edge"));
+    };
+    anyhow::ensure!(
+        i + 1 < args.len(),
+        "--agent needs the path of an agent binary"
+    );
+    let path = PathBuf::from(args.remove(i + 1));
+    args.remove(i);
+    anyhow::ensure!(path.is_file(), "no agent binary at {}", path.display());
+    Ok(path)
+}
+
+/// A running process's id, or an error naming it (it exited already).
+pub fn pid_of(p: &crate::process::Proc) -> anyhow::Result<u32> {
+    p.pid()
+        .ok_or_else(|| anyhow::anyhow!("the agent is not running:\n{}", p.log()))
 }

@@ -80,7 +80,7 @@ impl Buffer {
         metrics: Arc<Metrics>,
     ) -> Result<(Buffer, thread::JoinHandle<()>), BufferError> {
         let appended = Arc::new(Notify::new());
-        let last = Arc::new(Mutex::new(Snapshot::default()));
+        let last = metrics.last_snapshot();
         let worker = Worker::open(path, settings, metrics, appended.clone(), last.clone())?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let join = thread::Builder::new()

@@ -40,7 +40,7 @@ pub struct Metrics {
     /// dropped), and aggregates written in place of raw readings.
     evicted: ByLabel,
     pub aggregates: Counter,
-    /// The last refresh's snapshot.
+    /// The last refresh's snapshot, shared with the buffer's handles.
     depth: Arc<Mutex<Snapshot>>,
 }
 
@@ -73,10 +73,10 @@ impl Metrics {
         self.evicted.get_or_create(&[("how", how)]).inc_by(n);
     }
 
-    pub(super) fn set_depth(&self, s: &Snapshot) {
-        if let Ok(mut d) = self.depth.lock() {
-            *d = s.clone();
-        }
+    /// The cell the buffer thread keeps its last snapshot in: the handles
+    /// read it when the thread is busy, `/metrics` reads the depth from it.
+    pub(super) fn last_snapshot(&self) -> Arc<Mutex<Snapshot>> {
+        self.depth.clone()
     }
 
     /// Adds the metrics to `registry`; prometheus-client appends the final

@@ -308,7 +308,6 @@ impl Worker {
 
     /// Makes `s` the last known state, for the handles and `/metrics`.
     fn publish(&self, s: &Snapshot) {
-        self.metrics.set_depth(s);
         if let Ok(mut last) = self.last.lock() {
             *last = s.clone();
         }

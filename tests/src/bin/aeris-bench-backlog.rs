@@ -240,19 +240,7 @@ async fn main() -> anyhow::Result<()> {
         println!("aeris-bench-backlog [sensors=100] [hours=24] [--agent PATH]\n\nA day's backlog drained while live sensors report; see the source's header.");
         return Ok(());
     }
-    let agent = match args.iter().position(|a| a == "--agent") {
-        Some(i) => {
-            anyhow::ensure!(
-                i + 1 < args.len(),
-                "--agent needs the path of an agent binary"
-            );
-            let path = PathBuf::from(args.remove(i + 1));
-            args.remove(i);
-            anyhow::ensure!(path.is_file(), "no agent binary at {}", path.display());
-            path
-        }
-        None => aeris_tests::process::binary("aeris-edge"),
-    };
+    let agent = aeris_tests::bench::agent_arg(&mut args)?;
     let nums: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let sensors = nums.first().copied().unwrap_or(100).max(1) as usize;
     let hours = nums.get(1).copied().unwrap_or(24).max(1);
@@ -274,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
     let env = agent_env(&idle_device, &idle_dir, local.port, cloud.port, health);
     let (mut idle, idle_ready) =
         start_agent(&agent, &env, health, dir.path().join("idle.log")).await?;
-    let pid = idle.pid().expect("agent pid");
+    let pid = aeris_tests::bench::pid_of(&idle)?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle_usage = proc_usage(pid);
     let live = live_sensors(publisher.clone(), sensors);
@@ -327,7 +315,7 @@ async fn main() -> anyhow::Result<()> {
     let health = aeris_tests::free_port();
     let env = agent_env(DEVICE, &data, local.port, cloud.port, health);
     let (edge, ready) = start_agent(&agent, &env, health, dir.path().join("edge.log")).await?;
-    let pid = edge.pid().expect("agent pid");
+    let pid = aeris_tests::bench::pid_of(&edge)?;
     let at_ready = proc_usage(pid);
     eprintln!(
         "ready in {:.2} s with {backlog} readings buffered",

@@ -125,19 +125,7 @@ async fn ceiling(msgs: &[(String, String)]) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let agent = match args.iter().position(|a| a == "--agent") {
-        Some(i) => {
-            anyhow::ensure!(
-                i + 1 < args.len(),
-                "--agent needs the path of an agent binary"
-            );
-            let path = std::path::PathBuf::from(args.remove(i + 1));
-            args.remove(i);
-            anyhow::ensure!(path.is_file(), "no agent binary at {}", path.display());
-            path
-        }
-        None => aeris_tests::process::binary("aeris-edge"),
-    };
+    let agent = aeris_tests::bench::agent_arg(&mut args)?;
     let agent_bytes = std::fs::metadata(&agent).map(|m| m.len()).unwrap_or(0);
     let nums: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let n = nums.first().copied().unwrap_or(100_000);
@@ -193,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
         &env,
         dir.path().join("edge.log"),
     );
-    let pid = edge.pid().expect("agent pid");
+    let pid = aeris_tests::bench::pid_of(&edge)?;
     let start = Instant::now();
     while !edge.log().contains("subscribed to sensor topic") {
         anyhow::ensure!(
