@@ -248,19 +248,30 @@ impl Reading {
     /// coordinates on the globe, finite values, bounded names without
     /// control characters. Whatever passes, PostgreSQL and Redis store.
     pub fn check(&self) -> Result<(), WireError> {
-        check_name("sensor id", &self.sensor)?;
-        check_ts(self.ts_ms)?;
-        if !(-90.0..=90.0).contains(&self.lat) || !(-180.0..=180.0).contains(&self.lon) {
+        let values = self.values.iter().map(|v| (v.quantity.as_str(), v.value));
+        Self::check_fields(&self.sensor, self.ts_ms, (self.lat, self.lon), values)
+    }
+
+    /// [`Reading::check`] of a reading given by its fields.
+    pub fn check_fields<'v>(
+        sensor: &str,
+        ts_ms: i64,
+        (lat, lon): (f64, f64),
+        values: impl ExactSizeIterator<Item = (&'v str, f64)>,
+    ) -> Result<(), WireError> {
+        check_name("sensor id", sensor)?;
+        check_ts(ts_ms)?;
+        if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
             return Err(invalid("position outside WGS84 range"));
         }
-        if self.values.is_empty() || self.values.len() > MAX_VALUES_PER_READING {
+        if values.len() == 0 || values.len() > MAX_VALUES_PER_READING {
             return Err(invalid(format!(
                 "a reading carries 1..={MAX_VALUES_PER_READING} values"
             )));
         }
-        for v in &self.values {
-            check_name("quantity", &v.quantity)?;
-            if !v.value.is_finite() {
+        for (quantity, value) in values {
+            check_name("quantity", quantity)?;
+            if !value.is_finite() {
                 return Err(invalid("non-finite value"));
             }
         }

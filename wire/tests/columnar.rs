@@ -137,12 +137,74 @@ proptest! {
         prop_assert_eq!(bits(&back), bits(&b));
     }
 
+    /// A batch put together in a `Builder` (the edge reads its rows into
+    /// one) encodes as the `Batch` of the same readings: its first `n`
+    /// readings, and after being cut back and filled with more (new
+    /// sensors and names among them). The decoded size counts the same.
+    #[test]
+    fn a_builder_encodes_as_the_batch_of_the_same_readings(
+        b in batch(),
+        more in batch(),
+        n in any::<prop::sample::Index>(),
+        keep in any::<prop::sample::Index>(),
+    ) {
+        let mut builder = columnar::Builder::new();
+        for r in &b.readings {
+            builder.push_reading(r).unwrap();
+        }
+        let n = n.index(b.readings.len()) + 1;
+        let prefix = Batch { readings: b.readings[..n].to_vec(), ..b.clone() };
+        prop_assert_eq!(builder.encode(&b.device, b.first_seq, n), columnar::encode(&prefix));
+        prop_assert_eq!(builder.decoded_bytes(&b.device, n), columnar::decoded_bytes(&prefix));
+
+        let keep = keep.index(b.readings.len() + 1);
+        builder.truncate(keep);
+        for r in &more.readings {
+            builder.push_reading(r).unwrap();
+        }
+        let mut readings = b.readings[..keep].to_vec();
+        readings.extend(more.readings.iter().cloned());
+        let whole = Batch { readings, ..b.clone() };
+        prop_assert_eq!(builder.len(), whole.readings.len());
+        prop_assert_eq!(
+            builder.encode(&b.device, b.first_seq, builder.len()),
+            columnar::encode(&whole)
+        );
+        let back = builder.to_batch(&b.device, b.first_seq, builder.len());
+        prop_assert_eq!(bits(&back), bits(&whole));
+    }
+
     #[test]
     fn truncated_columnar_batches_are_rejected(b in batch(), cut in any::<prop::sample::Index>()) {
         let bytes = columnar::encode(&b);
         let at = cut.index(bytes.len());
         prop_assert!(decode::<Batch>(&bytes[..at]).is_err());
     }
+}
+
+/// A reading the cloud would refuse is not added to a `Builder`.
+#[test]
+fn a_builder_refuses_what_the_cloud_refuses() {
+    let good = realistic(3, 2).readings;
+    let mut builder = columnar::Builder::new();
+    for r in &good {
+        builder.push_reading(r).unwrap();
+    }
+    let before = builder.encode("d", 0, builder.len());
+    let mut nan = good[0].clone();
+    nan.values[0].value = f64::NAN;
+    let mut name = good[0].clone();
+    name.sensor = "bad\u{7}sensor".into();
+    let mut lat = good[0].clone();
+    lat.lat = 91.0;
+    let mut none = good[0].clone();
+    none.values.clear();
+    for bad in [nan, name, lat, none] {
+        assert!(builder.push_reading(&bad).is_err(), "{bad:?}");
+        assert!(bad.check().is_err());
+    }
+    assert_eq!(builder.len(), 3);
+    assert_eq!(builder.encode("d", 0, builder.len()), before);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::store::{BufferError, Delivery, Renumbered};
 use super::worker::Worker;
-use super::{Held, Metrics, OnCommit, Settings, Snapshot};
+use super::{Columns, Held, Metrics, OnCommit, Settings, Snapshot};
 
 /// Requests the buffer thread holds before senders wait. Appends are one
 /// sensor message each, and the sensor broker may deliver faster than its
@@ -44,6 +44,7 @@ pub(super) enum Request {
     ReadFrom {
         from: u64,
         max: usize,
+        into: Columns,
         reply: oneshot::Sender<Result<Held, BufferError>>,
     },
     Ack {
@@ -110,10 +111,21 @@ impl Buffer {
             .map_err(|_| BufferError::Closed)
     }
 
-    /// Up to `max` unsent readings with seq >= `from`, in seq order.
-    pub async fn read_from(&self, from: u64, max: usize) -> Result<Held, BufferError> {
-        self.call(|reply| Request::ReadFrom { from, max, reply })
-            .await
+    /// Up to `max` unsent readings with seq >= `from`, in seq order,
+    /// appended to `into`.
+    pub async fn read_from(
+        &self,
+        from: u64,
+        max: usize,
+        into: Columns,
+    ) -> Result<Held, BufferError> {
+        self.call(|reply| Request::ReadFrom {
+            from,
+            max,
+            into,
+            reply,
+        })
+        .await
     }
 
     /// Marks readings `first..=last` acknowledged by the cloud; returns how

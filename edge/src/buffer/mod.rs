@@ -24,22 +24,21 @@ mod worker;
 
 use std::time::Duration;
 
-use aeris_wire::Reading;
-
 use crate::preprocess::PreprocessConfig;
 pub use config::BufferConfig;
 pub use handle::Buffer;
 pub use metrics::Metrics;
 pub use store::{
-    Appended, BufferError, CorruptRow, Delivery, Depth, Evicted, Message, Options, Renumbered,
-    Store, FLAG_AGGREGATE,
+    Appended, BufferError, Columns, CorruptRow, Delivery, Depth, Evicted, Message, Options,
+    Renumbered, Store, FLAG_AGGREGATE,
 };
 
 /// Called once the appended readings are committed (or could not be).
 pub type OnCommit = Box<dyn FnOnce(Result<Appended, &BufferError>) + Send>;
 
-/// Readings read back for sending.
-pub type Held = (Vec<(u64, Reading)>, Vec<CorruptRow>);
+/// Readings read back for sending, appended to the columns the uplink
+/// handed in, and the corrupt rows taken out on the way.
+pub type Held = (Columns, Vec<CorruptRow>);
 
 /// The buffer's state for the status heartbeat.
 #[derive(Debug, Clone, Default, PartialEq)]

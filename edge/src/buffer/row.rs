@@ -16,6 +16,7 @@
 //!   1; the layout is frozen here so a wire upgrade never turns a backlog
 //!   into losses.
 
+use aeris_wire::columnar::Builder;
 use aeris_wire::{Reading, Value};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,27 @@ struct RowRef<'a> {
     lat: f64,
     lon: f64,
     flags: u32,
+    values: Values<'a>,
+}
+
+/// Serialises as `Vec<(String, f64)>` straight from the reading's values.
+struct Values<'a>(&'a [Value]);
+
+impl Serialize for Values<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|v| (v.quantity.as_str(), v.value)))
+    }
+}
+
+/// A row read in place, its strings borrowed from the row's bytes.
+#[derive(Deserialize)]
+struct RowBorrowed<'a> {
+    sensor: &'a str,
+    ts_ms: i64,
+    lat: f64,
+    lon: f64,
+    flags: u32,
+    #[serde(borrow)]
     values: Vec<(&'a str, f64)>,
 }
 
@@ -72,13 +94,12 @@ pub fn encode(r: &Reading) -> Vec<u8> {
         lat: r.lat,
         lon: r.lon,
         flags: r.flags,
-        values: r
-            .values
-            .iter()
-            .map(|v| (v.quantity.as_str(), v.value))
-            .collect(),
+        values: Values(&r.values),
     };
-    match postcard::to_allocvec(&row) {
+    // Room for the usual row at once: a name and a value are at most
+    // about 16 bytes.
+    let room = 32 + r.sensor.len() + 16 * r.values.len();
+    match postcard::to_extend(&row, Vec::with_capacity(room)) {
         Ok(v) => v,
         // Strings, integers, floats and sequences always serialise.
         Err(e) => unreachable!("postcard cannot fail on a row: {e}"),
@@ -87,20 +108,7 @@ pub fn encode(r: &Reading) -> Vec<u8> {
 
 /// Reads a row of format `fmt` and checks it.
 pub fn decode(fmt: i64, body: &[u8]) -> Result<Reading, RowError> {
-    let body = match fmt {
-        ROW_FORMAT => body,
-        1 => match body.split_first() {
-            Some((&FORMAT_1_PREFIX, rest)) => rest,
-            Some((v, _)) => {
-                return Err(RowError::Malformed(format!(
-                    "format 1 row framed with version {v}"
-                )))
-            }
-            None => return Err(RowError::Malformed("empty row".into())),
-        },
-        other => return Err(RowError::UnknownFormat(other)),
-    };
-    let (row, rest) = postcard::take_from_bytes::<RowOwned>(body)
+    let (row, rest) = postcard::take_from_bytes::<RowOwned>(payload(fmt, body)?)
         .map_err(|e| RowError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(RowError::Trailing(rest.len()));
@@ -119,6 +127,37 @@ pub fn decode(fmt: i64, body: &[u8]) -> Result<Reading, RowError> {
     };
     check(&reading)?;
     Ok(reading)
+}
+
+/// Reads a row of format `fmt` into `into` after the same checks as
+/// [`decode`], without building a [`Reading`]; a row that fails adds
+/// nothing.
+pub fn decode_into(fmt: i64, body: &[u8], into: &mut Builder) -> Result<(), RowError> {
+    let (row, rest) = postcard::take_from_bytes::<RowBorrowed>(payload(fmt, body)?)
+        .map_err(|e| RowError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(RowError::Trailing(rest.len()));
+    }
+    let values = row.values.iter().copied();
+    into.push(row.sensor, row.ts_ms, (row.lat, row.lon), row.flags, values)
+        .map_err(|e| RowError::Invalid(e.to_string()))
+}
+
+/// The postcard bytes of a row of format `fmt`.
+fn payload(fmt: i64, body: &[u8]) -> Result<&[u8], RowError> {
+    Ok(match fmt {
+        ROW_FORMAT => body,
+        1 => match body.split_first() {
+            Some((&FORMAT_1_PREFIX, rest)) => rest,
+            Some((v, _)) => {
+                return Err(RowError::Malformed(format!(
+                    "format 1 row framed with version {v}"
+                )))
+            }
+            None => return Err(RowError::Malformed("empty row".into())),
+        },
+        other => return Err(RowError::UnknownFormat(other)),
+    })
 }
 
 #[cfg(test)]

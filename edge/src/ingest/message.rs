@@ -29,8 +29,8 @@ pub(super) async fn handle(
     p: Publish,
     replayed: bool,
 ) {
-    let topic = p.topic.clone();
-    let parsed = parse(config, &topic, &p.payload)
+    let topic = p.topic.as_str();
+    let parsed = parse(config, topic, &p.payload)
         .and_then(|readings| prepare(readings, metrics, pre, scorer, replayed));
     match parsed {
         Err(reject) => {
@@ -38,7 +38,7 @@ pub(super) async fn handle(
             debug!(topic = %topic, reason = reject.reason(), error = %reject, "sensor message rejected");
             acks.push(p.qos, p.pkid);
         }
-        Ok(readings) => append(buffer, acks, metrics, &p, &topic, readings).await,
+        Ok(readings) => append(buffer, acks, metrics, &p, readings).await,
     }
 }
 
@@ -90,9 +90,9 @@ async fn append(
     acks: &Arc<Acks>,
     metrics: &Arc<Metrics>,
     p: &Publish,
-    topic: &str,
     readings: Vec<Reading>,
 ) {
+    let topic = p.topic.as_str();
     let n = readings.len() as u64;
     // QoS 0 is never redelivered.
     let delivery =

@@ -90,12 +90,10 @@ pub fn parse_message(
     if !allow_list.is_empty() && !allow_list.iter().any(|a| a == sensor) {
         return Err(flat::Reject::UnknownSensor);
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| flat::Reject::NotJson(e.to_string()))?;
-    match json {
-        serde_json::Value::Object(map) => Ok(vec![flat::from_object(sensor, &map, cx)?]),
-        serde_json::Value::Array(records) => senml::from_pack(sensor, &records, cx),
-        _ => Err(flat::Reject::NotObject),
+    match flat::Payload::parse(payload).map_err(|e| flat::Reject::NotJson(e.to_string()))? {
+        flat::Payload::Object(fields) => Ok(vec![flat::from_fields(sensor, &fields, cx)?]),
+        flat::Payload::Array(records) => senml::from_pack(sensor, &records, cx),
+        flat::Payload::Other => Err(flat::Reject::NotObject),
     }
 }
 

@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aeris_wire::{Command, DeviceState, Event as WireEvent, ModelVersion, Reading, Topics};
+use aeris_wire::{Command, DeviceState, Event as WireEvent, ModelVersion, Topics};
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ pub struct Uplink {
     pending_since: Option<Instant>,
     /// Live readings read while their batch fills, and the seq they were
     /// read from; dropped when the live lane moves elsewhere.
-    live_rows: Option<(u64, Vec<(u64, Reading)>)>,
+    live_rows: Option<(u64, crate::buffer::Columns)>,
     /// Acked seq ranges not yet recorded in the buffer, adjacent ones merged.
     acks: Vec<(u64, u64)>,
     /// Events waiting for a connection, oldest first, bounded.

@@ -8,8 +8,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aeris_wire::Reading;
-
 /// Which part of the held readings a batch comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
@@ -157,15 +155,15 @@ impl Outbox {
 }
 
 /// Length of the leading run of consecutive seqs (a batch must be
-/// contiguous); a shorter run than `rows` ended at a gap, and nothing can
+/// contiguous); a shorter run than `seqs` ended at a gap, and nothing can
 /// join it later.
-pub fn run_len(rows: &[(u64, Reading)]) -> usize {
-    let Some(&(first, _)) = rows.first() else {
+pub fn run_len(seqs: &[u64]) -> usize {
+    let Some(&first) = seqs.first() else {
         return 0;
     };
-    rows.iter()
+    seqs.iter()
         .zip(first..)
-        .take_while(|((seq, _), want)| seq == want)
+        .take_while(|(seq, want)| *seq == want)
         .count()
 }
 
@@ -229,21 +227,8 @@ mod tests {
 
     #[test]
     fn runs_stop_at_gaps() {
-        let r = |s: u64| {
-            (
-                s,
-                Reading {
-                    sensor: "s".into(),
-                    ts_ms: s as i64,
-                    lat: 0.0,
-                    lon: 0.0,
-                    flags: 0,
-                    values: vec![],
-                },
-            )
-        };
-        assert_eq!(run_len(&[r(4), r(5), r(7)]), 2);
-        assert_eq!(run_len(&[r(4), r(5)]), 2);
+        assert_eq!(run_len(&[4, 5, 7]), 2);
+        assert_eq!(run_len(&[4, 5]), 2);
         assert_eq!(run_len(&[]), 0);
     }
 

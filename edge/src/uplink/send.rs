@@ -3,12 +3,14 @@
 
 use std::time::Instant;
 
-use aeris_wire::{encode, Batch, Reading};
+use aeris_wire::columnar::MAX_DECODED_BYTES;
+use aeris_wire::encode;
 use rumqttc::QoS;
 use tracing::warn;
 
 use super::outbox::{run_len, Lane};
 use super::{BatchEncoding, Uplink};
+use crate::buffer::Columns;
 
 impl Uplink {
     /// Publishes every batch that is ready while the outbox has room: the
@@ -25,10 +27,11 @@ impl Uplink {
         }
     }
 
-    /// Up to `max` held readings from `from` on; `None` when the buffer
-    /// cannot answer now (tried again on the next event).
-    async fn read(&self, from: u64, max: usize) -> Option<Vec<(u64, Reading)>> {
-        let (rows, corrupt) = match self.buffer.read_from(from, max).await {
+    /// Up to `max` held readings from `from` on, appended to `into`;
+    /// `None` when the buffer cannot answer now (tried again on the next
+    /// event).
+    async fn read(&self, from: u64, max: usize, into: Columns) -> Option<Columns> {
+        let (rows, corrupt) = match self.buffer.read_from(from, max, into).await {
             Ok(held) => held,
             Err(crate::buffer::BufferError::Closed) => return None,
             Err(e) => {
@@ -51,49 +54,46 @@ impl Uplink {
             return Ok(false);
         };
         // The backlog stops at the live mark; a run cut there is complete.
-        let reached_end = rows.last().is_some_and(|(seq, _)| *seq >= end);
-        rows.retain(|(seq, _)| *seq < end);
-        let Some(first) = rows.first().map(|r| r.0) else {
+        let reached_end = rows.seqs.last().is_some_and(|seq| *seq >= end);
+        rows.truncate(rows.seqs.partition_point(|seq| *seq < end));
+        let Some(&first) = rows.seqs.first() else {
             match lane {
                 Lane::Live => self.pending_since = None,
                 Lane::Backlog => self.outbox.backlog_sent(),
             }
             return Ok(false);
         };
-        let run = run_len(&rows);
+        let run = run_len(&rows.seqs);
         let full = run >= max || run < rows.len() || reached_end;
         if lane == Lane::Live && !self.live_batch_closes(full, flush) {
             self.live_rows = Some((from, rows));
             return Ok(false);
         }
-        let batch = self.batch(first, rows, run);
-        self.publish_batch(lane, batch).await
+        let n = self.batch_len(&rows, run);
+        self.publish_batch(lane, &rows, first, n).await
     }
 
     /// Up to `max` held readings of `lane` from `from` on; `None` when the
     /// buffer cannot answer now.
-    async fn rows_of(&mut self, lane: Lane, from: u64, max: usize) -> Option<Vec<(u64, Reading)>> {
+    async fn rows_of(&mut self, lane: Lane, from: u64, max: usize) -> Option<Columns> {
         match lane {
             // A live batch fills over several commits: keep what was read
             // and read only what came after it.
             Lane::Live => {
-                let mut rows = match self.live_rows.take() {
+                let rows = match self.live_rows.take() {
                     Some((f, rows)) if f == from => rows,
-                    _ => Vec::new(),
+                    _ => Columns::default(),
                 };
-                if rows.len() < max {
-                    let next = rows.last().map(|r| r.0 + 1).unwrap_or(from);
-                    match self.read(next, max - rows.len()).await {
-                        Some(more) => rows.extend(more),
-                        None => {
-                            self.live_rows = Some((from, rows));
-                            return None;
-                        }
-                    }
+                if rows.len() >= max {
+                    return Some(rows);
                 }
-                Some(rows)
+                let next = rows.seqs.last().map(|s| s + 1).unwrap_or(from);
+                let want = max - rows.len();
+                // The buffer hands the columns back extended; on an error
+                // they are dropped and the next event reads from `from`.
+                self.read(next, want, rows).await
             }
-            Lane::Backlog => self.read(from, max).await,
+            Lane::Backlog => self.read(from, max, Columns::default()).await,
         }
     }
 
@@ -108,34 +108,35 @@ impl Uplink {
         true
     }
 
-    /// The batch of the first `run` of `rows` (contiguous from `first`),
-    /// cut to what the gateway accepts.
-    fn batch(&mut self, first: u64, rows: Vec<(u64, Reading)>, run: usize) -> Batch {
-        let readings: Vec<Reading> = rows.into_iter().take(run).map(|(_, r)| r).collect();
-        let mut batch = Batch {
-            device: self.config.device_id.clone(),
-            first_seq: first,
-            readings,
-        };
+    /// How many of the first `run` of `rows` (contiguous) go in the
+    /// batch: all, unless that is more than the gateway accepts.
+    fn batch_len(&mut self, rows: &Columns, run: usize) -> usize {
+        let device = &self.config.device_id;
+        let mut n = run;
         // The gateway refuses a batch that would decode into more than
         // this (many long-named values per reading); the rest goes next.
-        while batch.readings.len() > 1
-            && aeris_wire::columnar::decoded_bytes(&batch) > aeris_wire::columnar::MAX_DECODED_BYTES
-        {
-            batch.readings.truncate(batch.readings.len() / 2);
+        while n > 1 && rows.readings.decoded_bytes(device, n) > MAX_DECODED_BYTES {
+            n /= 2;
             self.live_rows = None;
         }
-        batch
+        n
     }
 
-    /// Marks `batch` sent and publishes it; returns whether it went.
-    async fn publish_batch(&mut self, lane: Lane, batch: Batch) -> anyhow::Result<bool> {
-        let first = batch.first_seq;
-        let n = batch.readings.len() as u64;
+    /// Marks the batch of the first `n` of `rows` (from seq `first`) sent
+    /// and publishes it; returns whether it went.
+    async fn publish_batch(
+        &mut self,
+        lane: Lane,
+        rows: &Columns,
+        first: u64,
+        n: usize,
+    ) -> anyhow::Result<bool> {
+        let device = &self.config.device_id;
         let bytes = match self.config.uplink.encoding {
-            BatchEncoding::Columnar => aeris_wire::columnar::encode(&batch),
-            BatchEncoding::Postcard => encode(&batch),
+            BatchEncoding::Columnar => rows.readings.encode(device, first, n),
+            BatchEncoding::Postcard => encode(&rows.readings.to_batch(device, first, n)),
         };
+        let n = n as u64;
         let size = bytes.len() as u64;
         let last = first + n - 1;
         // Marked before it leaves (the buffer applies queued marks before

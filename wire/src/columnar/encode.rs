@@ -1,8 +1,9 @@
 //! Writing the body of a version-2 batch, section by section in the order
-//! of the layout in the module docs.
+//! of the layout in the module docs, from the first readings of a
+//! [`Builder`].
 
+use super::builder::{Builder, Row};
 use super::{Dictionaries, TsState, MAX_ENCODE_SCALE, MODE_RAW, POW10};
-use crate::message::{Batch, Reading};
 
 fn put_uv(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -25,58 +26,57 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Index of `key` in `dict`, adding it if new.
-fn intern<T: PartialEq + Clone>(dict: &mut Vec<T>, key: &T) -> usize {
-    match dict.iter().position(|k| k == key) {
-        Some(i) => i,
-        None => {
-            dict.push(key.clone());
-            dict.len() - 1
-        }
-    }
-}
-
-/// The body: everything after the codec byte, uncompressed.
-pub(super) fn body(b: &Batch) -> Vec<u8> {
-    let d = dictionaries(b);
-    let mut out = Vec::with_capacity(64 + b.readings.len() * 12);
-    put_header(&mut out, b, &d);
-    put_flags(&mut out, &b.readings);
-    put_timestamps(&mut out, &b.readings, &d);
-    put_positions(&mut out, &b.readings, &d);
-    for column in columns(&b.readings, &d) {
+/// The body of the first `n` readings of `b`: everything after the codec
+/// byte, uncompressed.
+pub(super) fn body(b: &Builder, device: &str, first_seq: u64, n: usize) -> Vec<u8> {
+    let d = dictionaries(b, n);
+    let rows = b.rows(n);
+    let mut out = Vec::with_capacity(64 + n * 12);
+    put_header(&mut out, (device, first_seq, n), &d);
+    put_flags(&mut out, rows);
+    put_timestamps(&mut out, rows, &d);
+    put_positions(&mut out, rows, &d);
+    for column in columns(b, n, &d) {
         put_column(&mut out, &column);
     }
     out
 }
 
-fn dictionaries(b: &Batch) -> Dictionaries<&str> {
-    let n = b.readings.len();
+fn dictionaries(b: &Builder, n: usize) -> Dictionaries<&str> {
+    let (sensors, quantities) = b.names(n);
     let mut d = Dictionaries {
-        sensors: Vec::new(),
-        quantities: Vec::new(),
+        sensors: sensors.iter().map(String::as_str).collect(),
+        quantities: quantities.iter().map(String::as_str).collect(),
         shapes: Vec::new(),
         sensor_of: Vec::with_capacity(n),
         shape_of: Vec::with_capacity(n),
     };
-    for r in &b.readings {
-        d.sensor_of.push(intern(&mut d.sensors, &r.sensor.as_str()));
-        let shape: Vec<usize> = r
-            .values
+    for (i, row) in b.rows(n).iter().enumerate() {
+        d.sensor_of.push(row.sensor as usize);
+        let shape = b.shape(i);
+        let known = d
+            .shapes
             .iter()
-            .map(|v| intern(&mut d.quantities, &v.quantity.as_str()))
-            .collect();
-        d.shape_of.push(intern(&mut d.shapes, &shape));
+            .position(|s| s.iter().copied().eq(shape.clone().map(|q| q as usize)));
+        let index = known.unwrap_or_else(|| {
+            d.shapes.push(shape.map(|q| q as usize).collect());
+            d.shapes.len() - 1
+        });
+        d.shape_of.push(index);
     }
     d
 }
 
 /// device, first_seq, n, the three dictionaries, and each reading's
 /// sensor and shape index.
-fn put_header(out: &mut Vec<u8>, b: &Batch, d: &Dictionaries<&str>) {
-    put_str(out, &b.device);
-    put_uv(out, b.first_seq);
-    put_uv(out, b.readings.len() as u64);
+fn put_header(
+    out: &mut Vec<u8>,
+    (device, first_seq, n): (&str, u64, usize),
+    d: &Dictionaries<&str>,
+) {
+    put_str(out, device);
+    put_uv(out, first_seq);
+    put_uv(out, n as u64);
     for dict in [&d.sensors, &d.quantities] {
         put_uv(out, dict.len() as u64);
         dict.iter().for_each(|s| put_str(out, s));
@@ -90,8 +90,8 @@ fn put_header(out: &mut Vec<u8>, b: &Batch, d: &Dictionaries<&str>) {
     d.shape_of.iter().for_each(|&s| put_uv(out, s as u64));
 }
 
-fn put_flags(out: &mut Vec<u8>, readings: &[Reading]) {
-    let runs = runs(readings.iter().map(|r| r.flags));
+fn put_flags(out: &mut Vec<u8>, rows: &[Row]) {
+    let runs = runs(rows.iter().map(|r| r.flags));
     put_uv(out, runs.len() as u64);
     for (len, flags) in runs {
         put_uv(out, len);
@@ -99,20 +99,20 @@ fn put_flags(out: &mut Vec<u8>, readings: &[Reading]) {
     }
 }
 
-fn put_timestamps(out: &mut Vec<u8>, readings: &[Reading], d: &Dictionaries<&str>) {
+fn put_timestamps(out: &mut Vec<u8>, rows: &[Row], d: &Dictionaries<&str>) {
     let mut ts_state = vec![TsState::default(); d.sensors.len()];
     let mut prev_any = 0i64;
-    for (r, &s) in readings.iter().zip(&d.sensor_of) {
+    for (r, &s) in rows.iter().zip(&d.sensor_of) {
         put_sv(out, r.ts_ms.wrapping_sub(ts_state[s].predict(prev_any)));
         ts_state[s].update(r.ts_ms);
         prev_any = r.ts_ms;
     }
 }
 
-fn put_positions(out: &mut Vec<u8>, readings: &[Reading], d: &Dictionaries<&str>) {
+fn put_positions(out: &mut Vec<u8>, rows: &[Row], d: &Dictionaries<&str>) {
     let mut pos: Vec<Option<(u64, u64)>> = vec![None; d.sensors.len()];
     let mut changes = Vec::new();
-    for (i, (r, &s)) in readings.iter().zip(&d.sensor_of).enumerate() {
+    for (i, (r, &s)) in rows.iter().zip(&d.sensor_of).enumerate() {
         let p = (r.lat.to_bits(), r.lon.to_bits());
         if pos[s] != Some(p) {
             pos[s] = Some(p);
@@ -141,12 +141,11 @@ fn runs(values: impl Iterator<Item = u32>) -> Vec<(u64, u32)> {
     out
 }
 
-fn columns(readings: &[Reading], d: &Dictionaries<&str>) -> Vec<Vec<f64>> {
+fn columns(b: &Builder, n: usize, d: &Dictionaries<&str>) -> Vec<Vec<f64>> {
     let (slots, count) = d.column_slots();
     let mut cols = vec![Vec::new(); count];
-    let values = readings.iter().flat_map(|r| r.values.iter());
-    for (&c, v) in slots.iter().zip(values) {
-        cols[c].push(v.value);
+    for (&c, v) in slots.iter().zip(b.values(n)) {
+        cols[c].push(v);
     }
     cols
 }

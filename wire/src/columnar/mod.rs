@@ -52,10 +52,13 @@
 //! encoding), so readings that came in as short decimals (PM2.5 to
 //! 0.1 µg/m³) cost a byte or two per value; anything else travels raw.
 
+mod builder;
 mod decode;
 mod encode;
 #[cfg(test)]
 mod tests;
+
+pub use builder::Builder;
 
 use crate::codec::WireError;
 use crate::message::{Batch, Reading, Value};
@@ -96,7 +99,17 @@ const POW10: [f64; 19] = [
 /// that is smaller. The batch should be valid (the edge only sends valid
 /// batches); an invalid one still round-trips but is refused on decoding.
 pub fn encode(batch: &Batch) -> Vec<u8> {
-    let body = encode::body(batch);
+    let mut b = Builder::new();
+    for r in &batch.readings {
+        let values = r.values.iter().map(|v| (v.quantity.as_str(), v.value));
+        b.push_unchecked(&r.sensor, r.ts_ms, (r.lat, r.lon), r.flags, values);
+    }
+    compress(encode::body(&b, &batch.device, batch.first_seq, b.len()))
+}
+
+/// The version byte, the codec byte and `body`, zstd-compressed when that
+/// is smaller.
+fn compress(body: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() / 2 + 8);
     out.push(COLUMNAR_VERSION);
     match zstd::bulk::compress(&body, ZSTD_LEVEL) {

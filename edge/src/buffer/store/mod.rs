@@ -70,6 +70,7 @@ mod totals;
 
 pub use ledger::Delivery;
 use ledger::*;
+pub use read::Columns;
 #[cfg(test)]
 use schema::*;
 use sent::*;

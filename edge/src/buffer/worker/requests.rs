@@ -8,13 +8,18 @@ use tracing::warn;
 use super::Worker;
 use crate::buffer::handle::Request;
 use crate::buffer::store::{BufferError, Renumbered};
-use crate::buffer::Held;
+use crate::buffer::{Columns, Held};
 
 impl Worker {
     pub(super) fn handle(&mut self, req: Request) {
         match req {
             Request::Append { .. } => unreachable!("appends are grouped before this"),
-            Request::ReadFrom { from, max, reply } => self.read_from(from, max, reply),
+            Request::ReadFrom {
+                from,
+                max,
+                into,
+                reply,
+            } => self.read_from(from, max, into, reply),
             Request::Ack { first, last, reply } => self.ack(first, last, reply),
             Request::MarkSent { first, last, reply } => self.mark_sent(first, last, reply),
             Request::Renumber {
@@ -36,10 +41,10 @@ impl Worker {
         }
     }
 
-    fn read_from(&mut self, from: u64, max: usize, reply: Reply<Held>) {
+    fn read_from(&mut self, from: u64, max: usize, mut into: Columns, reply: Reply<Held>) {
         let r = match self.store.as_mut() {
-            Some(s) => s.read_from(from, max),
-            None => Ok((Vec::new(), Vec::new())),
+            Some(s) => s.read_columns(from, max, &mut into).map(|bad| (into, bad)),
+            None => Ok((into, Vec::new())),
         };
         let _ = reply.send(r);
     }

@@ -157,3 +157,52 @@ fn a_corrupt_row_is_reported_and_removed_not_fatal() {
     assert_eq!(s.depth().unwrap().readings, 2);
     assert_eq!(s.losses().unwrap().get("corrupt"), Some(&1));
 }
+
+/// What the uplink reads (rows straight into columns) is what
+/// `read_from` reads, row for row: the same seqs, the same readings bit
+/// for bit, the same corrupt and invalid rows taken out and counted.
+#[test]
+fn rows_read_into_columns_are_the_rows_read_as_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(&dir.path().join("b.db"));
+    let mut rows: Vec<Reading> = (1..=40).map(reading).collect();
+    rows[7].values.push(Value {
+        quantity: "rh".into(),
+        value: -0.0,
+    });
+    rows[9].lat = -33.25;
+    rows[11].flags = 5;
+    s.append(&rows).unwrap();
+    // A row that does not decode, and one that decodes but is invalid
+    // (a value the cloud refuses).
+    s.conn
+        .execute("UPDATE readings SET body = x'01ff' WHERE seq = 3", [])
+        .unwrap();
+    let mut bad_value = reading(6);
+    bad_value.values[0].value = f64::INFINITY;
+    let body = crate::buffer::row::encode(&bad_value);
+    s.conn
+        .execute("UPDATE readings SET body = ?1 WHERE seq = 6", [body])
+        .unwrap();
+
+    let mut columns = Columns::default();
+    let bad = s.read_columns(0, 15, &mut columns).unwrap();
+    assert_eq!(bad.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![3, 6]);
+    assert!(bad[1].error.contains("invalid"), "{}", bad[1].error);
+    // Read on into the same columns, as a live batch fills.
+    let next = columns.seqs.last().unwrap() + 1;
+    assert!(s.read_columns(next, 100, &mut columns).unwrap().is_empty());
+    assert_eq!(s.losses().unwrap().get("corrupt"), Some(&2));
+
+    let (readings, bad) = s.read_from(0, 100).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(readings.len(), 38);
+    let seqs: Vec<u64> = readings.iter().map(|r| r.0).collect();
+    assert_eq!(columns.seqs, seqs);
+    let batch = columns.readings.to_batch("d", 0, columns.len());
+    for ((_, want), got) in readings.iter().zip(&batch.readings) {
+        assert_eq!(row::encode(got), row::encode(want));
+    }
+    columns.truncate(5);
+    assert_eq!((columns.seqs.len(), columns.readings.len()), (5, 5));
+}

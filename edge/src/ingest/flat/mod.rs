@@ -21,8 +21,12 @@ use std::collections::BTreeMap;
 use aeris_wire::{Reading, Value};
 use serde_json::Value as Json;
 
+pub use fields::{Fields, Payload, Scalar};
+
 use super::config::SensorConfig;
 use crate::preprocess::units::{self, Reference};
+
+mod fields;
 
 /// Why a sensor message was rejected. [`Reject::reason`] is the metric label.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -119,31 +123,35 @@ pub(crate) fn normalise_quantity(key: &str) -> Result<String, Reject> {
     }
 }
 
+/// The finite number a JSON value holds (SenML records).
 pub(crate) fn number(key: &str, v: &Json) -> Result<f64, Reject> {
+    scalar_number(key, &Scalar::of_json(v))
+}
+
+/// The finite number a flat message's field holds.
+fn scalar_number(key: &str, v: &Scalar<'_>) -> Result<f64, Reject> {
     match v {
-        Json::Number(n) => n
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .ok_or_else(|| Reject::NonFinite(key.to_owned())),
+        Scalar::Number(n) if n.is_finite() => Ok(*n),
+        Scalar::Number(_) => Err(Reject::NonFinite(key.to_owned())),
         // Some firmwares print NaN or Infinity as strings.
-        Json::String(s) if s.parse::<f64>().is_ok_and(|f| !f.is_finite()) => {
+        Scalar::Str(s) if s.parse::<f64>().is_ok_and(|f| !f.is_finite()) => {
             Err(Reject::NonFinite(key.to_owned()))
         }
         _ => Err(Reject::WrongType(key.to_owned())),
     }
 }
 
-fn timestamp_ms(v: &Json, now_ms: i64) -> Result<i64, Reject> {
+fn timestamp_ms(v: &Scalar<'_>, now_ms: i64) -> Result<i64, Reject> {
     let ms = match v {
-        Json::Null => return Ok(now_ms),
-        Json::Number(_) => {
-            let secs = number("ts", v)?;
+        Scalar::Null => return Ok(now_ms),
+        Scalar::Number(_) => {
+            let secs = scalar_number("ts", v)?;
             if !(0.0..1e11).contains(&secs) {
                 return Err(Reject::BadTimestamp(format!("{secs} s")));
             }
             (secs * 1000.0).round() as i64
         }
-        Json::String(s) => {
+        Scalar::Str(s) => {
             let t = humantime::parse_rfc3339_weak(s)
                 .map_err(|e| Reject::BadTimestamp(e.to_string()))?;
             aeris_wire::time::unix_ms(t)
@@ -217,25 +225,20 @@ pub fn parse(sensor: &str, payload: &[u8], cx: &Context<'_>) -> Result<Reading, 
     if payload.len() > cx.max_payload_bytes {
         return Err(Reject::Oversize(payload.len()));
     }
-    let json: Json = serde_json::from_slice(payload).map_err(|e| Reject::NotJson(e.to_string()))?;
-    let Json::Object(map) = json else {
-        return Err(Reject::NotObject);
-    };
-    from_object(sensor, &map, cx)
+    match Payload::parse(payload).map_err(|e| Reject::NotJson(e.to_string()))? {
+        Payload::Object(fields) => from_fields(sensor, &fields, cx),
+        _ => Err(Reject::NotObject),
+    }
 }
 
-/// Validates a flat message already parsed as a JSON object.
-pub fn from_object(
-    sensor: &str,
-    map: &serde_json::Map<String, Json>,
-    cx: &Context<'_>,
-) -> Result<Reading, Reject> {
-    let ts = map.get("ts").unwrap_or(&Json::Null);
-    let arrival = ts.is_null();
+/// Validates a flat message already read as an object's fields.
+pub fn from_fields(sensor: &str, map: &Fields<'_>, cx: &Context<'_>) -> Result<Reading, Reject> {
+    let ts = map.get("ts").unwrap_or(&Scalar::Null);
+    let arrival = *ts == Scalar::Null;
     let ts_ms = timestamp_ms(ts, cx.now_ms)?;
     check_time(ts_ms, cx)?;
     let (lat, lon) = match (map.get("lat"), map.get("lon")) {
-        (Some(lat), Some(lon)) => (number("lat", lat)?, number("lon", lon)?),
+        (Some(lat), Some(lon)) => (scalar_number("lat", lat)?, scalar_number("lon", lon)?),
         (None, None) => match cx.sensors.get(sensor) {
             Some(p) => (p.lat, p.lon),
             None => return Err(Reject::NoPosition),
@@ -244,12 +247,12 @@ pub fn from_object(
     };
     check_position(lat, lon)?;
     let mut values = Vec::new();
-    for (key, v) in map {
-        if matches!(key.as_str(), "ts" | "lat" | "lon") {
+    for (key, v) in map.iter() {
+        if matches!(key, "ts" | "lat" | "lon") {
             continue;
         }
         let name = normalise_quantity(key)?;
-        let value = number(key, v)?;
+        let value = scalar_number(key, v)?;
         let (quantity, unit) = split_unit(name);
         values.push(measurement(quantity, unit, value, cx)?);
     }
@@ -287,110 +290,4 @@ fn split_unit(name: String) -> (String, &'static str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NOW: i64 = 1_700_000_000_000;
-
-    fn cx(sensors: &BTreeMap<String, SensorConfig>) -> Context<'_> {
-        Context {
-            now_ms: NOW,
-            max_future_ms: 300_000,
-            retention_ms: 7 * 86_400_000,
-            max_payload_bytes: 512,
-            sensors,
-            reference: Reference::default(),
-        }
-    }
-
-    #[test]
-    fn parses_a_flat_reading() {
-        let s = BTreeMap::new();
-        let r = parse(
-            "s1",
-            br#"{"ts":1699999999.5,"PM2.5":12.5,"rh":40,"lat":52.5,"lon":13.4}"#,
-            &cx(&s),
-        )
-        .unwrap();
-        assert_eq!(r.ts_ms, 1_699_999_999_500);
-        assert_eq!((r.lat, r.lon), (52.5, 13.4));
-        let names: Vec<_> = r.values.iter().map(|v| v.quantity.as_str()).collect();
-        assert_eq!(names, vec!["pm25", "rh"]);
-    }
-
-    #[test]
-    fn gases_in_ppb_or_ppm_are_stored_in_micrograms_per_cubic_metre() {
-        let s = BTreeMap::new();
-        let r = parse(
-            "s1",
-            br#"{"no2_ppb":100,"co_ppm":1,"o3":50,"lat":1,"lon":1}"#,
-            &cx(&s),
-        )
-        .unwrap();
-        let v: Vec<(&str, i64)> = r
-            .values
-            .iter()
-            .map(|v| (v.quantity.as_str(), v.value.round() as i64))
-            .collect();
-        assert_eq!(v, vec![("co", 1145), ("no2", 188), ("o3", 50)]);
-    }
-
-    #[test]
-    fn position_and_time_fall_back_to_config_and_now() {
-        let mut s = BTreeMap::new();
-        s.insert("fixed".to_owned(), SensorConfig { lat: 1.0, lon: 2.0 });
-        let r = parse("fixed", br#"{"pm10":3}"#, &cx(&s)).unwrap();
-        assert_eq!((r.lat, r.lon, r.ts_ms), (1.0, 2.0, NOW));
-        let r = parse(
-            "fixed",
-            br#"{"ts":"2023-11-14T22:13:20Z","pm10":3}"#,
-            &cx(&s),
-        )
-        .unwrap();
-        assert_eq!(r.ts_ms, NOW);
-    }
-
-    #[test]
-    fn each_bad_message_gets_its_reason() {
-        let s = BTreeMap::new();
-        let big = format!(r#"{{"pm25":1,"pad":"{}"}}"#, "x".repeat(600));
-        let cases: &[(&[u8], &str)] = &[
-            (big.as_bytes(), "oversize"),
-            (b"not json", "not_json"),
-            (b"{\"pm25\": NaN, \"lat\":1,\"lon\":1}", "not_json"),
-            (b"[1,2]", "not_object"),
-            (br#"{"pm25":"high","lat":1,"lon":1}"#, "wrong_type"),
-            (br#"{"pm25":"NaN","lat":1,"lon":1}"#, "non_finite"),
-            (br#"{"pm25":-3,"lat":1,"lon":1}"#, "out_of_range"),
-            (br#"{"rh":140,"lat":1,"lon":1}"#, "out_of_range"),
-            (br#"{"pm25":1,"lat":91,"lon":1}"#, "out_of_range"),
-            (
-                br#"{"ts":1800000000,"pm25":1,"lat":1,"lon":1}"#,
-                "future_timestamp",
-            ),
-            (br#"{"ts":-5,"pm25":1,"lat":1,"lon":1}"#, "bad_timestamp"),
-            (br#"{"ts":1690000000,"pm25":1,"lat":1,"lon":1}"#, "too_old"),
-            (br#"{"pm25":1e400,"lat":1,"lon":1}"#, "not_json"),
-            (br#"{"pm25":"Infinity","lat":1,"lon":1}"#, "non_finite"),
-            (br#"{"no2_ppb":60000,"lat":1,"lon":1}"#, "out_of_range"),
-            (
-                br#"{"ts":"yesterday","pm25":1,"lat":1,"lon":1}"#,
-                "bad_timestamp",
-            ),
-            (br#"{"ts":true,"pm25":1,"lat":1,"lon":1}"#, "wrong_type"),
-            (br#"{"pm25":1}"#, "no_position"),
-            (br#"{"pm25":1,"lat":1}"#, "no_position"),
-            (br#"{"lat":1,"lon":1}"#, "no_values"),
-            (br#"{"pm 25":1,"lat":1,"lon":1}"#, "bad_quantity"),
-        ];
-        for (payload, reason) in cases {
-            let got = parse("s", payload, &cx(&s)).map(|_| ()).unwrap_err();
-            assert_eq!(
-                got.reason(),
-                *reason,
-                "{}: {got}",
-                String::from_utf8_lossy(payload)
-            );
-        }
-    }
-}
+mod tests;
