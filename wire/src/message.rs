@@ -222,6 +222,11 @@ fn check_name(what: &str, s: &str) -> Result<(), WireError> {
     if s.is_empty() || s.len() > MAX_NAME_LEN {
         return Err(invalid(format!("{what} must be 1..={MAX_NAME_LEN} bytes")));
     }
+    // ASCII names (nearly all) need no char decoding: their control
+    // characters are the bytes below 0x20 and 0x7f.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     match s.chars().find(|c| c.is_control()) {
         Some(c) => Err(WireError::Text(format!(
             "{what} contains control character U+{:04X}",
@@ -368,5 +373,29 @@ impl WireMessage for Command {
 impl WireMessage for Reading {
     fn validate(&self) -> Result<(), WireError> {
         self.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+
+    /// The ASCII shortcut refuses exactly what the full scan refuses:
+    /// every single character from U+0000 to U+00FF and a few beyond, alone
+    /// and inside a name.
+    #[test]
+    fn names_are_refused_exactly_for_control_characters() {
+        let chars = (0u32..=0x100).chain([0x2028, 0xfeff, 0x1f600]);
+        for c in chars.filter_map(char::from_u32) {
+            for name in [c.to_string(), format!("pm{c}25")] {
+                let control = name.chars().any(char::is_control);
+                assert_eq!(
+                    check_name("quantity", &name).is_err(),
+                    control,
+                    "U+{:04X} in {name:?}",
+                    u32::from(c)
+                );
+            }
+        }
     }
 }

@@ -118,10 +118,9 @@ async fn append(
     }
 }
 
-/// Runs preprocessing on one reading and counts what it found. Closed
-/// windows are logged and counted; the disk-budget work will store them.
+/// Runs preprocessing on one reading and counts what it flagged.
 fn preprocess(pre: &mut Preprocessor, metrics: &Metrics, reading: &mut Reading) {
-    let out = pre.process(reading);
+    pre.process(reading);
     if reading.flags & FLAG_SPIKE != 0 {
         metrics.flagged("spike");
         debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "spike", "reading flagged");
@@ -129,14 +128,5 @@ fn preprocess(pre: &mut Preprocessor, metrics: &Metrics, reading: &mut Reading) 
     if reading.flags & FLAG_STUCK != 0 {
         metrics.flagged("stuck");
         debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "stuck", "reading flagged");
-    }
-    metrics.windows_late.inc_by(out.late);
-    for a in &out.aggregates {
-        metrics.windows_closed.inc();
-        debug!(
-            sensor = %a.sensor, quantity = %a.quantity, start_ms = a.start_ms, end_ms = a.end_ms,
-            mean = a.mean, min = a.min, max = a.max, count = a.count, flagged = a.flagged,
-            "aggregation window closed"
-        );
     }
 }

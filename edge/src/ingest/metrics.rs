@@ -29,9 +29,6 @@ pub struct Metrics {
     pub buffer_errors: Counter,
     /// Readings preprocessing flagged, by flag (spike, stuck).
     flagged: ByLabel,
-    /// Aggregation windows closed, and values too late for their window.
-    pub windows_closed: Counter,
-    pub windows_late: Counter,
 }
 
 impl Default for Metrics {
@@ -44,8 +41,6 @@ impl Default for Metrics {
             arrival_stamped: Counter::default(),
             buffer_errors: Counter::default(),
             flagged: ByLabel::default(),
-            windows_closed: Counter::default(),
-            windows_late: Counter::default(),
         };
         // Both flags are shown from the start, at 0.
         for flag in ["spike", "stuck"] {
@@ -103,16 +98,6 @@ impl Metrics {
             "aeris_edge_preprocess_flagged",
             "Readings flagged by preprocessing (kept, not dropped), by flag",
             self.flagged.clone(),
-        );
-        registry.register(
-            "aeris_edge_preprocess_windows_closed",
-            "Aggregation windows closed (mean/min/max/count computed)",
-            self.windows_closed.clone(),
-        );
-        registry.register(
-            "aeris_edge_preprocess_windows_late",
-            "Values older than their series' open window, not aggregated",
-            self.windows_late.clone(),
         );
     }
 }

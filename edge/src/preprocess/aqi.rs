@@ -34,7 +34,7 @@ pub fn indices<'a>(
             continue;
         };
         if let Some(i) = concentration(q, v, r).and_then(|c| table.index(c)) {
-            out.push((format!("aqi_{q}"), i));
+            out.push((["aqi_", q].concat(), i));
         }
     }
     if let Some(max) = out.iter().map(|(_, i)| *i).max() {

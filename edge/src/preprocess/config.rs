@@ -21,10 +21,11 @@ pub struct PreprocessConfig {
     pub spike_min_delta: f64,
     /// A value repeated unchanged this many times in a row is stuck; 0 = off.
     pub stuck_count: u32,
-    /// Default aggregation window; 0 = off.
+    /// The window the disk budget aggregates the oldest raw readings into
+    /// (mean, min, max, count); 0 = its 5-minute default.
     #[serde(with = "humantime_serde")]
     pub window: Duration,
-    /// Aggregation window by sensor id.
+    /// That window by sensor id.
     pub windows: BTreeMap<String, humantime_serde::Serde<Duration>>,
     /// Attach US EPA AQI values (`aqi_<pollutant>`, `aqi`) to readings.
     pub aqi: bool,

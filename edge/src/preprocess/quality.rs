@@ -29,7 +29,7 @@ pub struct Thresholds {
 }
 
 #[derive(Debug, Default)]
-struct Track {
+pub struct Track {
     recent: VecDeque<f64>,
     last: Option<f64>,
     repeats: u32,
@@ -50,8 +50,24 @@ pub struct Quality {
 }
 
 impl Quality {
+    /// Judges value `v` of (`sensor`, `quantity`) and remembers it.
     pub fn check(&mut self, t: &Thresholds, sensor: &str, quantity: &str, v: f64) -> Verdict {
-        let track = series(&mut self.tracks, sensor, quantity);
+        self.sensor(sensor).check(t, quantity, v)
+    }
+
+    /// The tracks of `sensor`, looked up once for all of a reading's values.
+    pub fn sensor(&mut self, sensor: &str) -> SensorTracks<'_> {
+        SensorTracks(self.tracks.entry_ref(sensor).or_default())
+    }
+}
+
+/// One sensor's tracks, by quantity.
+pub struct SensorTracks<'a>(&'a mut hashbrown::HashMap<String, Track, RandomState>);
+
+impl SensorTracks<'_> {
+    /// Judges value `v` of `quantity` and remembers it.
+    pub fn check(&mut self, t: &Thresholds, quantity: &str, v: f64) -> Verdict {
+        let track = self.0.entry_ref(quantity).or_default();
         let mut verdict = Verdict::default();
         if t.spike_ratio > 0.0 && track.recent.len() >= 3 {
             let m = median(&track.recent);
@@ -73,10 +89,15 @@ impl Quality {
     }
 }
 
+/// Median of at most [`HISTORY`] values, sorted on the stack.
 fn median(values: &VecDeque<f64>) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().collect();
+    let mut buf = [0f64; HISTORY];
+    let n = values.len().min(HISTORY);
+    for (slot, v) in buf.iter_mut().zip(values) {
+        *slot = *v;
+    }
+    let v = &mut buf[..n];
     v.sort_by(f64::total_cmp);
-    let n = v.len();
     if n % 2 == 1 {
         v[n / 2]
     } else {
@@ -87,20 +108,8 @@ fn median(values: &VecDeque<f64>) -> f64 {
 /// Per-series state by sensor, then quantity. Looked up by `&str` with
 /// `entry_ref`, so a reading allocates nothing once its series are known;
 /// std's `RandomState` hashing, as sensor names come from the outside.
-pub(super) type BySeries<T> =
+type BySeries<T> =
     hashbrown::HashMap<String, hashbrown::HashMap<String, T, RandomState>, RandomState>;
-
-/// The state of (`sensor`, `quantity`), created empty when missing.
-pub(super) fn series<'a, T: Default>(
-    map: &'a mut BySeries<T>,
-    sensor: &str,
-    quantity: &str,
-) -> &'a mut T {
-    map.entry_ref(sensor)
-        .or_default()
-        .entry_ref(quantity)
-        .or_default()
-}
 
 #[cfg(test)]
 mod tests {

@@ -143,7 +143,9 @@ fn runs(values: impl Iterator<Item = u32>) -> Vec<(u64, u32)> {
 
 fn columns(b: &Builder, n: usize, d: &Dictionaries<&str>) -> Vec<Vec<f64>> {
     let (slots, count) = d.column_slots();
-    let mut cols = vec![Vec::new(); count];
+    let mut lens = vec![0usize; count];
+    slots.iter().for_each(|&c| lens[c] += 1);
+    let mut cols: Vec<Vec<f64>> = lens.into_iter().map(Vec::with_capacity).collect();
     for (&c, v) in slots.iter().zip(b.values(n)) {
         cols[c].push(v);
     }
@@ -162,17 +164,15 @@ pub(super) fn scaled(v: f64, k: u8) -> Option<i64> {
 }
 
 pub(super) fn put_column(out: &mut Vec<u8>, col: &[f64]) {
-    for k in 0..=MAX_ENCODE_SCALE {
-        let ms: Option<Vec<i64>> = col.iter().map(|&v| scaled(v, k)).collect();
-        if let Some(ms) = ms {
-            out.push(k);
-            let mut prev = 0i64;
-            for m in ms {
-                put_sv(out, m.wrapping_sub(prev));
-                prev = m;
-            }
-            return;
+    let exact = |k: u8| col.iter().all(|&v| scaled(v, k).is_some());
+    if let Some(k) = (0..=MAX_ENCODE_SCALE).find(|&k| exact(k)) {
+        out.push(k);
+        let mut prev = 0i64;
+        for m in col.iter().filter_map(|&v| scaled(v, k)) {
+            put_sv(out, m.wrapping_sub(prev));
+            prev = m;
         }
+        return;
     }
     out.push(MODE_RAW);
     col.iter()

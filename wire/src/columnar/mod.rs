@@ -79,6 +79,9 @@ pub const MAX_BODY_BYTES: usize = 32 << 20;
 /// above it is refused as [`WireError::TooLarge`] before it is built.
 pub const MAX_DECODED_BYTES: usize = 16 << 20;
 
+/// Below this many (sensor, quantity) keys, columns are found by table.
+const DENSE_COLUMN_KEYS: usize = 1 << 16;
+
 const CODEC_PLAIN: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 const MODE_RAW: u8 = 255;
@@ -200,16 +203,40 @@ impl<S> Dictionaries<S> {
     /// by both directions so they agree by construction.
     fn column_slots(&self) -> (Vec<usize>, usize) {
         let n_quantities = self.quantities.len();
-        let mut index = std::collections::HashMap::new();
-        let mut slots = Vec::new();
-        for (&s, &shape) in self.sensor_of.iter().zip(&self.shape_of) {
-            for &q in &self.shapes[shape] {
-                let key = s * n_quantities + q;
-                let next = index.len();
-                slots.push(*index.entry(key).or_insert(next));
+        let keys = || {
+            self.sensor_of
+                .iter()
+                .zip(&self.shape_of)
+                .flat_map(move |(&s, &shape)| {
+                    let qs = self.shapes.get(shape).map_or(&[][..], Vec::as_slice);
+                    qs.iter().map(move |&q| s * n_quantities + q)
+                })
+        };
+        let mut slots = Vec::with_capacity(self.sensor_of.len() * 8);
+        let mut count = 0;
+        // A table indexed by (sensor, quantity) when the dictionaries are
+        // small (every real batch), a map otherwise.
+        match keys().max() {
+            Some(max) if max < DENSE_COLUMN_KEYS => {
+                let mut index = vec![usize::MAX; max + 1];
+                for key in keys() {
+                    if index[key] == usize::MAX {
+                        index[key] = count;
+                        count += 1;
+                    }
+                    slots.push(index[key]);
+                }
+            }
+            _ => {
+                let mut index = std::collections::HashMap::new();
+                for key in keys() {
+                    slots.push(*index.entry(key).or_insert_with(|| {
+                        count += 1;
+                        count - 1
+                    }));
+                }
             }
         }
-        let count = index.len();
         (slots, count)
     }
 }

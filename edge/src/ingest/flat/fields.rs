@@ -48,6 +48,14 @@ impl<'a> Fields<'a> {
             .map(|i| &self.entries[i].1)
     }
 
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Scalar<'a>)> {
         self.entries.iter().map(|(k, v)| (k.as_ref(), v))
     }

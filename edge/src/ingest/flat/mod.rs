@@ -246,7 +246,9 @@ pub fn from_fields(sensor: &str, map: &Fields<'_>, cx: &Context<'_>) -> Result<R
         _ => return Err(Reject::NoPosition),
     };
     check_position(lat, lon)?;
-    let mut values = Vec::new();
+    // Room for every field, so the AQI values preprocessing adds (up to
+    // one per pollutant and the overall one) fit without growing.
+    let mut values = Vec::with_capacity(map.len() + 1);
     for (key, v) in map.iter() {
         if matches!(key, "ts" | "lat" | "lon") {
             continue;
