@@ -166,6 +166,9 @@ impl Config {
                 return bad(&format!("{section}.{key}"), why);
             }
         }
+        if let Err(why) = crate::health::config::validate_listen(&self.health_listen) {
+            return bad("health_listen", why);
+        }
         for (id, s) in &self.sensors {
             if let Err(why) = s.validate() {
                 return bad(&format!("sensors.{id}"), why);
@@ -226,6 +229,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("uplink.batch_max_readings"), "{e}");
+        let e = load("health_listen = \"9750\"\n").unwrap_err().to_string();
+        assert!(e.contains("health_listen") && e.contains("port"), "{e}");
     }
 
     #[test]

@@ -141,6 +141,10 @@ impl Mosquitto {
             self.port
         );
         std::fs::write(&conf, text).expect("write mosquitto.conf");
+        // The log is kept across restarts: this launch is up once it adds
+        // a "running" line (written after its listener is bound).
+        let running = |log: &str| log.matches(" running").count();
+        let before = running(&self.log());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -156,7 +160,11 @@ impl Mosquitto {
             .expect("cannot start mosquitto: install the Debian package `mosquitto` (scripts/test.sh does)");
         self.child = Some(child);
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // A connect alone could reach another process that took the port
+        // first (a broker that failed to bind exits a moment later).
+        while running(&self.log()) == before
+            || TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        {
             let exited = self
                 .child
                 .as_mut()

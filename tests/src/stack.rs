@@ -184,10 +184,12 @@ impl Stack {
             more += &format!("--- gateway {} ---\n{}\n", i + 1, tail(&g.proc.log()));
         }
         format!(
-            "--- edge ---\n{}\n--- gateway ---\n{}\n{more}--- cloud broker ---\n{}",
+            "--- edge ---\n{}\n--- gateway ---\n{}\n{more}--- cloud broker ---\n{}\n--- local broker (port {}) ---\n{}",
             tail(&self.edge.log()),
             tail(&self.gateway.log()),
-            tail(&self.cloud.log())
+            tail(&self.cloud.log()),
+            self.local.port,
+            tail(&self.local.log())
         )
     }
 

@@ -4,6 +4,7 @@
 //! register their metrics into ([`metrics`]). The metrics themselves are
 //! each stage's own (`ingest::Metrics`, `buffer::Metrics`, ...).
 
+pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod systemd;
