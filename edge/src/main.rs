@@ -20,31 +20,25 @@ struct Cli {
     logging: aeris_runtime::LogArgs,
 }
 
-/// One malloc arena for the whole agent, and large blocks straight from
-/// the kernel. glibc gives threads that allocate their own arenas (up to
-/// eight per core), and the free pages each keeps stay resident: with one,
-/// the agent's peak RSS in aeris-bench-edge fell from 16.1-16.4 MB to
-/// 14.4-14.6 MB at the same rate (README). The agent's threads allocate
-/// little, so they do not wait on each other. Blocks of 64 KiB and more
-/// (a batch's columns while it is encoded) are mapped and unmapped on
-/// their own instead of leaving their pages in the heap: glibc would
-/// otherwise raise that threshold after the first such block is freed and
-/// keep the next ones on the heap. `MALLOC_ARENA_MAX`,
-/// `MALLOC_MMAP_THRESHOLD_` or the same settings in `GLIBC_TUNABLES` still
-/// decide.
+/// One malloc arena for the whole agent. glibc gives threads that allocate
+/// their own arenas (up to eight per core), and the free pages each keeps
+/// stay resident: with one, the agent's peak RSS in aeris-bench-edge fell
+/// from 16.1-16.4 MB to 14.4-14.6 MB at the same rate (README). The
+/// agent's threads allocate little, so they do not wait on each other.
+/// `MALLOC_ARENA_MAX` or an `arena_max` in `GLIBC_TUNABLES` still decide.
+///
+/// Large blocks stay on glibc's own mmap threshold: fixed at 64 KiB (so a
+/// batch's columns went back to the kernel after each batch), it cost ten
+/// times the page faults and 18 % more system time in aeris-bench-edge.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn one_malloc_arena() {
-    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    let tuned =
-        |env: &str, tunable: &str| std::env::var_os(env).is_some() || tunables.contains(tunable);
-    // SAFETY: mallopt only sets an allocator parameter, and it runs before
-    // the agent starts any thread.
-    unsafe {
-        if !tuned("MALLOC_ARENA_MAX", "arena_max") {
+    let tuned = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+    if !tuned {
+        // SAFETY: mallopt only sets an allocator parameter, and it runs
+        // before the agent starts any thread.
+        unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-        if !tuned("MALLOC_MMAP_THRESHOLD_", "mmap_threshold") {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
         }
     }
 }

@@ -11,14 +11,16 @@
 //! second. Printed:
 //!
 //! - the agent idle (empty buffer, no sensors) and with live sensors and no
-//!   backlog: peak RSS, the baseline;
+//!   backlog: peak RSS, the baseline, with the resident memory split into
+//!   anonymous (heap, stacks) and file-backed (code) pages;
 //! - time from start to ready (`/readyz` 200) with the full buffer;
 //! - time until the backlog is drained (every backlog seq reached the cloud
 //!   broker and the agent holds no more unsent readings than the live
 //!   sensors make in two seconds), with readings/s;
 //! - how far live readings lag during the drain: age at the cloud broker
 //!   (arrival − sensor timestamp), p50/p99/max;
-//! - the agent's CPU seconds and peak RSS over the drain.
+//! - the agent's CPU seconds and peak RSS over the drain, and the highest
+//!   anonymous and file-backed resident memory sampled (every 100 ms).
 //!
 //! `cargo build --release --workspace --bins && target/release/aeris-bench-backlog [sensors] [hours] [--agent PATH]`
 //! (defaults 100 and 24). Uses the test PostgreSQL server
@@ -329,6 +331,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let usage = proc_usage(pid);
         peak.peak = peak.peak.max(usage.peak);
+        peak.anon = peak.anon.max(usage.anon);
+        peak.file = peak.file.max(usage.file);
         let arrived = seen.lock().map(|s| s.backlog_count).unwrap_or(0);
         let unsent = metric(health, "aeris_edge_buffer_readings") as u64;
         if arrived >= backlog && unsent <= 2 * sensors as u64 {
@@ -370,21 +374,31 @@ async fn main() -> anyhow::Result<()> {
         "aeris-bench-backlog: {sensors} sensors × {hours} h at 1 Hz = {backlog} readings buffered ({:.0} MB file), live sensors reporting during the drain",
         mb(file_bytes)
     );
+    let split = |u: &Usage| {
+        format!(
+            "anonymous {:.1} / file-backed {:.1} MB",
+            mb(u.anon),
+            mb(u.file)
+        )
+    };
     println!(
-        "  idle agent (empty buffer)        ready {:>6.2} s   peak RSS {:>6.1} MB",
+        "  idle agent (empty buffer)        ready {:>6.2} s   peak RSS {:>6.1} MB  (at 10 s: {})",
         idle_ready.as_secs_f64(),
-        mb(idle_usage.peak)
+        mb(idle_usage.peak),
+        split(&idle_usage)
     );
     println!(
-        "  live sensors, no backlog (30 s)                 peak RSS {:>6.1} MB",
-        mb(steady_usage.peak)
+        "  live sensors, no backlog (30 s)                 peak RSS {:>6.1} MB  (at the end: {})",
+        mb(steady_usage.peak),
+        split(&steady_usage)
     );
     println!(
-        "  with the backlog                 ready {:>6.2} s   peak RSS {:>6.1} MB  ({:+.1} MB vs idle, {:+.1} MB vs live without backlog)",
+        "  with the backlog                 ready {:>6.2} s   peak RSS {:>6.1} MB  ({:+.1} MB vs idle, {:+.1} MB vs live without backlog; highest while draining: {})",
         ready.as_secs_f64(),
         mb(end.peak.max(peak.peak)),
         (end.peak.max(peak.peak) as f64 - idle_usage.peak as f64) / 1e6,
         (end.peak.max(peak.peak) as f64 - steady_usage.peak as f64) / 1e6,
+        split(&peak),
     );
     println!(
         "  drained in                       {d:>6.1} s   ({:.0} readings/s; {backlog_seen} backlog readings seen at the cloud broker, {stored} stored in all, {} batches)",
