@@ -269,6 +269,61 @@ mod tests {
         }
     }
 
+    /// A JSON value as text: what sensors send, and what they should not.
+    fn value_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<u64>().prop_map(|v| v.to_string()),
+            (-1e6..1e6f64).prop_map(|v| format!("{v}")),
+            any::<f64>().prop_map(|v| format!("{v:e}")),
+            "[a-z0-9 .:-]{0,12}".prop_map(|v| format!("{v:?}")),
+            Just("\"a\\u00e9\\n\"".to_owned()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("[1,[2,{\"k\":null}]]".to_owned()),
+            Just("{\"ts\":1,\"x\":[]}".to_owned()),
+            Just("1e400".to_owned()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Random objects (keys repeated, escaped, in any order; values of
+        /// every kind, some not JSON at all) read as the `Value` tree reads
+        /// them, and fail to parse exactly when it fails.
+        #[test]
+        fn random_objects_read_as_the_json_value_tree_reads_them(
+            fields_text in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("ts".to_owned()),
+                        proptest::strategy::Just("pm25".to_owned()),
+                        proptest::strategy::Just("p\\u006d25".to_owned()),
+                        proptest::strategy::Just("lat".to_owned()),
+                        "[a-zA-Z0-9_.]{1,6}",
+                    ],
+                    value_text(),
+                ),
+                0..12,
+            )
+        ) {
+            let body: Vec<String> = fields_text
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
+            let payload = format!("{{{}}}", body.join(","));
+            let ours = Payload::parse(payload.as_bytes()).map_err(|e| e.to_string());
+            let theirs = serde_json::from_slice::<Json>(payload.as_bytes()).map_err(|e| e.to_string());
+            match (ours, theirs) {
+                (Ok(_), Ok(_)) => {
+                    proptest::prop_assert_eq!(fields(payload.as_bytes()), via_value(payload.as_bytes()))
+                }
+                (Err(a), Err(b)) => proptest::prop_assert_eq!(a, b),
+                (a, b) => proptest::prop_assert!(false, "{payload}: ours {a:?}, serde_json {b:?}"),
+            }
+        }
+    }
+
     #[test]
     fn non_objects_and_broken_json_are_told_apart() {
         assert!(
