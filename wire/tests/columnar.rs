@@ -182,6 +182,40 @@ proptest! {
     }
 }
 
+/// A batch whose every value has a name of its own (a hostile sensor
+/// inventing quantities) is put together and encoded as the `Batch` of the
+/// same readings: 2,000 readings x 48 names.
+#[test]
+fn a_builder_with_a_name_per_value_encodes_as_the_batch() {
+    let mut b = realistic(2_000, 50);
+    for (i, r) in b.readings.iter_mut().enumerate() {
+        r.values = (0..48)
+            .map(|k| Value {
+                quantity: format!("q{i}_{k}"),
+                value: k as f64,
+            })
+            .collect();
+    }
+    let mut builder = columnar::Builder::new();
+    for r in &b.readings {
+        builder.push_reading(r).unwrap();
+    }
+    let n = builder.len();
+    assert_eq!(
+        builder.encode(&b.device, b.first_seq, n),
+        columnar::encode(&b)
+    );
+    builder.truncate(1_000);
+    let half = Batch {
+        readings: b.readings[..1_000].to_vec(),
+        ..b.clone()
+    };
+    assert_eq!(
+        builder.encode(&b.device, b.first_seq, 1_000),
+        columnar::encode(&half)
+    );
+}
+
 /// A reading the cloud would refuse is not added to a `Builder`.
 #[test]
 fn a_builder_refuses_what_the_cloud_refuses() {

@@ -16,9 +16,8 @@ use crate::message::{Batch, Reading, Value};
 /// dictionaries give them.
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
-    sensors: Vec<String>,
-    sensor_index: HashMap<String, u32>,
-    quantities: Vec<String>,
+    sensors: Names,
+    quantities: Names,
     rows: Vec<Row>,
     /// (quantity index, value) of every reading, in order.
     values: Vec<(u32, f64)>,
@@ -73,23 +72,12 @@ impl Builder {
         flags: u32,
         values: impl Iterator<Item = (&'v str, f64)>,
     ) {
-        let sensor = match self.sensor_index.get(sensor) {
-            Some(&i) => i,
-            None => {
-                let i = self.sensors.len() as u32;
-                self.sensors.push(sensor.to_owned());
-                self.sensor_index.insert(sensor.to_owned(), i);
-                i
-            }
-        };
-        for (quantity, value) in values {
-            let q = match self.quantities.iter().position(|k| k == quantity) {
-                Some(q) => q as u32,
-                None => {
-                    self.quantities.push(quantity.to_owned());
-                    self.quantities.len() as u32 - 1
-                }
-            };
+        let sensor = self.sensors.index(sensor, None);
+        // Readings mostly repeat the quantities of the one before, in order.
+        let prev = self.values_start(self.rows.len().saturating_sub(1));
+        for (k, (quantity, value)) in values.enumerate() {
+            let guess = self.values.get(prev + k).map(|v| v.0);
+            let q = self.quantities.index(quantity, guess);
             self.values.push((q, value));
         }
         self.rows.push(Row {
@@ -113,14 +101,25 @@ impl Builder {
         if n >= self.rows.len() {
             return;
         }
+        let (sensors, quantities) = self.used(n);
         self.rows.truncate(n);
         self.values.truncate(self.values_start(n));
-        let sensors = self.rows.iter().map(|r| r.sensor + 1).max().unwrap_or(0) as usize;
-        for dropped in self.sensors.drain(sensors..) {
-            self.sensor_index.remove(&dropped);
-        }
-        let quantities = self.values.iter().map(|v| v.0 + 1).max().unwrap_or(0) as usize;
+        self.sensors.truncate(sensors);
         self.quantities.truncate(quantities);
+    }
+
+    /// How many sensor ids and quantity names the first `n` readings use:
+    /// a prefix of each list (names are listed in order of first use).
+    fn used(&self, n: usize) -> (usize, usize) {
+        let sensors = self.rows[..n].iter().map(|r| r.sensor + 1).max();
+        let quantities = self.values[..self.values_start(n)]
+            .iter()
+            .map(|v| v.0 + 1)
+            .max();
+        (
+            sensors.unwrap_or(0) as usize,
+            quantities.unwrap_or(0) as usize,
+        )
     }
 
     /// Reading `i`, built as [`Reading`] (for tests and the format-1
@@ -130,12 +129,12 @@ impl Builder {
         let values = self.values[self.values_start(i)..row.values_end as usize]
             .iter()
             .map(|&(q, value)| Value {
-                quantity: self.quantities[q as usize].clone(),
+                quantity: self.quantities.list[q as usize].clone(),
                 value,
             })
             .collect();
         Some(Reading {
-            sensor: self.sensors[row.sensor as usize].clone(),
+            sensor: self.sensors.list[row.sensor as usize].clone(),
             ts_ms: row.ts_ms,
             lat: row.lat,
             lon: row.lon,
@@ -161,11 +160,11 @@ impl Builder {
         let n = n.min(self.len());
         let values: usize = self.values[..self.values_start(n)]
             .iter()
-            .map(|&(q, _)| super::VALUE_BYTES + self.quantities[q as usize].len())
+            .map(|&(q, _)| super::VALUE_BYTES + self.quantities.list[q as usize].len())
             .sum();
         let readings: usize = self.rows[..n]
             .iter()
-            .map(|r| super::READING_BYTES + self.sensors[r.sensor as usize].len())
+            .map(|r| super::READING_BYTES + self.sensors.list[r.sensor as usize].len())
             .sum();
         super::BATCH_BYTES + device.len() + readings + values
     }
@@ -207,13 +206,42 @@ impl Builder {
 
     /// The sensor ids and quantity names the first `n` readings use.
     pub(super) fn names(&self, n: usize) -> (&[String], &[String]) {
-        let rows = &self.rows[..n];
-        let sensors = rows.iter().map(|r| r.sensor + 1).max().unwrap_or(0) as usize;
-        let quantities = self.values[..self.values_start(n)]
-            .iter()
-            .map(|v| v.0 + 1)
-            .max()
-            .unwrap_or(0) as usize;
-        (&self.sensors[..sensors], &self.quantities[..quantities])
+        let (sensors, quantities) = self.used(n);
+        (
+            &self.sensors.list[..sensors],
+            &self.quantities.list[..quantities],
+        )
+    }
+}
+
+/// Names in order of first use, each with its index: a lookup costs the
+/// same with ten names or a hostile batch's hundred thousand.
+#[derive(Debug, Clone, Default)]
+struct Names {
+    list: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Names {
+    /// The index of `name`, added if new; `guess` (a likely index) is
+    /// checked first, which spares the hash in the common case.
+    fn index(&mut self, name: &str, guess: Option<u32>) -> u32 {
+        if let Some(g) = guess.filter(|&g| self.list.get(g as usize).is_some_and(|n| n == name)) {
+            return g;
+        }
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.list.len() as u32;
+        self.list.push(name.to_owned());
+        self.index.insert(name.to_owned(), i);
+        i
+    }
+
+    /// Keeps the first `n` names.
+    fn truncate(&mut self, n: usize) {
+        for dropped in self.list.drain(n.min(self.list.len())..) {
+            self.index.remove(&dropped);
+        }
     }
 }
