@@ -76,6 +76,8 @@ pub struct Usage {
     pub file: u64,
     /// User + system CPU time.
     pub cpu_s: f64,
+    /// The system (kernel) part of `cpu_s`.
+    pub system_s: f64,
 }
 
 pub fn proc_usage(pid: u32) -> Usage {
@@ -93,15 +95,14 @@ pub fn proc_usage(pid: u32) -> Usage {
     // 14th and 15th fields, in clock ticks (100 per second on Linux).
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
-        .sum();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let (user, system) = (field(11), field(12));
     Usage {
         peak: bytes("VmHWM:"),
         anon: bytes("RssAnon:"),
         file: bytes("RssFile:"),
-        cpu_s: ticks as f64 / 100.0,
+        cpu_s: (user + system) as f64 / 100.0,
+        system_s: system as f64 / 100.0,
     }
 }
 

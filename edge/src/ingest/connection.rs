@@ -13,6 +13,9 @@ use super::Settings;
 use crate::buffer::Buffer;
 use crate::health::Probes;
 
+/// Most acks the client writes to the broker in one system call.
+const ACK_BATCH: usize = 64;
+
 /// A persistent session with manual acks, as `<device_id>-ingest`.
 pub(super) fn options(config: &Settings) -> MqttOptions {
     let mut opts = MqttOptions::new(
@@ -23,6 +26,9 @@ pub(super) fn options(config: &Settings) -> MqttOptions {
     opts.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(false)
         .set_manual_acks(true)
+        // Acks earned by one group commit leave in one write (the patched
+        // rumqttc, vendor/README.md), not one system call each.
+        .set_max_request_batch(ACK_BATCH)
         // Oversize payloads must reach the parser to be counted, not break
         // the connection, so the client's own limit is far above ours.
         .set_max_packet_size(16 << 20, 1 << 20);

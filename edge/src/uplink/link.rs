@@ -58,6 +58,9 @@ pub(super) fn options(
     opts.set_keep_alive(config.cloud.keep_alive)
         .set_clean_session(true)
         .set_max_packet_size(1 << 20, 16 << 20)
+        // Requests queued together leave in one write (the patched
+        // rumqttc, vendor/README.md).
+        .set_max_request_batch(64)
         .set_last_will(LastWill::new(
             topics.status(&config.device_id),
             encode(&will),

@@ -270,9 +270,12 @@ async fn main() -> anyhow::Result<()> {
         usage.anon as f64 / 1e6,
         usage.file as f64 / 1e6
     );
+    let per_reading = |s: f64| s * 1e6 / n as f64;
     println!(
-        "  agent CPU                     {cpu:>10.1} s  ({:.0} µs per reading)",
-        cpu * 1e6 / n as f64
+        "  agent CPU                     {cpu:>10.2} s  ({:.1} µs per reading: user {:.1}, system {:.1})",
+        per_reading(cpu),
+        per_reading(cpu - usage.system_s),
+        per_reading(usage.system_s)
     );
     println!(
         "  on the wire, per reading      {:>10.1} B columnar (v2; {} batches, {} readings)",
