@@ -1,0 +1,290 @@
+//! `readings` partitioned by day (migration 0006) against a real PostGIS:
+//! exactly once per `(device_id, seq)` across partitions, before and after
+//! retention dropped one; rows for days without a partition; retention
+//! dropping whole partitions by age.
+
+use std::time::Duration;
+
+use aeris_sink::postgis::partition::{self, Plan};
+use aeris_sink::query::ReadingsQuery;
+use aeris_sink::{PostgisSink, Sink, WriteOutcome};
+use aeris_tests::postgres::TestDb;
+use aeris_wire::{Batch, Reading, Value};
+
+const DAY_MS: i64 = 86_400_000;
+/// 2020-09-13T12:26:40Z
+const T0: i64 = 1_600_000_000_000;
+
+/// Readings `first_seq..first_seq + n` of `device`, one second apart from
+/// `t0_ms` for seq 1; the same arguments give the same readings.
+fn batch_at(device: &str, first_seq: u64, n: usize, t0_ms: i64) -> Batch {
+    Batch {
+        device: device.into(),
+        first_seq,
+        readings: (first_seq - 1..first_seq - 1 + n as u64)
+            .map(|i| Reading {
+                sensor: format!("s{}", i % 3),
+                ts_ms: t0_ms + i as i64 * 1000,
+                lat: 52.5 + i as f64 / 100.0,
+                lon: 13.4,
+                flags: 0,
+                values: vec![Value {
+                    quantity: "pm25".into(),
+                    value: 3.5 + i as f64,
+                }],
+            })
+            .collect(),
+    }
+}
+
+fn plan(now_ms: i64, keep_days: Option<u64>) -> Plan {
+    Plan {
+        now_ms,
+        ahead_days: 2,
+        keep: keep_days.map(|d| Duration::from_secs(d * 86_400)),
+        max_backfill_days: 64,
+        lock_timeout: Duration::from_secs(5),
+    }
+}
+
+/// Rows per partition, by partition name.
+async fn rows_by_partition(db: &TestDb, device: &str) -> Vec<(String, i64)> {
+    db.client()
+        .await
+        .query(
+            "SELECT tableoid::regclass::text, count(*) FROM readings WHERE device_id = $1
+             GROUP BY 1 ORDER BY 1",
+            &[&device],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// The key lives in `reading_keys`, outside the partitions: a resend is a
+/// duplicate while its partition exists and still after retention dropped
+/// it; a reading under a stored seq with another timestamp is a collision
+/// both times; nothing is stored twice or stored again.
+#[tokio::test]
+async fn a_duplicate_after_its_partition_was_created_and_after_it_was_dropped_stays_single() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    let first = sink.write(&[batch_at("d1", 1, 10, T0)]).await.unwrap();
+    assert_eq!(first.inserted, 10);
+    // No partition for 2020-09-13 yet: the default partition took them.
+    assert_eq!(
+        rows_by_partition(&db, "d1").await,
+        vec![("readings_default".to_owned(), 10)]
+    );
+
+    // The gateway's run on the next day creates the day and moves them.
+    let report = partition::maintain(&db.url, &plan(T0 + DAY_MS, None))
+        .await
+        .unwrap();
+    assert!(
+        report.created.contains(&"readings_p20200913".to_owned()),
+        "{report:?}"
+    );
+    assert_eq!(report.default_rows, 0);
+    assert_eq!(
+        rows_by_partition(&db, "d1").await,
+        vec![("readings_p20200913".to_owned(), 10)]
+    );
+
+    // Delivered again after its partition was created: a duplicate.
+    let again = sink.write(&[batch_at("d1", 1, 10, T0)]).await.unwrap();
+    assert_eq!(
+        again,
+        WriteOutcome {
+            inserted: 0,
+            duplicates: 10,
+            ..Default::default()
+        }
+    );
+    // Seq 3 again with a timestamp a day later (another partition): a
+    // collision, not a second row.
+    let mut other = batch_at("d1", 3, 1, T0);
+    other.readings[0].ts_ms += DAY_MS;
+    let out = sink.write(&[other.clone()]).await.unwrap();
+    assert_eq!(out.collisions, vec![(0, 3)], "{out:?}");
+    assert_eq!(out.inserted, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM readings").await, 10);
+
+    // 400 days later retention drops the partition (and the empty next
+    // day, created ahead), not the keys.
+    let later = T0 + 402 * DAY_MS;
+    let report = partition::maintain(&db.url, &plan(later, Some(400)))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.dropped,
+        vec![
+            "readings_p20200913".to_owned(),
+            "readings_p20200914".to_owned()
+        ]
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM readings").await, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM reading_keys").await, 10);
+
+    // Delivered again after its partition was dropped: still a duplicate,
+    // not stored again (not even in the default partition).
+    let after = sink.write(&[batch_at("d1", 1, 10, T0)]).await.unwrap();
+    assert_eq!(
+        after,
+        WriteOutcome {
+            inserted: 0,
+            duplicates: 10,
+            ..Default::default()
+        }
+    );
+    let out = sink.write(&[other]).await.unwrap();
+    assert_eq!(out.collisions, vec![(0, 3)], "{out:?}");
+    assert_eq!(count(&db, "SELECT count(*) FROM readings").await, 0);
+    // New seqs after them are stored as usual.
+    let out = sink.write(&[batch_at("d1", 11, 2, later)]).await.unwrap();
+    assert_eq!(out.inserted, 2);
+
+    // Expired readings are neither gaps nor asked for again.
+    let devices = sink.devices().await.unwrap_or_default();
+    let points = sink.resend_points().await.unwrap();
+    assert_eq!(points.len(), 1);
+    assert_eq!((points[0].from_seq, points[0].stored), (13, 12));
+    // `devices` lists devices with a status or a collision: d1 collided.
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    assert_eq!(devices[0].received, 12);
+    assert!(devices[0].gaps.is_empty(), "{devices:?}");
+    assert_eq!(devices[0].seq_collisions, 2);
+}
+
+/// The same key twice in one write, with two timestamps: the first is
+/// stored, the second is a collision, as before partitioning.
+#[tokio::test]
+async fn the_same_seq_twice_in_one_write_is_stored_once() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    let mut second = batch_at("d1", 1, 2, T0);
+    second.readings[0].ts_ms += 3 * DAY_MS;
+    let out = sink
+        .write(&[batch_at("d1", 1, 2, T0), second, batch_at("d1", 1, 2, T0)])
+        .await
+        .unwrap();
+    assert_eq!(out.inserted, 2, "{out:?}");
+    assert_eq!(out.collisions, vec![(1, 1)]);
+    assert_eq!(out.duplicates, 3);
+    assert_eq!(count(&db, "SELECT count(*) FROM readings").await, 2);
+}
+
+/// A backlog from long ago and a clock far ahead: stored at once (the
+/// default partition), the writer goes on; the next run moves the past
+/// days into partitions of their own and leaves the far future waiting.
+#[tokio::test]
+async fn rows_for_days_without_a_partition_are_kept_and_moved_to_their_day() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    let now = aeris_wire::now_ms();
+    let past = 86_400_000 + 3_600_000; // 1970-01-02T01:00:00Z
+    let future = 253_000_000_000_000; // year 9987
+    let out = sink
+        .write(&[
+            batch_at("d1", 1, 3, past),
+            batch_at("d1", 4, 2, future),
+            batch_at("d1", 6, 2, now),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.inserted, 7);
+    let report = partition::maintain(&db.url, &plan(now, None))
+        .await
+        .unwrap();
+    // Today and two days ahead, plus 1970-01-02 from the default.
+    assert_eq!(report.created.len(), 4, "{report:?}");
+    assert!(report.created.contains(&"readings_p19700102".to_owned()));
+    assert_eq!(report.default_rows, 2);
+    let parts = rows_by_partition(&db, "d1").await;
+    assert!(
+        parts.contains(&("readings_p19700102".to_owned(), 3)),
+        "{parts:?}"
+    );
+    assert!(
+        parts.contains(&("readings_default".to_owned(), 2)),
+        "{parts:?}"
+    );
+    // A second run has nothing to do.
+    let again = partition::maintain(&db.url, &plan(now, None))
+        .await
+        .unwrap();
+    assert!(again.created.is_empty() && again.dropped.is_empty());
+    // Every row answers the API's query where it is.
+    for (sensor, from, n) in [("s0", past, 1), ("s1", future, 1), ("s2", now, 1)] {
+        let q = ReadingsQuery {
+            device: "d1".into(),
+            sensor: sensor.into(),
+            from_ms: from - 10_000,
+            to_ms: from + 10_000,
+            limit: 100,
+        };
+        assert_eq!(sink.readings(&q).await.unwrap().len(), n, "{sensor}");
+    }
+    // Readings of a day created ahead go straight into it (seq 8 is at
+    // t0 + 7 s).
+    sink.write(&[batch_at("d1", 8, 1, now + DAY_MS)])
+        .await
+        .unwrap();
+    let ts = now + DAY_MS + 7000;
+    let tomorrow = partition::partitions(&db.url)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.from_ms.is_some_and(|f| f <= ts && ts < f + DAY_MS))
+        .expect("tomorrow's partition");
+    assert!(rows_by_partition(&db, "d1")
+        .await
+        .contains(&(tomorrow.name, 1)));
+}
+
+/// Retention keeps every day younger than the limit and drops, whole, the
+/// days entirely older; the default partition is never dropped.
+#[tokio::test]
+async fn retention_drops_partitions_older_than_the_limit_and_keeps_newer_ones() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    // Noon of a day, so the cutoff falls inside a day.
+    let now = (aeris_wire::now_ms() / DAY_MS) * DAY_MS + DAY_MS / 2;
+    let mut seq = 1;
+    for age in [402, 401, 400, 399, 1] {
+        sink.write(&[batch_at("d1", seq, 2, now - age * DAY_MS)])
+            .await
+            .unwrap();
+        seq += 2;
+    }
+    let created = partition::maintain(&db.url, &plan(now, None))
+        .await
+        .unwrap();
+    assert_eq!(created.default_rows, 0);
+    let before = rows_by_partition(&db, "d1").await;
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    let report = partition::maintain(&db.url, &plan(now, Some(400)))
+        .await
+        .unwrap();
+    // Day -401 ends half a day before the cutoff; day -400 ends after it.
+    assert_eq!(report.dropped.len(), 2, "{report:?}");
+    let after = rows_by_partition(&db, "d1").await;
+    assert_eq!(after, before[2..].to_vec());
+    assert!(partition::partitions(&db.url)
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.name == "readings_default"));
+    // Nothing more to drop on the next run.
+    let again = partition::maintain(&db.url, &plan(now, Some(400)))
+        .await
+        .unwrap();
+    assert!(again.dropped.is_empty(), "{again:?}");
+}
