@@ -49,6 +49,24 @@ enum Cmd {
     /// and exits 0 only if every targeted device confirmed. Written to the
     /// audit log.
     Rollout(RolloutArgs),
+    /// Partitions and retention of the `readings` table (PostGIS); the
+    /// gateway also runs it at start and every `retention.every`.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum RetentionCmd {
+    /// Once, now: create the daily partitions of `readings` from today to
+    /// retention.partitions_ahead_days ahead, move rows that wait in the
+    /// default partition into their day's partition, and drop, whole (never
+    /// a DELETE), every partition entirely older than retention.readings
+    /// (their keys stay, so the readings are never stored again). Prints
+    /// what it did and writes it to the audit log; exits 1 if the run
+    /// failed, 2 if it could not start (no database_url).
+    Run,
+    /// Lists the partitions of `readings` and their ranges (UTC).
+    List,
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,6 +130,12 @@ fn main() -> std::process::ExitCode {
             })
         }
         Some(Cmd::Resend) => tool(&cli.logging.log, resend(config)),
+        Some(Cmd::Retention(RetentionCmd::Run)) => tool(&cli.logging.log, async move {
+            aeris_gateway::retention::command::run(&config).await
+        }),
+        Some(Cmd::Retention(RetentionCmd::List)) => tool(&cli.logging.log, async move {
+            aeris_gateway::retention::command::list(&config).await
+        }),
     }
 }
 
