@@ -93,8 +93,10 @@ WHERE i.inhparent = 'readings'::regclass;
 -- Creates the partition of the UTC day `day` unless a partition already
 -- covers any of it, moving that day's rows out of readings_default first
 -- (a partition cannot be created over rows the default holds). Returns
--- whether it created one. Takes an exclusive lock on `readings` while it
--- creates: run it with a lock_timeout.
+-- whether it created one. It locks `readings` exclusively before it looks
+-- at the default partition (creating a partition needs that lock anyway),
+-- so no writer can add a row of that day between the move and the
+-- creation; run it with a lock_timeout.
 CREATE FUNCTION aeris_readings_add_day(day date) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -105,6 +107,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM aeris_readings_partitions p WHERE p.from_ts < hi AND p.to_ts > lo) THEN
         RETURN false;
     END IF;
+    LOCK TABLE readings IN ACCESS EXCLUSIVE MODE;
     IF EXISTS (SELECT 1 FROM readings_default WHERE ts >= lo AND ts < hi) THEN
         CREATE TEMP TABLE IF NOT EXISTS aeris_moving (LIKE readings) ON COMMIT DROP;
         WITH moved AS (DELETE FROM readings_default WHERE ts >= lo AND ts < hi RETURNING *)

@@ -288,3 +288,46 @@ async fn retention_drops_partitions_older_than_the_limit_and_keeps_newer_ones() 
         .unwrap();
     assert!(again.dropped.is_empty(), "{again:?}");
 }
+
+/// A backlog keeps arriving for days without a partition while the
+/// partitions are being created: no write fails or waits for good, no run
+/// fails, and every reading ends up once, in its own day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_partition_runs_at_the_same_time_lose_nothing() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    let url = db.url.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let runs = tokio::spawn(async move {
+        let mut runs = 0;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            partition::maintain(&url, &plan(aeris_wire::now_ms(), None))
+                .await
+                .expect("a partition run failed");
+            runs += 1;
+        }
+        runs
+    });
+    // Eight writes per day, so rows of a day arrive while it is moved.
+    for i in 0..160u64 {
+        let day = (i / 8) as i64;
+        let out = sink
+            .write(&[batch_at("w", 2 * i + 1, 2, T0 + day * DAY_MS)])
+            .await
+            .unwrap();
+        assert_eq!(out.inserted, 2);
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let runs = runs.await.unwrap();
+    assert!(runs > 0);
+    let last = partition::maintain(&db.url, &plan(aeris_wire::now_ms(), None))
+        .await
+        .unwrap();
+    assert_eq!(last.default_rows, 0, "{last:?}");
+    let parts = rows_by_partition(&db, "w").await;
+    assert_eq!(parts.len(), 20, "{parts:?}");
+    assert!(parts
+        .iter()
+        .all(|(name, n)| name.starts_with("readings_p2020") && *n == 16));
+}
