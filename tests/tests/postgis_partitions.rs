@@ -331,3 +331,47 @@ async fn writes_and_partition_runs_at_the_same_time_lose_nothing() {
         .iter()
         .all(|(name, n)| name.starts_with("readings_p2020") && *n == 16));
 }
+
+/// A day that cannot be created (a table of its name is in the way) is
+/// reported, and the rest of the run goes on: the other days, retention;
+/// its readings wait in the default partition.
+#[tokio::test]
+async fn a_day_that_cannot_be_created_does_not_hold_up_the_rest() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    // Noon, so the readings stay within their days.
+    let now = (aeris_wire::now_ms() / DAY_MS) * DAY_MS + DAY_MS / 2;
+    let (old, blocked) = (now - 500 * DAY_MS, now - 10 * DAY_MS);
+    sink.write(&[batch_at("d1", 1, 2, old - 1000)])
+        .await
+        .unwrap();
+    sink.write(&[batch_at("d1", 3, 2, blocked - 2000)])
+        .await
+        .unwrap();
+    let client = db.client().await;
+    let name: String = client
+        .query_one(
+            "SELECT 'readings_p' || to_char(to_timestamp($1::int8 / 1000) AT TIME ZONE 'UTC', 'YYYYMMDD')",
+            &[&blocked],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!("CREATE TABLE {name} (x int)"))
+        .await
+        .unwrap();
+    let report = partition::maintain(&db.url, &plan(now, Some(400)))
+        .await
+        .unwrap();
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert!(report.errors[0].contains("already exists"), "{report:?}");
+    // Today and two ahead, and the old day (created, then dropped).
+    assert_eq!(report.created.len(), 4, "{report:?}");
+    assert_eq!(report.dropped.len(), 1, "{report:?}");
+    assert_eq!(report.default_rows, 2);
+    assert_eq!(
+        rows_by_partition(&db, "d1").await,
+        vec![("readings_default".to_owned(), 2)]
+    );
+}

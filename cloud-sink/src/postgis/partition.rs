@@ -78,6 +78,10 @@ pub struct Report {
     /// Rows left in the default partition: days beyond the horizon (clocks
     /// far ahead), or more days than one run moves.
     pub default_rows: i64,
+    /// Steps that failed, each with the database's error. A failed step
+    /// does not stop the others: a day that cannot be created does not
+    /// hold up retention, nor the other way round.
+    pub errors: Vec<String>,
 }
 
 /// A partition of `readings` and its range, Unix ms (`None` for the
@@ -104,7 +108,9 @@ fn day_of(ms: i64) -> i32 {
 }
 
 /// Creates partitions ahead, moves rows out of the default partition into
-/// partitions of their own, and applies retention; see [`Plan`].
+/// partitions of their own, and applies retention; see [`Plan`]. `Err`
+/// only when the database cannot be reached; a step that fails is in
+/// [`Report::errors`] and the run goes on with the next.
 pub async fn maintain(url: &str, plan: &Plan) -> Result<Report, SinkError> {
     let mut client = super::connect(url).await?;
     let timeout = format!("{}ms", plan.lock_timeout.as_millis().max(1));
@@ -112,52 +118,71 @@ pub async fn maintain(url: &str, plan: &Plan) -> Result<Report, SinkError> {
         .execute("SELECT set_config('lock_timeout', $1, false)", &[&timeout])
         .await
         .map_err(failed)?;
+    let mut report = Report::default();
     let today = day_of(plan.now_ms);
     let last = today.saturating_add(i32::try_from(plan.ahead_days).unwrap_or(i32::MAX));
-    let mut report = Report::default();
     for day in today..=last {
-        add_day(&mut client, day, &mut report).await?;
+        add_day(&mut client, day, &mut report).await;
     }
     // Rows of days without a partition, up to the horizon; later ones
     // (clocks far ahead) wait in the default partition for their day.
     let horizon_ms = (i64::from(last) + 1).saturating_mul(DAY_MS);
     let limit = i64::from(plan.max_backfill_days);
-    let days: Vec<i32> = client
-        .query(DEFAULT_DAYS, &[&horizon_ms, &limit])
-        .await
-        .map_err(failed)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for day in days {
-        add_day(&mut client, day, &mut report).await?;
+    match client.query(DEFAULT_DAYS, &[&horizon_ms, &limit]).await {
+        Ok(rows) => {
+            for day in rows.iter().map(|r| r.get::<_, i32>(0)) {
+                add_day(&mut client, day, &mut report).await;
+            }
+        }
+        Err(e) => report
+            .errors
+            .push(format!("default partition: {}", failed(e))),
     }
     if let Some(keep) = plan.keep {
         let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
         let cutoff_ms = plan.now_ms.saturating_sub(keep_ms);
-        let tx = client.transaction().await.map_err(failed)?;
-        tx.execute(LOCK, &[&LOCK_KEY]).await.map_err(failed)?;
-        let rows = tx.query(DROP_BEFORE, &[&cutoff_ms]).await.map_err(failed)?;
-        tx.commit().await.map_err(failed)?;
-        report.dropped = rows.iter().map(|r| r.get(0)).collect();
+        match drop_before(&mut client, cutoff_ms).await {
+            Ok(names) => report.dropped = names,
+            Err(e) => report.errors.push(format!("retention: {e}")),
+        }
     }
-    report.default_rows = client
-        .query_one(DEFAULT_ROWS, &[])
-        .await
-        .map_err(failed)?
-        .get(0);
+    match client.query_one(DEFAULT_ROWS, &[]).await {
+        Ok(row) => report.default_rows = row.get(0),
+        Err(e) => report
+            .errors
+            .push(format!("default partition: {}", failed(e))),
+    }
     Ok(report)
 }
 
-async fn add_day(client: &mut Client, day: i32, report: &mut Report) -> Result<(), SinkError> {
+/// Creates the partition of `day` (days since 1970-01-01) if it is
+/// missing; records what happened in `report`.
+async fn add_day(client: &mut Client, day: i32, report: &mut Report) {
+    let result = async {
+        let tx = client.transaction().await?;
+        tx.execute(LOCK, &[&LOCK_KEY]).await?;
+        let row = tx.query_one(ADD_DAY, &[&day]).await?;
+        tx.commit().await?;
+        Ok::<_, tokio_postgres::Error>(row)
+    }
+    .await;
+    match result {
+        Ok(row) if row.get::<_, bool>(0) => report.created.push(row.get(1)),
+        Ok(_) => {}
+        Err(e) => report.errors.push(format!(
+            "creating day {day} (days since 1970-01-01): {}",
+            failed(e)
+        )),
+    }
+}
+
+/// Drops the partitions that end at or before `cutoff_ms`; their names.
+async fn drop_before(client: &mut Client, cutoff_ms: i64) -> Result<Vec<String>, SinkError> {
     let tx = client.transaction().await.map_err(failed)?;
     tx.execute(LOCK, &[&LOCK_KEY]).await.map_err(failed)?;
-    let row = tx.query_one(ADD_DAY, &[&day]).await.map_err(failed)?;
+    let rows = tx.query(DROP_BEFORE, &[&cutoff_ms]).await.map_err(failed)?;
     tx.commit().await.map_err(failed)?;
-    if row.get::<_, bool>(0) {
-        report.created.push(row.get(1));
-    }
-    Ok(())
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// The partitions of `readings`, oldest first, the default last.

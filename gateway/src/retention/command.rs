@@ -18,7 +18,7 @@ fn url(config: &Config) -> anyhow::Result<&str> {
 }
 
 /// Runs once, prints what it did, writes it to the audit log; `false` if
-/// the run failed.
+/// the run or any of its steps failed.
 pub async fn run(config: &Config) -> anyhow::Result<bool> {
     let url = url(config)?;
     // Opening the sink brings the schema to the latest migration, which
@@ -26,10 +26,11 @@ pub async fn run(config: &Config) -> anyhow::Result<bool> {
     let sink = crate::open_sink(config).await?;
     let stats = Stats::default();
     let result = super::run_once(&config.retention, url, &stats.retention).await;
-    let audited = result
-        .as_ref()
-        .map_err(|e| e.to_string())
-        .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string()));
+    let audited = match &result {
+        Ok(r) if !r.errors.is_empty() => Err(r.errors.join("; ")),
+        Ok(r) => serde_json::to_value(r).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     let actor = crate::audit::cli_actor();
     crate::audit::record(
         sink.as_ref(),
@@ -43,7 +44,10 @@ pub async fn run(config: &Config) -> anyhow::Result<bool> {
     match result {
         Ok(report) => {
             print!("{}", table(&report, &config.retention.readings.to_string()));
-            Ok(true)
+            for e in &report.errors {
+                eprintln!("aeris-gateway retention run: {e}");
+            }
+            Ok(report.errors.is_empty())
         }
         Err(e) => {
             eprintln!("aeris-gateway retention run: {e}");

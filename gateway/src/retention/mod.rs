@@ -10,9 +10,10 @@
 //! each on their own schedule; the database's advisory lock makes them take
 //! turns, and the second finds nothing left to do.
 //!
-//! A failed run is logged at WARN and counted; nothing is lost meanwhile
-//! (rows without a partition go to the default partition) and the next
-//! run tries again.
+//! A failed run, or a failed step of a run (the other steps go on), is
+//! logged at WARN and counted as `outcome="error"`; nothing is lost
+//! meanwhile (rows without a partition go to the default partition) and
+//! the next run tries again.
 
 pub mod command;
 
@@ -99,9 +100,8 @@ impl Metrics {
                     .get_or_create(&table)
                     .inc_by(r.dropped.len() as u64);
                 self.default_rows.set(r.default_rows);
-                self.runs
-                    .get_or_create(&OutcomeLabel { outcome: "ok" })
-                    .inc();
+                let outcome = if r.errors.is_empty() { "ok" } else { "error" };
+                self.runs.get_or_create(&OutcomeLabel { outcome }).inc();
             }
             Err(_) => {
                 self.runs
@@ -139,6 +139,9 @@ pub async fn run_once(
             }
             for name in &r.dropped {
                 info!(partition = %name, keep = %config.readings, "partition dropped by retention");
+            }
+            for error in &r.errors {
+                warn!(%error, "partition and retention step failed; retried next run");
             }
             if r.default_rows > 0 {
                 info!(
