@@ -151,7 +151,7 @@ pub async fn run(
             Some(tokio::spawn(retention::run(
                 config.retention.clone(),
                 url.to_string(),
-                stats.clone(),
+                stats.retention.clone(),
                 background.clone(),
             )))
         }

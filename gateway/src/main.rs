@@ -130,9 +130,7 @@ fn main() -> std::process::ExitCode {
             })
         }
         Some(Cmd::Resend) => tool(&cli.logging.log, resend(config)),
-        Some(Cmd::Retention(RetentionCmd::Run)) => tool(&cli.logging.log, async move {
-            aeris_gateway::retention::command::run(&config).await
-        }),
+        Some(Cmd::Retention(RetentionCmd::Run)) => tool(&cli.logging.log, retention_run(config)),
         Some(Cmd::Retention(RetentionCmd::List)) => tool(&cli.logging.log, async move {
             aeris_gateway::retention::command::list(&config).await
         }),
@@ -189,6 +187,48 @@ async fn resend(config: Config) -> anyhow::Result<bool> {
         }
         Err(e) => {
             eprintln!("aeris-gateway resend: {e}");
+            Ok(false)
+        }
+    }
+}
+
+/// `retention run`: one partition and retention run now, printed and
+/// written to the audit log; `false` if the run or any of its steps
+/// failed.
+async fn retention_run(config: Config) -> anyhow::Result<bool> {
+    use aeris_gateway::retention;
+    let url = retention::command::database_url(&config)?;
+    // Opening the sink brings the schema to the latest migration, which
+    // the run needs.
+    let sink = aeris_gateway::open_sink(&config).await?;
+    let stats = aeris_gateway::Stats::default();
+    let result = retention::run_once(&config.retention, url, &stats.retention).await;
+    let audited = match &result {
+        Ok(r) if !r.errors.is_empty() => Err(r.errors.join("; ")),
+        Ok(r) => serde_json::to_value(r).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let actor = aeris_gateway::audit::cli_actor();
+    aeris_gateway::audit::record(
+        sink.as_ref(),
+        &stats,
+        &actor,
+        "retention",
+        "readings",
+        &audited,
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            let keep = config.retention.readings.to_string();
+            print!("{}", retention::command::table(&report, &keep));
+            for e in &report.errors {
+                eprintln!("aeris-gateway retention run: {e}");
+            }
+            Ok(report.errors.is_empty())
+        }
+        Err(e) => {
+            eprintln!("aeris-gateway retention run: {e}");
             Ok(false)
         }
     }

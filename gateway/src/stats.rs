@@ -40,7 +40,7 @@ pub struct Stats {
     /// Operations metrics: API refusals, operator actions, fleet gauges.
     pub ops: crate::opstats::OpsStats,
     /// Partitions created and dropped by retention.
-    pub retention: crate::retention::Metrics,
+    pub retention: std::sync::Arc<crate::retention::Metrics>,
     rejected: Family<Reason, Counter>,
     registry: Registry,
     /// Connected to the broker with the subscriptions queued.
@@ -131,7 +131,7 @@ impl Default for Stats {
             rejected.clone(),
         );
         let ops = crate::opstats::OpsStats::register(&mut registry);
-        let retention = crate::retention::Metrics::register(&mut registry);
+        let retention = std::sync::Arc::new(crate::retention::Metrics::register(&mut registry));
         Stats {
             ops,
             retention,

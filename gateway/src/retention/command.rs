@@ -1,6 +1,6 @@
-//! `aeris-gateway retention run | list`: the same run as the schedule's,
-//! now, from the command line (written to the audit log), and the list of
-//! partitions.
+//! What `aeris-gateway retention run | list` print: the run's changes
+//! (the run itself is the schedule's [`super::run_once`]; the binary
+//! writes it to the audit log), and the partitions.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -8,52 +8,13 @@ use aeris_sink::postgis::partition::{self, PartitionInfo, Report};
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::stats::Stats;
 
-fn url(config: &Config) -> anyhow::Result<&str> {
+/// The PostGIS URL, or why there is none.
+pub fn database_url(config: &Config) -> anyhow::Result<&str> {
     config.database_url.as_deref().context(
         "database_url is not set: partitions and retention are for PostGIS \
          (the embedded SQLite sink keeps everything)",
     )
-}
-
-/// Runs once, prints what it did, writes it to the audit log; `false` if
-/// the run or any of its steps failed.
-pub async fn run(config: &Config) -> anyhow::Result<bool> {
-    let url = url(config)?;
-    // Opening the sink brings the schema to the latest migration, which
-    // the run needs.
-    let sink = crate::open_sink(config).await?;
-    let stats = Stats::default();
-    let result = super::run_once(&config.retention, url, &stats.retention).await;
-    let audited = match &result {
-        Ok(r) if !r.errors.is_empty() => Err(r.errors.join("; ")),
-        Ok(r) => serde_json::to_value(r).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let actor = crate::audit::cli_actor();
-    crate::audit::record(
-        sink.as_ref(),
-        &stats,
-        &actor,
-        "retention",
-        "readings",
-        &audited,
-    )
-    .await;
-    match result {
-        Ok(report) => {
-            print!("{}", table(&report, &config.retention.readings.to_string()));
-            for e in &report.errors {
-                eprintln!("aeris-gateway retention run: {e}");
-            }
-            Ok(report.errors.is_empty())
-        }
-        Err(e) => {
-            eprintln!("aeris-gateway retention run: {e}");
-            Ok(false)
-        }
-    }
 }
 
 /// What a run did, one line per partition.
@@ -76,7 +37,7 @@ pub fn table(report: &Report, keep: &str) -> String {
 
 /// Prints the partitions of `readings` and their ranges (UTC).
 pub async fn list(config: &Config) -> anyhow::Result<bool> {
-    let parts = partition::partitions(url(config)?).await?;
+    let parts = partition::partitions(database_url(config)?).await?;
     print!("{}", list_table(&parts));
     Ok(true)
 }

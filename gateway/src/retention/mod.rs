@@ -156,11 +156,11 @@ pub async fn run_once(
 }
 
 /// Runs every `config.every` until `shutdown` (the first run is the
-/// caller's, at start).
+/// caller's, at start), counting in `metrics`.
 pub async fn run(
     config: RetentionConfig,
     url: String,
-    stats: Arc<crate::Stats>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let every = config.every.max(Duration::from_secs(1));
@@ -169,6 +169,6 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let _ = run_once(&config, &url, &stats.retention).await;
+        let _ = run_once(&config, &url, &metrics).await;
     }
 }
