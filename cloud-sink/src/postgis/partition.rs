@@ -3,7 +3,7 @@
 //! retention.
 //!
 //! Invariants: a partition is only ever dropped whole (`DROP TABLE`, no
-//! `DELETE`), and only when its whole day is older than the retention
+//! `DELETE`), and only when all of its range is older than the retention
 //! limit; the default partition is never dropped; every reading's key
 //! stays in `reading_keys`, so dropping a partition never lets a reading be
 //! stored again. Each step is its own transaction under an advisory lock,
