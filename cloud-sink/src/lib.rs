@@ -1,7 +1,8 @@
 //! aeris-sink: where the gateway stores what devices send.
 //!
 //! - [`Sink`]: the seam. `write` returns only after the readings are durably
-//!   committed, and ignores `(device_id, seq)` pairs already stored. A pair
+//!   committed, and ignores `(device_id, seq)` pairs already stored (on
+//!   PostGIS also those stored once and since dropped by retention). A pair
 //!   stored with the same sensor and timestamp is a duplicate (a resend);
 //!   one stored with another reading is a *collision* (the device numbered
 //!   new readings again from an old seq), reported in [`WriteOutcome`] so the

@@ -25,6 +25,7 @@ pub mod mqtt;
 pub mod opstats;
 pub mod ownership;
 pub mod resend;
+pub mod retention;
 pub mod rollout;
 pub mod source;
 pub mod stats;
@@ -134,11 +135,36 @@ pub async fn run(
         stats.clone(),
         background.clone(),
     ));
+    let retention = match &config.database_url {
+        Some(url) => {
+            // The first run before the first write, so today's partition
+            // exists; bounded, since a failure only delays it.
+            let first = retention::run_once(&config.retention, url, &stats.retention);
+            if tokio::time::timeout(std::time::Duration::from_secs(30), first)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "partition and retention run at start timed out; retried on schedule"
+                );
+            }
+            Some(tokio::spawn(retention::run(
+                config.retention.clone(),
+                url.to_string(),
+                stats.retention.clone(),
+                background.clone(),
+            )))
+        }
+        None => None,
+    };
     let outputs = source::Outputs { sink, live, feed };
     let result = source::run(Arc::new(config), outputs, stats, shutdown).await;
     background.cancel();
     let _ = updater.await;
     let _ = fleet.await;
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     if let Some(api) = api {
         api.await??;
     }

@@ -49,6 +49,24 @@ enum Cmd {
     /// and exits 0 only if every targeted device confirmed. Written to the
     /// audit log.
     Rollout(RolloutArgs),
+    /// Partitions and retention of the `readings` table (PostGIS); the
+    /// gateway also runs it at start and every `retention.every`.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum RetentionCmd {
+    /// Once, now: create the daily partitions of `readings` from today to
+    /// retention.partitions_ahead_days ahead, move rows that wait in the
+    /// default partition into their day's partition, and drop, whole (never
+    /// a DELETE), every partition entirely older than retention.readings
+    /// (their keys stay, so the readings are never stored again). Prints
+    /// what it did and writes it to the audit log; exits 1 if the run
+    /// failed, 2 if it could not start (no database_url).
+    Run,
+    /// Lists the partitions of `readings` and their ranges (UTC).
+    List,
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,6 +130,10 @@ fn main() -> std::process::ExitCode {
             })
         }
         Some(Cmd::Resend) => tool(&cli.logging.log, resend(config)),
+        Some(Cmd::Retention(RetentionCmd::Run)) => tool(&cli.logging.log, retention_run(config)),
+        Some(Cmd::Retention(RetentionCmd::List)) => tool(&cli.logging.log, async move {
+            aeris_gateway::retention::command::list(&config).await
+        }),
     }
 }
 
@@ -165,6 +187,48 @@ async fn resend(config: Config) -> anyhow::Result<bool> {
         }
         Err(e) => {
             eprintln!("aeris-gateway resend: {e}");
+            Ok(false)
+        }
+    }
+}
+
+/// `retention run`: one partition and retention run now, printed and
+/// written to the audit log; `false` if the run or any of its steps
+/// failed.
+async fn retention_run(config: Config) -> anyhow::Result<bool> {
+    use aeris_gateway::retention;
+    let url = retention::command::database_url(&config)?;
+    // Opening the sink brings the schema to the latest migration, which
+    // the run needs.
+    let sink = aeris_gateway::open_sink(&config).await?;
+    let stats = aeris_gateway::Stats::default();
+    let result = retention::run_once(&config.retention, url, &stats.retention).await;
+    let audited = match &result {
+        Ok(r) if !r.errors.is_empty() => Err(r.errors.join("; ")),
+        Ok(r) => serde_json::to_value(r).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let actor = aeris_gateway::audit::cli_actor();
+    aeris_gateway::audit::record(
+        sink.as_ref(),
+        &stats,
+        &actor,
+        "retention",
+        "readings",
+        &audited,
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            let keep = config.retention.readings.to_string();
+            print!("{}", retention::command::table(&report, &keep));
+            for e in &report.errors {
+                eprintln!("aeris-gateway retention run: {e}");
+            }
+            Ok(report.errors.is_empty())
+        }
+        Err(e) => {
+            eprintln!("aeris-gateway retention run: {e}");
             Ok(false)
         }
     }

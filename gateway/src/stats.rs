@@ -39,6 +39,8 @@ pub struct Stats {
     broker_connect_failures: Family<Reason, Counter>,
     /// Operations metrics: API refusals, operator actions, fleet gauges.
     pub ops: crate::opstats::OpsStats,
+    /// Partitions created and dropped by retention.
+    pub retention: std::sync::Arc<crate::retention::Metrics>,
     rejected: Family<Reason, Counter>,
     registry: Registry,
     /// Connected to the broker with the subscriptions queued.
@@ -129,8 +131,10 @@ impl Default for Stats {
             rejected.clone(),
         );
         let ops = crate::opstats::OpsStats::register(&mut registry);
+        let retention = std::sync::Arc::new(crate::retention::Metrics::register(&mut registry));
         Stats {
             ops,
+            retention,
             batches_received,
             readings_inserted,
             readings_duplicate,

@@ -7,7 +7,8 @@
 //! - [`mosquitto`]: a Mosquitto broker process with its own config file.
 //! - [`pki`]: test CAs and certificates (rcgen) for TLS brokers and devices.
 //! - [`gate`]: a TCP forwarder a test closes and opens, a network cut.
-//! - [`postgres`]: a fresh PostGIS database per test on the local server.
+//! - [`postgres`]: a fresh PostGIS database per test on the local server;
+//!   [`partitions`]: what the tests of `readings`' partitions share.
 //! - [`process`]: the `aeris-edge` / `aeris-gateway` binaries as child
 //!   processes that can be SIGKILLed and restarted.
 //! - [`sensors`]: simulated sensors publishing flat JSON.
@@ -29,6 +30,7 @@ pub mod files;
 pub mod gate;
 pub mod http;
 pub mod mosquitto;
+pub mod partitions;
 pub mod pki;
 pub mod postgres;
 pub mod process;

@@ -110,8 +110,9 @@ async fn a_backup_restores_into_a_fresh_database_with_identical_rows_and_checksu
     assert_eq!(
         counts,
         vec![
-            ("aeris_schema_migrations", "5"),
+            ("aeris_schema_migrations", "6"),
             ("readings", "75"),
+            ("reading_keys", "75"),
             ("devices", "2"),
             ("audit_log", "1"),
             ("dead_letters", "0"),

@@ -7,8 +7,8 @@
 //! them silently.
 //!
 //! Cost: nothing when the `INSERT` stored every staged row (the caller
-//! compares the counts); otherwise one primary-key probe per staged row
-//! (as many as the `INSERT`'s own conflict checks), and per colliding
+//! compares the counts); otherwise one primary-key probe of `reading_keys`
+//! and one of a partition per staged row, and per colliding
 //! device one backward index scan for its highest seq and one upsert of
 //! its count in `devices` (migration 0004).
 
@@ -16,29 +16,39 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Transaction;
 
-/// Staged readings that differ from the stored row under their key. The
-/// `LIMIT 1` keeps the lateral subquery from being flattened into a join,
-/// so each staged row is one primary-key probe whatever the planner
-/// guesses of the (never analyzed) staging table: never a scan of
-/// `readings`.
+/// Staged readings that differ from the stored reading under their key.
+/// The key's timestamp (`reading_keys`, migration 0006) differing is a
+/// collision on its own; otherwise the stored row is compared, found in
+/// the one partition of that timestamp. A key whose row was dropped by
+/// retention, with the same timestamp, is a duplicate: nothing is left to
+/// compare. Each `LIMIT 1` keeps its lateral subquery from being flattened
+/// into a join, so each staged row is one primary-key probe of
+/// `reading_keys` and at most one of a partition whatever the planner
+/// guesses of the (never analyzed) staging table: never a scan.
 const COLLISIONS: &str = "
 SELECT s.batch, s.seq, s.device_id
 FROM aeris_staging s
 CROSS JOIN LATERAL (
+    SELECT k.ts FROM reading_keys k
+    WHERE k.device_id = s.device_id AND k.seq = s.seq
+    LIMIT 1
+) k
+LEFT JOIN LATERAL (
     SELECT r.sensor_id, r.ts, r.flags, r.pm1, r.pm25, r.pm10, r.no2, r.o3, r.co, r.so2,
            r.measurements, r.model_outputs
     FROM readings r
-    WHERE r.device_id = s.device_id AND r.seq = s.seq
+    WHERE r.device_id = s.device_id AND r.seq = s.seq AND r.ts = k.ts
     LIMIT 1
-) r
-WHERE r.sensor_id <> s.sensor_id
-   OR r.ts <> 'epoch'::timestamptz + s.ts_ms * interval '1 millisecond'
-   OR (r.flags, r.pm1, r.pm25, r.pm10, r.no2, r.o3, r.co, r.so2, r.measurements, r.model_outputs)
-      IS DISTINCT FROM
-      (s.flags, s.pm1, s.pm25, s.pm10, s.no2, s.o3, s.co, s.so2, s.measurements, s.model_outputs)
+) r ON true
+WHERE k.ts <> 'epoch'::timestamptz + s.ts_ms * interval '1 millisecond'
+   OR r.sensor_id <> s.sensor_id
+   OR (r.sensor_id IS NOT NULL
+       AND (r.flags, r.pm1, r.pm25, r.pm10, r.no2, r.o3, r.co, r.so2, r.measurements, r.model_outputs)
+           IS DISTINCT FROM
+           (s.flags, s.pm1, s.pm25, s.pm10, s.no2, s.o3, s.co, s.so2, s.measurements, s.model_outputs))
 ORDER BY s.batch, s.seq";
 
-const MAX_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM readings WHERE device_id = $1";
+const MAX_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM reading_keys WHERE device_id = $1";
 
 /// Counts collisions on the device's row; a device with no status yet gets
 /// a row with an empty status at the epoch, which its first status replaces

@@ -47,16 +47,33 @@ const TYPES: [Type; 17] = [
     Type::INT4,
 ];
 
-/// Staging to `readings`. The timestamp is built from integer milliseconds
-/// (exact, unlike a float division).
+/// Staging to `readings`, through `reading_keys` (migration 0006): the
+/// keys are inserted first, and only readings whose key was new go into
+/// the partitioned table, so a `(device_id, seq)` is stored once whatever
+/// its timestamp and whether its partition still exists. `DISTINCT ON`
+/// keeps the first of a key staged twice in one write (the lowest batch
+/// index, as the copy order did before); the rest are conflicts that
+/// [`super::collide`] sorts into duplicates and collisions. The timestamp
+/// is built from integer milliseconds (exact, unlike a float division).
 const MERGE: &str = "
+WITH fresh AS (
+    INSERT INTO reading_keys (device_id, seq, ts)
+    SELECT DISTINCT ON (device_id, seq)
+           device_id, seq, 'epoch'::timestamptz + ts_ms * interval '1 millisecond'
+    FROM aeris_staging
+    ORDER BY device_id, seq, batch
+    ON CONFLICT (device_id, seq) DO NOTHING
+    RETURNING device_id, seq
+)
 INSERT INTO readings (device_id, seq, sensor_id, ts, geom, flags,
                       pm1, pm25, pm10, no2, o3, co, so2, measurements, model_outputs)
-SELECT device_id, seq, sensor_id, 'epoch'::timestamptz + ts_ms * interval '1 millisecond',
-       ST_SetSRID(ST_MakePoint(lon, lat), 4326), flags,
-       pm1, pm25, pm10, no2, o3, co, so2, measurements, model_outputs
-FROM aeris_staging
-ON CONFLICT (device_id, seq) DO NOTHING";
+SELECT DISTINCT ON (s.device_id, s.seq)
+       s.device_id, s.seq, s.sensor_id, 'epoch'::timestamptz + s.ts_ms * interval '1 millisecond',
+       ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), s.flags,
+       s.pm1, s.pm25, s.pm10, s.no2, s.o3, s.co, s.so2, s.measurements, s.model_outputs
+FROM aeris_staging s
+JOIN fresh f ON f.device_id = s.device_id AND f.seq = s.seq
+ORDER BY s.device_id, s.seq, s.batch";
 
 /// A reading split into the staging table's columns.
 struct Row<'a> {

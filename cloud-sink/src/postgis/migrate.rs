@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "dead_letters",
         include_str!("../../migrations/0005_dead_letters.sql"),
     ),
+    (
+        6,
+        "readings_partitioned",
+        include_str!("../../migrations/0006_readings_partitioned.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.
@@ -66,6 +71,12 @@ pub async fn applied_version(client: &Client) -> Result<i32, SinkError> {
 
 /// Applies what is missing; returns the resulting version.
 pub async fn run(client: &mut Client) -> Result<i32, SinkError> {
+    run_to(client, i32::MAX).await
+}
+
+/// Applies what is missing up to `last` (tests build a database of an
+/// older schema with it); returns the resulting version.
+pub async fn run_to(client: &mut Client, last: i32) -> Result<i32, SinkError> {
     {
         let tx = client.transaction().await.map_err(failed)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
@@ -74,7 +85,7 @@ pub async fn run(client: &mut Client) -> Result<i32, SinkError> {
         tx.batch_execute(CREATE_TABLE).await.map_err(failed)?;
         tx.commit().await.map_err(failed)?;
     }
-    for &(version, name, sql) in MIGRATIONS {
+    for &(version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 <= last) {
         let tx = client.transaction().await.map_err(failed)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
             .await

@@ -1,10 +1,15 @@
 //! The PostGIS sink.
 //!
 //! Invariants: a write is one transaction (binary COPY into a staging table,
-//! then one `INSERT ... ON CONFLICT DO NOTHING`, see [`copy`]); rows
-//! conflicting on `(device_id, seq)` are skipped, so a batch sent twice is
-//! stored once, and when any were skipped, those whose stored row is another
-//! reading are reported as collisions ([`collide`]); a lost connection is re-opened on the next call and the
+//! then one statement inserting the keys into `reading_keys` with `ON
+//! CONFLICT DO NOTHING` and the readings whose key was new into the
+//! partitioned `readings`, see [`copy`]); rows conflicting on
+//! `(device_id, seq)` are skipped, so a batch sent twice is stored once,
+//! also after its day's partition was dropped, and when any were skipped,
+//! those whose stored row is another reading are reported as collisions
+//! ([`collide`]). `readings` is partitioned by day; [`partition`] creates
+//! the partitions ahead and drops expired ones (retention). A lost
+//! connection is re-opened on the next call and the
 //! failed call reports `Unavailable` (the writer retries, holding acks).
 //! Writes and API reads use separate connections, so a slow query never
 //! delays a commit (and its acks).
@@ -13,6 +18,7 @@ mod collide;
 mod copy;
 mod migrate;
 mod ops;
+pub mod partition;
 mod queries;
 
 use std::time::Duration;
@@ -22,7 +28,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
 
-pub use migrate::{applied_version, MIGRATIONS};
+pub use migrate::{applied_version, run_to as migrate_to, MIGRATIONS};
 pub use ops::{device_rows, remove_device, schema_version};
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};

@@ -13,24 +13,26 @@ const LIST_AUDIT: &str = "SELECT id, (extract(epoch FROM at) * 1000)::int8, acto
     target, outcome, detail FROM audit_log ORDER BY id DESC LIMIT $1";
 
 /// Every device with a status or a stored reading, and the lowest seq it
-/// lacks (see [`ResendPoint`]); one index scan of the primary key per device.
+/// lacks (see [`ResendPoint`]); one index scan of `reading_keys`' primary
+/// key per device. The keys outlive retention, so readings dropped with
+/// their partition are not asked for again.
 const RESEND_POINTS: &str = "
 WITH known AS (
     SELECT device_id FROM devices
     UNION
-    SELECT DISTINCT device_id FROM readings
+    SELECT DISTINCT device_id FROM reading_keys
 )
 SELECT k.device_id, s.stored,
        coalesce(h.first_missing, s.max_seq + 1) AS from_seq
 FROM known k
 CROSS JOIN LATERAL (
     SELECT count(*) AS stored, coalesce(max(seq), 0) AS max_seq
-    FROM readings r WHERE r.device_id = k.device_id
+    FROM reading_keys r WHERE r.device_id = k.device_id
 ) s
 CROSS JOIN LATERAL (
     SELECT min(prev + 1) AS first_missing
     FROM (SELECT seq, lag(seq, 1, 0::int8) OVER (ORDER BY seq) AS prev
-          FROM readings r WHERE r.device_id = k.device_id) w
+          FROM reading_keys r WHERE r.device_id = k.device_id) w
     WHERE seq - prev > 1
 ) h
 ORDER BY k.device_id";
@@ -112,13 +114,17 @@ pub async fn device_rows(url: &str, device: &str) -> Result<i64, crate::SinkErro
     Ok(row.get(0))
 }
 
-/// Deletes every row of `device` (readings and status): removes the canary
-/// of `aeris-gateway verify`. Returns the readings removed.
+/// Deletes every row of `device` (readings, their keys and status):
+/// removes the canary of `aeris-gateway verify`. Returns the readings
+/// removed. A small DELETE of one device's rows, not retention.
 pub async fn remove_device(url: &str, device: &str) -> Result<u64, crate::SinkError> {
     let mut client = super::connect(url).await?;
     let tx = client.transaction().await.map_err(super::unavailable)?;
     let n = tx
         .execute("DELETE FROM readings WHERE device_id = $1", &[&device])
+        .await
+        .map_err(super::unavailable)?;
+    tx.execute("DELETE FROM reading_keys WHERE device_id = $1", &[&device])
         .await
         .map_err(super::unavailable)?;
     tx.execute("DELETE FROM devices WHERE device_id = $1", &[&device])

@@ -33,8 +33,11 @@ WHERE device_id = $1 AND sensor_id = $2
 ORDER BY ts, seq
 LIMIT $5";
 
-/// Gaps are computed in the database from the primary key: each stored seq
-/// compared with the one before it (`lag`), the first against 0.
+/// Counts and gaps are computed in the database from `reading_keys`'
+/// primary key (migration 0006): each stored seq compared with the one
+/// before it (`lag`), the first against 0. The keys outlive retention, so
+/// a reading whose partition was dropped still counts as received and is
+/// not reported as a gap.
 const DEVICES: &str = "
 SELECT d.device_id, d.online, d.agent_version, (extract(epoch FROM d.status_ts) * 1000)::int8,
        d.last_seq, d.queued_readings, d.queued_bytes,
@@ -44,14 +47,14 @@ SELECT d.device_id, d.online, d.agent_version, (extract(epoch FROM d.status_ts) 
 FROM devices d
 CROSS JOIN LATERAL (
     SELECT count(*) AS received, coalesce(max(seq), 0) AS max_seq
-    FROM readings r WHERE r.device_id = d.device_id
+    FROM reading_keys r WHERE r.device_id = d.device_id
 ) s
 CROSS JOIN LATERAL (
     SELECT coalesce(jsonb_agg(jsonb_build_array(first, last) ORDER BY first), '[]') AS gaps
     FROM (
         SELECT prev + 1 AS first, seq - 1 AS last
         FROM (SELECT seq, lag(seq, 1, 0::int8) OVER (ORDER BY seq) AS prev
-              FROM readings r WHERE r.device_id = d.device_id) w
+              FROM reading_keys r WHERE r.device_id = d.device_id) w
         WHERE seq - prev > 1
         ORDER BY first
         LIMIT 100

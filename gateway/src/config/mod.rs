@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 mod api;
 mod broker;
+mod retention;
 
 pub use api::{ApiConfig, AuthConfig, LiveConfig, RateLimitConfig, Scope, TokenConfig};
 pub use broker::{BrokerConfig, BrokerTlsConfig};
+pub use retention::{Keep, RetentionConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +34,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     pub redis: RedisConfig,
     pub api: ApiConfig,
+    /// Partitions of `readings` and how long rows are kept (PostGIS only).
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +79,7 @@ impl Default for Config {
             redis_url: None,
             redis: RedisConfig::default(),
             api: ApiConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -125,6 +130,15 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   api.live.max_streams_per_client   open event streams per client (token, else address) [16]
   api.live.idle_timeout             close an event stream that sent no reading for this long; the
                                     browser reconnects, through the caps again [5m]
+  retention.readings                how long raw readings are kept, whole UTC days: a duration or
+                                    \"forever\" [400d]; their daily partitions are dropped whole. Every
+                                    other table (devices, audit log, dead letters, rollups) is kept
+                                    forever. PostGIS only; `aeris-gateway retention run` runs it now
+  retention.every                   how often partitions are created and retention applied; also at
+                                    start [1h]
+  retention.partitions_ahead_days   daily partitions of readings created this far ahead [7]
+  retention.max_backfill_days       days moved out of the default partition per run, at most [32]
+  retention.lock_timeout            longest wait for a table lock per step; retried next run [5s]
 ";
 
 /// A configuration that could not be loaded; the message names the key and
@@ -146,6 +160,9 @@ impl Config {
             return Err(ConfigError(format!("invalid {e}")));
         }
         if let Err(e) = config.api.live.validate() {
+            return Err(ConfigError(e));
+        }
+        if let Err(e) = config.retention.validate() {
             return Err(ConfigError(e));
         }
         if config.writer.max_batches_per_commit == 0 {
