@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aeris_gateway::config::{Config, KEYS_HELP};
+use aeris_runtime::Workers;
 use clap::{Parser, Subcommand};
 
 /// The Aeris cloud gateway: consumes device batches from the broker (shared
@@ -109,26 +110,32 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     match cli.command {
-        None | Some(Cmd::Run) => {
-            aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| {
+        None | Some(Cmd::Run) => aeris_runtime::run_until_signal(
+            "aeris-gateway",
+            &cli.logging,
+            Workers::PerCore,
+            |shutdown| {
                 aeris_gateway::run(config, Arc::new(aeris_gateway::Stats::default()), shutdown)
-            })
-        }
+            },
+        ),
         Some(Cmd::Verify(args)) => tool(&cli.logging.log, async move {
             let checks = aeris_gateway::verify::run(&config, &args).await;
             print!("{}", aeris_gateway::verify::table(&checks));
             Ok(checks.iter().all(|c| c.passed))
         }),
-        Some(Cmd::Rollout(args)) => {
-            aeris_runtime::run_until_signal("aeris-gateway", &cli.logging, |shutdown| async move {
+        Some(Cmd::Rollout(args)) => aeris_runtime::run_until_signal(
+            "aeris-gateway",
+            &cli.logging,
+            Workers::PerCore,
+            |shutdown| async move {
                 tokio::select! {
                     r = rollout(config, args) => r,
                     _ = shutdown.cancelled() => anyhow::bail!(
                         "rollout interrupted; devices already sent the update finish on their own"
                     ),
                 }
-            })
-        }
+            },
+        ),
         Some(Cmd::Resend) => tool(&cli.logging.log, resend(config)),
         Some(Cmd::Retention(RetentionCmd::Run)) => tool(&cli.logging.log, retention_run(config)),
         Some(Cmd::Retention(RetentionCmd::List)) => tool(&cli.logging.log, async move {

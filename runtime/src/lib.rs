@@ -4,9 +4,10 @@
 //!   a TOML file, then `AERIS_*` variables (allow-listed by the struct's
 //!   own fields); errors name the dotted key and where the value came from
 //!   (the file, or the exact `AERIS_*` variable).
-//! - [`run_until_signal`]: logging to stderr, a multi-threaded runtime, and a
-//!   shutdown token cancelled by SIGINT or SIGTERM, handed to the program's
-//!   `run`; the exit code says whether it succeeded.
+//! - [`run_until_signal`]: logging to stderr, a multi-threaded runtime (as
+//!   many workers as the binary asks for, or one per core), and a shutdown
+//!   token cancelled by SIGINT or SIGTERM, handed to the program's `run`;
+//!   the exit code says whether it succeeded.
 //! - [`Backoff`]: the retry delay of every reconnect and retry loop
 //!   (exponential, capped, jittered, reset on success).
 //! - [`tls`]: the rustls (ring) client configuration for a broker, from
@@ -42,10 +43,19 @@ pub struct LogArgs {
     pub log_format: String,
 }
 
-/// Sets up logging, starts the runtime, and runs `run` with a token that
-/// SIGINT or SIGTERM cancels. `name` prefixes the messages printed before
-/// logging works.
-pub fn run_until_signal<F, Fut>(name: &str, log: &LogArgs, run: F) -> ExitCode
+/// How many worker threads the runtime runs tasks on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per core (tokio's default).
+    PerCore,
+    /// This many, unless `TOKIO_WORKER_THREADS` says otherwise.
+    Fixed(usize),
+}
+
+/// Sets up logging, starts the runtime with `workers`, and runs `run` with
+/// a token that SIGINT or SIGTERM cancels. `name` prefixes the messages
+/// printed before logging works.
+pub fn run_until_signal<F, Fut>(name: &str, log: &LogArgs, workers: Workers, run: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -59,10 +69,13 @@ where
     } else {
         builder.init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    // tokio reads TOKIO_WORKER_THREADS only when the count is not set here.
+    if let (Workers::Fixed(n), None) = (workers, std::env::var_os("TOKIO_WORKER_THREADS")) {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{name}: cannot start runtime: {e}");
@@ -70,6 +83,8 @@ where
         }
     };
     let result = runtime.block_on(async {
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(workers, "{name} runtime started");
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         run(shutdown).await

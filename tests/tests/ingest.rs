@@ -388,3 +388,40 @@ async fn a_flood_from_the_sensor_broker_is_stored_once_and_every_message_acked()
     );
     assert_eq!(stack.row_count().await, N as i64);
 }
+
+/// The agent's tasks share one tokio worker thread (edge/src/main.rs: a
+/// worker per core woke another thread at every hand-over between ingest,
+/// the buffer's commits and the uplink); the buffer keeps its own thread.
+/// The runtime logs its worker count at start (blocking-pool threads carry
+/// the workers' thread name, so the names alone cannot tell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_its_tasks_on_one_worker_thread() {
+    let stack = Stack::start().await;
+    let log = stack.edge.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("aeris-edge runtime started"))
+        .unwrap_or_else(|| panic!("no runtime line in the agent's log:\n{log}"));
+    // Without the terminal colours the log may carry.
+    let mut plain = String::new();
+    let mut in_escape = false;
+    for c in line.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (false, c) => plain.push(c),
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    assert!(plain.contains("workers=1"), "{plain}");
+    let pid = stack.edge.pid().expect("agent running");
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("agent's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|n| n == "aeris-buffer"),
+        "threads of the agent: {threads:?}"
+    );
+}
