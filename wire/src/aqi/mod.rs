@@ -19,6 +19,7 @@
 //! Formulas, sources and choices are written down in `docs/air-quality.md`.
 
 pub mod hourly;
+pub mod nowcast;
 pub mod table;
 
 pub use table::{Table, CO, NO2, O3, PM10, PM25, SO2, TABLES};
