@@ -18,6 +18,7 @@
 //!
 //! Formulas, sources and choices are written down in `docs/air-quality.md`.
 
+pub mod averaging;
 pub mod hourly;
 pub mod nowcast;
 pub mod table;
