@@ -26,11 +26,11 @@
 //!   the raw hourly concentrations (not truncated or rounded)", "truncated to
 //!   1 µg/m³ for PM10 or 0.1 µg/m³ for PM2.5", AQI "rounded to the nearest
 //!   whole number": AirNow-Tech, "The NowCast for PM2.5 and PM10"
-//!   (https://forum.airnowtech.org/t/the-nowcast-for-pm2-5-and-pm10/172).
+//!   (<https://forum.airnowtech.org/t/the-nowcast-for-pm2-5-and-pm10/172>).
 //! - O3: 8 hours, "there is no minimum weight factor", "a maximum weight
 //!   factor of 1", missing data as for PM (2 of the last 3 hours): AirNow-Tech,
 //!   "AirNow Updates to Ozone Real-time Reporting and Daily Reporting",
-//!   rolled out 21 April 2016 (https://forum.airnowtech.org/t/151). Truncation
+//!   rolled out 21 April 2016 (<https://forum.airnowtech.org/t/151>). Truncation
 //!   to 0.001 ppm: the TAD (EPA-454/B-24-002, May 2024) truncates every O3
 //!   concentration to 3 decimals before Equation 1.
 //!
@@ -38,8 +38,8 @@
 //! by partial least squares on the last 336 hours (two weeks) of hourly data
 //! per monitor, falling back to a surrogate regression when fewer than 252
 //! hours (75 %) are present (AirNow-Tech, "The Nowcast for Ozone - 2019
-//! Update", https://forum.airnowtech.org/t/356; code and white paper in
-//! https://github.com/USEPA/O3-Nowcast). [`O3_NOWCAST`] is the documented
+//! Update", <https://forum.airnowtech.org/t/356>; code and white paper in
+//! <https://github.com/USEPA/O3-Nowcast>). [`O3_NOWCAST`] is the documented
 //! 2016 weighted form, which needs only 8 hours and is what this crate can
 //! compute identically on the edge and in the cloud.
 
