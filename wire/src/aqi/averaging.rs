@@ -104,9 +104,10 @@ pub struct PollutantAqi {
     pub averaging: Averaging,
 }
 
-/// A PM concentration (µg/m³) and whether it is the 24-hour mean or the NowCast.
+/// A concentration and the averaging it stands for: the standard's own
+/// (24-hour PM, 8-hour O3) or the NowCast standing in for it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PmValue {
+pub struct AveragedValue {
     pub concentration: f64,
     pub averaging: Averaging,
 }
@@ -116,10 +117,10 @@ pub struct PmValue {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Concentrations {
     /// µg/m³, 24-hour mean or NowCast.
-    pub pm25: Option<PmValue>,
-    pub pm10: Option<PmValue>,
-    /// ppm, 8-hour mean (or the O3 NowCast).
-    pub o3_8h: Option<f64>,
+    pub pm25: Option<AveragedValue>,
+    pub pm10: Option<AveragedValue>,
+    /// ppm, 8-hour mean or the O3 NowCast.
+    pub o3_8h: Option<AveragedValue>,
     /// ppm, 1-hour mean.
     pub o3_1h: Option<f64>,
     /// ppm, 8-hour mean.
@@ -135,14 +136,13 @@ pub struct Concentrations {
 /// The O3 index: the 8-hour index, or the 1-hour index when the 1-hour
 /// mean reaches 0.125 ppm and gives more. An 8-hour mean above 0.200 ppm
 /// has no 8-hour index (the TAD sends it to the 1-hour table).
-pub fn o3_aqi(eight_hour: Option<f64>, one_hour: Option<f64>) -> Option<PollutantAqi> {
-    let eight = eight_hour
-        .and_then(|c| index_within(&O3_8HOUR, c))
-        .map(|i| (i, Averaging::EightHour));
+pub fn o3_aqi(eight_hour: Option<AveragedValue>, one_hour: Option<f64>) -> Option<PollutantAqi> {
+    let eight =
+        eight_hour.and_then(|v| Some((index_within(&O3_8HOUR, v.concentration)?, v.averaging)));
     let one = one_hour
         .and_then(|c| O3_1HOUR.index(c))
         .map(|i| (i, Averaging::OneHour));
-    let (aqi, averaging) = [eight, one].into_iter().flatten().max_by_key(|(i, _)| *i)?;
+    let (aqi, averaging) = larger_first_on_tie(eight, one)?;
     Some(PollutantAqi {
         pollutant: Pollutant::O3,
         aqi,
@@ -163,10 +163,7 @@ pub fn so2_aqi(one_hour: Option<f64>, day: Option<f64>) -> Option<PollutantAqi> 
             Averaging::OneHour,
         )
     });
-    let (aqi, averaging) = [hour_index, day_index]
-        .into_iter()
-        .flatten()
-        .max_by_key(|(i, _)| *i)?;
+    let (aqi, averaging) = larger_first_on_tie(hour_index, day_index)?;
     Some(PollutantAqi {
         pollutant: Pollutant::So2,
         aqi,
@@ -176,7 +173,7 @@ pub fn so2_aqi(one_hour: Option<f64>, day: Option<f64>) -> Option<PollutantAqi> 
 
 /// The index of every pollutant with a value.
 pub fn pollutant_aqis(c: &Concentrations) -> Vec<PollutantAqi> {
-    let pm = |p: Pollutant, t: &Table, v: Option<PmValue>| {
+    let pm = |p: Pollutant, t: &Table, v: Option<AveragedValue>| {
         let v = v?;
         let aqi = t.index(v.concentration)?;
         Some(PollutantAqi {
@@ -213,6 +210,17 @@ pub fn overall_aqi(c: &Concentrations) -> Option<PollutantAqi> {
     pollutant_aqis(c)
         .into_iter()
         .reduce(|best, p| if p.aqi > best.aqi { p } else { best })
+}
+
+/// The larger index; `a` on a tie (the standard's primary averaging time).
+fn larger_first_on_tie(
+    a: Option<(u32, Averaging)>,
+    b: Option<(u32, Averaging)>,
+) -> Option<(u32, Averaging)> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.0 > a.0 => Some(b),
+        (a, b) => a.or(b),
+    }
 }
 
 /// `table.index(c)`, but `None` above the table's top row instead of the

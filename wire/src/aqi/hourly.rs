@@ -156,6 +156,14 @@ pub struct DailyMean {
     pub valid: bool,
 }
 
+impl DailyMean {
+    /// The mean if the day is valid: the only daily value an AQI is
+    /// reported from.
+    pub fn reportable_mean(&self) -> Option<f64> {
+        self.mean.filter(|_| self.valid)
+    }
+}
+
 /// The mean of the 24 hours from `day_start_ms` (EPA's day runs midnight to
 /// midnight local standard time: pass that midnight for a local day).
 pub fn daily_mean(hours: &[HourlyMean], day_start_ms: i64, rules: &Completeness) -> DailyMean {

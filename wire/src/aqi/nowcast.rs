@@ -114,6 +114,8 @@ impl NowCastRule {
     /// `w = clamp(min/max, min_weight, 1)` over the hours with data. When
     /// the maximum is not positive (all zero, or a sensor's negative
     /// offsets) there is no rate of change to scale: w = 1, a plain mean.
+    /// For O3 (no floor) an hour at 0 makes w = 0: the NowCast is the
+    /// current hour alone, and withheld when that hour is missing (0/0).
     fn weight_factor(&self, window: &[Option<f64>]) -> Option<f64> {
         let present = window.iter().flatten();
         let min = present.clone().copied().reduce(f64::min)?;

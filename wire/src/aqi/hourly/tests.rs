@@ -77,9 +77,10 @@ fn a_day_with_17_valid_hours_is_invalid_and_with_18_valid() {
     assert_eq!(day.valid_hours, 17);
     assert!(!day.valid);
     assert_eq!(day.mean, Some(8.0)); // mean of 0..=16, the valid hours only
+    assert_eq!(day.reportable_mean(), None);
     let day = daily_mean(&day_with_valid_hours(18), T0, &rules);
     assert!(day.valid);
-    assert_eq!(day.mean, Some(8.5));
+    assert_eq!(day.reportable_mean(), Some(8.5));
     let strict = Completeness {
         min_valid_hours_per_day: 20,
         ..rules

@@ -77,6 +77,15 @@ fn nowcast_is_withheld_when_two_of_the_last_three_hours_are_missing() {
 }
 
 #[test]
+fn ozone_with_a_zero_hour_is_the_current_hour_alone() {
+    assert_eq!(
+        nowcast_o3(&[Some(0.030), Some(0.0), Some(0.050)]),
+        Some(0.03)
+    );
+    assert_eq!(nowcast_o3(&[None, Some(0.0), Some(0.050)]), None);
+}
+
+#[test]
 fn steady_air_gives_the_plain_mean_and_zero_air_zero() {
     let recent = vec![Some(12.34); 12];
     assert_eq!(nowcast_pm25(&recent), Some(12.3));
