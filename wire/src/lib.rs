@@ -11,8 +11,10 @@
 //! - [`columnar`]: the compact batch layout (format version 2): dictionaries,
 //!   delta-of-delta timestamps, run-length flags, exact scaled-decimal value
 //!   columns, then zstd; lossless, and what the edge sends by default.
-//! - [`aqi`]: the US EPA AQI tables, the one implementation edge and cloud
-//!   share.
+//! - [`aqi`]: the US EPA AQI, the one implementation edge and cloud share:
+//!   breakpoint tables, hourly means with completeness, daily and 8-hour
+//!   means, the NowCast, the AQI per pollutant on its averaging time and
+//!   overall (`docs/air-quality.md`).
 //! - [`flags`]: the bits of `Reading::flags`; [`time`]: Unix milliseconds;
 //!   [`message::MODEL_PREFIX`]: how a model output's quantity is named.
 //! - [`topic`]: topic builders and parsers under a configurable prefix.

@@ -1,7 +1,5 @@
-//! The US EPA Air Quality Index of one pollutant concentration: the one
-//! implementation the edge (attached to readings, `aeris-edge`'s
-//! `preprocess::aqi`) and the cloud (the live map, `aeris-sink`'s `live`)
-//! both call, so they cannot disagree at a breakpoint.
+//! The US EPA Air Quality Index of one pollutant concentration, read from
+//! one breakpoint table.
 //!
 //! Breakpoints are those of EPA's Technical Assistance Document for the
 //! Reporting of Daily Air Quality (EPA-454/B-24-002, May 2024), with PM2.5
