@@ -114,53 +114,14 @@ impl Store {
     /// their aggregates. Returns (raw readings replaced, aggregates written);
     /// (0, 0) when no window among the oldest holds two readings.
     pub(super) fn downsample_oldest(&mut self) -> Result<(u64, u64), BufferError> {
-        let rows: Vec<(u64, i64, Vec<u8>)> = {
-            let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT seq, fmt, body FROM readings
-                 WHERE acked_ms IS NULL AND kind = 0 AND {UNSENT}
-                 ORDER BY ts_ms LIMIT ?1"
-            ))?;
-            let rows = stmt.query_map([DOWNSAMPLE_CHUNK], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })?;
-            rows.collect::<Result<_, _>>()?
-        };
-        // (sensor, window start) -> readings, in time order.
-        let mut groups: BTreeMap<(String, i64), Vec<(u64, Reading)>> = BTreeMap::new();
-        let mut corrupt = Vec::new();
-        for (seq, fmt, body) in rows {
-            match row::decode(fmt, &body) {
-                Ok(r) => {
-                    let len = self.window_of(&r.sensor);
-                    let start = r.ts_ms - r.ts_ms.rem_euclid(len);
-                    groups
-                        .entry((r.sensor.clone(), start))
-                        .or_default()
-                        .push((seq, r));
-                }
-                Err(_) => corrupt.push(seq),
-            }
-        }
+        let (groups, corrupt) = self.oldest_raw_by_window()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Rows leave by seq; what they held comes back from the delete.
         let mut left = Totals::default();
-        let delete = |seq: u64, left: &mut Totals| -> Result<(), BufferError> {
-            let (n, bytes) = touched(
-                tx.prepare_cached("DELETE FROM readings WHERE seq = ?1 RETURNING length(body)")?,
-                [seq as i64],
-            )?;
-            left.unsent_rows -= n;
-            left.unsent_bytes -= bytes;
-            Ok(())
-        };
         for seq in &corrupt {
-            delete(*seq, &mut left)?;
+            delete_counted(&tx, *seq, &mut left)?;
         }
         meta_add(&tx, "lost_corrupt", corrupt.len() as u64)?;
         let mut seq = meta_get(&tx, "next_seq")?
@@ -168,24 +129,10 @@ impl Store {
             .ok_or_else(|| BufferError::Corrupt("meta.next_seq is missing".into()))?;
         let (mut replaced, mut written) = (0u64, 0u64);
         for ((_, start), members) in groups.into_iter().filter(|(_, m)| m.len() >= 2) {
-            let aggregate = aggregate(start, &members);
             for (s, _) in &members {
-                delete(*s, &mut left)?;
+                delete_counted(&tx, *s, &mut left)?;
             }
-            let body = row::encode(&aggregate);
-            left.unsent_rows += 1;
-            left.unsent_bytes += body.len() as i64;
-            tx.execute(
-                "INSERT INTO readings (seq, ts_ms, sensor, kind, fmt, body)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?5)",
-                params![
-                    seq as i64,
-                    aggregate.ts_ms,
-                    aggregate.sensor,
-                    ROW_FORMAT,
-                    body
-                ],
-            )?;
+            insert_aggregate(&tx, seq, &aggregate(start, &members), &mut left)?;
             seq += 1;
             replaced += members.len() as u64;
             written += 1;
@@ -201,6 +148,41 @@ impl Store {
         tx.commit()?;
         self.next_seq = seq;
         Ok((replaced, written))
+    }
+
+    /// The oldest unsent raw readings ([`DOWNSAMPLE_CHUNK`] at most),
+    /// grouped by (sensor, window start) in time order, and the seqs of
+    /// rows that do not decode.
+    fn oldest_raw_by_window(&self) -> Result<(ByWindow, Vec<u64>), BufferError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT seq, fmt, body FROM readings
+             WHERE acked_ms IS NULL AND kind = 0 AND {UNSENT}
+             ORDER BY ts_ms LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map([DOWNSAMPLE_CHUNK], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut groups = ByWindow::new();
+        let mut corrupt = Vec::new();
+        for row in rows {
+            let (seq, fmt, body) = row?;
+            match row::decode(fmt, &body) {
+                Ok(r) => {
+                    let len = self.window_of(&r.sensor);
+                    let start = r.ts_ms - r.ts_ms.rem_euclid(len);
+                    groups
+                        .entry((r.sensor.clone(), start))
+                        .or_default()
+                        .push((seq, r));
+                }
+                Err(_) => corrupt.push(seq),
+            }
+        }
+        Ok((groups, corrupt))
     }
 
     /// Deletes the oldest unacknowledged rows, raw or aggregate, never
@@ -230,4 +212,42 @@ impl Store {
         tx.commit()?;
         Ok(n as u64)
     }
+}
+
+/// Readings by (sensor, window start), each with its seq, in time order.
+type ByWindow = BTreeMap<(String, i64), Vec<(u64, Reading)>>;
+
+/// Deletes row `seq`, taking what it held off `left`.
+fn delete_counted(tx: &Connection, seq: u64, left: &mut Totals) -> Result<(), BufferError> {
+    let (n, bytes) = touched(
+        tx.prepare_cached("DELETE FROM readings WHERE seq = ?1 RETURNING length(body)")?,
+        [seq as i64],
+    )?;
+    left.unsent_rows -= n;
+    left.unsent_bytes -= bytes;
+    Ok(())
+}
+
+/// Stores `aggregate` as an unsent row under `seq`, adding it to `left`.
+fn insert_aggregate(
+    tx: &Connection,
+    seq: u64,
+    aggregate: &Reading,
+    left: &mut Totals,
+) -> Result<(), BufferError> {
+    let body = row::encode(aggregate);
+    left.unsent_rows += 1;
+    left.unsent_bytes += body.len() as i64;
+    tx.execute(
+        "INSERT INTO readings (seq, ts_ms, sensor, kind, fmt, body)
+         VALUES (?1, ?2, ?3, 1, ?4, ?5)",
+        params![
+            seq as i64,
+            aggregate.ts_ms,
+            aggregate.sensor,
+            ROW_FORMAT,
+            body
+        ],
+    )?;
+    Ok(())
 }

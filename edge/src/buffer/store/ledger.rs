@@ -139,77 +139,135 @@ impl Store {
         let start = meta_get(&tx, "next_seq")?
             .and_then(|v| u64::try_from(v).ok())
             .ok_or_else(|| BufferError::Corrupt("meta.next_seq is missing".into()))?;
-        let mut seq = start;
-        let mut out = Vec::with_capacity(groups.len());
-        let mut logged: Vec<LogEntry> = Vec::new();
-        let mut redelivered = 0u64;
-        let mut bytes = 0i64;
+        let mut commit = GroupCommit::new(start, groups.len());
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO readings (seq, ts_ms, sensor, kind, fmt, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for group in groups {
-                if let Some(d) = group.delivery.filter(|d| d.dup) {
-                    // This commit's own entries are the newest.
-                    let last = match logged.iter().rev().find(|e| e.pkid == d.pkid) {
-                        Some(e) => Some(*e),
-                        None => last_logged(&tx, d.pkid)?,
-                    };
-                    if let Some(original) = last.filter(|e| e.digest == d.digest) {
-                        redelivered += 1;
-                        out.push(Appended {
-                            first: original.first,
-                            stored: u64::from(original.n),
-                            redelivered: true,
-                        });
-                        continue;
-                    }
-                }
-                let first = seq;
-                for r in group.readings {
-                    let kind = i64::from(r.flags & FLAG_AGGREGATE != 0);
-                    let body = row::encode(r);
-                    bytes += body.len() as i64;
-                    insert.execute(params![
-                        seq as i64, r.ts_ms, r.sensor, kind, ROW_FORMAT, body
-                    ])?;
-                    seq += 1;
-                }
-                if let Some(d) = group.delivery {
-                    logged.push(LogEntry {
-                        pkid: d.pkid,
-                        digest: d.digest,
-                        first,
-                        n: u32::try_from(group.readings.len()).unwrap_or(u32::MAX),
-                    });
-                }
-                out.push(Appended {
-                    first,
-                    stored: seq - first,
-                    redelivered: false,
-                });
+                let appended = match commit.redelivery_of(&tx, group)? {
+                    Some(original) => original,
+                    None => commit.store(&mut insert, group)?,
+                };
+                commit.out.push(appended);
             }
         }
-        let mut log_entries = self.log_entries;
-        if !logged.is_empty() {
-            append_log(&tx, &logged)?;
-            log_entries += logged.len() as u64;
-            if log_entries > 2 * LOG_KEEP {
-                log_entries = trim_log(&tx)?;
-            }
+        let log_entries = commit.write_log(&tx, self.log_entries)?;
+        commit.write_counts(&tx, start)?;
+        tx.commit()?;
+        self.next_seq = commit.seq;
+        self.log_entries = log_entries;
+        Ok(commit.out)
+    }
+}
+
+/// One group commit's progress: the next seq, what each message stored,
+/// the delivery-log entries and counts to write before the commit.
+struct GroupCommit {
+    seq: u64,
+    out: Vec<Appended>,
+    logged: Vec<LogEntry>,
+    redelivered: u64,
+    bytes: i64,
+}
+
+impl GroupCommit {
+    fn new(start: u64, messages: usize) -> GroupCommit {
+        GroupCommit {
+            seq: start,
+            out: Vec::with_capacity(messages),
+            logged: Vec::new(),
+            redelivered: 0,
+            bytes: 0,
         }
-        if seq != start {
+    }
+
+    /// What the original stored, when `group` is a DUP copy of the message
+    /// last logged under its packet id (this commit's entries first: they
+    /// are the newest).
+    fn redelivery_of(
+        &mut self,
+        tx: &Connection,
+        group: &Message<'_>,
+    ) -> Result<Option<Appended>, BufferError> {
+        let Some(d) = group.delivery.filter(|d| d.dup) else {
+            return Ok(None);
+        };
+        let last = match self.logged.iter().rev().find(|e| e.pkid == d.pkid) {
+            Some(e) => Some(*e),
+            None => last_logged(tx, d.pkid)?,
+        };
+        let Some(original) = last.filter(|e| e.digest == d.digest) else {
+            return Ok(None);
+        };
+        self.redelivered += 1;
+        Ok(Some(Appended {
+            first: original.first,
+            stored: u64::from(original.n),
+            redelivered: true,
+        }))
+    }
+
+    /// Inserts `group`'s readings under the next seqs and logs its delivery.
+    fn store(
+        &mut self,
+        insert: &mut rusqlite::CachedStatement<'_>,
+        group: &Message<'_>,
+    ) -> Result<Appended, BufferError> {
+        let first = self.seq;
+        for r in group.readings {
+            let kind = i64::from(r.flags & FLAG_AGGREGATE != 0);
+            let body = row::encode(r);
+            self.bytes += body.len() as i64;
+            insert.execute(params![
+                self.seq as i64,
+                r.ts_ms,
+                r.sensor,
+                kind,
+                ROW_FORMAT,
+                body
+            ])?;
+            self.seq += 1;
+        }
+        if let Some(d) = group.delivery {
+            self.logged.push(LogEntry {
+                pkid: d.pkid,
+                digest: d.digest,
+                first,
+                n: u32::try_from(group.readings.len()).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(Appended {
+            first,
+            stored: self.seq - first,
+            redelivered: false,
+        })
+    }
+
+    /// Appends this commit's delivery-log row, trimming the log when it
+    /// has grown to twice what is kept; returns the entries it holds.
+    fn write_log(&self, tx: &Connection, entries: u64) -> Result<u64, BufferError> {
+        if self.logged.is_empty() {
+            return Ok(entries);
+        }
+        append_log(tx, &self.logged)?;
+        let entries = entries + self.logged.len() as u64;
+        if entries > 2 * LOG_KEEP {
+            return trim_log(tx);
+        }
+        Ok(entries)
+    }
+
+    /// The next seq, the running totals and the redelivery count.
+    fn write_counts(&self, tx: &Connection, start: u64) -> Result<(), BufferError> {
+        if self.seq != start {
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'next_seq'",
-                [seq as i64],
+                [self.seq as i64],
             )?;
         }
-        Totals::unsent((seq - start) as i64, bytes).add_to(&tx)?;
-        meta_add(&tx, "redelivered", redelivered)?;
-        tx.commit()?;
-        self.next_seq = seq;
-        self.log_entries = log_entries;
-        Ok(out)
+        Totals::unsent((self.seq - start) as i64, self.bytes).add_to(tx)?;
+        meta_add(tx, "redelivered", self.redelivered)
     }
 }
