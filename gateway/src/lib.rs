@@ -85,78 +85,13 @@ pub async fn run(
         stats.clone(),
         background.clone(),
     ));
-    let api = if config.api.listen.is_empty() {
-        None
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.api.listen)
-            .await
-            .with_context(|| format!("cannot listen on api.listen = {}", config.api.listen))?;
-        let addr = listener.local_addr()?;
-        let _ = stats.api_addr.set(addr);
-        info!(url = %format!("http://{addr}/"), "HTTP API and live map listening");
-        let access = Arc::new(api::auth::Access::new(
-            &config.api.auth,
-            &config.api.rate_limit,
-            &config.api.listen,
-            stats.clone(),
-        ));
-        info!(
-            tokens = config.api.auth.tokens.len(),
-            open_reads = access.open_reads(),
-            "HTTP API access"
-        );
-        let router = api::router(api::ApiState {
-            sink: sink.clone(),
-            live: live.clone(),
-            stats: stats.clone(),
-            tile_url: config.api.tile_url.clone(),
-            shutdown: background.clone(),
-            access: access.clone(),
-            config: Arc::new(config.clone()),
-            streams: api::live::Streams::new(config.api.live.clone(), stats.clone()),
-        })
-        .merge(api::auth::protect(
-            api::rollout::routes(config.broker.clone(), Some((sink.clone(), stats.clone()))),
-            access,
-            api::auth::Scope::Operate,
-        ));
-        let stop = background.clone();
-        Some(tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        }))
-    };
+    let api = serve_api(&config, &sink, &live, &stats, &background).await?;
     let fleet = tokio::spawn(fleet::run(
         Arc::new(config.clone()),
         stats.clone(),
         background.clone(),
     ));
-    let retention = match &config.database_url {
-        Some(url) => {
-            // The first run before the first write, so today's partition
-            // exists; bounded, since a failure only delays it.
-            let first = retention::run_once(&config.retention, url, &stats.retention);
-            if tokio::time::timeout(std::time::Duration::from_secs(30), first)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "partition and retention run at start timed out; retried on schedule"
-                );
-            }
-            Some(tokio::spawn(retention::run(
-                config.retention.clone(),
-                url.to_string(),
-                stats.retention.clone(),
-                background.clone(),
-            )))
-        }
-        None => None,
-    };
+    let retention = start_retention(&config, &stats, &background).await;
     let outputs = source::Outputs { sink, live, feed };
     let result = source::run(Arc::new(config), outputs, stats, shutdown).await;
     background.cancel();
@@ -171,4 +106,83 @@ pub async fn run(
     result?;
     info!("gateway stopped");
     Ok(())
+}
+
+/// A task serving the HTTP API and the live map on `api.listen`, until
+/// `background` is cancelled; `None` when `api.listen` is empty.
+async fn serve_api(
+    config: &Config,
+    sink: &Arc<dyn Sink>,
+    live: &Arc<dyn Live>,
+    stats: &Arc<Stats>,
+    background: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    if config.api.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on api.listen = {}", config.api.listen))?;
+    let addr = listener.local_addr()?;
+    let _ = stats.api_addr.set(addr);
+    info!(url = %format!("http://{addr}/"), "HTTP API and live map listening");
+    let access = Arc::new(api::auth::Access::new(
+        &config.api.auth,
+        &config.api.rate_limit,
+        &config.api.listen,
+        stats.clone(),
+    ));
+    info!(
+        tokens = config.api.auth.tokens.len(),
+        open_reads = access.open_reads(),
+        "HTTP API access"
+    );
+    let router = api::router(api::ApiState {
+        sink: sink.clone(),
+        live: live.clone(),
+        stats: stats.clone(),
+        tile_url: config.api.tile_url.clone(),
+        shutdown: background.clone(),
+        access: access.clone(),
+        config: Arc::new(config.clone()),
+        streams: api::live::Streams::new(config.api.live.clone(), stats.clone()),
+    })
+    .merge(api::auth::protect(
+        api::rollout::routes(config.broker.clone(), Some((sink.clone(), stats.clone()))),
+        access,
+        api::auth::Scope::Operate,
+    ));
+    let stop = background.clone();
+    Ok(Some(tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    })))
+}
+
+/// With a database: one partition and retention run before the first
+/// write (so today's partition exists; bounded, since a failure only
+/// delays it), then the scheduled runs until `background` is cancelled.
+async fn start_retention(
+    config: &Config,
+    stats: &Arc<Stats>,
+    background: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let url = config.database_url.as_ref()?;
+    let first = retention::run_once(&config.retention, url, &stats.retention);
+    if tokio::time::timeout(std::time::Duration::from_secs(30), first)
+        .await
+        .is_err()
+    {
+        tracing::warn!("partition and retention run at start timed out; retried on schedule");
+    }
+    Some(tokio::spawn(retention::run(
+        config.retention.clone(),
+        url.to_string(),
+        stats.retention.clone(),
+        background.clone(),
+    )))
 }

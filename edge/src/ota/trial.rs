@@ -97,66 +97,102 @@ pub async fn supervise(
         Err(e) => return fail(slots, trial, format!("cannot start {}: {e}", exe.display())),
     };
     info!(slot = %trial.slot, version = %trial.version, pid = child.id(), "update trial started");
+    let passed = match until_confirmed(slots, &mut child, deadline, shutdown).await {
+        Ok(()) => {
+            info!(slot = %trial.slot, version = %trial.version, probation = %humantime::format_duration(probation), "update confirmed; on probation before current switches");
+            through_probation(&mut child, probation, shutdown).await
+        }
+        Err(stop) => Err(stop),
+    };
+    match passed {
+        Ok(()) => switch_and_run(slots, &trial, &mut child, shutdown).await,
+        Err(Stop::Shutdown) => Supervised::Shutdown,
+        Err(Stop::Failed(why)) => fail(slots, trial, why),
+    }
+}
+
+/// Why a phase of the trial ended early.
+enum Stop {
+    /// Shutdown was asked for; the child was stopped. Before the switch,
+    /// the next start runs the old slot and reports the rollback (a
+    /// restart during probation is not a pass).
+    Shutdown,
+    /// The new version failed: why.
+    Failed(String),
+}
+
+/// Waits for the child to write `confirmed` within `deadline`. Until then
+/// the old agent keeps the watchdog fed (the new one may still be starting).
+async fn until_confirmed(
+    slots: &Slots,
+    child: &mut tokio::process::Child,
+    deadline: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
     let end = Instant::now() + deadline;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut next_ping = Instant::now();
     loop {
-        // Until the confirmation the deadline guards the trial, and the old
-        // agent keeps the watchdog fed (the new one may still be starting).
         if Instant::now() >= next_ping {
             crate::health::systemd::watchdog_ping();
             next_ping = Instant::now() + Duration::from_secs(1);
         }
         tokio::select! {
             _ = shutdown.cancelled() => {
-                terminate(&mut child);
+                terminate(child);
                 let _ = child.wait().await;
-                return Supervised::Shutdown;
+                return Err(Stop::Shutdown);
             }
             st = child.wait() => {
-                let why = match st {
+                return Err(Stop::Failed(match st {
                     Ok(s) => format!("new version exited ({s}) before confirming"),
                     Err(e) => format!("new version lost: {e}"),
-                };
-                return fail(slots, trial, why);
+                }));
             }
             _ = tick.tick() => {}
         }
         if slots.read_trial().is_some_and(|t| t.state == "confirmed") {
-            break;
+            return Ok(());
         }
         if Instant::now() >= end {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            return fail(
-                slots,
-                trial,
-                format!(
-                    "not confirmed within {}",
-                    humantime::format_duration(deadline)
-                ),
-            );
+            return Err(Stop::Failed(format!(
+                "not confirmed within {}",
+                humantime::format_duration(deadline)
+            )));
         }
     }
-    info!(slot = %trial.slot, version = %trial.version, probation = %humantime::format_duration(probation), "update confirmed; on probation before current switches");
+}
+
+/// The confirmed child must keep running for `probation`.
+async fn through_probation(
+    child: &mut tokio::process::Child,
+    probation: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
     let end = Instant::now() + probation;
     tokio::select! {
         _ = shutdown.cancelled() => {
-            // Not switched: the next start runs the old slot and reports
-            // the rollback (a restart during probation is not a pass).
-            terminate(&mut child);
+            terminate(child);
             let _ = child.wait().await;
-            return Supervised::Shutdown;
+            Err(Stop::Shutdown)
         }
-        st = child.wait() => {
-            let why = match st {
-                Ok(s) => format!("new version exited ({s}) during its probation after confirmation"),
-                Err(e) => format!("new version lost during its probation: {e}"),
-            };
-            return fail(slots, trial, why);
-        }
-        _ = tokio::time::sleep_until(end) => {}
+        st = child.wait() => Err(Stop::Failed(match st {
+            Ok(s) => format!("new version exited ({s}) during its probation after confirmation"),
+            Err(e) => format!("new version lost during its probation: {e}"),
+        })),
+        _ = tokio::time::sleep_until(end) => Ok(()),
     }
+}
+
+/// Makes the trial's slot current and waits for the child to end.
+async fn switch_and_run(
+    slots: &Slots,
+    trial: &Trial,
+    child: &mut tokio::process::Child,
+    shutdown: &CancellationToken,
+) -> Supervised {
     if let Err(e) = slots.switch(&trial.slot) {
         // The new version stays on trial until the next start, where the
         // old one (still current) reports the rollback.
@@ -166,7 +202,7 @@ pub async fn supervise(
     }
     let status = tokio::select! {
         st = child.wait() => st,
-        _ = shutdown.cancelled() => { terminate(&mut child); child.wait().await }
+        _ = shutdown.cancelled() => { terminate(child); child.wait().await }
     };
     match status {
         Ok(s) => Supervised::Confirmed(s),
