@@ -60,4 +60,46 @@ pub struct DeviceReport {
     pub seq_collisions: u64,
     /// When the last of those arrived, Unix ms.
     pub last_seq_collision_ms: Option<i64>,
+    /// Random per agent start: a new value means the agent restarted.
+    pub boot_id: u64,
+    /// The active models, `name -> version`; empty when none is loaded
+    /// (or the status was stored before the gateway knew of models).
+    pub models: BTreeMap<String, String>,
+    /// Seconds until the device's queue is empty at its net drain rate;
+    /// `None` while it is not shrinking.
+    pub drain_eta_s: Option<u64>,
+    /// Age of the oldest unsent reading when the API answered, seconds
+    /// (`oldest_unsent_ms` against the gateway's clock, at least 0).
+    pub oldest_unsent_age_s: Option<i64>,
+}
+
+impl DeviceReport {
+    /// Sets [`DeviceReport::oldest_unsent_age_s`] for the time `now_ms`.
+    pub fn with_age(mut self, now_ms: i64) -> DeviceReport {
+        self.oldest_unsent_age_s = self
+            .oldest_unsent_ms
+            .map(|t| now_ms.saturating_sub(t).max(0) / 1000);
+        self
+    }
+}
+
+/// A status's models as stored: `{"<name>": "<version>"}`.
+pub(crate) fn models_json(models: &[aeris_wire::ModelVersion]) -> serde_json::Value {
+    serde_json::Value::Object(
+        models
+            .iter()
+            .map(|m| (m.name.clone(), serde_json::Value::String(m.version.clone())))
+            .collect(),
+    )
+}
+
+/// The stored models back; anything else than a string version is skipped.
+pub(crate) fn models_from_json(v: serde_json::Value) -> BTreeMap<String, String> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
 }

@@ -1,6 +1,7 @@
 //! The fleet as Prometheus gauges, per device: online, last status time,
-//! data debt (queued readings and bytes, oldest unsent), last seq, losses by
-//! reason, and event counts (OTA failures among them).
+//! data debt (queued readings and bytes, oldest unsent), drain estimate,
+//! last seq, losses by reason, restarts (a new boot id), and event counts
+//! (OTA failures among them).
 //!
 //! Batches are split between gateways by the shared subscription, and so
 //! are statuses; for metrics every gateway instead follows every device's
@@ -94,6 +95,7 @@ pub fn record_status(ops: &OpsStats, s: &Status) {
         return;
     }
     last.set(ts_s);
+    count_restart(ops, s);
     let online = i64::from(s.state == DeviceState::Online);
     ops.device_online.get_or_create(&l).set(online);
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -118,6 +120,21 @@ pub fn record_status(ops: &OpsStats, s: &Status) {
                 reason: loss.reason.clone(),
             })
             .set(clamp(loss.count));
+    }
+}
+
+/// Counts a restart when the boot id differs from the one of the device's
+/// previous status. The first status this gateway sees of a device only
+/// creates the series at 0, so `increase()` sees the first restart.
+fn count_restart(ops: &OpsStats, s: &Status) {
+    let restarts = ops.device_restarts.get_or_create(&label(&s.device));
+    let previous = match ops.device_boot_ids.lock() {
+        Ok(mut ids) => ids.insert(s.device.clone(), s.boot_id),
+        // A panic while holding the map only loses restart counts.
+        Err(_) => return,
+    };
+    if previous.is_some_and(|b| b != s.boot_id) {
+        restarts.inc();
     }
 }
 
@@ -193,6 +210,22 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
+        assert!(
+            text.contains("aeris_gateway_device_restarts_total{device=\"d1\"} 0"),
+            "{text}"
+        );
+        // The same boot id again is no restart; a new one is.
+        record_status(&stats.ops, &status(2_500_000, DeviceState::Online, 7));
+        let mut rebooted = status(2_600_000, DeviceState::Online, 7);
+        rebooted.boot_id = 2;
+        record_status(&stats.ops, &rebooted);
+        assert!(
+            stats
+                .encode()
+                .contains("aeris_gateway_device_restarts_total{device=\"d1\"} 1"),
+            "{}",
+            stats.encode()
+        );
         record_status(&stats.ops, &status(3_000_000, DeviceState::Offline, 0));
         record_event(
             &stats.ops,

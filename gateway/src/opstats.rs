@@ -57,6 +57,10 @@ pub struct OpsStats {
     pub device_lost: Family<DeviceReasonLabel, Gauge>,
     pub device_ota_failures: Family<DeviceLabel, Counter>,
     pub device_events: Family<DeviceKindLabel, Counter>,
+    /// Statuses with another boot id than the device's previous one.
+    pub device_restarts: Family<DeviceLabel, Counter>,
+    /// The boot id of each device's last status, to count restarts.
+    pub device_boot_ids: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl OpsStats {
@@ -87,6 +91,8 @@ impl OpsStats {
             device_lost: reg(r, "aeris_gateway_device_readings_lost", "Readings the device reports lost, by reason (dropped, downsampled, corrupt), since its buffer was created.", Family::default()),
             device_ota_failures: reg(r, "aeris_gateway_device_ota_failures", "OTA events from the device reporting a failure or rollback.", Family::default()),
             device_events: reg(r, "aeris_gateway_device_events", "Events received from devices, by kind.", Family::default()),
+            device_restarts: reg(r, "aeris_gateway_device_restarts", "Agent restarts seen by this gateway: statuses whose boot id differs from the device's previous one.", Family::default()),
+            device_boot_ids: Default::default(),
         };
         // Known label values start at 0, so rates and alerts see the series
         // before the first event.

@@ -110,7 +110,7 @@ async fn a_backup_restores_into_a_fresh_database_with_identical_rows_and_checksu
     assert_eq!(
         counts,
         vec![
-            ("aeris_schema_migrations", "6"),
+            ("aeris_schema_migrations", "7"),
             ("readings", "75"),
             ("reading_keys", "75"),
             ("devices", "2"),

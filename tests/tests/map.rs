@@ -1,12 +1,13 @@
 //! The live map in headless Chromium: markers for the test's sensors appear,
 //! coloured by AQI, and change colour when new readings arrive through the
-//! server-sent events. Leaves a screenshot in the target folder.
+//! server-sent events; the panel lists each device's data debt. Leaves a
+//! screenshot in the target folder.
 
 use std::time::Duration;
 
 use aeris_tests::browser::Browser;
 use aeris_tests::cloud::Cloud;
-use aeris_tests::device::{reading, FakeDevice};
+use aeris_tests::device::{reading, status, FakeDevice};
 use aeris_tests::now_ms;
 use aeris_wire::Batch;
 
@@ -39,12 +40,18 @@ fn all_filled(v: &serde_json::Value, colour: &str) -> bool {
         .is_some_and(|m| m.len() == SENSORS.len() && m.values().all(|c| c == colour))
 }
 
+/// The panel's device list: `[device, queued, oldest unsent]` per row.
+const DEVICE_ROWS: &str = "Array.from(document.querySelectorAll('#devices tr[data-device]'))
+    .map(r => Array.from(r.cells).map(c => c.textContent))";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn map_shows_sensors_by_aqi_and_recolours_them_live() {
     let cloud = Cloud::start(true).await;
     let dev = FakeDevice::connect(cloud.broker.port, DEV).await;
     let t = now_ms() - 60_000;
     dev.send(&batch(1, t, 4.0)).await;
+    // 42 readings in debt, the oldest unsent for a minute (`status`).
+    dev.send_status(&status(DEV, 45, 42)).await;
     assert!(
         dev.wait_acked(3, Duration::from_secs(20)).await,
         "{}",
@@ -60,6 +67,24 @@ async fn map_shows_sensors_by_aqi_and_recolours_them_live() {
             all_filled(v, GOOD)
         });
         assert!(fills.get("dev-map/centre").is_some(), "{fills}");
+        // Issue 17 (5): the device's data debt in the panel and the popups.
+        let rows = browser.wait_for(
+            "the device's debt in the panel",
+            DEVICE_ROWS,
+            Duration::from_secs(20),
+            |v| v.as_array().is_some_and(|a| a.len() == 1),
+        );
+        assert_eq!(rows[0][0], DEV, "{rows}");
+        assert_eq!(rows[0][1], "42", "{rows}");
+        assert!(
+            rows[0][2].as_str().is_some_and(|a| a.ends_with(" s")),
+            "{rows}"
+        );
+        let popup = browser.eval("window.aerisMarkers['dev-map/centre'].getPopup().getContent()");
+        assert!(
+            popup.as_str().is_some_and(|p| p.contains("queued 42")),
+            "{popup}"
+        );
         // The page subscribed to the live feed before the new readings.
         browser.wait_for(
             "the event stream to open",

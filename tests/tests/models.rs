@@ -155,6 +155,17 @@ async fn models_are_shadowed_promoted_discarded_and_persisted_on_the_running_age
         },
     )
     .await;
+    // ...and so does the gateway's device list (issue 17, 5).
+    let api = stack.api_port;
+    wait_for(
+        "/api/devices naming 1.0.1",
+        Duration::from_secs(10),
+        || async {
+            let v = aeris_tests::http::get_json(api, "/api/devices");
+            (v[0]["models"] == serde_json::json!({"pm25_nowcast": "1.0.1"})).then_some(())
+        },
+    )
+    .await;
 
     // A commanded model with the wrong checksum is rejected outright...
     let dir = models().join("testdata/pm25_nowcast_disagree");

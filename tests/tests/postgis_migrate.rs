@@ -239,6 +239,12 @@ async fn migration_6_converts_a_table_filled_under_migration_5_in_place() {
             ("b".to_owned(), 12, vec![], 2),
         ]
     );
+    // Migration 0007: rows stored before it read as no models and no drain
+    // estimate, with the boot id they had.
+    for d in &devices {
+        assert!(d.models.is_empty(), "{d:?}");
+        assert_eq!((d.boot_id, d.drain_eta_s), (1, None), "{d:?}");
+    }
     let points: Vec<(String, u64, u64)> = sink
         .resend_points()
         .await

@@ -335,3 +335,78 @@ async fn refused_values_are_data_errors_and_dead_letters_keep_the_batch() {
     assert_eq!(row.get::<_, Vec<u8>>(4), letter.payload);
     assert!(row.get::<_, bool>(5));
 }
+
+/// Issue 17 (5): the device row carries the whole status: boot id (a u64,
+/// bit for bit), models with their versions, the drain estimate, losses by
+/// reason and the data debt; `/api/devices` reads it back with the age of
+/// the oldest unsent reading. A later status without models clears them.
+#[tokio::test]
+async fn a_status_is_stored_whole_and_read_back_with_its_debt_age() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    let now = aeris_wire::now_ms();
+    let mut status = Status {
+        device: "d1".into(),
+        boot_id: u64::MAX - 41,
+        ts_ms: now,
+        state: aeris_wire::DeviceState::Online,
+        agent_version: "1.4.0".into(),
+        last_seq: 900,
+        queued_readings: 120,
+        queued_bytes: 7_200,
+        oldest_unsent_ms: Some(now - 600_000),
+        losses: vec![
+            aeris_wire::Loss {
+                reason: "dropped".into(),
+                count: 5,
+            },
+            aeris_wire::Loss {
+                reason: "downsampled".into(),
+                count: 40,
+            },
+        ],
+        models: vec![
+            aeris_wire::ModelVersion {
+                name: "pm-corrector".into(),
+                version: "1.2.0".into(),
+            },
+            aeris_wire::ModelVersion {
+                name: "no2-drift".into(),
+                version: "0.3.1".into(),
+            },
+        ],
+        drain_eta_s: Some(95),
+    };
+    sink.record_status(&status).await.unwrap();
+    let d = &sink.devices().await.unwrap()[0];
+    assert_eq!(d.boot_id, u64::MAX - 41);
+    assert_eq!(
+        d.models,
+        [
+            ("no2-drift".to_owned(), "0.3.1".to_owned()),
+            ("pm-corrector".to_owned(), "1.2.0".to_owned()),
+        ]
+        .into()
+    );
+    assert_eq!(d.drain_eta_s, Some(95));
+    assert_eq!(
+        d.losses,
+        [("downsampled".to_owned(), 40), ("dropped".to_owned(), 5)].into()
+    );
+    assert_eq!((d.queued_readings, d.queued_bytes), (120, 7_200));
+    assert_eq!(d.oldest_unsent_ms, Some(now - 600_000));
+    assert!(
+        d.oldest_unsent_age_s
+            .is_some_and(|a| (600..700).contains(&a)),
+        "{d:?}"
+    );
+    status.ts_ms += 1000;
+    status.models.clear();
+    status.drain_eta_s = None;
+    status.queued_readings = 0;
+    status.oldest_unsent_ms = None;
+    sink.record_status(&status).await.unwrap();
+    let d = &sink.devices().await.unwrap()[0];
+    assert!(d.models.is_empty());
+    assert_eq!((d.drain_eta_s, d.oldest_unsent_age_s), (None, None));
+}

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "readings_partitioned",
         include_str!("../../migrations/0006_readings_partitioned.sql"),
     ),
+    (
+        7,
+        "device_models_and_drain",
+        include_str!("../../migrations/0007_device_models_and_drain.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -11,14 +11,15 @@ use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
 /// Newer statuses replace older ones; a late retained copy does not.
 const UPSERT_STATUS: &str = "
 INSERT INTO devices (device_id, boot_id, status_ts, online, agent_version, last_seq,
-                     queued_readings, queued_bytes, oldest_unsent, losses)
+                     queued_readings, queued_bytes, oldest_unsent, losses, models, drain_eta_s)
 VALUES ($1, $2, 'epoch'::timestamptz + $3::int8 * interval '1 millisecond', $4, $5, $6, $7, $8,
-        'epoch'::timestamptz + $9::int8 * interval '1 millisecond', $10)
+        'epoch'::timestamptz + $9::int8 * interval '1 millisecond', $10, $11, $12)
 ON CONFLICT (device_id) DO UPDATE SET
     boot_id = EXCLUDED.boot_id, status_ts = EXCLUDED.status_ts, online = EXCLUDED.online,
     agent_version = EXCLUDED.agent_version, last_seq = EXCLUDED.last_seq,
     queued_readings = EXCLUDED.queued_readings, queued_bytes = EXCLUDED.queued_bytes,
-    oldest_unsent = EXCLUDED.oldest_unsent, losses = EXCLUDED.losses, updated_at = now()
+    oldest_unsent = EXCLUDED.oldest_unsent, losses = EXCLUDED.losses,
+    models = EXCLUDED.models, drain_eta_s = EXCLUDED.drain_eta_s, updated_at = now()
 WHERE devices.status_ts <= EXCLUDED.status_ts";
 
 const READINGS: &str = "
@@ -43,7 +44,8 @@ SELECT d.device_id, d.online, d.agent_version, (extract(epoch FROM d.status_ts) 
        d.last_seq, d.queued_readings, d.queued_bytes,
        (extract(epoch FROM d.oldest_unsent) * 1000)::int8, d.losses,
        s.received, s.max_seq, g.gaps,
-       d.seq_collisions, (extract(epoch FROM d.last_seq_collision) * 1000)::int8
+       d.seq_collisions, (extract(epoch FROM d.last_seq_collision) * 1000)::int8,
+       d.boot_id, d.models, d.drain_eta_s
 FROM devices d
 CROSS JOIN LATERAL (
     SELECT count(*) AS received, coalesce(max(seq), 0) AS max_seq
@@ -80,6 +82,7 @@ pub(super) async fn record_status(
             .map(|l| (l.reason.clone(), serde_json::json!(l.count)))
             .collect(),
     );
+    let models = crate::query::models_json(&s.models);
     client
         .execute(
             UPSERT_STATUS,
@@ -94,6 +97,8 @@ pub(super) async fn record_status(
                 &to_i64(s.queued_bytes),
                 &s.oldest_unsent_ms,
                 &losses,
+                &models,
+                &s.drain_eta_s.map(to_i64),
             ],
         )
         .await
@@ -166,7 +171,13 @@ pub(super) async fn devices(client: &Client) -> Result<Vec<DeviceReport>, tokio_
                 not_yet_received: last_seq.saturating_sub(max_seq),
                 seq_collisions: to_u64(r.get(12)),
                 last_seq_collision_ms: r.get(13),
+                // The wire's u64, stored bit for bit in a bigint.
+                boot_id: r.get::<_, i64>(14) as u64,
+                models: crate::query::models_from_json(r.get(15)),
+                drain_eta_s: r.get::<_, Option<i64>>(16).map(to_u64),
+                oldest_unsent_age_s: None,
             }
+            .with_age(aeris_wire::now_ms())
         })
         .collect())
 }

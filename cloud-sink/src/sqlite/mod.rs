@@ -1,13 +1,15 @@
 //! The embedded SQLite sink: the zero-setup stand-in for PostGIS, same
 //! guarantees (one transaction per write, `(device_id, seq)` stored once).
 //!
-//! Layout (schema version 4, `PRAGMA user_version`):
+//! Layout (schema version 5, `PRAGMA user_version`):
 //! `readings(device_id, seq, sensor_id, ts_ms, lat, lon, flags, measurements JSON
 //! text, received_ms)`, primary key `(device_id, seq)`; since version 2
 //! `devices(device_id, ..., losses JSON text)`, each device's last status;
 //! since version 3 `devices.seq_collisions` and `last_seq_collision_ms`
 //! (see [`write`]); since version 4 `dead_letters(id, at_ms, device_id,
-//! first_seq, last_seq, reason, payload BLOB)`, batches the database refused.
+//! first_seq, last_seq, reason, payload BLOB)`, batches the database refused;
+//! since version 5 `devices.boot_id`, `models` (JSON text, name -> version)
+//! and `drain_eta_s`, the rest of the status (as PostGIS migration 0007).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -85,25 +87,37 @@ PRAGMA user_version = 4;
 COMMIT;
 ";
 
+/// Version 4 -> 5: the rest of the status (as PostGIS migration 0007;
+/// PostGIS has had `boot_id` since 0002).
+const SCHEMA_5: &str = "
+BEGIN;
+ALTER TABLE devices ADD COLUMN boot_id INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN models TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE devices ADD COLUMN drain_eta_s INTEGER;
+PRAGMA user_version = 5;
+COMMIT;
+";
+
 /// Every schema step; step `i` takes version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [SCHEMA, SCHEMA_2, SCHEMA_3, SCHEMA_4];
+const MIGRATIONS: [&str; 5] = [SCHEMA, SCHEMA_2, SCHEMA_3, SCHEMA_4, SCHEMA_5];
 
 /// Newer statuses replace older ones.
 const UPSERT_STATUS: &str = "INSERT INTO devices (device_id, status_ts_ms, online, agent_version,
-    last_seq, queued_readings, queued_bytes, oldest_unsent_ms, losses)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+    last_seq, queued_readings, queued_bytes, oldest_unsent_ms, losses, boot_id, models, drain_eta_s)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
     ON CONFLICT (device_id) DO UPDATE SET status_ts_ms = excluded.status_ts_ms,
         online = excluded.online, agent_version = excluded.agent_version,
         last_seq = excluded.last_seq, queued_readings = excluded.queued_readings,
         queued_bytes = excluded.queued_bytes, oldest_unsent_ms = excluded.oldest_unsent_ms,
-        losses = excluded.losses
+        losses = excluded.losses, boot_id = excluded.boot_id, models = excluded.models,
+        drain_eta_s = excluded.drain_eta_s
     WHERE excluded.status_ts_ms >= devices.status_ts_ms";
 
 const DEVICES: &str = "SELECT d.device_id, d.online, d.agent_version, d.status_ts_ms, d.last_seq,
     d.queued_readings, d.queued_bytes, d.oldest_unsent_ms, d.losses,
     (SELECT count(*) FROM readings r WHERE r.device_id = d.device_id),
     (SELECT coalesce(max(seq), 0) FROM readings r WHERE r.device_id = d.device_id),
-    d.seq_collisions, d.last_seq_collision_ms
+    d.seq_collisions, d.last_seq_collision_ms, d.boot_id, d.models, d.drain_eta_s
     FROM devices d ORDER BY d.device_id";
 
 /// Holes below the highest stored seq, as in the PostGIS sink.
@@ -169,6 +183,7 @@ fn devices_blocking(conn: &Connection) -> Result<Vec<DeviceReport>, rusqlite::Er
     let mut devices = stmt
         .query_map([], |r| {
             let losses: String = r.get(8)?;
+            let models: String = r.get(14)?;
             let last_seq = r.get::<_, i64>(4)?.max(0) as u64;
             let max_seq = r.get::<_, i64>(10)?.max(0) as u64;
             Ok(DeviceReport {
@@ -186,7 +201,15 @@ fn devices_blocking(conn: &Connection) -> Result<Vec<DeviceReport>, rusqlite::Er
                 not_yet_received: last_seq.saturating_sub(max_seq),
                 seq_collisions: r.get::<_, i64>(11)?.max(0) as u64,
                 last_seq_collision_ms: r.get(12)?,
-            })
+                // The wire's u64, stored bit for bit in an INTEGER.
+                boot_id: r.get::<_, i64>(13)? as u64,
+                models: crate::query::models_from_json(
+                    serde_json::from_str(&models).unwrap_or_default(),
+                ),
+                drain_eta_s: r.get::<_, Option<i64>>(15)?.map(|v| v.max(0) as u64),
+                oldest_unsent_age_s: None,
+            }
+            .with_age(aeris_wire::now_ms()))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut gaps = conn.prepare_cached(GAPS)?;
@@ -241,6 +264,9 @@ impl Sink for SqliteSink {
                     s.queued_bytes as i64,
                     s.oldest_unsent_ms,
                     serde_json::Value::Object(losses).to_string(),
+                    s.boot_id as i64,
+                    crate::query::models_json(&s.models).to_string(),
+                    s.drain_eta_s.map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
                 ],
             )
             .map(|_| ())

@@ -34,7 +34,8 @@ async fn reports_device_status_and_the_gaps_in_its_seqs() {
         .unwrap();
     let status = |ts_ms, last_seq| Status {
         device: "a".into(),
-        boot_id: 1,
+        // Above i64::MAX: stored bit for bit.
+        boot_id: u64::MAX - 6,
         ts_ms,
         state: aeris_wire::DeviceState::Online,
         agent_version: "1.0".into(),
@@ -46,8 +47,11 @@ async fn reports_device_status_and_the_gaps_in_its_seqs() {
             reason: "evicted".into(),
             count: 4,
         }],
-        models: vec![],
-        drain_eta_s: None,
+        models: vec![aeris_wire::ModelVersion {
+            name: "pm-corrector".into(),
+            version: "1.2.0".into(),
+        }],
+        drain_eta_s: Some(30),
     };
     sink.record_status(&status(20, 10)).await.unwrap();
     // An older status arriving late changes nothing.
@@ -59,6 +63,14 @@ async fn reports_device_status_and_the_gaps_in_its_seqs() {
     assert_eq!(d[0].gaps, vec![[4, 6]]);
     assert_eq!(d[0].not_yet_received, 2);
     assert_eq!(d[0].losses.get("evicted"), Some(&4));
+    assert_eq!(d[0].boot_id, u64::MAX - 6);
+    assert_eq!(
+        d[0].models,
+        [("pm-corrector".to_owned(), "1.2.0".to_owned())].into()
+    );
+    assert_eq!(d[0].drain_eta_s, Some(30));
+    // Reported at 5 ms after the epoch: decades old.
+    assert!(d[0].oldest_unsent_age_s.is_some_and(|a| a > 1_000_000_000));
     let r = sink
         .readings(&ReadingsQuery {
             device: "a".into(),
@@ -162,8 +174,8 @@ async fn a_seq_holding_another_reading_is_a_collision_not_a_duplicate() {
     );
 }
 
-/// A database at schema version 2 (before collisions) is brought to 3
-/// with its rows.
+/// A database at schema version 2 (before collisions) is brought to the
+/// latest version with its rows.
 #[tokio::test]
 async fn opens_a_version_2_database_and_migrates_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,6 +196,9 @@ async fn opens_a_version_2_database_and_migrates_it() {
         (d[0].agent_version.as_str(), d[0].seq_collisions),
         ("1.0", 0)
     );
+    // Stored before models were: none, no estimate, until the next status.
+    assert!(d[0].models.is_empty());
+    assert_eq!((d[0].boot_id, d[0].drain_eta_s), (0, None));
     drop(sink);
     let version: i64 = Connection::open(&path)
         .unwrap()

@@ -28,10 +28,51 @@
   window.aerisLive = false;
   var fitted = false;
 
+  // Each device's data debt from /api/devices: readings it holds unacked
+  // and the age of the oldest, refreshed every 30 s. Shown in a list in
+  // the panel and in the popups of the device's sensors.
+  var devices = {};
+  window.aerisDevices = devices;
+  function esc(t) {
+    return String(t).replace(/[&<>"']/g, function (c) {
+      return { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c];
+    });
+  }
+  function age(s) {
+    if (s === null || s === undefined) { return '–'; }
+    if (s < 120) { return s + ' s'; }
+    if (s < 7200) { return Math.round(s / 60) + ' min'; }
+    if (s < 172800) { return Math.round(s / 3600) + ' h'; }
+    return Math.round(s / 86400) + ' d';
+  }
+  function debt(d) {
+    return 'queued ' + d.queued_readings + ', oldest unsent ' + age(d.oldest_unsent_age_s) +
+      (d.drain_eta_s === null ? '' : ', drains in ' + age(d.drain_eta_s));
+  }
+  function showDevices(list) {
+    var rows = list.map(function (d) {
+      devices[d.device] = d;
+      var cls = d.queued_readings > 0 ? ' class="indebt"' : '';
+      return '<tr' + cls + ' data-device="' + esc(d.device) + '"><td>' + esc(d.device) +
+        (d.online ? '' : ' (offline)') + '</td><td class="num">' + d.queued_readings +
+        '</td><td class="num">' + age(d.oldest_unsent_age_s) + '</td></tr>';
+    });
+    document.getElementById('devices').innerHTML = list.length === 0 ? '' :
+      '<table><tr><th>device</th><th>queued</th><th>oldest unsent</th></tr>' + rows.join('') + '</table>';
+    Object.keys(markers).forEach(function (id) { if (markers[id].aerisReading) { markers[id].bindPopup(popup(markers[id].aerisReading)); } });
+  }
+  function loadDevices() {
+    api('api/devices').then(function (list) {
+      if (Array.isArray(list)) { showDevices(list); }
+    }).catch(function () { /* the sensors' status line reports access problems */ });
+  }
+
   function popup(r) {
-    var rows = Object.keys(r.values).map(function (k) { return k + ': ' + r.values[k]; });
-    return '<b>' + r.sensor + '</b> (' + r.device + ')<br>AQI ' + (r.aqi === null ? '–' : r.aqi) +
-      '<br>' + rows.join('<br>') + '<br>' + new Date(r.ts_ms).toISOString();
+    var rows = Object.keys(r.values).map(function (k) { return esc(k) + ': ' + r.values[k]; });
+    var d = devices[r.device];
+    return '<b>' + esc(r.sensor) + '</b> (' + esc(r.device) + ')<br>AQI ' + (r.aqi === null ? '–' : r.aqi) +
+      '<br>' + rows.join('<br>') + '<br>' + new Date(r.ts_ms).toISOString() +
+      (d ? '<br><i>' + debt(d) + '</i>' : '');
   }
 
   function show(r) {
@@ -51,6 +92,7 @@
     m.aerisAqi = r.aqi;
     var el = m.getElement && m.getElement();
     if (el) { el.setAttribute('data-sensor', r.id); }
+    m.aerisReading = r;
     m.bindPopup(popup(r));
     m.bindTooltip(r.sensor + ' · AQI ' + (r.aqi === null ? '–' : r.aqi), { permanent: true, direction: 'right', offset: [10, 0] });
   }
@@ -120,8 +162,10 @@
       fit();
       status(Object.keys(markers).length + ' sensors');
     }).catch(function (e) { if (!asking()) { status('cannot load sensors: ' + e); } });
+    loadDevices();
   }
   load();
+  setInterval(loadDevices, 30000);
 
   var events = null;
   var opened = false;
