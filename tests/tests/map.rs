@@ -118,6 +118,37 @@ async fn map_shows_sensors_by_aqi_and_recolours_them_live() {
             shot.display()
         );
         eprintln!("map screenshot: {}", shot.display());
+
+        // A sensor name is the device's text: the marker's label shows it
+        // as text, never as markup.
+        let hostile = "<img src=x id=aeris-injected>";
+        rt.block_on(async {
+            let batch = Batch {
+                device: DEV.into(),
+                first_seq: 7,
+                readings: vec![reading(hostile, t + 60_000, 52.52, 13.41, 8.0)],
+            };
+            dev.send(&batch).await;
+            assert!(dev.wait_acked(7, Duration::from_secs(20)).await);
+        });
+        let label = browser.wait_for(
+            "the hostile sensor's label",
+            &format!(
+                "(window.aerisMarkers['{DEV}/{hostile}'] || null) && \
+                 window.aerisMarkers['{DEV}/{hostile}'].getTooltip().getElement().textContent"
+            ),
+            Duration::from_secs(20),
+            |v| v.is_string(),
+        );
+        assert!(
+            label.as_str().is_some_and(|l| l.contains(hostile)),
+            "label: {label}"
+        );
+        assert_eq!(
+            browser.eval("document.getElementById('aeris-injected') === null"),
+            true,
+            "the sensor name was inserted as HTML"
+        );
     });
 }
 

@@ -94,7 +94,7 @@
     if (el) { el.setAttribute('data-sensor', r.id); }
     m.aerisReading = r;
     m.bindPopup(popup(r));
-    m.bindTooltip(r.sensor + ' · AQI ' + (r.aqi === null ? '–' : r.aqi), { permanent: true, direction: 'right', offset: [10, 0] });
+    m.bindTooltip(esc(r.sensor) + ' · AQI ' + (r.aqi === null ? '–' : r.aqi), { permanent: true, direction: 'right', offset: [10, 0] });
   }
 
   function fit() {
