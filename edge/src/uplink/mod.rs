@@ -185,6 +185,11 @@ impl Uplink {
                 self.send_ready(drain_until.is_some()).await?;
             }
             if let Some(until) = drain_until {
+                // Events sent before the stop (an update's "installed" just
+                // before its trial) leave before the offline status.
+                while let Ok(ev) = events.try_recv() {
+                    self.queue_event(ev);
+                }
                 if self.shutdown_done(until).await {
                     return Ok(());
                 }
