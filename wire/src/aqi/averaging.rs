@@ -15,19 +15,14 @@
 //! and `SO2` merge two averaging times into one current-indicator table;
 //! here each averaging time has its own rows.
 
-use super::table::{Table, CO, NO2, PM10, PM25};
+use super::table::{Table, CO, NO2, O3, PM10, PM25, SO2};
 
-/// O3 8-hour, ppm ×1000; nothing above 0.200 ppm (1-hour values take over).
+/// O3 8-hour, ppm ×1000; nothing above 0.200 ppm (1-hour values take
+/// over): the first five rows of [`O3`].
 pub const O3_8HOUR: Table = Table {
     quantity: "o3",
     decimals: 3,
-    rows: &[
-        (0, 54, 0, 50),
-        (55, 70, 51, 100),
-        (71, 85, 101, 150),
-        (86, 105, 151, 200),
-        (106, 200, 201, 300),
-    ],
+    rows: O3.rows.split_at(5).0,
 };
 
 /// O3 1-hour, ppm ×1000; defined from 0.125 ppm.
@@ -42,23 +37,18 @@ pub const O3_1HOUR: Table = Table {
     ],
 };
 
-/// SO2 1-hour, ppb; up to 304 (index 200).
+/// SO2 1-hour, ppb; up to 304 (index 200): the first four rows of [`SO2`].
 pub const SO2_1HOUR: Table = Table {
     quantity: "so2",
     decimals: 0,
-    rows: &[
-        (0, 35, 0, 50),
-        (36, 75, 51, 100),
-        (76, 185, 101, 150),
-        (186, 304, 151, 200),
-    ],
+    rows: SO2.rows.split_at(4).0,
 };
 
-/// SO2 24-hour, ppb; defined from 305 (index 201).
+/// SO2 24-hour, ppb; defined from 305 (index 201): the rest of [`SO2`].
 pub const SO2_24HOUR: Table = Table {
     quantity: "so2",
     decimals: 0,
-    rows: &[(305, 604, 201, 300), (605, 1004, 301, 500)],
+    rows: SO2.rows.split_at(4).1,
 };
 
 /// The pollutants of the AQI.
