@@ -18,6 +18,8 @@
 //! - [`flags`]: the bits of `Reading::flags`; [`time`]: Unix milliseconds;
 //!   [`message::MODEL_PREFIX`]: how a model output's quantity is named.
 //! - [`topic`]: topic builders and parsers under a configurable prefix.
+//! - [`units`]: gas mixing ratios (ppb, ppm) to mass concentrations and
+//!   back, at a reference temperature and pressure.
 #![forbid(unsafe_code)]
 
 pub mod aqi;
@@ -28,6 +30,7 @@ pub mod flags;
 pub mod message;
 pub mod time;
 pub mod topic;
+pub mod units;
 
 pub use codec::{decode, encode, WireError, WireMessage, FORMAT_VERSION};
 pub use columnar::COLUMNAR_VERSION;

@@ -17,15 +17,7 @@
 //! The AQI converts back with the same reference, so a ppb reading's AQI
 //! does not depend on the choice.
 
-/// Universal gas constant, J/(mol·K).
-const R: f64 = 8.314_462_618;
-
-/// Conditions at which mixing ratios are converted to mass concentrations.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Reference {
-    pub temp_c: f64,
-    pub pressure_hpa: f64,
-}
+pub use aeris_wire::units::{molar_mass, Reference};
 
 impl super::config::PreprocessConfig {
     /// The configured reference conditions.
@@ -35,44 +27,6 @@ impl super::config::PreprocessConfig {
             pressure_hpa: self.reference_pressure_hpa,
         }
     }
-}
-
-impl Default for Reference {
-    /// 25 °C and 1013.25 hPa, as the US EPA.
-    fn default() -> Self {
-        Reference {
-            temp_c: 25.0,
-            pressure_hpa: 1013.25,
-        }
-    }
-}
-
-impl Reference {
-    /// Molar volume of an ideal gas in litres per mole.
-    pub fn molar_volume_l(&self) -> f64 {
-        R * (self.temp_c + 273.15) / (self.pressure_hpa * 100.0) * 1000.0
-    }
-
-    /// µg/m³ of `gas` at `ppb`; `None` for a quantity that is not a gas.
-    pub fn ugm3_from_ppb(&self, gas: &str, ppb: f64) -> Option<f64> {
-        Some(ppb * molar_mass(gas)? / self.molar_volume_l())
-    }
-
-    /// ppb of `gas` at `ugm3`; `None` for a quantity that is not a gas.
-    pub fn ppb_from_ugm3(&self, gas: &str, ugm3: f64) -> Option<f64> {
-        Some(ugm3 * self.molar_volume_l() / molar_mass(gas)?)
-    }
-}
-
-/// Molar mass in g/mol of the gases the agent converts.
-pub fn molar_mass(gas: &str) -> Option<f64> {
-    Some(match gas {
-        "no2" => 46.0055,
-        "o3" => 47.9982,
-        "so2" => 64.066,
-        "co" => 28.010,
-        _ => return None,
-    })
 }
 
 /// A unit the agent cannot convert to the quantity's canonical unit.

@@ -15,12 +15,15 @@
 //!   floored at 0.5) and AirNow's 8-hour ozone form, over hourly means.
 //! - [`averaging`]: the AQI of each pollutant on the averaging time the
 //!   standard defines, and the overall AQI with its responsible pollutant.
+//! - [`rollup`]: one sensor's hourly rollup of one pollutant: the hour's
+//!   statistics, its NowCast and its AQI (what the cloud stores per hour).
 //!
 //! Formulas, sources and choices are written down in `docs/air-quality.md`.
 
 pub mod averaging;
 pub mod hourly;
 pub mod nowcast;
+pub mod rollup;
 pub mod table;
 
 pub use table::{Table, CO, NO2, O3, PM10, PM25, SO2, TABLES};
