@@ -13,6 +13,9 @@
 //! - [`stats`]: Prometheus metrics and readiness flags; [`opstats`]: the
 //!   operations metrics (API refusals, operator actions, per-device fleet
 //!   gauges from [`fleet`]).
+//! - [`retention`]: daily partitions of the raw readings, dropped whole
+//!   when expired; [`rollups`]: the hourly rollups (means, completeness,
+//!   NowCast, AQI) recomputed from the hours writes mark.
 //! - Operations: [`audit`] (who did what), [`resend`] (fleet re-send after
 //!   a restore), [`verify`] (post-deploy check), [`mqtt`] (broker login).
 #![forbid(unsafe_code)]
@@ -27,6 +30,7 @@ pub mod ownership;
 pub mod resend;
 pub mod retention;
 pub mod rollout;
+pub mod rollups;
 pub mod source;
 pub mod stats;
 pub mod verify;
@@ -92,6 +96,14 @@ pub async fn run(
         background.clone(),
     ));
     let retention = start_retention(&config, &stats, &background).await;
+    let rollups = config.database_url.as_ref().map(|url| {
+        tokio::spawn(rollups::run(
+            config.rollups.clone(),
+            url.clone(),
+            stats.rollups.clone(),
+            background.clone(),
+        ))
+    });
     let outputs = source::Outputs { sink, live, feed };
     let result = source::run(Arc::new(config), outputs, stats, shutdown).await;
     background.cancel();
@@ -99,6 +111,9 @@ pub async fn run(
     let _ = fleet.await;
     if let Some(retention) = retention {
         let _ = retention.await;
+    }
+    if let Some(rollups) = rollups {
+        let _ = rollups.await;
     }
     if let Some(api) = api {
         api.await??;

@@ -7,7 +7,9 @@
 //! `(device_id, seq)` are skipped, so a batch sent twice is stored once,
 //! also after its day's partition was dropped, and when any were skipped,
 //! those whose stored row is another reading are reported as collisions
-//! ([`collide`]). `readings` is partitioned by day; [`partition`] creates
+//! ([`collide`]); the same transaction marks the hours it stored readings
+//! for, whose rollups [`rollup`] recomputes off the write path. `readings`
+//! is partitioned by day; [`partition`] creates
 //! the partitions ahead and drops expired ones (retention). A lost
 //! connection is re-opened on the next call and the
 //! failed call reports `Unavailable` (the writer retries, holding acks).
@@ -20,6 +22,7 @@ mod migrate;
 mod ops;
 pub mod partition;
 mod queries;
+pub mod rollup;
 
 use std::time::Duration;
 
@@ -161,6 +164,9 @@ impl Sink for PostgisSink {
         let result = async {
             let tx = client.transaction().await?;
             let inserted = copy::write(&tx, batches).await?;
+            if inserted > 0 {
+                tx.execute(rollup::MARK_DIRTY, &[]).await?;
+            }
             let found = match inserted < n {
                 true => collide::find(&tx).await?,
                 false => Default::default(),

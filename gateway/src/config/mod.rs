@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 mod api;
 mod broker;
 mod retention;
+mod rollups;
 
 pub use api::{ApiConfig, AuthConfig, LiveConfig, RateLimitConfig, Scope, TokenConfig};
 pub use broker::{BrokerConfig, BrokerTlsConfig};
 pub use retention::{Keep, RetentionConfig};
+pub use rollups::RollupsConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +38,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Partitions of `readings` and how long rows are kept (PostGIS only).
     pub retention: RetentionConfig,
+    /// Hourly rollups of the readings (PostGIS only).
+    pub rollups: RollupsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +84,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             api: ApiConfig::default(),
             retention: RetentionConfig::default(),
+            rollups: RollupsConfig::default(),
         }
     }
 }
@@ -139,6 +144,12 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   retention.partitions_ahead_days   daily partitions of readings created this far ahead [7]
   retention.max_backfill_days       days moved out of the default partition per run, at most [32]
   retention.lock_timeout            longest wait for a table lock per step; retried next run [5s]
+  rollups.every                     how often hours marked by writes are recomputed (hourly rollups,
+                                    NowCast, AQI; PostGIS only) [10s]
+  rollups.max_hours_per_round       marked hours recomputed per transaction [1000]
+  rollups.sample_interval           the interval sensors sample at: an hour expects 1h / interval
+                                    readings and is valid with 75 % of them [1m]
+  rollups.sensor_intervals          per sensor id where it differs: { \"s1\" = \"10s\" }
 ";
 
 /// A configuration that could not be loaded; the message names the key and
@@ -163,6 +174,9 @@ impl Config {
             return Err(ConfigError(e));
         }
         if let Err(e) = config.retention.validate() {
+            return Err(ConfigError(e));
+        }
+        if let Err(e) = config.rollups.validate() {
             return Err(ConfigError(e));
         }
         if config.writer.max_batches_per_commit == 0 {

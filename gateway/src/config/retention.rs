@@ -2,8 +2,8 @@
 //! keeps the partitions of `readings` (see [`crate::retention`]).
 //!
 //! Only raw readings expire. Every other table is kept forever: devices,
-//! the audit log, dead letters, and rollups (aggregates over time) when
-//! they come, since they are what stays of the raw data.
+//! the audit log, dead letters, and the hourly rollups (`readings_hourly`),
+//! since they are what stays of the raw data.
 
 use std::fmt;
 use std::time::Duration;

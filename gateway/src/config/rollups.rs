@@ -1,0 +1,61 @@
+//! `rollups`: how the gateway keeps the hourly rollups (`readings_hourly`,
+//! PostGIS only; see [`crate::rollups`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupsConfig {
+    /// Hours marked by writes are recomputed this often: the debounce (a
+    /// busy hour is recomputed once per period, not once per batch) and
+    /// the longest a rollup lags behind its readings when all is well.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// Marked hours recomputed per transaction, at most (a round repeats
+    /// at once while there are more).
+    pub max_hours_per_round: u32,
+    /// The interval sensors sample at: an hour expects
+    /// `1h / sample_interval` readings and is valid with 75 % of them.
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// Sample interval per sensor id, where it differs.
+    pub sensor_intervals: BTreeMap<String, humantime_serde::Serde<Duration>>,
+}
+
+impl Default for RollupsConfig {
+    fn default() -> Self {
+        RollupsConfig {
+            every: Duration::from_secs(10),
+            max_hours_per_round: 1000,
+            sample_interval: Duration::from_secs(60),
+            sensor_intervals: BTreeMap::new(),
+        }
+    }
+}
+
+impl RollupsConfig {
+    /// The checks serde cannot express; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.every < Duration::from_secs(1) {
+            return Err("invalid `rollups.every`: must be at least 1s".into());
+        }
+        if self.max_hours_per_round == 0 {
+            return Err("invalid `rollups.max_hours_per_round`: must be at least 1".into());
+        }
+        let bad = |d: &Duration| d.is_zero() || *d > Duration::from_secs(3600);
+        if bad(&self.sample_interval) {
+            return Err(
+                "invalid `rollups.sample_interval`: must be more than 0 and at most 1h".into(),
+            );
+        }
+        if let Some((sensor, _)) = self.sensor_intervals.iter().find(|(_, d)| bad(d)) {
+            return Err(format!(
+                "invalid `rollups.sensor_intervals.{sensor}`: must be more than 0 and at most 1h"
+            ));
+        }
+        Ok(())
+    }
+}
