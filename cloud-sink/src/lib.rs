@@ -101,6 +101,17 @@ pub trait Sink: Send + Sync {
         q: &query::ReadingsQuery,
     ) -> Result<Vec<query::StoredReading>, SinkError>;
 
+    /// The current AQI of each of `sensors` (`(device, sensor)`) from the
+    /// hourly rollups of hours from `since_ms` on; sensors without one are
+    /// left out. Sinks without rollups return none.
+    async fn current_aqi(
+        &self,
+        _sensors: &[(String, String)],
+        _since_ms: i64,
+    ) -> Result<BTreeMap<(String, String), query::CurrentAqi>, SinkError> {
+        Ok(BTreeMap::new())
+    }
+
     /// Every device that reported a status, with its gaps.
     async fn devices(&self) -> Result<Vec<query::DeviceReport>, SinkError>;
 

@@ -28,8 +28,12 @@ pub struct LiveReading {
     pub lat: f64,
     pub lon: f64,
     pub values: BTreeMap<String, f64>,
-    /// US EPA AQI from PM2.5 (else PM10), if the reading has either.
-    pub aqi: Option<u32>,
+    /// US EPA AQI of this one reading's PM2.5 (else PM10), if it has
+    /// either: an instant value, not the hourly NowCast AQI (that is
+    /// `/api/sensors`' `nowcast`, from the rollups). Stored as `aqi` before
+    /// it was renamed; such entries still read.
+    #[serde(alias = "aqi")]
+    pub aqi_instant: Option<u32>,
 }
 
 impl LiveReading {
@@ -59,7 +63,7 @@ impl LiveReading {
             .iter()
             .map(|v| (v.quantity.clone(), v.value))
             .collect();
-        let aqi = live_aqi(&values);
+        let aqi_instant = live_aqi(&values);
         LiveReading {
             id: format!("{device}/{}", r.sensor),
             device: device.to_owned(),
@@ -68,7 +72,7 @@ impl LiveReading {
             lat: r.lat,
             lon: r.lon,
             values,
-            aqi,
+            aqi_instant,
         }
     }
 }
@@ -244,7 +248,7 @@ mod tests {
             lat: 1.0,
             lon: 2.0,
             values: [("pm25".to_owned(), pm25)].into(),
-            aqi: None,
+            aqi_instant: None,
         };
         assert_eq!(live.update(&[r(10, 1.0)]).await.unwrap(), 1);
         assert_eq!(live.update(&[r(5, 2.0)]).await.unwrap(), 0);

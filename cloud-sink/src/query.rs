@@ -103,3 +103,19 @@ pub(crate) fn models_from_json(v: serde_json::Value) -> BTreeMap<String, String>
         _ => BTreeMap::new(),
     }
 }
+
+/// A sensor's current AQI from its hourly rollups: the largest pollutant
+/// index of its latest hour with one (NowCast for PM and O3), with the
+/// pollutant responsible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CurrentAqi {
+    pub aqi: u32,
+    /// The TAD's name for the index's band ("Moderate", ...).
+    pub category: &'static str,
+    /// The pollutant responsible (`"pm25"`, ...).
+    pub pollutant: &'static str,
+    /// What its index was computed from: `nowcast`, `1h`, `8h` or `24h`.
+    pub averaging: &'static str,
+    /// The hour (its beginning, UTC ms) the index is for.
+    pub hour_ms: i64,
+}

@@ -85,7 +85,7 @@ async fn api_answers_sensors_by_area_readings_by_time_and_devices_with_gaps() {
     // The latest of s-a is the newest reading, with its AQI.
     assert_eq!(near[0]["ts_ms"], t0 + 11_000);
     assert_eq!(near[0]["values"]["pm25"], 41.0);
-    assert_eq!(near[0]["aqi"], 115);
+    assert_eq!(near[0]["aqi_instant"], 115);
     assert_eq!(ids(&get_json(port, "/api/sensors")).len(), 3);
     assert_eq!(get(port, "/api/sensors?bbox=1,2").unwrap().0, 400);
 

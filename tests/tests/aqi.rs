@@ -62,7 +62,7 @@ fn edge_aqi(t: &Table, concentration: f64) -> Option<u32> {
 /// The index the live map shows for a reading with only this pollutant
 /// (it reads PM2.5, else PM10).
 fn cloud_aqi(t: &Table, concentration: f64) -> Option<u32> {
-    LiveReading::new("dev-1", &reading(t.quantity, concentration)).aqi
+    LiveReading::new("dev-1", &reading(t.quantity, concentration)).aqi_instant
 }
 
 /// EPA's index of a concentration already truncated to `c` (scaled).

@@ -425,3 +425,55 @@ async fn a_running_gateway_keeps_the_rollups_and_counts_its_recomputes() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn sensors_api_carries_the_hourly_aqi_with_its_category_and_pollutant() {
+    let cloud = Cloud::start_with(false, &[("AERIS_ROLLUPS__EVERY", "1s".to_owned())]).await;
+    let dev = FakeDevice::connect(cloud.broker.port, DEV).await;
+    // The three full hours before the current one, PM2.5 only.
+    let first_hour = aeris_wire::now_ms().div_euclid(HOUR_MS) * HOUR_MS - 3 * HOUR_MS;
+    let rs: Vec<Reading> = (0..3 * 60)
+        .map(|m| {
+            let mut r = readings(0, 1).remove(0);
+            r.ts_ms = first_hour + m * 60_000;
+            r.values.truncate(1);
+            r.values[0].value = pm25(m / 60 * 4, m % 60);
+            r
+        })
+        .collect();
+    for b in &batches(1, rs.clone()) {
+        dev.send(b).await;
+    }
+    assert!(
+        dev.wait_acked(180, Duration::from_secs(30)).await,
+        "{}",
+        cloud.logs()
+    );
+    let means = hourly_means(&pm25_samples(&rs), 60_000, &Completeness::default());
+    let nowcast = PM25_NOWCAST.nowcast_at(&means, first_hour + 2 * HOUR_MS);
+    let want = nowcast.and_then(|c| PM25.index(c)).expect("a NowCast AQI");
+    let port = cloud.gateway.api_port;
+    let start = std::time::Instant::now();
+    let sensor = loop {
+        let list = aeris_tests::http::get_json(port, "/api/sensors");
+        let found = list.as_array().and_then(|l| l.first()).cloned();
+        if let Some(s) = found.filter(|s| s["nowcast"]["hour_ms"] == first_hour + 2 * HOUR_MS) {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{list}\n{}",
+            cloud.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(sensor["nowcast"]["aqi"], want, "{sensor}");
+    let category = aeris_wire::aqi::table::category(want);
+    assert_eq!(sensor["nowcast"]["category"], category, "{sensor}");
+    assert_eq!(sensor["nowcast"]["pollutant"], "pm25");
+    assert_eq!(sensor["nowcast"]["averaging"], "nowcast");
+    // The latest reading's own index, named as such.
+    let last = rs.last().map(|r| r.values[0].value).unwrap_or_default();
+    assert_eq!(sensor["aqi_instant"], PM25.index(last).unwrap_or_default());
+    assert!(sensor.get("aqi").is_none(), "{sensor}");
+}

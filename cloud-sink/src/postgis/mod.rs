@@ -24,6 +24,7 @@ pub mod partition;
 mod queries;
 pub mod rollup;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aeris_wire::{Batch, Status};
@@ -35,7 +36,7 @@ pub use migrate::{applied_version, run_to as migrate_to, MIGRATIONS};
 pub use ops::{device_rows, remove_device, schema_version};
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
-use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
+use crate::query::{CurrentAqi, DeviceReport, ReadingsQuery, StoredReading};
 use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
 
 /// `application_name` of the gateway's connections (visible in
@@ -209,6 +210,19 @@ impl Sink for PostgisSink {
     async fn readings(&self, q: &ReadingsQuery) -> Result<Vec<StoredReading>, SinkError> {
         let q = q.clone();
         self.read(move |c| Box::pin(async move { queries::readings(c, &q).await }))
+            .await
+    }
+
+    async fn current_aqi(
+        &self,
+        sensors: &[(String, String)],
+        since_ms: i64,
+    ) -> Result<BTreeMap<(String, String), CurrentAqi>, SinkError> {
+        if sensors.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let sensors = sensors.to_vec();
+        self.read(move |c| Box::pin(async move { rollup::current(c, &sensors, since_ms).await }))
             .await
     }
 

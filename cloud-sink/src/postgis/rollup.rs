@@ -21,11 +21,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use aeris_wire::aqi::averaging::{highest, Averaging, Pollutant, PollutantAqi};
 use aeris_wire::aqi::hourly::{hourly_means, Completeness, HourlyMean, Sample, HOUR_MS};
 use aeris_wire::aqi::rollup::{self, HourRollup, MAX_WINDOW_HOURS, POLLUTANTS};
+use aeris_wire::aqi::table::category;
 use aeris_wire::units::Reference;
 use tokio_postgres::{Client, Transaction};
 
+use crate::query::CurrentAqi;
 use crate::SinkError;
 
 /// Marks the hours of the readings in the staging table, in the write's
@@ -110,6 +113,17 @@ WHERE ts >= 'epoch'::timestamptz + $1::int8 * interval '1 millisecond'
   AND coalesce(pm1, pm25, pm10, no2, o3, co, so2) IS NOT NULL
 ORDER BY 1, 2, 3
 ON CONFLICT (device_id, sensor_id, hour) DO UPDATE SET gen = d.gen + 1";
+
+/// The latest hour with an index of each pollutant of the given sensors
+/// since `$3`.
+const CURRENT: &str = "
+SELECT DISTINCT ON (h.device_id, h.sensor_id, h.pollutant)
+       h.device_id, h.sensor_id, h.pollutant, (extract(epoch FROM h.hour) * 1000)::int8,
+       h.aqi, h.aqi_averaging
+FROM readings_hourly h
+JOIN unnest($1::text[], $2::text[]) AS u(dev, sen) ON h.device_id = u.dev AND h.sensor_id = u.sen
+WHERE h.hour >= 'epoch'::timestamptz + $3::int8 * interval '1 millisecond' AND h.aqi IS NOT NULL
+ORDER BY h.device_id, h.sensor_id, h.pollutant, h.hour DESC";
 
 /// How hours are summarised.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,6 +273,55 @@ async fn recompute(client: &mut Client, p: &Params, wait: bool) -> Result<Round,
         .map_err(err)?;
     tx.commit().await.map_err(err)?;
     Ok(round)
+}
+
+/// Each sensor's current AQI: of its pollutants' latest indices since
+/// `since_ms`, the highest ([`aeris_wire::aqi::averaging::highest`]).
+pub(super) async fn current(
+    client: &Client,
+    sensors: &[(String, String)],
+    since_ms: i64,
+) -> Result<BTreeMap<(String, String), CurrentAqi>, tokio_postgres::Error> {
+    let devices: Vec<&str> = sensors.iter().map(|s| s.0.as_str()).collect();
+    let ids: Vec<&str> = sensors.iter().map(|s| s.1.as_str()).collect();
+    let rows = client.query(CURRENT, &[&devices, &ids, &since_ms]).await?;
+    let mut latest: BTreeMap<(String, String), Vec<(PollutantAqi, i64)>> = BTreeMap::new();
+    for row in &rows {
+        let pollutant = Pollutant::from_quantity(row.get(2));
+        let averaging = row
+            .get::<_, Option<&str>>(5)
+            .and_then(Averaging::from_label);
+        let aqi = u32::try_from(row.get::<_, i32>(4)).ok();
+        let (Some(pollutant), Some(averaging), Some(aqi)) = (pollutant, averaging, aqi) else {
+            continue;
+        };
+        let index = PollutantAqi {
+            pollutant,
+            aqi,
+            averaging,
+        };
+        latest
+            .entry((row.get(0), row.get(1)))
+            .or_default()
+            .push((index, row.get(3)));
+    }
+    Ok(latest
+        .into_iter()
+        .filter_map(|(key, found)| {
+            let top = highest(found.iter().map(|f| f.0))?;
+            let hour_ms = found.iter().find(|f| f.0 == top).map_or(0, |f| f.1);
+            Some((
+                key,
+                CurrentAqi {
+                    aqi: top.aqi,
+                    category: category(top.aqi),
+                    pollutant: top.pollutant.quantity(),
+                    averaging: top.averaging.label(),
+                    hour_ms,
+                },
+            ))
+        })
+        .collect())
 }
 
 /// The marked hours split where two are further apart than two windows,
@@ -432,19 +495,7 @@ impl Rows {
         self.nowcast.push(r.nowcast);
         self.aqi
             .push(r.aqi.map(|a| i32::try_from(a.aqi).unwrap_or(i32::MAX)));
-        self.averaging
-            .push(r.aqi.map(|a| averaging_name(a.averaging)));
-    }
-}
-
-/// `aqi_averaging` as stored.
-pub fn averaging_name(a: aeris_wire::aqi::averaging::Averaging) -> &'static str {
-    use aeris_wire::aqi::averaging::Averaging;
-    match a {
-        Averaging::OneHour => "1h",
-        Averaging::EightHour => "8h",
-        Averaging::TwentyFourHour => "24h",
-        Averaging::NowCast => "nowcast",
+        self.averaging.push(r.aqi.map(|a| a.averaging.label()));
     }
 }
 

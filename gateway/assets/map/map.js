@@ -70,7 +70,9 @@
   function popup(r) {
     var rows = Object.keys(r.values).map(function (k) { return esc(k) + ': ' + r.values[k]; });
     var d = devices[r.device];
-    return '<b>' + esc(r.sensor) + '</b> (' + esc(r.device) + ')<br>AQI ' + (r.aqi === null ? '–' : r.aqi) +
+    var nc = r.nowcast;
+    return '<b>' + esc(r.sensor) + '</b> (' + esc(r.device) + ')<br>AQI ' + (r.aqi_instant === null ? '–' : r.aqi_instant) +
+      (nc ? '<br>hourly AQI ' + Number(nc.aqi) + ' (' + esc(nc.category) + ', ' + esc(nc.pollutant) + ' ' + esc(nc.averaging) + ')' : '') +
       '<br>' + rows.join('<br>') + '<br>' + new Date(r.ts_ms).toISOString() +
       (d ? '<br><i>' + debt(d) + '</i>' : '');
   }
@@ -78,7 +80,9 @@
   function show(r) {
     var m = markers[r.id];
     if (m && m.aerisTs >= r.ts_ms) { return; }
-    var fill = colour(r.aqi);
+    // Live readings carry no hourly AQI: keep the last one /api/sensors gave.
+    if (!r.nowcast && m && m.aerisReading) { r.nowcast = m.aerisReading.nowcast; }
+    var fill = colour(r.aqi_instant);
     if (!m) {
       m = L.circleMarker([r.lat, r.lon], {
         radius: 9, color: '#222', weight: 1, fillColor: fill, fillOpacity: 0.9, className: 'aeris-sensor'
@@ -89,12 +93,12 @@
       m.setStyle({ fillColor: fill });
     }
     m.aerisTs = r.ts_ms;
-    m.aerisAqi = r.aqi;
+    m.aerisAqi = r.aqi_instant;
     var el = m.getElement && m.getElement();
     if (el) { el.setAttribute('data-sensor', r.id); }
     m.aerisReading = r;
     m.bindPopup(popup(r));
-    m.bindTooltip(esc(r.sensor) + ' · AQI ' + (r.aqi === null ? '–' : r.aqi), { permanent: true, direction: 'right', offset: [10, 0] });
+    m.bindTooltip(esc(r.sensor) + ' · AQI ' + (r.aqi_instant === null ? '–' : r.aqi_instant), { permanent: true, direction: 'right', offset: [10, 0] });
   }
 
   function fit() {

@@ -223,7 +223,7 @@ mod tests {
             ts_ms: 1,
             lat: 0.0,
             lon: 0.0,
-            aqi: None,
+            aqi_instant: None,
             values: Default::default(),
         };
         tx.send(reading).unwrap();

@@ -5,7 +5,10 @@
 //!   longer than `writer.stall_after` (503 otherwise). `GET /metrics`:
 //!   Prometheus text.
 //! - `GET /api/sensors[?bbox=w,s,e,n | ?lat=&lon=&radius_m=]`: latest reading
-//!   of each sensor in the area, from the live view (Redis geo index).
+//!   of each sensor in the area, from the live view (Redis geo index), with
+//!   its instant AQI (`aqi_instant`, of that reading alone) and, from the
+//!   hourly rollups (PostGIS), `nowcast`: the AQI of its latest hour with
+//!   one in the last 3 hours, its category and the pollutant responsible.
 //! - `GET /api/readings?device=&sensor=&from=&to=&limit=`: a sensor's stored
 //!   readings over `[from, to)` (Unix ms or RFC 3339), from the database;
 //!   `to` defaults to now (+ the 5 minutes of clock skew ingest accepts),
@@ -184,10 +187,45 @@ async fn sensors(State(s): State<ApiState>, Query(p): Query<AreaParams>) -> Resp
         Ok(a) => a,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    match s.live.search(area).await {
-        Ok(found) => Json(found).into_response(),
-        Err(e) => sink_error(e),
-    }
+    let found = match s.live.search(area).await {
+        Ok(found) => found,
+        Err(e) => return sink_error(e),
+    };
+    let ids: Vec<(String, String)> = found
+        .iter()
+        .map(|r| (r.device.clone(), r.sensor.clone()))
+        .collect();
+    let since = aeris_wire::now_ms().saturating_sub(NOWCAST_MAX_AGE_MS);
+    // The map works without the rollups: a failed read leaves `nowcast` out.
+    let mut current = match s.sink.current_aqi(&ids, since).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "current AQI from the rollups not read");
+            Default::default()
+        }
+    };
+    let out: Vec<SensorView> = found
+        .into_iter()
+        .map(|reading| {
+            let nowcast = current.remove(&(reading.device.clone(), reading.sensor.clone()));
+            SensorView { reading, nowcast }
+        })
+        .collect();
+    Json(out).into_response()
+}
+
+/// How old a rollup hour `/api/sensors` still shows as current: the
+/// NowCast needs 2 of the last 3 hours.
+const NOWCAST_MAX_AGE_MS: i64 = 3 * 3_600_000;
+
+/// A sensor as `/api/sensors` returns it: the live reading's fields and
+/// the current AQI from the rollups (absent without one).
+#[derive(serde::Serialize)]
+struct SensorView {
+    #[serde(flatten)]
+    reading: aeris_sink::live::LiveReading,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nowcast: Option<aeris_sink::query::CurrentAqi>,
 }
 
 #[derive(Debug, Deserialize)]

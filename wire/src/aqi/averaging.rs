@@ -63,6 +63,21 @@ pub enum Pollutant {
 }
 
 impl Pollutant {
+    /// Every pollutant, in the order a tie names them.
+    pub const ALL: [Pollutant; 6] = [
+        Pollutant::Pm25,
+        Pollutant::Pm10,
+        Pollutant::O3,
+        Pollutant::Co,
+        Pollutant::So2,
+        Pollutant::No2,
+    ];
+
+    /// The pollutant a quantity name stands for.
+    pub fn from_quantity(q: &str) -> Option<Pollutant> {
+        Pollutant::ALL.into_iter().find(|p| p.quantity() == q)
+    }
+
     /// The quantity name readings carry (`"pm25"`, ...).
     pub fn quantity(self) -> &'static str {
         match self {
@@ -84,6 +99,30 @@ pub enum Averaging {
     TwentyFourHour,
     /// The NowCast standing in for the 8- or 24-hour mean.
     NowCast,
+}
+
+impl Averaging {
+    /// A short name for storage and the API: `1h`, `8h`, `24h`, `nowcast`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Averaging::OneHour => "1h",
+            Averaging::EightHour => "8h",
+            Averaging::TwentyFourHour => "24h",
+            Averaging::NowCast => "nowcast",
+        }
+    }
+
+    /// The averaging a [`Averaging::label`] names.
+    pub fn from_label(s: &str) -> Option<Averaging> {
+        [
+            Averaging::OneHour,
+            Averaging::EightHour,
+            Averaging::TwentyFourHour,
+            Averaging::NowCast,
+        ]
+        .into_iter()
+        .find(|a| a.label() == s)
+    }
 }
 
 /// One pollutant's index and what it was computed from.
@@ -197,9 +236,15 @@ pub fn pollutant_aqis(c: &Concentrations) -> Vec<PollutantAqi> {
 /// responsible (the first in [`pollutant_aqis`]' order on a tie: PM2.5,
 /// PM10, O3, CO, SO2, NO2). `None` without any value.
 pub fn overall_aqi(c: &Concentrations) -> Option<PollutantAqi> {
-    pollutant_aqis(c)
-        .into_iter()
-        .reduce(|best, p| if p.aqi > best.aqi { p } else { best })
+    highest(pollutant_aqis(c))
+}
+
+/// The largest of pollutant indices computed apart (a rollup's rows), in
+/// any order; on a tie the first in [`Pollutant::ALL`].
+pub fn highest(aqis: impl IntoIterator<Item = PollutantAqi>) -> Option<PollutantAqi> {
+    let rank = |p: &PollutantAqi| Pollutant::ALL.iter().position(|q| *q == p.pollutant);
+    aqis.into_iter()
+        .max_by(|a, b| a.aqi.cmp(&b.aqi).then_with(|| rank(b).cmp(&rank(a))))
 }
 
 /// The larger index; `a` on a tie (the standard's primary averaging time).

@@ -122,6 +122,20 @@ pub const NO2: Table = Table {
 
 pub const TABLES: [&Table; 6] = [&PM25, &PM10, &O3, &CO, &SO2, &NO2];
 
+/// The category of an index, as the TAD names them (Table 1): 0–50
+/// Good, 51–100 Moderate, 101–150 Unhealthy for Sensitive Groups,
+/// 151–200 Unhealthy, 201–300 Very Unhealthy, 301 and above Hazardous.
+pub fn category(aqi: u32) -> &'static str {
+    match aqi {
+        0..=50 => "Good",
+        51..=100 => "Moderate",
+        101..=150 => "Unhealthy for Sensitive Groups",
+        151..=200 => "Unhealthy",
+        201..=300 => "Very Unhealthy",
+        _ => "Hazardous",
+    }
+}
+
 impl Table {
     /// The index of concentration `c` in the table's unit; `None` for a
     /// negative or non-finite concentration.
@@ -148,6 +162,31 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn categories_change_at_the_tads_index_bounds() {
+        let names: Vec<&str> = [0, 50, 51, 100, 101, 150, 151, 200, 201, 300, 301, 500]
+            .into_iter()
+            .map(category)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Good",
+                "Good",
+                "Moderate",
+                "Moderate",
+                "Unhealthy for Sensitive Groups",
+                "Unhealthy for Sensitive Groups",
+                "Unhealthy",
+                "Unhealthy",
+                "Very Unhealthy",
+                "Very Unhealthy",
+                "Hazardous",
+                "Hazardous"
+            ]
+        );
+    }
 
     /// Expected indices written by hand from EPA's 2024 breakpoint table,
     /// at, just below and just above every breakpoint, with Equation 1

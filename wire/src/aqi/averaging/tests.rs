@@ -115,3 +115,32 @@ fn split_tables_agree_with_the_current_indicator_tables_where_they_overlap() {
         assert_eq!(split, crate::aqi::SO2.index(c), "SO2 {c}");
     }
 }
+
+#[test]
+fn highest_of_separate_indices_breaks_ties_in_pollutant_order() {
+    let p = |pollutant, aqi| PollutantAqi {
+        pollutant,
+        aqi,
+        averaging: Averaging::OneHour,
+    };
+    // Given in any order, a tie names the first of PM2.5, PM10, O3, CO, SO2, NO2.
+    let got = highest([
+        p(Pollutant::No2, 80),
+        p(Pollutant::O3, 80),
+        p(Pollutant::Pm10, 40),
+    ]);
+    assert_eq!(got.map(|a| a.pollutant), Some(Pollutant::O3));
+    let got = highest([p(Pollutant::No2, 81), p(Pollutant::O3, 80)]);
+    assert_eq!(got.map(|a| a.pollutant), Some(Pollutant::No2));
+    assert_eq!(highest([]), None);
+    for a in [
+        Averaging::OneHour,
+        Averaging::EightHour,
+        Averaging::TwentyFourHour,
+        Averaging::NowCast,
+    ] {
+        assert_eq!(Averaging::from_label(a.label()), Some(a));
+    }
+    assert_eq!(Pollutant::from_quantity("so2"), Some(Pollutant::So2));
+    assert_eq!(Pollutant::from_quantity("pm1"), None);
+}
