@@ -59,3 +59,22 @@ impl RollupsConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensor_intervals_read_as_durations_and_bad_ones_name_their_key() {
+        let c: RollupsConfig =
+            toml::from_str("sample_interval = \"30s\"\nsensor_intervals = { s1 = \"10s\" }\n")
+                .unwrap();
+        assert_eq!(c.sample_interval, Duration::from_secs(30));
+        assert_eq!(*c.sensor_intervals["s1"], Duration::from_secs(10));
+        assert!(c.validate().is_ok());
+        let bad: RollupsConfig = toml::from_str("sensor_intervals = { s2 = \"2h\" }\n").unwrap();
+        let e = bad.validate().unwrap_err();
+        assert!(e.contains("rollups.sensor_intervals.s2"), "{e}");
+        assert!(RollupsConfig::default().validate().is_ok());
+    }
+}
