@@ -26,6 +26,7 @@ use aeris_wire::aqi::hourly::{hourly_means, Completeness, HourlyMean, Sample, HO
 use aeris_wire::aqi::rollup::{self, HourRollup, MAX_WINDOW_HOURS, POLLUTANTS};
 use aeris_wire::aqi::table::category;
 use aeris_wire::units::Reference;
+use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_postgres::{Client, Transaction};
 
 use crate::query::CurrentAqi;
@@ -42,6 +43,9 @@ FROM aeris_staging
 WHERE coalesce(pm1, pm25, pm10, no2, o3, co, so2) IS NOT NULL
 ORDER BY 1, 2, 3
 ON CONFLICT (device_id, sensor_id, hour) DO UPDATE SET gen = d.gen + 1";
+
+/// Sensors recomputed at once within a round (pipelined queries).
+const IN_FLIGHT: usize = 16;
 
 /// Arbitrary constant naming the recompute lock (not the migrations' or
 /// the partitions').
@@ -262,11 +266,25 @@ async fn recompute(client: &mut Client, p: &Params, wait: bool) -> Result<Round,
         marks: marks.len() as u64,
         ..Round::default()
     };
-    for ((device, sensor), hours) in &by_sensor {
-        for cluster in clusters(hours) {
-            round.rows_written += recompute_cluster(&tx, p, device, sensor, &cluster).await?;
-        }
-    }
+    // Sensors are independent: their queries are pipelined on the one
+    // connection (tokio-postgres sends a request while earlier ones are in
+    // flight), so a round costs server time, not round trips.
+    let jobs: Vec<(String, String, Vec<i64>)> = by_sensor
+        .into_iter()
+        .flat_map(|((d, s), hours)| {
+            clusters(&hours)
+                .into_iter()
+                .map(move |c| (d.clone(), s.clone(), c))
+        })
+        .collect();
+    let tx_ref = &tx;
+    round.rows_written = stream::iter(jobs)
+        .map(|(device, sensor, cluster)| async move {
+            recompute_cluster(tx_ref, p, &device, &sensor, &cluster).await
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_fold(0, |sum, n| async move { Ok(sum + n) })
+        .await?;
     round.cleared = tx
         .execute(CLEAR, &[&handled.0, &handled.1, &handled.2, &handled.3])
         .await
