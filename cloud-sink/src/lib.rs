@@ -16,6 +16,8 @@
 //!   configured. Neither is on the ack path.
 //! - [`query`]: what the HTTP API reads back.
 //! - [`ops`]: the operators' audit log and the re-send points after a restore.
+//! - [`rollouts`]: rollouts started over HTTP and their devices' outcomes,
+//!   with the lease that keeps one gateway driving each.
 #![forbid(unsafe_code)]
 
 pub mod live;
@@ -23,6 +25,7 @@ pub mod ops;
 pub mod postgis;
 pub mod query;
 pub mod redis;
+pub mod rollouts;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -122,6 +125,36 @@ pub trait Sink: Send + Sync {
 
     /// Every known device and the lowest seq the database lacks for it.
     async fn resend_points(&self) -> Result<Vec<ops::ResendPoint>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Stores a rollout's state and its changed devices (`r.devices`) in
+    /// one transaction, renewing `lease`. `Ok(false)`: nothing stored, the
+    /// rollout belongs to another gateway now (or it finished).
+    async fn save_rollout(
+        &self,
+        _r: &rollouts::StoredRollout,
+        _lease: &rollouts::Lease,
+    ) -> Result<bool, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// One rollout with every device, if stored.
+    async fn rollout(&self, _id: u64) -> Result<Option<rollouts::StoredRollout>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Renews `lease.owner`'s leases and takes the unfinished rollouts whose
+    /// lease expired; returns every unfinished rollout it now owns.
+    async fn claim_rollouts(
+        &self,
+        _lease: &rollouts::Lease,
+    ) -> Result<Vec<rollouts::StoredRollout>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// How many rollouts are in each state.
+    async fn rollout_counts(&self) -> Result<Vec<(rollouts::RolloutState, u64)>, SinkError> {
         Err(SinkError::Unsupported(self.kind()))
     }
 }

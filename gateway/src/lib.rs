@@ -8,7 +8,8 @@
 //! - [`api`]: HTTP: health, metrics, sensors, readings, devices, the live
 //!   map and its event stream.
 //! - [`rollout`]: staged agent updates: canary first, outcomes from
-//!   `up/event`, halt past a failure threshold.
+//!   `up/event`, halt past a failure threshold; those started over HTTP
+//!   are stored and resume after a restart (or on another gateway).
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`stats`]: Prometheus metrics and readiness flags; [`opstats`]: the
 //!   operations metrics (API refusals, operator actions, per-device fleet
@@ -85,7 +86,15 @@ pub async fn run(
         stats.clone(),
         background.clone(),
     ));
-    let api = serve_api(&config, &sink, &live, &stats, &background).await?;
+    let rollouts = rollout::Driver::new(
+        sink.clone(),
+        config.broker.clone(),
+        &config.rollout,
+        stats.rollouts.clone(),
+        background.clone(),
+    );
+    let api = serve_api(&config, &sink, &live, &stats, &rollouts, &background).await?;
+    let rollouts = tokio::spawn(rollouts.run());
     let fleet = tokio::spawn(fleet::run(
         Arc::new(config.clone()),
         stats.clone(),
@@ -97,6 +106,7 @@ pub async fn run(
     background.cancel();
     let _ = updater.await;
     let _ = fleet.await;
+    let _ = rollouts.await;
     if let Some(retention) = retention {
         let _ = retention.await;
     }
@@ -115,6 +125,7 @@ async fn serve_api(
     sink: &Arc<dyn Sink>,
     live: &Arc<dyn Live>,
     stats: &Arc<Stats>,
+    rollouts: &Arc<rollout::Driver>,
     background: &CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
     if config.api.listen.is_empty() {
@@ -148,7 +159,7 @@ async fn serve_api(
         streams: api::live::Streams::new(config.api.live.clone(), stats.clone()),
     })
     .merge(api::auth::protect(
-        api::rollout::routes(config.broker.clone(), Some((sink.clone(), stats.clone()))),
+        api::rollout::routes(rollouts.clone(), Some((sink.clone(), stats.clone()))),
         access,
         api::auth::Scope::Operate,
     ));

@@ -290,9 +290,18 @@ async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
     // Every wave may take the device timeout, plus time to connect.
     let give_up = args.device_timeout * 2 + std::time::Duration::from_secs(60);
     let devices = plan_targets_text(&args.devices, args.percent);
-    let result = rollout::run(&config.broker, payload, plan, give_up, |s| {
-        println!("{}", serde_json::to_string(s).unwrap_or_default());
-    })
+    let result = rollout::run(
+        &config.broker,
+        payload,
+        plan,
+        give_up,
+        rollout::Session::Clean,
+        tokio_util::sync::CancellationToken::new(),
+        |s| {
+            println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            async { Ok(()) }
+        },
+    )
     .await;
     audit_rollout(&config, &devices, &result).await;
     let summary = result?;

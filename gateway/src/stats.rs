@@ -41,6 +41,8 @@ pub struct Stats {
     pub ops: crate::opstats::OpsStats,
     /// Partitions created and dropped by retention.
     pub retention: std::sync::Arc<crate::retention::Metrics>,
+    /// Stored rollouts by state, and those this gateway drives.
+    pub rollouts: std::sync::Arc<crate::rollout::Metrics>,
     rejected: Family<Reason, Counter>,
     registry: Registry,
     /// Connected to the broker with the subscriptions queued.
@@ -132,9 +134,11 @@ impl Default for Stats {
         );
         let ops = crate::opstats::OpsStats::register(&mut registry);
         let retention = std::sync::Arc::new(crate::retention::Metrics::register(&mut registry));
+        let rollouts = std::sync::Arc::new(crate::rollout::Metrics::register(&mut registry));
         Stats {
             ops,
             retention,
+            rollouts,
             batches_received,
             readings_inserted,
             readings_duplicate,

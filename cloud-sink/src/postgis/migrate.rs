@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "device_models_and_drain",
         include_str!("../../migrations/0007_device_models_and_drain.sql"),
     ),
+    (
+        8,
+        "rollouts",
+        include_str!("../../migrations/0008_rollouts.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -20,6 +20,7 @@ mod migrate;
 mod ops;
 pub mod partition;
 mod queries;
+mod rollouts;
 
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ pub use ops::{device_rows, remove_device, schema_version};
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
+use crate::rollouts::{Lease, RolloutState, StoredRollout};
 use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
 
 /// `application_name` of the gateway's connections (visible in
@@ -232,5 +234,29 @@ impl Sink for PostgisSink {
 
     async fn resend_points(&self) -> Result<Vec<ResendPoint>, SinkError> {
         self.read(|c| Box::pin(ops::resend_points(c))).await
+    }
+
+    async fn save_rollout(&self, r: &StoredRollout, lease: &Lease) -> Result<bool, SinkError> {
+        let (r, lease) = (r.clone(), lease.clone());
+        self.read(move |c| Box::pin(async move { rollouts::save(c, &r, &lease).await }))
+            .await
+    }
+
+    async fn rollout(&self, id: u64) -> Result<Option<StoredRollout>, SinkError> {
+        let ids = [i64::try_from(id).unwrap_or(-1)];
+        let found = self
+            .read(move |c| Box::pin(async move { rollouts::load(c, &ids).await }))
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn claim_rollouts(&self, lease: &Lease) -> Result<Vec<StoredRollout>, SinkError> {
+        let lease = lease.clone();
+        self.read(move |c| Box::pin(async move { rollouts::claim(c, &lease).await }))
+            .await
+    }
+
+    async fn rollout_counts(&self) -> Result<Vec<(RolloutState, u64)>, SinkError> {
+        self.read(|c| Box::pin(rollouts::counts(c))).await
     }
 }

@@ -36,6 +36,30 @@ pub struct Config {
     pub api: ApiConfig,
     /// Partitions of `readings` and how long rows are kept (PostGIS only).
     pub retention: RetentionConfig,
+    /// Who drives the stored rollouts started over HTTP.
+    pub rollout: RolloutConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// This gateway's name as the owner of the rollouts it drives; empty =
+    /// the host name (a pod's name), so a restarted gateway takes its own
+    /// rollouts back at once.
+    pub instance: String,
+    /// How long a gateway owns a rollout without renewing (it renews every
+    /// third of it); another gateway takes over an expired one.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            instance: String::new(),
+            lease: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +104,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             api: ApiConfig::default(),
             retention: RetentionConfig::default(),
+            rollout: RolloutConfig::default(),
         }
     }
 }
@@ -139,6 +164,11 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   retention.partitions_ahead_days   daily partitions of readings created this far ahead [7]
   retention.max_backfill_days       days moved out of the default partition per run, at most [32]
   retention.lock_timeout            longest wait for a table lock per step; retried next run [5s]
+  rollout.instance                  this gateway's name as the owner of the rollouts it drives
+                                    (POST /api/rollouts, stored in the database); empty = host name
+  rollout.lease                     a gateway drives a stored rollout while it holds its lease,
+                                    renewed every third of it; another gateway resumes a rollout
+                                    whose lease expired, the same instance at its next start [30s]
 ";
 
 /// A configuration that could not be loaded; the message names the key and
