@@ -254,7 +254,9 @@ impl Driver {
         plan: Plan,
         token: CancellationToken,
     ) -> anyhow::Result<Summary> {
-        let mut prev: Option<Summary> = None;
+        // Stored already (by `start`, or it was loaded): the first save
+        // writes the rollout row only, later ones the devices that changed.
+        let mut prev = Some(plan.summary());
         let (sink, lease) = (self.sink.clone(), self.lease.clone());
         let timeout = meta.timeout;
         let payload = meta.payload();
