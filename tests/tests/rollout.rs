@@ -340,6 +340,67 @@ async fn rollout_over_the_http_api_halts_on_the_failing_device() {
     );
 }
 
+/// A gateway config whose only token, `token`, has the `operate` scope.
+fn operator_config(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[api.auth.tokens]]\nname = \"release-manager\"\nsha256 = \"{}\"\nscopes = [\"operate\"]\n",
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// A gateway on PostGIS at `db_url` serving its API on `api`; `extra`
+/// adds environment (the rollout instance and lease).
+fn stored_gateway(
+    dir: &std::path::Path,
+    broker: u16,
+    api: u16,
+    db_url: &str,
+    extra: &[(&str, String)],
+    log: &str,
+) -> aeris_tests::process::Proc {
+    let mut env = vec![
+        (
+            "AERIS_GATEWAY_CONFIG",
+            dir.join("gateway.toml").display().to_string(),
+        ),
+        ("AERIS_BROKER__PORT", broker.to_string()),
+        ("AERIS_API__LISTEN", format!("127.0.0.1:{api}")),
+        ("AERIS_DATABASE_URL", db_url.to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    aeris_tests::process::Proc::start("aeris-gateway", &env, dir.join(log))
+}
+
+/// Starts a rollout of the package in `pkg` to `devices` (canary 1) over
+/// the API on `api`; returns its URL.
+async fn start_rollout(api: u16, token: &str, pkg: &std::path::Path, devices: &[&str]) -> String {
+    let update = serde_json::json!({
+        "format": 1,
+        "url": "http://updates.invalid/pkg/",
+        "manifest": std::fs::read_to_string(pkg.join("manifest.json")).unwrap(),
+        "signature": std::fs::read_to_string(pkg.join("manifest.json.sig")).unwrap(),
+    });
+    let body = serde_json::json!({ "update": update, "devices": devices, "canary": 1 }).to_string();
+    let (status, reply) = aeris_tests::wait_for("gateway API", Duration::from_secs(30), || async {
+        let r = aeris_tests::http_request_as(api, "POST", "/api/rollouts", &body, Some(token))
+            .await
+            .ok()?;
+        (r.0 != 503).then_some(r)
+    })
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    serde_json::from_str::<serde_json::Value>(&reply).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// The rollout at `url` when the API answers 200.
 async fn get_rollout(api: u16, url: &str, token: &str) -> Option<serde_json::Value> {
     let (status, body) = aeris_tests::http_request_as(api, "GET", url, "", Some(token))
@@ -363,25 +424,8 @@ async fn rollout_resumes_after_the_gateway_is_killed_mid_stage() {
     let pkg = package(dir.path());
     let api = aeris_tests::free_port();
     let token = "rollout-operator-token";
-    let config = dir.path().join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[api.auth.tokens]]\nname = \"release-manager\"\nsha256 = \"{}\"\nscopes = [\"operate\"]\n",
-            hex::encode(sha2::Sha256::digest(token.as_bytes()))
-        ),
-    )
-    .unwrap();
-    let mut gateway = aeris_tests::process::Proc::start(
-        "aeris-gateway",
-        &[
-            ("AERIS_GATEWAY_CONFIG", config.display().to_string()),
-            ("AERIS_BROKER__PORT", broker.port.to_string()),
-            ("AERIS_API__LISTEN", format!("127.0.0.1:{api}")),
-            ("AERIS_DATABASE_URL", db.url.clone()),
-        ],
-        dir.path().join("gateway.log"),
-    );
+    operator_config(dir.path(), token);
+    let mut gateway = stored_gateway(dir.path(), broker.port, api, &db.url, &[], "gateway.log");
     // dev-2 and dev-3 finish installing while the gateway is down, dev-4
     // only after it is back and the API was read.
     let (open_a, gate_a) = tokio::sync::watch::channel(false);
@@ -396,25 +440,7 @@ async fn rollout_resumes_after_the_gateway_is_killed_mid_stage() {
         };
         got.push(simulated_device_gated(broker.port, n, false, gate).await);
     }
-    let update = serde_json::json!({
-        "format": 1,
-        "url": "http://updates.invalid/pkg/",
-        "manifest": std::fs::read_to_string(pkg.join("manifest.json")).unwrap(),
-        "signature": std::fs::read_to_string(pkg.join("manifest.json.sig")).unwrap(),
-    });
-    let body = serde_json::json!({ "update": update, "devices": names, "canary": 1 }).to_string();
-    let (status, reply) = aeris_tests::wait_for("gateway API", Duration::from_secs(30), || async {
-        let r = aeris_tests::http_request_as(api, "POST", "/api/rollouts", &body, Some(token))
-            .await
-            .ok()?;
-        (r.0 != 503).then_some(r)
-    })
-    .await;
-    assert_eq!(status, 202, "{reply}\n{}", gateway.log());
-    let url = serde_json::from_str::<serde_json::Value>(&reply).unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let url = start_rollout(api, token, &pkg, &names).await;
     let state = |v: &serde_json::Value, n: &str| v["devices"][n]["state"].clone();
     // Past the canary: the fleet stage was sent, dev-1 confirmed.
     let before =
@@ -488,4 +514,73 @@ async fn rollout_resumes_after_the_gateway_is_killed_mid_stage() {
     for g in &got {
         assert_eq!(g.lock().unwrap().len(), 1);
     }
+}
+
+/// Two gateways share the database; the one that started a rollout dies
+/// for good during the fleet stage. The other takes the rollout over once
+/// the dead one's lease expired and finishes it, with the outcome the
+/// device sent while nobody drove the rollout, and no device sent the
+/// update twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_gateway_finishes_a_rollout_whose_gateway_died() {
+    let broker = Mosquitto::start();
+    let db = aeris_tests::postgres::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path());
+    let token = "rollout-operator-token";
+    operator_config(dir.path(), token);
+    let (api_a, api_b) = (aeris_tests::free_port(), aeris_tests::free_port());
+    let lease = |name: &str| {
+        [
+            ("AERIS_ROLLOUT__INSTANCE", name.to_owned()),
+            ("AERIS_ROLLOUT__LEASE", "1s".to_owned()),
+        ]
+    };
+    let mut a = stored_gateway(
+        dir.path(),
+        broker.port,
+        api_a,
+        &db.url,
+        &lease("gw-a"),
+        "a.log",
+    );
+    let b = stored_gateway(
+        dir.path(),
+        broker.port,
+        api_b,
+        &db.url,
+        &lease("gw-b"),
+        "b.log",
+    );
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let names = ["canary", "dev-1", "dev-2"];
+    let mut got = Vec::new();
+    for n in names {
+        let held = (n == "dev-2").then(|| gate.clone());
+        got.push(simulated_device_gated(broker.port, n, false, held).await);
+    }
+    let url = start_rollout(api_a, token, &pkg, &names).await;
+    aeris_tests::wait_for("fleet stage sent", Duration::from_secs(30), || async {
+        let v = get_rollout(api_a, &url, token).await?;
+        (v["devices"]["dev-2"]["state"] == "sent").then_some(())
+    })
+    .await;
+    a.kill();
+    open.send(true).unwrap();
+    let last = aeris_tests::wait_for("rollout done on b", Duration::from_secs(30), || async {
+        let v = get_rollout(api_b, &url, token).await?;
+        (v["done"] == true).then_some(v)
+    })
+    .await;
+    assert_eq!(last["state"], "completed", "{last}\n{}", b.log());
+    assert_eq!(last["confirmed"], 3, "{last}");
+    for (n, g) in names.iter().zip(&got) {
+        assert_eq!(g.lock().unwrap().len(), 1, "{n}: {:?}", g.lock().unwrap());
+    }
+    let (_, metrics) = aeris_tests::http_get(api_b, "/metrics").await.unwrap();
+    assert_eq!(
+        aeris_tests::metric(&metrics, "aeris_gateway_rollouts_resumed_total"),
+        Some(1.0),
+        "{metrics}"
+    );
 }
