@@ -16,8 +16,11 @@
 //!   configured. Neither is on the ack path.
 //! - [`query`]: what the HTTP API reads back.
 //! - [`ops`]: the operators' audit log and the re-send points after a restore.
+//! - [`fleet_config`]: desired configuration per device and group
+//!   (versioned history) and what devices report they run (PostGIS only).
 #![forbid(unsafe_code)]
 
+pub mod fleet_config;
 pub mod live;
 pub mod ops;
 pub mod postgis;
@@ -27,7 +30,7 @@ pub mod sqlite;
 
 use std::collections::BTreeMap;
 
-use aeris_wire::{Batch, Status};
+use aeris_wire::{Batch, ConfigReport, Status};
 
 pub use postgis::PostgisSink;
 pub use sqlite::SqliteSink;
@@ -122,6 +125,35 @@ pub trait Sink: Send + Sync {
 
     /// Every known device and the lowest seq the database lacks for it.
     async fn resend_points(&self) -> Result<Vec<ops::ResendPoint>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Stores a new desired fragment for `scope` under the next fleet-wide
+    /// version.
+    async fn set_config(
+        &self,
+        _scope: &fleet_config::Scope,
+        _fragment: &serde_json::Value,
+        _set_by: &str,
+    ) -> Result<fleet_config::DesiredRow, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Every desired fragment ever set for `scopes`, newest first.
+    async fn config_rows(
+        &self,
+        _scopes: &[fleet_config::Scope],
+    ) -> Result<Vec<fleet_config::DesiredRow>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Records a device's config report if it is not older than the stored one.
+    async fn record_config_report(&self, _report: &ConfigReport) -> Result<(), SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Every device's last config report.
+    async fn config_reports(&self) -> Result<Vec<fleet_config::ReportedRow>, SinkError> {
         Err(SinkError::Unsupported(self.kind()))
     }
 }

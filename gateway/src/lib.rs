@@ -9,6 +9,8 @@
 //!   map and its event stream.
 //! - [`rollout`]: staged agent updates: canary first, outcomes from
 //!   `up/event`, halt past a failure threshold.
+//! - [`fleet_config`]: desired configuration per device and group, sent
+//!   to devices and compared with what they report (`up/config`).
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`stats`]: Prometheus metrics and readiness flags; [`opstats`]: the
 //!   operations metrics (API refusals, operator actions, per-device fleet
@@ -21,6 +23,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod fleet;
+pub mod fleet_config;
 pub mod mqtt;
 pub mod opstats;
 pub mod ownership;
@@ -92,11 +95,17 @@ pub async fn run(
         background.clone(),
     ));
     let retention = start_retention(&config, &stats, &background).await;
+    let drift = tokio::spawn(fleet_config::service::drift_gauges(
+        sink.clone(),
+        stats.clone(),
+        background.clone(),
+    ));
     let outputs = source::Outputs { sink, live, feed };
     let result = source::run(Arc::new(config), outputs, stats, shutdown).await;
     background.cancel();
     let _ = updater.await;
     let _ = fleet.await;
+    let _ = drift.await;
     if let Some(retention) = retention {
         let _ = retention.await;
     }

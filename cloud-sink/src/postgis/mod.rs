@@ -16,6 +16,7 @@
 
 mod collide;
 mod copy;
+mod fleet_config;
 mod migrate;
 mod ops;
 pub mod partition;
@@ -23,7 +24,7 @@ mod queries;
 
 use std::time::Duration;
 
-use aeris_wire::{Batch, Status};
+use aeris_wire::{Batch, ConfigReport, Status};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
@@ -31,6 +32,7 @@ use tracing::{info, warn};
 pub use migrate::{applied_version, run_to as migrate_to, MIGRATIONS};
 pub use ops::{device_rows, remove_device, schema_version};
 
+use crate::fleet_config::{DesiredRow, ReportedRow, Scope};
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
 use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
@@ -232,5 +234,35 @@ impl Sink for PostgisSink {
 
     async fn resend_points(&self) -> Result<Vec<ResendPoint>, SinkError> {
         self.read(|c| Box::pin(ops::resend_points(c))).await
+    }
+
+    async fn set_config(
+        &self,
+        scope: &Scope,
+        fragment: &serde_json::Value,
+        set_by: &str,
+    ) -> Result<DesiredRow, SinkError> {
+        let (scope, fragment, set_by) = (scope.clone(), fragment.clone(), set_by.to_owned());
+        self.read(move |c| {
+            Box::pin(async move { fleet_config::set(c, &scope, &fragment, &set_by).await })
+        })
+        .await
+    }
+
+    async fn config_rows(&self, scopes: &[Scope]) -> Result<Vec<DesiredRow>, SinkError> {
+        let scopes = scopes.to_vec();
+        self.read(move |c| Box::pin(async move { fleet_config::rows(c, &scopes).await }))
+            .await
+    }
+
+    async fn record_config_report(&self, report: &ConfigReport) -> Result<(), SinkError> {
+        let report = report.clone();
+        self.read(move |c| Box::pin(async move { fleet_config::record_report(c, &report).await }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn config_reports(&self) -> Result<Vec<ReportedRow>, SinkError> {
+        self.read(|c| Box::pin(fleet_config::reports(c))).await
     }
 }
