@@ -186,7 +186,12 @@ pub async fn drift_gauges(sink: Arc<dyn Sink>, stats: Arc<Stats>, stop: Cancella
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match drift_of(sink.as_ref(), &[]).await {
+        // Devices with a status and devices that reported a configuration.
+        let devices = match sink.devices().await {
+            Ok(d) => d.into_iter().map(|d| d.device).collect(),
+            Err(_) => Vec::new(),
+        };
+        match drift_of(sink.as_ref(), &devices).await {
             Ok(all) => {
                 for (device, c) in all {
                     stats
