@@ -5,7 +5,9 @@
 -- scope is its desired fragment. Versions come from one sequence for the
 -- whole fleet, so the version of a device's effective configuration (its
 -- groups' fragments merged under its own) is the highest version among
--- them, and any change to any of them raises it.
+-- them, and any change to any of them raises it. `devices` restricts a
+-- row to some devices of its scope while a staged change (canary first)
+-- is under way; NULL = every device of the scope.
 CREATE SEQUENCE config_version_seq;
 
 CREATE TABLE config_desired (
@@ -15,6 +17,7 @@ CREATE TABLE config_desired (
     fragment jsonb       NOT NULL,
     set_by   text        NOT NULL,
     set_at   timestamptz NOT NULL DEFAULT now(),
+    devices  text[],
     PRIMARY KEY (scope, name, version)
 );
 

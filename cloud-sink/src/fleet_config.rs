@@ -46,6 +46,19 @@ pub struct DesiredRow {
     pub fragment: serde_json::Value,
     pub set_by: String,
     pub set_at_ms: i64,
+    /// While a staged change is under way: the devices of the scope it
+    /// applies to so far; `None` = all of them.
+    pub devices: Option<Vec<String>>,
+}
+
+impl DesiredRow {
+    /// Whether this row is part of `device`'s configuration (given that
+    /// the device is in its scope).
+    pub fn reaches(&self, device: &str) -> bool {
+        self.devices
+            .as_ref()
+            .is_none_or(|d| d.iter().any(|x| x == device))
+    }
 }
 
 /// What a device last reported (`aeris_wire::ConfigReport`).

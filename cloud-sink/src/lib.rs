@@ -129,13 +129,25 @@ pub trait Sink: Send + Sync {
     }
 
     /// Stores a new desired fragment for `scope` under the next fleet-wide
-    /// version.
+    /// version; `devices` restricts it to some of the scope's devices (a
+    /// staged change's first wave), `None` = all.
     async fn set_config(
         &self,
         _scope: &fleet_config::Scope,
         _fragment: &serde_json::Value,
         _set_by: &str,
+        _devices: Option<&[String]>,
     ) -> Result<fleet_config::DesiredRow, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Lets the fragment of `version` reach `devices` (`None`: all of its
+    /// scope's devices), as a staged change moves on.
+    async fn widen_config(
+        &self,
+        _version: u64,
+        _devices: Option<&[String]>,
+    ) -> Result<(), SinkError> {
         Err(SinkError::Unsupported(self.kind()))
     }
 

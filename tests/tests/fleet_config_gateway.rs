@@ -191,3 +191,77 @@ async fn offline_device_converges_when_it_reconnects() {
         "the gateway sent it on the device's report"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_group_change_halts_when_the_canary_refuses_it() {
+    let (stack, dir) = start().await;
+    // A second device of group north, played by the test; named so that
+    // the real agent comes first and is the canary.
+    let other = aeris_tests::device::FakeDevice::connect(stack.cloud.port, "zz-other").await;
+    let report = aeris_wire::ConfigReport {
+        device: "zz-other".into(),
+        ts_ms: aeris_tests::now_ms(),
+        groups: vec!["north".into()],
+        applied: 0,
+        refused: None,
+    };
+    other
+        .publish(
+            aeris_wire::Topics::default().config("zz-other"),
+            aeris_wire::encode(&report),
+        )
+        .await;
+    aeris_tests::wait_for("both reports stored", Duration::from_secs(20), || async {
+        let client = stack.db.client().await;
+        let row = client
+            .query_one("SELECT count(*) FROM config_reported", &[])
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) == 2).then_some(())
+    })
+    .await;
+    // Out of WGS84: the agent's own checks refuse it.
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[sensors.s1]\nlat = 95.0\nlon = 1.0\n").unwrap();
+    let file = file.display().to_string();
+    let args = [
+        "set",
+        "--group",
+        "north",
+        "--file",
+        &file,
+        "--canary",
+        "1",
+        "--device-timeout",
+        "30s",
+    ];
+    let (ok, out) = cli(&stack, &args);
+    assert!(!ok, "a refused canary fails the change\n{out}");
+    let last: Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no summary\n{out}"));
+    assert!(last["halted"].is_string(), "{last}");
+    assert_eq!(last["devices"][DEVICE]["state"], "failed", "{last}");
+    assert!(
+        last["devices"][DEVICE]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sensors.s1"),
+        "the canary's reason: {last}"
+    );
+    assert_eq!(last["devices"]["zz-other"]["state"], "pending", "{last}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        other.commands().is_empty(),
+        "the rest of the group got nothing: {:?}",
+        other.commands()
+    );
+    // The fragment stays with the canary: the other device's desired
+    // configuration is unchanged, so no report of it brings it there.
+    let (_, view) = call(&stack, "GET", "/api/devices/zz-other/config", "").await;
+    assert_eq!(view["effective"]["version"], 0, "{view}");
+    let (_, view) = call(&stack, "GET", &format!("/api/devices/{DEVICE}/config"), "").await;
+    assert_eq!(view["status"]["state"], "refused", "{view}");
+}

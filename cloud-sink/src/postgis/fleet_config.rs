@@ -5,13 +5,17 @@ use tokio_postgres::{Client, Row};
 
 use crate::fleet_config::{DesiredRow, ReportedRow, Scope, ScopeKind};
 
-const INSERT_DESIRED: &str = "INSERT INTO config_desired (scope, name, fragment, set_by)
-    VALUES ($1, $2, $3, $4)
-    RETURNING scope, name, version, fragment, set_by, (extract(epoch FROM set_at) * 1000)::int8";
+const INSERT_DESIRED: &str = "INSERT INTO config_desired (scope, name, fragment, set_by, devices)
+    VALUES ($1, $2, $3, $4, $5)
+    RETURNING scope, name, version, fragment, set_by, (extract(epoch FROM set_at) * 1000)::int8,
+        devices";
+
+/// A staged change reaches more devices (NULL: all of its scope).
+const WIDEN: &str = "UPDATE config_desired SET devices = $2 WHERE version = $1";
 
 /// Every row of the scopes given as parallel arrays (kind, name), newest first.
 const DESIRED_ROWS: &str = "SELECT d.scope, d.name, d.version, d.fragment, d.set_by,
-        (extract(epoch FROM d.set_at) * 1000)::int8
+        (extract(epoch FROM d.set_at) * 1000)::int8, d.devices
     FROM config_desired d
     JOIN unnest($1::text[], $2::text[]) AS s(scope, name)
       ON d.scope = s.scope AND d.name = s.name
@@ -46,6 +50,7 @@ fn desired(r: &Row) -> DesiredRow {
         fragment: r.get(3),
         set_by: r.get(4),
         set_at_ms: r.get(5),
+        devices: r.get(6),
     }
 }
 
@@ -54,14 +59,30 @@ pub(super) async fn set(
     scope: &Scope,
     fragment: &serde_json::Value,
     set_by: &str,
+    devices: Option<&[String]>,
 ) -> Result<DesiredRow, tokio_postgres::Error> {
     let row = c
         .query_one(
             INSERT_DESIRED,
-            &[&scope.kind.as_str(), &scope.name, fragment, &set_by],
+            &[
+                &scope.kind.as_str(),
+                &scope.name,
+                fragment,
+                &set_by,
+                &devices,
+            ],
         )
         .await?;
     Ok(desired(&row))
+}
+
+pub(super) async fn widen(
+    c: &Client,
+    version: u64,
+    devices: Option<&[String]>,
+) -> Result<u64, tokio_postgres::Error> {
+    let v = i64::try_from(version).unwrap_or(i64::MAX);
+    c.execute(WIDEN, &[&v, &devices]).await
 }
 
 pub(super) async fn rows(

@@ -241,12 +241,29 @@ impl Sink for PostgisSink {
         scope: &Scope,
         fragment: &serde_json::Value,
         set_by: &str,
+        devices: Option<&[String]>,
     ) -> Result<DesiredRow, SinkError> {
         let (scope, fragment, set_by) = (scope.clone(), fragment.clone(), set_by.to_owned());
+        let devices = devices.map(<[String]>::to_vec);
         self.read(move |c| {
-            Box::pin(async move { fleet_config::set(c, &scope, &fragment, &set_by).await })
+            Box::pin(async move {
+                fleet_config::set(c, &scope, &fragment, &set_by, devices.as_deref()).await
+            })
         })
         .await
+    }
+
+    async fn widen_config(
+        &self,
+        version: u64,
+        devices: Option<&[String]>,
+    ) -> Result<(), SinkError> {
+        let devices = devices.map(<[String]>::to_vec);
+        self.read(move |c| {
+            Box::pin(async move { fleet_config::widen(c, version, devices.as_deref()).await })
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn config_rows(&self, scopes: &[Scope]) -> Result<Vec<DesiredRow>, SinkError> {

@@ -23,6 +23,20 @@ pub enum ConfigCmd {
         /// The fragment, a TOML file.
         #[arg(long)]
         file: PathBuf,
+        /// Stage a group's change: this many of its devices (the first by
+        /// name) first, the rest once every one of them applied it. Prints
+        /// one JSON summary per change; exits 0 only if every device
+        /// applied it.
+        #[arg(long, requires = "group")]
+        canary: Option<usize>,
+        /// Staged: devices that may refuse or stay silent before the
+        /// change halts.
+        #[arg(long, default_value_t = 0, requires = "canary")]
+        max_failures: usize,
+        /// Staged: a device that has not reported the version after this
+        /// long counts as failed.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        device_timeout: std::time::Duration,
     },
     /// Prints the desired configuration (JSON); for a device also its
     /// effective configuration, its report and whether it converged.
@@ -80,7 +94,13 @@ pub async fn run(config: &Config, cmd: ConfigCmd) -> anyhow::Result<bool> {
     let sink = crate::open_sink(config).await?;
     let print = |v: &dyn erased::Json| println!("{}", v.json());
     match cmd {
-        ConfigCmd::Set { scope, file } => {
+        ConfigCmd::Set {
+            scope,
+            file,
+            canary,
+            max_failures,
+            device_timeout,
+        } => {
             let scope = scope.scope();
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -88,6 +108,14 @@ pub async fn run(config: &Config, cmd: ConfigCmd) -> anyhow::Result<bool> {
                 toml::from_str(&text).with_context(|| format!("{} is not TOML", file.display()))?;
             let fragment = serde_json::to_value(table)?;
             let actor = crate::audit::cli_actor();
+            if let Some(canary) = canary {
+                let stage = super::staged::Stage {
+                    canary,
+                    max_failures,
+                    device_timeout,
+                };
+                return staged(config, sink.as_ref(), scope, fragment, &actor, stage).await;
+            }
             let result = service::set(
                 sink.as_ref(),
                 &config.broker,
@@ -159,6 +187,46 @@ pub async fn run(config: &Config, cmd: ConfigCmd) -> anyhow::Result<bool> {
                 println!("{key}: {running} -> {desired}");
             }
             Ok(d.changes.is_empty() && d.applied == Some(d.desired))
+        }
+    }
+}
+
+/// `config set --canary`: the staged change, a JSON summary per change,
+/// audited as `config_set` with the final summary.
+async fn staged(
+    config: &Config,
+    sink: &dyn aeris_sink::Sink,
+    scope: Scope,
+    fragment: serde_json::Value,
+    actor: &str,
+    stage: super::staged::Stage,
+) -> anyhow::Result<bool> {
+    // Every wave may take the device timeout, plus time to connect.
+    let give_up = stage.device_timeout * 2 + std::time::Duration::from_secs(60);
+    let request = (scope.name.clone(), fragment, actor);
+    let result = super::staged::run(sink, &config.broker, request, stage, give_up, |s| {
+        println!("{}", serde_json::to_string(s).unwrap_or_default())
+    })
+    .await;
+    let audited = match &result {
+        Ok(s) => Ok(serde_json::json!({ "staged": s })),
+        Err(e) => Err(e.to_string()),
+    };
+    let stats = crate::Stats::default();
+    crate::audit::record(sink, &stats, actor, "config_set", &target(&scope), &audited).await;
+    match result {
+        Ok(s) => {
+            if let Some(why) = &s.halted {
+                eprintln!(
+                    "aeris-gateway config set: staged change {} halted: {why}",
+                    s.command_id
+                );
+            }
+            Ok(s.halted.is_none() && s.failed == 0)
+        }
+        Err(e) => {
+            eprintln!("aeris-gateway config set: {e}");
+            Ok(false)
         }
     }
 }

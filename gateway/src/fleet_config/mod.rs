@@ -17,6 +17,9 @@
 //!   has not refused ([`needs_send`]): an offline device converges when it
 //!   comes back.
 //!
+//! A group's change may be staged ([`staged`]): canary devices first, then
+//! the rest, halting when devices refuse it or stop reporting.
+//!
 //! The device checks the fragment (the gateway only checks that it is an
 //! object without nulls) and reports the version it runs or its refusal.
 //! Drift ([`drift`]): a device with a desired configuration whose report
@@ -26,6 +29,7 @@
 pub mod command;
 pub mod send;
 pub mod service;
+pub mod staged;
 
 use std::collections::BTreeMap;
 
@@ -74,7 +78,7 @@ pub fn effective(
     for scope in scopes(device, groups) {
         let newest = rows
             .iter()
-            .filter(|r| r.scope == scope && at.is_none_or(|v| r.version <= v))
+            .filter(|r| r.scope == scope && r.reaches(device) && at.is_none_or(|v| r.version <= v))
             .max_by_key(|r| r.version);
         if let Some(row) = newest {
             merge(&mut fragment, &row.fragment);
@@ -321,6 +325,7 @@ mod tests {
             fragment,
             set_by: "t".into(),
             set_at_ms: 0,
+            devices: None,
         }
     }
 

@@ -56,7 +56,7 @@ pub async fn set(
 ) -> Result<SetOutcome, SetError> {
     check_scope(&scope).map_err(SetError::Invalid)?;
     super::check_fragment(&fragment).map_err(SetError::Invalid)?;
-    let desired = sink.set_config(&scope, &fragment, actor).await?;
+    let desired = sink.set_config(&scope, &fragment, actor, None).await?;
     let reports = sink.config_reports().await?;
     let devices: Vec<(String, Vec<String>)> = match scope.kind {
         ScopeKind::Device => {
