@@ -10,6 +10,8 @@
 //! - [`rollout`]: staged agent updates: canary first, outcomes from
 //!   `up/event`, halt past a failure threshold; those started over HTTP
 //!   are stored and resume after a restart (or on another gateway).
+//! - [`fleet_config`]: desired configuration per device and group, sent
+//!   to devices and compared with what they report (`up/config`).
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`stats`]: Prometheus metrics and readiness flags; [`opstats`]: the
 //!   operations metrics (API refusals, operator actions, per-device fleet
@@ -22,6 +24,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod fleet;
+pub mod fleet_config;
 pub mod mqtt;
 pub mod opstats;
 pub mod ownership;
@@ -101,12 +104,18 @@ pub async fn run(
         background.clone(),
     ));
     let retention = start_retention(&config, &stats, &background).await;
+    let drift = tokio::spawn(fleet_config::service::drift_gauges(
+        sink.clone(),
+        stats.clone(),
+        background.clone(),
+    ));
     let outputs = source::Outputs { sink, live, feed };
     let result = source::run(Arc::new(config), outputs, stats, shutdown).await;
     background.cancel();
     let _ = updater.await;
     let _ = fleet.await;
     let _ = rollouts.await;
+    let _ = drift.await;
     if let Some(retention) = retention {
         let _ = retention.await;
     }

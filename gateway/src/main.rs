@@ -54,6 +54,11 @@ enum Cmd {
     /// gateway also runs it at start and every `retention.every`.
     #[command(subcommand)]
     Retention(RetentionCmd),
+    /// Desired configuration of devices and groups (issue 18): set, get,
+    /// diff against what a device runs, history. `set` is written to the
+    /// audit log.
+    #[command(subcommand)]
+    Config(aeris_gateway::fleet_config::command::ConfigCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -140,6 +145,9 @@ fn main() -> std::process::ExitCode {
         Some(Cmd::Retention(RetentionCmd::Run)) => tool(&cli.logging.log, retention_run(config)),
         Some(Cmd::Retention(RetentionCmd::List)) => tool(&cli.logging.log, async move {
             aeris_gateway::retention::command::list(&config).await
+        }),
+        Some(Cmd::Config(cmd)) => tool(&cli.logging.log, async move {
+            aeris_gateway::fleet_config::command::run(&config, cmd).await
         }),
     }
 }

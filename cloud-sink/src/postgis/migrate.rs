@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use crate::SinkError;
 
 /// Every migration, in order. Append only: a released migration never changes.
+/// Versions need not be contiguous: each is applied unless recorded.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         1,
@@ -50,6 +51,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         8,
         "rollouts",
         include_str!("../../migrations/0008_rollouts.sql"),
+    ),
+    (
+        10,
+        "device_config",
+        include_str!("../../migrations/0010_device_config.sql"),
     ),
 ];
 

@@ -16,6 +16,7 @@
 
 mod collide;
 mod copy;
+mod fleet_config;
 mod migrate;
 mod ops;
 pub mod partition;
@@ -24,7 +25,7 @@ mod rollouts;
 
 use std::time::Duration;
 
-use aeris_wire::{Batch, Status};
+use aeris_wire::{Batch, ConfigReport, Status};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
@@ -32,6 +33,7 @@ use tracing::{info, warn};
 pub use migrate::{applied_version, run_to as migrate_to, MIGRATIONS};
 pub use ops::{device_rows, remove_device, schema_version};
 
+use crate::fleet_config::{DesiredRow, ReportedRow, Scope};
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
 use crate::rollouts::{Lease, RolloutState, StoredRollout};
@@ -258,5 +260,52 @@ impl Sink for PostgisSink {
 
     async fn rollout_counts(&self) -> Result<Vec<(RolloutState, u64)>, SinkError> {
         self.read(|c| Box::pin(rollouts::counts(c))).await
+    }
+
+    async fn set_config(
+        &self,
+        scope: &Scope,
+        fragment: &serde_json::Value,
+        set_by: &str,
+        devices: Option<&[String]>,
+    ) -> Result<DesiredRow, SinkError> {
+        let (scope, fragment, set_by) = (scope.clone(), fragment.clone(), set_by.to_owned());
+        let devices = devices.map(<[String]>::to_vec);
+        self.read(move |c| {
+            Box::pin(async move {
+                fleet_config::set(c, &scope, &fragment, &set_by, devices.as_deref()).await
+            })
+        })
+        .await
+    }
+
+    async fn widen_config(
+        &self,
+        version: u64,
+        devices: Option<&[String]>,
+    ) -> Result<(), SinkError> {
+        let devices = devices.map(<[String]>::to_vec);
+        self.read(move |c| {
+            Box::pin(async move { fleet_config::widen(c, version, devices.as_deref()).await })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn config_rows(&self, scopes: &[Scope]) -> Result<Vec<DesiredRow>, SinkError> {
+        let scopes = scopes.to_vec();
+        self.read(move |c| Box::pin(async move { fleet_config::rows(c, &scopes).await }))
+            .await
+    }
+
+    async fn record_config_report(&self, report: &ConfigReport) -> Result<(), SinkError> {
+        let report = report.clone();
+        self.read(move |c| Box::pin(async move { fleet_config::record_report(c, &report).await }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn config_reports(&self) -> Result<Vec<ReportedRow>, SinkError> {
+        self.read(|c| Box::pin(fleet_config::reports(c))).await
     }
 }

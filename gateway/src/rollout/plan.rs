@@ -188,6 +188,20 @@ impl Plan {
         }
     }
 
+    /// An outcome of a sent device learnt otherwise than from an OTA event
+    /// (a staged configuration change reads the device's config report):
+    /// `Ok` confirms, `Err` fails with its reason.
+    pub fn record(&mut self, device: &str, outcome: Result<(), String>) {
+        if let Some(entry) = self.devices.get_mut(device) {
+            if entry.0 == DeviceOutcome::Sent {
+                entry.0 = match outcome {
+                    Ok(()) => DeviceOutcome::Confirmed,
+                    Err(why) => DeviceOutcome::Failed(why),
+                };
+            }
+        }
+    }
+
     /// Marks devices that have not reported within the timeout as failed.
     pub fn expire(&mut self, now: Instant) {
         for (outcome, sent) in self.devices.values_mut() {
