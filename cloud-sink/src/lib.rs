@@ -16,18 +16,24 @@
 //!   configured. Neither is on the ack path.
 //! - [`query`]: what the HTTP API reads back.
 //! - [`ops`]: the operators' audit log and the re-send points after a restore.
+//! - [`rollouts`]: rollouts started over HTTP and their devices' outcomes,
+//!   with the lease that keeps one gateway driving each.
+//! - [`fleet_config`]: desired configuration per device and group
+//!   (versioned history) and what devices report they run (PostGIS only).
 #![forbid(unsafe_code)]
 
+pub mod fleet_config;
 pub mod live;
 pub mod ops;
 pub mod postgis;
 pub mod query;
 pub mod redis;
+pub mod rollouts;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
 
-use aeris_wire::{Batch, Status};
+use aeris_wire::{Batch, ConfigReport, Status};
 
 pub use postgis::PostgisSink;
 pub use sqlite::SqliteSink;
@@ -133,6 +139,77 @@ pub trait Sink: Send + Sync {
 
     /// Every known device and the lowest seq the database lacks for it.
     async fn resend_points(&self) -> Result<Vec<ops::ResendPoint>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Stores a rollout's state and its changed devices (`r.devices`) in
+    /// one transaction, renewing `lease`. `Ok(false)`: nothing stored, the
+    /// rollout belongs to another gateway now (or it finished).
+    async fn save_rollout(
+        &self,
+        _r: &rollouts::StoredRollout,
+        _lease: &rollouts::Lease,
+    ) -> Result<bool, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// One rollout with every device, if stored.
+    async fn rollout(&self, _id: u64) -> Result<Option<rollouts::StoredRollout>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Renews `lease.owner`'s leases and takes the unfinished rollouts whose
+    /// lease expired; returns every unfinished rollout it now owns.
+    async fn claim_rollouts(
+        &self,
+        _lease: &rollouts::Lease,
+    ) -> Result<Vec<rollouts::StoredRollout>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// How many rollouts are in each state.
+    async fn rollout_counts(&self) -> Result<Vec<(rollouts::RolloutState, u64)>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Stores a new desired fragment for `scope` under the next fleet-wide
+    /// version; `devices` restricts it to some of the scope's devices (a
+    /// staged change's first wave), `None` = all.
+    async fn set_config(
+        &self,
+        _scope: &fleet_config::Scope,
+        _fragment: &serde_json::Value,
+        _set_by: &str,
+        _devices: Option<&[String]>,
+    ) -> Result<fleet_config::DesiredRow, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Lets the fragment of `version` reach `devices` (`None`: all of its
+    /// scope's devices), as a staged change moves on.
+    async fn widen_config(
+        &self,
+        _version: u64,
+        _devices: Option<&[String]>,
+    ) -> Result<(), SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Every desired fragment ever set for `scopes`, newest first.
+    async fn config_rows(
+        &self,
+        _scopes: &[fleet_config::Scope],
+    ) -> Result<Vec<fleet_config::DesiredRow>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Records a device's config report if it is not older than the stored one.
+    async fn record_config_report(&self, _report: &ConfigReport) -> Result<(), SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Every device's last config report.
+    async fn config_reports(&self) -> Result<Vec<fleet_config::ReportedRow>, SinkError> {
         Err(SinkError::Unsupported(self.kind()))
     }
 }

@@ -1,5 +1,6 @@
-//! Agent configuration in layers: built-in defaults, then the TOML file, then
-//! `AERIS_*` environment variables (`AERIS_CLOUD__PORT=8883` sets
+//! Agent configuration in layers: built-in defaults, then the TOML file,
+//! then the remote fragment the cloud set (`crate::fragment`, only the keys
+//! an operator may change remotely), then `AERIS_*` environment variables (`AERIS_CLOUD__PORT=8883` sets
 //! `cloud.port`; `__` separates levels). Unknown keys in the file are errors,
 //! so a typo is named instead of silently ignored. The loader is the one
 //! both binaries share ([`aeris_runtime::config`]). Each stage owns its
@@ -14,6 +15,7 @@ use figment::providers::Env;
 use serde::{Deserialize, Serialize};
 
 pub use crate::buffer::config::BufferConfig;
+pub use crate::fragment::{Fragment, Stored};
 pub use crate::infer::config::InferConfig;
 pub use crate::ingest::config::{IngestConfig, LocalConfig, SensorConfig};
 pub use crate::keys::parse_keys;
@@ -27,6 +29,9 @@ pub use crate::uplink::config::{BatchEncoding, CloudConfig, TlsConfig, UplinkCon
 pub struct Config {
     /// This device's id: its topic level and its key in the cloud database.
     pub device_id: String,
+    /// The fleet groups this device is in: the cloud merges their desired
+    /// configuration fragments under the device's own (issue 18).
+    pub groups: Vec<String>,
     /// Folder for the buffer database; created if missing.
     pub data_dir: PathBuf,
     /// The board's local broker, where sensors publish.
@@ -52,6 +57,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             device_id: "aeris-edge".into(),
+            groups: Vec::new(),
             data_dir: PathBuf::from("/var/lib/aeris"),
             local: LocalConfig::default(),
             cloud: CloudConfig::default(),
@@ -73,6 +79,8 @@ impl Default for Config {
 pub const KEYS_HELP: &str = "\
 CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '__'):
   device_id                     this device's id, [A-Za-z0-9._-]{1,64} [aeris-edge]
+  groups                        fleet groups of this device, each like a device id; the cloud's
+                                desired config of each applies under the device's own []
   data_dir                      folder of the buffer database [/var/lib/aeris]
   shutdown_grace                time SIGTERM may spend flushing, e.g. \"5s\" [5s]
   health_listen                 address of /healthz, /readyz, /metrics; \"\" = off [127.0.0.1:9750]
@@ -129,28 +137,127 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
                                 a watchdog kill, crash or restart meanwhile boots the old slot [10m]
   ota.max_package_bytes         largest update package accepted [134217728]
   sensors.<id>.lat, .lon        fixed position of a sensor without GPS
+
+REMOTE CONFIGURATION: the cloud may set sensors.*, ingest.allow_list, preprocess.*,
+uplink.batch_max_readings, uplink.batch_max_age, infer.cadence.* and cloud.status_interval;
+the agent keeps what it applied in <data_dir>/remote-config.toml. Precedence:
+defaults < file < remote < environment.
 ";
 
 /// A configuration that could not be loaded; the message names the key and
 /// the file.
 pub use aeris_runtime::config::ConfigError;
 
-impl Config {
-    /// Defaults, then `file` (if given; it must exist), then `AERIS_*`.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_with_env(file, aeris_runtime::config::env())
+/// Where the agent's configuration comes from: the file and the
+/// environment, with the remote fragment between them. Kept by the agent
+/// so that a fragment from the cloud is checked exactly as the file is.
+#[derive(Debug, Clone)]
+pub struct Layers {
+    file: Option<PathBuf>,
+    /// The environment variables' prefix (`AERIS_`); a figment `Env` is
+    /// not `Send`, so it is built for each load.
+    env_prefix: String,
+}
+
+/// The configuration in effect and the remote fragment it includes.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// The stored fragment, when it is part of `config`.
+    pub remote: Option<Stored>,
+    /// Why a stored fragment was left out (unreadable, or the file or
+    /// environment changed so that it no longer validates): the agent runs
+    /// on the file alone and reports it.
+    pub remote_error: Option<String>,
+}
+
+impl Layers {
+    /// `file` (if given; it must exist) and the process environment.
+    pub fn new(file: Option<PathBuf>) -> Layers {
+        Layers {
+            file,
+            env_prefix: aeris_runtime::config::ENV_PREFIX.to_owned(),
+        }
     }
 
-    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
-        let config: Config = aeris_runtime::config::load(file, env)?;
+    /// Defaults, the file, `fragment`, the environment; validated.
+    pub fn load(&self, fragment: Option<&Fragment>) -> Result<Config, ConfigError> {
+        let config: Config = aeris_runtime::config::load_layered(
+            self.file.as_deref(),
+            fragment.map(Fragment::text),
+            Some(Env::prefixed(&self.env_prefix)),
+        )?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Checks `fragment` as the configuration the agent would run: over
+    /// the defaults alone (so that a bad value is refused even where the
+    /// environment overrides it on this board, and would surface as soon
+    /// as the variable goes), then with the file and the environment.
+    pub fn check(&self, fragment: &Fragment) -> Result<Config, ConfigError> {
+        let alone: Config = aeris_runtime::config::load_layered(None, Some(fragment.text()), None)?;
+        alone.validate()?;
+        self.load(Some(fragment))
+    }
+
+    /// The configuration with the fragment stored in its data_dir, if any
+    /// and if it still validates.
+    pub fn load_current(&self) -> Result<Loaded, ConfigError> {
+        let base = self.load(None)?;
+        let (remote, remote_error) = match Stored::read(&base.data_dir) {
+            Ok(None) => (None, None),
+            Ok(Some(stored)) => match self.load(Some(&stored.fragment)) {
+                Ok(config) => {
+                    return Ok(Loaded {
+                        config,
+                        remote: Some(stored),
+                        remote_error: None,
+                    })
+                }
+                Err(e) => (
+                    None,
+                    Some(format!("stored remote version {}: {e}", stored.version)),
+                ),
+            },
+            Err(e) => (None, Some(e)),
+        };
+        Ok(Loaded {
+            config: base,
+            remote,
+            remote_error,
+        })
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given; it must exist), then `AERIS_*`;
+    /// without the remote fragment (see [`Layers::load_current`]).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, aeris_runtime::config::ENV_PREFIX)
+    }
+
+    fn load_with_env(file: Option<&Path>, env_prefix: &str) -> Result<Config, ConfigError> {
+        Layers {
+            file: file.map(Path::to_path_buf),
+            env_prefix: env_prefix.to_owned(),
+        }
+        .load(None)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: String| Err(ConfigError(format!("invalid `{key}`: {why}")));
         if let Err(e) = aeris_wire::validate_device_id(&self.device_id) {
             return bad("device_id", e.to_string());
+        }
+        if self.groups.len() > aeris_wire::config_report::MAX_GROUPS {
+            let most = aeris_wire::config_report::MAX_GROUPS;
+            return bad("groups", format!("at most {most}"));
+        }
+        for g in &self.groups {
+            if let Err(e) = aeris_wire::validate_device_id(g) {
+                return bad("groups", e.to_string().replace("device id", "group"));
+            }
         }
         let sections = [
             ("cloud", self.cloud.validate()),
@@ -196,7 +303,7 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         let f = file(text);
-        Config::load_with_env(Some(f.path()), Env::prefixed("AERIS_TEST_NONE_"))
+        Config::load_with_env(Some(f.path()), "AERIS_TEST_NONE_")
     }
 
     #[test]
@@ -241,7 +348,7 @@ mod tests {
         std::env::set_var("AERIS_CFGTEST_CLOUD__PORT", "8883");
         std::env::set_var("AERIS_CFGTEST_DEVICE_ID", "from-env");
         std::env::set_var("AERIS_CFGTEST_UNRELATED_THING", "ignored");
-        let c = Config::load_with_env(Some(f.path()), Env::prefixed("AERIS_CFGTEST_")).unwrap();
+        let c = Config::load_with_env(Some(f.path()), "AERIS_CFGTEST_").unwrap();
         assert_eq!(c.cloud.port, 8883);
         assert_eq!(c.device_id, "from-env");
     }
@@ -271,6 +378,40 @@ mod tests {
             .filter(|k| !KEYS_HELP.contains(k.as_str()))
             .collect();
         assert!(missing.is_empty(), "not in --help: {missing:?}");
+    }
+
+    /// File < remote fragment < environment; a fragment with a bad value
+    /// fails the whole load, naming the key, as the file would.
+    #[test]
+    fn remote_fragment_sits_between_file_and_environment() {
+        let f = file("[sensors.s1]\nlat = 1.0\nlon = 2.0\n[preprocess]\nspike_ratio = 2.0\n[uplink]\nbatch_max_readings = 10\n");
+        std::env::set_var("AERIS_REMOTETEST_UPLINK__BATCH_MAX_READINGS", "20");
+        let layers = Layers {
+            file: Some(f.path().to_path_buf()),
+            env_prefix: "AERIS_REMOTETEST_".into(),
+        };
+        let fragment = Fragment::parse(
+            "[sensors.s1]\nlat = 5.0\nlon = 6.0\n[uplink]\nbatch_max_readings = 15\n",
+        )
+        .unwrap();
+        let c = layers.load(Some(&fragment)).unwrap();
+        assert_eq!((c.sensors["s1"].lat, c.sensors["s1"].lon), (5.0, 6.0));
+        assert_eq!(
+            c.preprocess.spike_ratio, 2.0,
+            "file keys the fragment lacks stay"
+        );
+        assert_eq!(c.uplink.batch_max_readings, 20, "the environment wins");
+        let bad = Fragment::parse("[sensors.s1]\nlat = 95.0\nlon = 6.0\n").unwrap();
+        let e = layers.load(Some(&bad)).unwrap_err().to_string();
+        assert!(e.contains("sensors.s1"), "{e}");
+        let bad = Fragment::parse("[uplink]\nbatch_max_age = \"soon\"\n").unwrap();
+        let e = layers.load(Some(&bad)).unwrap_err().to_string();
+        assert!(e.contains("uplink.batch_max_age"), "{e}");
+        // Refused even where the environment hides the bad value.
+        let hidden = Fragment::parse("[uplink]\nbatch_max_readings = 0\n").unwrap();
+        assert!(layers.load(Some(&hidden)).is_ok());
+        let e = layers.check(&hidden).unwrap_err().to_string();
+        assert!(e.contains("uplink.batch_max_readings"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - [`health`]: readiness and liveness probes, `/healthz`, `/readyz`,
 //!   `/metrics` (each stage registers its own metrics), systemd notify.
 //! - [`ota`]: the signed agent package and over-the-air updates.
-//! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
+//! - [`config`]: layered configuration (defaults, TOML, the cloud's
+//!   remote fragment, `AERIS_*`); [`fragment`]: that fragment, the keys it
+//!   may set and where the agent keeps it.
 //! - [`agent`]: the start-up and shutdown sequence tying them together.
 //! - [`lock`]: one agent per data directory.
 //! - [`keys`], [`version`]: key parsing and the built-in version (leaves).
@@ -22,6 +24,7 @@
 pub mod agent;
 pub mod buffer;
 pub mod config;
+pub mod fragment;
 pub mod health;
 pub mod infer;
 pub mod ingest;
@@ -32,5 +35,5 @@ pub mod preprocess;
 pub mod uplink;
 pub mod version;
 
-pub use agent::{run, Telemetry};
+pub use agent::{run, run_layered, Telemetry};
 pub use config::Config;

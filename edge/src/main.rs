@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use aeris_edge::config::{Config, KEYS_HELP};
+use aeris_edge::config::{Layers, KEYS_HELP};
 use aeris_runtime::Workers;
 use clap::Parser;
 
@@ -50,7 +50,8 @@ fn one_malloc_arena() {}
 fn main() -> std::process::ExitCode {
     one_malloc_arena();
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let layers = Layers::new(cli.config.clone());
+    let loaded = match layers.load_current() {
         Ok(c) => c,
         Err(e) => {
             let file = cli
@@ -63,7 +64,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     if cli.print_config {
-        match toml::to_string_pretty(&config) {
+        match toml::to_string_pretty(&loaded.config) {
             Ok(s) => {
                 print!("{s}");
                 return std::process::ExitCode::SUCCESS;
@@ -81,6 +82,6 @@ fn main() -> std::process::ExitCode {
     // rate (README, "Edge agent end to end"). The buffer and blocking work
     // keep their own threads; TOKIO_WORKER_THREADS overrides the count.
     aeris_runtime::run_until_signal("aeris-edge", &cli.logging, Workers::Fixed(1), |shutdown| {
-        aeris_edge::run(config, aeris_edge::Telemetry::default(), shutdown)
+        aeris_edge::run_layered(layers, loaded, aeris_edge::Telemetry::default(), shutdown)
     })
 }

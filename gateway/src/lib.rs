@@ -8,7 +8,10 @@
 //! - [`api`]: HTTP: health, metrics, sensors, readings, devices, the live
 //!   map and its event stream.
 //! - [`rollout`]: staged agent updates: canary first, outcomes from
-//!   `up/event`, halt past a failure threshold.
+//!   `up/event`, halt past a failure threshold; those started over HTTP
+//!   are stored and resume after a restart (or on another gateway).
+//! - [`fleet_config`]: desired configuration per device and group, sent
+//!   to devices and compared with what they report (`up/config`).
 //! - [`config`]: layered configuration (defaults, TOML, `AERIS_*`).
 //! - [`stats`]: Prometheus metrics and readiness flags; [`opstats`]: the
 //!   operations metrics (API refusals, operator actions, per-device fleet
@@ -24,6 +27,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod fleet;
+pub mod fleet_config;
 pub mod mqtt;
 pub mod opstats;
 pub mod ownership;
@@ -89,13 +93,26 @@ pub async fn run(
         stats.clone(),
         background.clone(),
     ));
-    let api = serve_api(&config, &sink, &live, &stats, &background).await?;
+    let rollouts = rollout::Driver::new(
+        sink.clone(),
+        config.broker.clone(),
+        &config.rollout,
+        stats.rollouts.clone(),
+        background.clone(),
+    );
+    let api = serve_api(&config, &sink, &live, &stats, &rollouts, &background).await?;
+    let rollouts = tokio::spawn(rollouts.run());
     let fleet = tokio::spawn(fleet::run(
         Arc::new(config.clone()),
         stats.clone(),
         background.clone(),
     ));
     let retention = start_retention(&config, &stats, &background).await;
+    let drift = tokio::spawn(fleet_config::service::drift_gauges(
+        sink.clone(),
+        stats.clone(),
+        background.clone(),
+    ));
     let rollups = config.database_url.as_ref().map(|url| {
         tokio::spawn(rollups::run(
             config.rollups.clone(),
@@ -109,6 +126,8 @@ pub async fn run(
     background.cancel();
     let _ = updater.await;
     let _ = fleet.await;
+    let _ = rollouts.await;
+    let _ = drift.await;
     if let Some(retention) = retention {
         let _ = retention.await;
     }
@@ -130,6 +149,7 @@ async fn serve_api(
     sink: &Arc<dyn Sink>,
     live: &Arc<dyn Live>,
     stats: &Arc<Stats>,
+    rollouts: &Arc<rollout::Driver>,
     background: &CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
     if config.api.listen.is_empty() {
@@ -163,7 +183,7 @@ async fn serve_api(
         streams: api::live::Streams::new(config.api.live.clone(), stats.clone()),
     })
     .merge(api::auth::protect(
-        api::rollout::routes(config.broker.clone(), Some((sink.clone(), stats.clone()))),
+        api::rollout::routes(rollouts.clone(), Some((sink.clone(), stats.clone()))),
         access,
         api::auth::Scope::Operate,
     ));

@@ -54,6 +54,11 @@ enum Cmd {
     /// gateway also runs it at start and every `retention.every`.
     #[command(subcommand)]
     Retention(RetentionCmd),
+    /// Desired configuration of devices and groups (issue 18): set, get,
+    /// diff against what a device runs, history. `set` is written to the
+    /// audit log.
+    #[command(subcommand)]
+    Config(aeris_gateway::fleet_config::command::ConfigCmd),
     /// Hourly rollups (`readings_hourly`, PostGIS): the gateway keeps them
     /// current as data arrives; rebuild a range after a restore.
     #[command(subcommand)]
@@ -154,6 +159,9 @@ fn main() -> std::process::ExitCode {
         Some(Cmd::Retention(RetentionCmd::Run)) => tool(&cli.logging.log, retention_run(config)),
         Some(Cmd::Retention(RetentionCmd::List)) => tool(&cli.logging.log, async move {
             aeris_gateway::retention::command::list(&config).await
+        }),
+        Some(Cmd::Config(cmd)) => tool(&cli.logging.log, async move {
+            aeris_gateway::fleet_config::command::run(&config, cmd).await
         }),
         Some(Cmd::Rollups(RollupsCmd::Rebuild(args))) => {
             tool(&cli.logging.log, rollups_rebuild(config, args))
@@ -333,9 +341,18 @@ async fn rollout(config: Config, args: RolloutArgs) -> anyhow::Result<()> {
     // Every wave may take the device timeout, plus time to connect.
     let give_up = args.device_timeout * 2 + std::time::Duration::from_secs(60);
     let devices = plan_targets_text(&args.devices, args.percent);
-    let result = rollout::run(&config.broker, payload, plan, give_up, |s| {
-        println!("{}", serde_json::to_string(s).unwrap_or_default());
-    })
+    let result = rollout::run(
+        &config.broker,
+        payload,
+        plan,
+        give_up,
+        rollout::Session::Clean,
+        tokio_util::sync::CancellationToken::new(),
+        |s| {
+            println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            async { Ok(()) }
+        },
+    )
     .await;
     audit_rollout(&config, &devices, &result).await;
     let summary = result?;

@@ -59,6 +59,8 @@ pub struct OpsStats {
     pub device_events: Family<DeviceKindLabel, Counter>,
     /// Statuses with another boot id than the device's previous one.
     pub device_restarts: Family<DeviceLabel, Counter>,
+    /// 1 while a device has not converged on its desired configuration.
+    pub device_config_drift: Family<DeviceLabel, Gauge>,
     /// The boot id of each device's last status, to count restarts.
     pub device_boot_ids: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
@@ -92,6 +94,7 @@ impl OpsStats {
             device_ota_failures: reg(r, "aeris_gateway_device_ota_failures", "OTA events from the device reporting a failure or rollback.", Family::default()),
             device_events: reg(r, "aeris_gateway_device_events", "Events received from devices, by kind.", Family::default()),
             device_restarts: reg(r, "aeris_gateway_device_restarts", "Agent restarts seen by this gateway: statuses whose boot id differs from the device's previous one.", Family::default()),
+            device_config_drift: reg(r, "aeris_gateway_device_config_drift", "1 while the configuration version the device reports differs from its desired one (pending or refused), 0 once it converged; devices with a desired configuration only, read from the database every 15 s.", Family::default()),
             device_boot_ids: Default::default(),
         };
         // Known label values start at 0, so rates and alerts see the series

@@ -43,6 +43,8 @@ pub struct Stats {
     pub retention: std::sync::Arc<crate::retention::Metrics>,
     /// Hourly rollups: marks pending, lag, recomputes.
     pub rollups: std::sync::Arc<crate::rollups::Metrics>,
+    /// Stored rollouts by state, and those this gateway drives.
+    pub rollouts: std::sync::Arc<crate::rollout::Metrics>,
     rejected: Family<Reason, Counter>,
     registry: Registry,
     /// Connected to the broker with the subscriptions queued.
@@ -135,10 +137,12 @@ impl Default for Stats {
         let ops = crate::opstats::OpsStats::register(&mut registry);
         let retention = std::sync::Arc::new(crate::retention::Metrics::register(&mut registry));
         let rollups = std::sync::Arc::new(crate::rollups::Metrics::register(&mut registry));
+        let rollouts = std::sync::Arc::new(crate::rollout::Metrics::register(&mut registry));
         Stats {
             ops,
             retention,
             rollups,
+            rollouts,
             batches_received,
             readings_inserted,
             readings_duplicate,

@@ -40,6 +40,21 @@ pub fn load<T>(file: Option<&Path>, env: Env) -> Result<T, ConfigError>
 where
     T: Default + Serialize + DeserializeOwned,
 {
+    load_layered(file, None, Some(env))
+}
+
+/// [`load`] with one more layer between the file and the environment:
+/// `overlay`, a TOML document (the agent's remote configuration, issue
+/// 18; errors name it "TOML source string"). Without `env`, no
+/// variable is read.
+pub fn load_layered<T>(
+    file: Option<&Path>,
+    overlay: Option<&str>,
+    env: Option<Env>,
+) -> Result<T, ConfigError>
+where
+    T: Default + Serialize + DeserializeOwned,
+{
     let mut fig = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = file {
         if !path.is_file() {
@@ -50,6 +65,12 @@ where
         }
         fig = fig.merge(Toml::file_exact(path));
     }
+    if let Some(text) = overlay {
+        fig = fig.merge(Toml::string(text));
+    }
+    let Some(env) = env else {
+        return fig.extract().map_err(|e| ConfigError(describe_error(e)));
+    };
     let known = field_names::<T>();
     let env = env.split("__").filter_map(move |k| {
         // Keys reach this filter before figment lower-cases them; lower

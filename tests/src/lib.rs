@@ -14,7 +14,8 @@
 //! - [`sensors`]: simulated sensors publishing flat JSON.
 //! - [`redis`]: a Redis server without persistence.
 //! - [`cloud`]: broker + database (+ Redis) + gateway(s), without an edge;
-//!   [`device`] plays the devices.
+//!   [`device`] plays the devices; [`fleet_config`] sends desired
+//!   configurations and follows the devices' config reports.
 //! - [`http`]: a minimal HTTP GET for the gateway's API.
 //! - [`prometheus`]: a real Prometheus server with given config and rules.
 //! - [`files`]: an HTTP file server with Range support, for downloads.
@@ -27,6 +28,7 @@ pub mod browser;
 pub mod cloud;
 pub mod device;
 pub mod files;
+pub mod fleet_config;
 pub mod gate;
 pub mod http;
 pub mod mosquitto;

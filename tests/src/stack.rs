@@ -57,6 +57,15 @@ impl Stack {
         Self::start_full(edge_toml, edge_env, 1, false).await
     }
 
+    /// Like [`Stack::start_with`], with more environment for the gateway
+    /// (`AERIS_GATEWAY_CONFIG` for a file with API tokens, ...).
+    pub async fn start_with_gateway_env(edge_toml: &str, gateway_env: &[(&str, String)]) -> Stack {
+        Self::start_edge_with(edge_toml, &[], gateway_env, 1, false, |env, log| {
+            Proc::start("aeris-edge", env, log)
+        })
+        .await
+    }
+
     /// Like [`Stack::start_with`], with the agent reaching the cloud broker
     /// through [`Stack::gate`].
     pub async fn start_gated(edge_toml: &str) -> Stack {
@@ -96,11 +105,23 @@ impl Stack {
         gated: bool,
         launch: impl FnOnce(&[(&str, String)], PathBuf) -> Proc,
     ) -> Stack {
+        Self::start_edge_with(edge_toml, edge_env, &[], n, gated, launch).await
+    }
+
+    async fn start_edge_with(
+        edge_toml: &str,
+        edge_env: &[(&str, String)],
+        gateway_env: &[(&str, String)],
+        n: usize,
+        gated: bool,
+        launch: impl FnOnce(&[(&str, String)], PathBuf) -> Proc,
+    ) -> Stack {
         let local = Mosquitto::start();
         let cloud = Mosquitto::start();
         let db = TestDb::create().await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let extra = [("AERIS_WRITER__MAX_RETRY_DELAY", "1s".to_owned())];
+        let mut extra = vec![("AERIS_WRITER__MAX_RETRY_DELAY", "1s".to_owned())];
+        extra.extend(gateway_env.iter().cloned());
         let first = Gateway::start(cloud.port, &db.url, &extra, dir.path().join("gateway.log"));
         let more_gateways: Vec<Gateway> = (1..n.max(1))
             .map(|i| {

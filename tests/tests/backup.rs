@@ -110,12 +110,16 @@ async fn a_backup_restores_into_a_fresh_database_with_identical_rows_and_checksu
     assert_eq!(
         counts,
         vec![
-            ("aeris_schema_migrations", "7"),
+            ("aeris_schema_migrations", "10"),
             ("readings", "75"),
             ("reading_keys", "75"),
             ("devices", "2"),
             ("audit_log", "1"),
             ("dead_letters", "0"),
+            ("rollouts", "0"),
+            ("rollout_devices", "0"),
+            ("config_desired", "0"),
+            ("config_reported", "0"),
         ],
         "{before}"
     );

@@ -148,7 +148,26 @@ async fn both_overlays_render_validate_and_match_the_gateways_probes() {
             vec![1883, 5432, 6379, 53],
             "broker, PostgreSQL, Redis, DNS only"
         );
-        find(&objs, "StatefulSet", "aeris-broker");
+        let broker = find(&objs, "StatefulSet", "aeris-broker");
+        if overlay == "prod" {
+            check_broker_cluster(&objs, broker);
+        } else {
+            let image = broker["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap();
+            assert!(image.starts_with("eclipse-mosquitto:"), "{image}");
+        }
+        // The gateway's broker.host is a Service on 1883 that selects the
+        // broker's pods.
+        let host = objs
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "aeris-broker")
+            .expect("Service aeris-broker");
+        assert_eq!(
+            host["spec"]["selector"],
+            broker["spec"]["selector"]["matchLabels"]
+        );
+        assert_eq!(host["spec"]["ports"][0]["port"], 1883);
         let dev_only = ["aeris-postgis", "aeris-redis"]
             .iter()
             .filter(|n| {
@@ -174,6 +193,7 @@ async fn both_overlays_render_validate_and_match_the_gateways_probes() {
             toml.contains(&format!("listen = \"0.0.0.0:{container_port}\"")),
             "{toml}"
         );
+        assert!(toml.contains("host = \"aeris-broker\""), "{toml}");
         let config = dir.path().join(format!("{overlay}-gateway.toml"));
         std::fs::write(&config, toml).unwrap();
         let (ok, text) = run(Command::new(binary("aeris-gateway"))
@@ -205,4 +225,278 @@ fn the_cluster_broker_uses_the_same_acl_and_the_image_runs_as_the_pods_user() {
     assert!(containerfile.contains("EXPOSE 8080"));
     assert!(deployment.contains("containerPort: 8080"));
     assert!(containerfile.contains("-p aeris-gateway"));
+}
+
+/// The prod overlay's broker is a cluster that survives the loss of a
+/// node: an odd number (at least 3) of EMQX nodes on different hosts, at
+/// most one down by a drain, finding each other through the headless
+/// Service's SRV records (node names built from the pods' DNS names), with
+/// the cluster ports open between broker pods only, and the settings the
+/// gateway relies on (docs/operations.md, "A clustered broker").
+fn check_broker_cluster(objs: &[serde_json::Value], broker: &serde_json::Value) {
+    let spec = &broker["spec"];
+    let replicas = spec["replicas"].as_u64().unwrap();
+    assert!(
+        replicas >= 3 && replicas % 2 == 1,
+        "{replicas} broker nodes"
+    );
+    let pod = &spec["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert!(c["image"].as_str().unwrap().starts_with("emqx/emqx:5."));
+    let anti =
+        &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        anti["labelSelector"]["matchLabels"],
+        spec["selector"]["matchLabels"]
+    );
+    let pdb = find(objs, "PodDisruptionBudget", "aeris-broker");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+
+    let headless = find(objs, "Service", spec["serviceName"].as_str().unwrap());
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    let env = |name: &str| -> String {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))["value"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let service = headless["metadata"]["name"].as_str().unwrap();
+    let domain = format!("{service}.$(POD_NAMESPACE).svc.cluster.local");
+    assert_eq!(env("EMQX_CLUSTER__DNS__NAME"), domain);
+    assert_eq!(env("EMQX_NODE__NAME"), format!("emqx@$(POD_NAME).{domain}"));
+    let cookie = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "EMQX_NODE__COOKIE")
+        .expect("EMQX_NODE__COOKIE");
+    assert!(cookie["valueFrom"]["secretKeyRef"]["name"].is_string());
+
+    // Cluster ports: from broker pods only.
+    let np = find(objs, "NetworkPolicy", "aeris-broker");
+    let rules = np["spec"]["ingress"].as_array().unwrap();
+    for port in [4370u64, 5369] {
+        let rule = rules
+            .iter()
+            .find(|r| {
+                r["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["port"] == port)
+            })
+            .unwrap_or_else(|| panic!("port {port} closed"));
+        assert_eq!(
+            rule["from"][0]["podSelector"]["matchLabels"], spec["selector"]["matchLabels"],
+            "port {port}"
+        );
+        assert!(headless["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == port));
+    }
+
+    let cm = objs
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("aeris-broker-config"))
+        })
+        .expect("broker ConfigMap");
+    let conf = cm["data"]["emqx.conf"].as_str().unwrap();
+    for line in [
+        "discovery_strategy = dns",
+        "dns.record_type = srv",
+        "autoheal = true",
+        // Devices are their certificate's CN (the ACL's ${username}).
+        "verify = verify_peer",
+        "fail_if_no_peer_cert = true",
+        "peer_cert_as_username = cn",
+        "shared_subscription = true",
+        "retain_available = true",
+        // Retained statuses survive a restart of every node.
+        "storage_type = disc",
+        "max_packet_size = 32MB",
+        "no_match = deny",
+    ] {
+        assert!(conf.contains(line), "emqx.conf lacks `{line}`");
+    }
+    assert_eq!(
+        cm["data"]["acl.conf"].as_str().unwrap(),
+        std::fs::read_to_string(deploy().join("k8s/base/broker-cluster/acl.conf")).unwrap()
+    );
+}
+
+/// Does MQTT topic filter `filter` cover `topic` (which may itself be a
+/// filter: a `+` or `#` in it is matched only by the same wildcard or a
+/// wider one)?
+fn covers(filter: &str, topic: &str) -> bool {
+    let (mut f, mut t) = (filter.split('/'), topic.split('/'));
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(level)) => {
+                if level == "#" {
+                    return false;
+                }
+            }
+            (Some(a), Some(b)) => {
+                if a != b {
+                    return false;
+                }
+            }
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Mosquitto's decision for `user` doing `action` ("publish" or
+/// "subscribe") on `topic` under the rules of an aeris.acl file: `pattern`
+/// lines for everyone (%u = user name), `topic` lines for the `user`
+/// section they follow; a shared subscription is checked on its topic.
+fn mosquitto_allows(acl: &str, user: &str, action: &str, topic: &str) -> bool {
+    let topic = match topic.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map(|(_, t)| t).unwrap_or(""),
+        None => topic,
+    };
+    let access = if action == "publish" { "write" } else { "read" };
+    let mut section: Option<&str> = None;
+    let mut allowed = false;
+    for line in acl.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["user", name] => section = Some(name),
+            ["pattern", acc, filter] => {
+                let filter = filter.replace("%u", user);
+                allowed |= (*acc == access || *acc == "readwrite") && covers(&filter, topic);
+            }
+            ["topic", acc, filter] if section == Some(user) => {
+                allowed |= (*acc == access || *acc == "readwrite") && covers(filter, topic);
+            }
+            _ => {}
+        }
+    }
+    allowed
+}
+
+/// EMQX's decision under an acl.conf of `{allow|deny, all | {username,
+/// "u"}, publish|subscribe|all, ["filter", ...]}.` rules, first match
+/// wins, no match denies (`authorization.no_match = deny`).
+fn emqx_allows(acl: &str, user: &str, action: &str, topic: &str) -> bool {
+    let text: String = acl
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("%%"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    for rule in text.split("}.").map(str::trim).filter(|r| !r.is_empty()) {
+        let rule = rule.trim_start_matches('{');
+        let (permit, rest) = rule.split_once(',').expect("rule");
+        let rest = rest.trim();
+        if rest == "all" {
+            return permit.trim() == "allow";
+        }
+        let (who, rest) = if let Some(r) = rest.strip_prefix("all,") {
+            (None, r)
+        } else {
+            let r = rest.strip_prefix("{username, \"").expect("who");
+            let (name, r) = r.split_once("\"}").expect("user name");
+            (Some(name), r.trim_start_matches(','))
+        };
+        let (act, filters) = rest.trim().split_once(',').expect("action");
+        let filters: Vec<String> = filters
+            .trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(|f| f.trim().trim_matches('"').replace("${username}", user))
+            .collect();
+        let applies = who.is_none_or(|w| w == user)
+            && (act.trim() == action || act.trim() == "all")
+            && filters.iter().any(|f| covers(f, topic));
+        if applies {
+            return permit.trim() == "allow";
+        }
+    }
+    false
+}
+
+#[test]
+fn the_clustered_broker_authorizes_exactly_what_mosquitto_does() {
+    let read = |p: &str| std::fs::read_to_string(deploy().join(p)).unwrap();
+    let mosquitto = read("mosquitto/aeris.acl");
+    let emqx = read("k8s/base/broker-cluster/acl.conf");
+    let gw = "aeris-gateway";
+    // (user, action, topic, expected)
+    let cases = [
+        ("dev-1", "publish", "aeris/v1/dev-1/up/batch", true),
+        ("dev-1", "publish", "aeris/v1/dev-1/up/status", true),
+        ("dev-1", "publish", "aeris/v1/dev-2/up/batch", false),
+        ("dev-1", "publish", "aeris/v1/dev-1/down/ack", false),
+        ("dev-1", "publish", "aeris/v1/+/up/batch", false),
+        ("dev-1", "subscribe", "aeris/v1/dev-1/down/#", true),
+        ("dev-1", "subscribe", "aeris/v1/dev-1/down/ack", true),
+        ("dev-1", "subscribe", "aeris/v1/dev-2/down/ack", false),
+        ("dev-1", "subscribe", "aeris/v1/+/down/ack", false),
+        ("dev-1", "subscribe", "aeris/v1/+/up/#", false),
+        ("dev-1", "subscribe", "$share/aeris/aeris/v1/+/up/#", false),
+        ("dev-1", "subscribe", "#", false),
+        (gw, "subscribe", "$share/aeris/aeris/v1/+/up/#", true),
+        (gw, "subscribe", "$share/aeris/aeris/v1/+/up/batch", true),
+        (gw, "subscribe", "aeris/v1/+/up/status", true),
+        (gw, "subscribe", "aeris/v1/+/down/#", false),
+        (gw, "subscribe", "#", false),
+        (gw, "publish", "aeris/v1/dev-1/down/ack", true),
+        (gw, "publish", "aeris/v1/dev-1/down/cmd", true),
+        (gw, "publish", "aeris/v1/dev-1/up/batch", false),
+        (
+            "aeris-verify",
+            "publish",
+            "aeris/v1/aeris-verify/up/batch",
+            true,
+        ),
+        (
+            "aeris-verify",
+            "subscribe",
+            "aeris/v1/aeris-verify/down/ack",
+            true,
+        ),
+        (
+            "aeris-verify",
+            "subscribe",
+            "aeris/v1/dev-1/down/ack",
+            false,
+        ),
+    ];
+    for (user, action, topic, expected) in cases {
+        assert_eq!(
+            mosquitto_allows(&mosquitto, user, action, topic),
+            expected,
+            "Mosquitto: {user} {action} {topic}"
+        );
+        assert_eq!(
+            emqx_allows(&emqx, user, action, topic),
+            expected,
+            "EMQX: {user} {action} {topic}"
+        );
+    }
+    // The checker can fail: without its device rules EMQX denies a device
+    // its own uplink.
+    let without = emqx.replace("{allow, all, publish", "{deny, all, publish");
+    assert!(!emqx_allows(
+        &without,
+        "dev-1",
+        "publish",
+        "aeris/v1/dev-1/up/batch"
+    ));
 }

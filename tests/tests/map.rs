@@ -40,7 +40,7 @@ fn all_filled(v: &serde_json::Value, colour: &str) -> bool {
         .is_some_and(|m| m.len() == SENSORS.len() && m.values().all(|c| c == colour))
 }
 
-/// The panel's device list: `[device, queued, oldest unsent]` per row.
+/// The panel's device list: `[device, queued, oldest unsent, config]` per row.
 const DEVICE_ROWS: &str = "Array.from(document.querySelectorAll('#devices tr[data-device]'))
     .map(r => Array.from(r.cells).map(c => c.textContent))";
 
@@ -59,6 +59,18 @@ async fn map_shows_sensors_by_aqi_and_recolours_them_live() {
     );
     // The live view is written just after the commit.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Issue 18: a desired configuration the device never applied.
+    cloud
+        .db
+        .client()
+        .await
+        .execute(
+            "INSERT INTO config_desired (scope, name, fragment, set_by)
+             VALUES ('device', $1, '{}', 'map test')",
+            &[&DEV],
+        )
+        .await
+        .unwrap();
 
     let url = format!("http://127.0.0.1:{}/", cloud.gateway.api_port);
     tokio::task::block_in_place(|| {
@@ -76,6 +88,7 @@ async fn map_shows_sensors_by_aqi_and_recolours_them_live() {
         );
         assert_eq!(rows[0][0], DEV, "{rows}");
         assert_eq!(rows[0][1], "42", "{rows}");
+        assert_eq!(rows[0][3], "pending –/1", "not converged: {rows}");
         assert!(
             rows[0][2].as_str().is_some_and(|a| a.ends_with(" s")),
             "{rows}"

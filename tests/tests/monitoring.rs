@@ -153,13 +153,27 @@ async fn rules_and_dashboard_name_only_metrics_the_gateway_or_edge_exports() {
     };
     dev.publish(Topics::default().batch("dev-mon"), encode(&other))
         .await;
-    let gateway = wait_for("the devices' gauges", Duration::from_secs(20), || async {
+    // A desired configuration dev-mon never applies: its drift gauge, read
+    // from the database every 15 s.
+    stack
+        .db
+        .client()
+        .await
+        .execute(
+            "INSERT INTO config_desired (scope, name, fragment, set_by)
+             VALUES ('device', 'dev-mon', '{}', 'monitoring test')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let gateway = wait_for("the devices' gauges", Duration::from_secs(40), || async {
         let (_, body) = get(stack.api_port, "/metrics").ok()?;
         let want = [
             format!("aeris_gateway_device_online{{device=\"{DEVICE}\"}} 1"),
             "aeris_gateway_device_readings_lost{device=\"dev-mon\",reason=\"evicted\"} 3".into(),
             "aeris_gateway_device_ota_failures_total{device=\"dev-mon\"} 1".into(),
             "aeris_gateway_messages_rejected_total{reason=\"device_mismatch\"} 1".into(),
+            "aeris_gateway_device_config_drift{device=\"dev-mon\"} 1".into(),
         ];
         want.iter()
             .all(|w| body.contains(w.as_str()))

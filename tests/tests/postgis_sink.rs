@@ -410,3 +410,109 @@ async fn a_status_is_stored_whole_and_read_back_with_its_debt_age() {
     assert!(d.models.is_empty());
     assert_eq!((d.drain_eta_s, d.oldest_unsent_age_s), (None, None));
 }
+
+/// A stored rollout of three devices in two stages, as the gateway's
+/// first save writes it.
+fn stored_rollout() -> aeris_sink::rollouts::StoredRollout {
+    use aeris_sink::rollouts::{RolloutState, StoredOutcome, StoredRollout};
+    let device = |d: &str, stage| StoredOutcome {
+        device: d.into(),
+        stage,
+        outcome: "pending".into(),
+        detail: None,
+        sent_ms: None,
+        updated_ms: 1_000,
+    };
+    StoredRollout {
+        id: 42,
+        version: "0.2.0".into(),
+        update: serde_json::json!({"format": 1, "url": "http://u/", "manifest": "{}", "signature": "s"}),
+        stages: vec![vec!["a".into()], vec!["b".into(), "c".into()]],
+        stage: 0,
+        state: RolloutState::Running,
+        halted: None,
+        started_by: "release-manager".into(),
+        max_failures: 0,
+        device_timeout_ms: 600_000,
+        confirmed: 0,
+        failed: 0,
+        created_ms: 1_000,
+        updated_ms: 1_000,
+        finished_ms: None,
+        devices: vec![device("a", 0), device("b", 1), device("c", 1)],
+    }
+}
+
+/// Who may write a rollout: its owner while the lease runs, another
+/// gateway once it expired, nobody once it finished. A save of some
+/// devices keeps the others.
+async fn rollout_leases(sink: &dyn Sink) {
+    use aeris_sink::rollouts::{Lease, RolloutState};
+    let lease = |owner: &str| Lease {
+        owner: owner.into(),
+        millis: 600,
+    };
+    let (a, b) = (lease("gw-a"), lease("gw-b"));
+    let mut r = stored_rollout();
+    assert!(sink.save_rollout(&r, &a).await.unwrap());
+    assert!(
+        sink.claim_rollouts(&b).await.unwrap().is_empty(),
+        "a's lease runs"
+    );
+    assert!(
+        !sink.save_rollout(&r, &b).await.unwrap(),
+        "b does not own it"
+    );
+    let mine = sink.claim_rollouts(&a).await.unwrap();
+    assert_eq!(mine, vec![r.clone()]);
+
+    // The canary confirmed; only its row is written.
+    r.devices[0].outcome = "confirmed".into();
+    r.devices[0].sent_ms = Some(2_000);
+    r.devices.truncate(1);
+    (r.stage, r.confirmed, r.updated_ms) = (1, 1, 3_000);
+    assert!(sink.save_rollout(&r, &a).await.unwrap());
+    let got = sink.rollout(42).await.unwrap().unwrap();
+    assert_eq!((got.stage, got.confirmed, got.devices.len()), (1, 1, 3));
+    assert_eq!(got.devices[0].outcome, "confirmed");
+    assert_eq!(got.devices[0].sent_ms, Some(2_000));
+    assert_eq!(got.devices[1].outcome, "pending");
+    assert_eq!(got.devices[2].stage, 1);
+
+    // a stops renewing: b takes it over, and a can no longer write.
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let taken = sink.claim_rollouts(&b).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].devices, got.devices);
+    assert!(!sink.save_rollout(&r, &a).await.unwrap());
+
+    r.state = RolloutState::Completed;
+    r.finished_ms = Some(4_000);
+    assert!(sink.save_rollout(&r, &b).await.unwrap());
+    assert!(sink.claim_rollouts(&b).await.unwrap().is_empty());
+    assert!(
+        !sink.save_rollout(&r, &b).await.unwrap(),
+        "finished is final"
+    );
+    assert_eq!(
+        sink.rollout_counts().await.unwrap(),
+        vec![(RolloutState::Completed, 1)]
+    );
+    let done = sink.rollout(42).await.unwrap().unwrap();
+    assert_eq!(
+        (done.state, done.finished_ms),
+        (RolloutState::Completed, Some(4_000))
+    );
+    assert_eq!(done.started_by, "release-manager");
+    assert!(sink.rollout(43).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_rollout_belongs_to_one_gateway_until_its_lease_expires() {
+    let db = TestDb::create().await;
+    let postgis = PostgisSink::connect(&db.url).await.unwrap();
+    rollout_leases(&postgis).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = aeris_sink::SqliteSink::open(&dir.path().join("c.db")).unwrap();
+    rollout_leases(&sqlite).await;
+}

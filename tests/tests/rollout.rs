@@ -16,6 +16,17 @@ use sha2::Digest;
 /// A device that answers each update with `confirmed` (or `rolled back`
 /// when `fails`), and counts the updates it got.
 async fn simulated_device(port: u16, id: &str, fails: bool) -> Arc<Mutex<Vec<u64>>> {
+    simulated_device_gated(port, id, fails, None).await
+}
+
+/// [`simulated_device`] that, given a `gate`, holds its outcome until the
+/// gate turns true (an update that takes a while to install).
+async fn simulated_device_gated(
+    port: u16,
+    id: &str,
+    fails: bool,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Arc<Mutex<Vec<u64>>> {
     let mut opts = MqttOptions::new(format!("sim-{id}"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20);
@@ -51,20 +62,27 @@ async fn simulated_device(port: u16, id: &str, fails: bool) -> Arc<Mutex<Vec<u64
                     } else {
                         "confirmed: version 0.2.0 is healthy"
                     };
-                    for msg in [
-                        format!("ota {cmd}: accepted"),
-                        format!("ota {cmd}: {outcome}"),
-                    ] {
-                        let ev = Event {
-                            device: id.clone(),
-                            ts_ms: aeris_tests::now_ms(),
-                            kind: EventKind::Ota,
-                            message: msg,
-                        };
-                        let _ = client
-                            .publish(topics.event(&id), QoS::AtLeastOnce, false, encode(&ev))
-                            .await;
-                    }
+                    let (client, topics, id, mut gate) =
+                        (client.clone(), topics.clone(), id.clone(), gate.clone());
+                    tokio::spawn(async move {
+                        if let Some(gate) = gate.as_mut() {
+                            let _ = gate.wait_for(|open| *open).await;
+                        }
+                        for msg in [
+                            format!("ota {cmd}: accepted"),
+                            format!("ota {cmd}: {outcome}"),
+                        ] {
+                            let ev = Event {
+                                device: id.clone(),
+                                ts_ms: aeris_tests::now_ms(),
+                                kind: EventKind::Ota,
+                                message: msg,
+                            };
+                            let _ = client
+                                .publish(topics.event(&id), QoS::AtLeastOnce, false, encode(&ev))
+                                .await;
+                        }
+                    });
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -319,5 +337,250 @@ async fn rollout_over_the_http_api_halts_on_the_failing_device() {
             .as_str()
             .is_some_and(|o| o.starts_with("error"))),
         "{audit}"
+    );
+}
+
+/// A gateway config whose only token, `token`, has the `operate` scope.
+fn operator_config(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[api.auth.tokens]]\nname = \"release-manager\"\nsha256 = \"{}\"\nscopes = [\"operate\"]\n",
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// A gateway on PostGIS at `db_url` serving its API on `api`; `extra`
+/// adds environment (the rollout instance and lease).
+fn stored_gateway(
+    dir: &std::path::Path,
+    broker: u16,
+    api: u16,
+    db_url: &str,
+    extra: &[(&str, String)],
+    log: &str,
+) -> aeris_tests::process::Proc {
+    let mut env = vec![
+        (
+            "AERIS_GATEWAY_CONFIG",
+            dir.join("gateway.toml").display().to_string(),
+        ),
+        ("AERIS_BROKER__PORT", broker.to_string()),
+        ("AERIS_API__LISTEN", format!("127.0.0.1:{api}")),
+        ("AERIS_DATABASE_URL", db_url.to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    aeris_tests::process::Proc::start("aeris-gateway", &env, dir.join(log))
+}
+
+/// Starts a rollout of the package in `pkg` to `devices` (canary 1) over
+/// the API on `api`; returns its URL.
+async fn start_rollout(api: u16, token: &str, pkg: &std::path::Path, devices: &[&str]) -> String {
+    let update = serde_json::json!({
+        "format": 1,
+        "url": "http://updates.invalid/pkg/",
+        "manifest": std::fs::read_to_string(pkg.join("manifest.json")).unwrap(),
+        "signature": std::fs::read_to_string(pkg.join("manifest.json.sig")).unwrap(),
+    });
+    let body = serde_json::json!({ "update": update, "devices": devices, "canary": 1 }).to_string();
+    let (status, reply) = aeris_tests::wait_for("gateway API", Duration::from_secs(30), || async {
+        let r = aeris_tests::http_request_as(api, "POST", "/api/rollouts", &body, Some(token))
+            .await
+            .ok()?;
+        (r.0 != 503).then_some(r)
+    })
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    serde_json::from_str::<serde_json::Value>(&reply).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The rollout at `url` when the API answers 200.
+async fn get_rollout(api: u16, url: &str, token: &str) -> Option<serde_json::Value> {
+    let (status, body) = aeris_tests::http_request_as(api, "GET", url, "", Some(token))
+        .await
+        .ok()?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// A rollout started over HTTP is stored in PostGIS: a gateway killed
+/// (SIGKILL) after the canary stage, while the fleet stage is installing,
+/// resumes it at start from the stored stage and outcomes. No device is
+/// offered the update twice; outcomes reported while the gateway was down
+/// still count (the broker keeps them for the rollout's session); the API
+/// shows the same stage and counts across the restart and the finished
+/// rollout after one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_resumes_after_the_gateway_is_killed_mid_stage() {
+    let broker = Mosquitto::start();
+    let db = aeris_tests::postgres::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path());
+    let api = aeris_tests::free_port();
+    let token = "rollout-operator-token";
+    operator_config(dir.path(), token);
+    let mut gateway = stored_gateway(dir.path(), broker.port, api, &db.url, &[], "gateway.log");
+    // dev-2 and dev-3 finish installing while the gateway is down, dev-4
+    // only after it is back and the API was read.
+    let (open_a, gate_a) = tokio::sync::watch::channel(false);
+    let (open_b, gate_b) = tokio::sync::watch::channel(false);
+    let names = ["canary", "dev-1", "dev-2", "dev-3", "dev-4"];
+    let mut got = Vec::new();
+    for n in names {
+        let gate = match n {
+            "dev-2" | "dev-3" => Some(gate_a.clone()),
+            "dev-4" => Some(gate_b.clone()),
+            _ => None,
+        };
+        got.push(simulated_device_gated(broker.port, n, false, gate).await);
+    }
+    let url = start_rollout(api, token, &pkg, &names).await;
+    let state = |v: &serde_json::Value, n: &str| v["devices"][n]["state"].clone();
+    // Past the canary: the fleet stage was sent, dev-1 confirmed.
+    let before =
+        aeris_tests::wait_for("fleet stage under way", Duration::from_secs(30), || async {
+            let v = get_rollout(api, &url, token).await?;
+            (state(&v, "dev-1") == "confirmed" && state(&v, "dev-4") == "sent").then_some(v)
+        })
+        .await;
+    assert_eq!(before["stage"], 1, "{before}");
+    assert_eq!(before["state"], "running", "{before}");
+    assert_eq!(state(&before, "canary"), "confirmed", "{before}");
+    assert_eq!(before["confirmed"], 2, "{before}");
+
+    gateway.kill();
+    open_a.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gateway.restart();
+
+    // Back from the database; the outcomes sent meanwhile arrive.
+    let during = aeris_tests::wait_for(
+        "rollout after the restart",
+        Duration::from_secs(30),
+        || async {
+            let v = get_rollout(api, &url, token).await?;
+            (v["confirmed"] == 4).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(during["stage"], 1, "{during}\n{}", gateway.log());
+    assert_eq!(during["state"], "running", "{during}");
+    assert_eq!(during["done"], false, "{during}");
+    assert_eq!(state(&during, "dev-4"), "sent", "{during}");
+    assert_eq!(during["failed"], 0, "{during}");
+
+    open_b.send(true).unwrap();
+    let last = aeris_tests::wait_for("rollout done", Duration::from_secs(30), || async {
+        let v = get_rollout(api, &url, token).await?;
+        (v["done"] == true).then_some(v)
+    })
+    .await;
+    assert_eq!(last["state"], "completed", "{last}\n{}", gateway.log());
+    assert_eq!(
+        (last["confirmed"].clone(), last["failed"].clone()),
+        (5.into(), 0.into()),
+        "{last}"
+    );
+    for (n, g) in names.iter().zip(&got) {
+        assert_eq!(
+            g.lock().unwrap().len(),
+            1,
+            "{n} got the update {:?}",
+            g.lock().unwrap()
+        );
+    }
+
+    // Finished rollouts stay visible: one more restart, the same answer.
+    gateway.restart();
+    let after = aeris_tests::wait_for(
+        "finished rollout after a restart",
+        Duration::from_secs(30),
+        || async { get_rollout(api, &url, token).await },
+    )
+    .await;
+    assert_eq!(after, last);
+    let metrics = aeris_tests::wait_for("rollout gauge", Duration::from_secs(20), || async {
+        let (_, m) = aeris_tests::http_get(api, "/metrics").await.ok()?;
+        aeris_tests::metric(&m, "aeris_gateway_rollouts{state=\"completed\"}")
+    })
+    .await;
+    assert_eq!(metrics, 1.0);
+    for g in &got {
+        assert_eq!(g.lock().unwrap().len(), 1);
+    }
+}
+
+/// Two gateways share the database; the one that started a rollout dies
+/// for good during the fleet stage. The other takes the rollout over once
+/// the dead one's lease expired and finishes it, with the outcome the
+/// device sent while nobody drove the rollout, and no device sent the
+/// update twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_gateway_finishes_a_rollout_whose_gateway_died() {
+    let broker = Mosquitto::start();
+    let db = aeris_tests::postgres::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package(dir.path());
+    let token = "rollout-operator-token";
+    operator_config(dir.path(), token);
+    let (api_a, api_b) = (aeris_tests::free_port(), aeris_tests::free_port());
+    let lease = |name: &str| {
+        [
+            ("AERIS_ROLLOUT__INSTANCE", name.to_owned()),
+            ("AERIS_ROLLOUT__LEASE", "1s".to_owned()),
+        ]
+    };
+    let mut a = stored_gateway(
+        dir.path(),
+        broker.port,
+        api_a,
+        &db.url,
+        &lease("gw-a"),
+        "a.log",
+    );
+    let b = stored_gateway(
+        dir.path(),
+        broker.port,
+        api_b,
+        &db.url,
+        &lease("gw-b"),
+        "b.log",
+    );
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let names = ["canary", "dev-1", "dev-2"];
+    let mut got = Vec::new();
+    for n in names {
+        let held = (n == "dev-2").then(|| gate.clone());
+        got.push(simulated_device_gated(broker.port, n, false, held).await);
+    }
+    let url = start_rollout(api_a, token, &pkg, &names).await;
+    aeris_tests::wait_for("fleet stage sent", Duration::from_secs(30), || async {
+        let v = get_rollout(api_a, &url, token).await?;
+        (v["devices"]["dev-2"]["state"] == "sent").then_some(())
+    })
+    .await;
+    a.kill();
+    open.send(true).unwrap();
+    let last = aeris_tests::wait_for("rollout done on b", Duration::from_secs(30), || async {
+        let v = get_rollout(api_b, &url, token).await?;
+        (v["done"] == true).then_some(v)
+    })
+    .await;
+    assert_eq!(last["state"], "completed", "{last}\n{}", b.log());
+    assert_eq!(last["confirmed"], 3, "{last}");
+    for (n, g) in names.iter().zip(&got) {
+        assert_eq!(g.lock().unwrap().len(), 1, "{n}: {:?}", g.lock().unwrap());
+    }
+    let (_, metrics) = aeris_tests::http_get(api_b, "/metrics").await.unwrap();
+    assert_eq!(
+        aeris_tests::metric(&metrics, "aeris_gateway_rollouts_resumed_total"),
+        Some(1.0),
+        "{metrics}"
     );
 }

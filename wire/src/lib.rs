@@ -15,6 +15,9 @@
 //!   breakpoint tables, hourly means with completeness, daily and 8-hour
 //!   means, the NowCast, the AQI per pollutant on its averaging time and
 //!   overall (`docs/air-quality.md`).
+//! - [`config_report`]: what a device reports of the desired
+//!   configuration the cloud sent it (`CommandKind::Configure`), retained
+//!   on `up/config`.
 //! - [`flags`]: the bits of `Reading::flags`; [`time`]: Unix milliseconds;
 //!   [`message::MODEL_PREFIX`]: how a model output's quantity is named.
 //! - [`topic`]: topic builders and parsers under a configurable prefix.
@@ -26,6 +29,7 @@ pub mod aqi;
 mod batch;
 pub mod codec;
 pub mod columnar;
+pub mod config_report;
 pub mod flags;
 pub mod message;
 pub mod time;
@@ -34,6 +38,7 @@ pub mod units;
 
 pub use codec::{decode, encode, WireError, WireMessage, FORMAT_VERSION};
 pub use columnar::COLUMNAR_VERSION;
+pub use config_report::{ConfigReport, Refusal};
 pub use message::{
     Ack, Batch, Command, CommandKind, DeviceState, Event, EventKind, Loss, ModelVersion, Reading,
     Status, Value, MAX_SEQ, MAX_TS_MS,

@@ -201,6 +201,19 @@ pub enum CommandKind {
         last_seq: u64,
         next_seq: u64,
     },
+    /// 5: the device's desired configuration (issue 18): `fragment` is a
+    /// TOML document holding only the keys an operator may change remotely
+    /// (the agent refuses any other), `version` its fleet-wide version
+    /// (never 0), which the device reports back on `up/config`
+    /// ([`crate::ConfigReport`]) once applied, or with the reason it
+    /// refused it. The whole desired state, not a change: applying it twice
+    /// is applying it once. Added at the end of the enum like `Renumber`:
+    /// earlier commands decode as before, an older agent rejects it as
+    /// malformed (counted) and keeps running, and its report never names
+    /// the version, so the cloud sees it as not converged.
+    /// `SetConfig` (1) stays reserved and unused: one key at a time could
+    /// not be validated or versioned as a whole.
+    Configure { version: u64, fragment: String },
 }
 
 /// A command with an id the device echoes in its events.
@@ -211,14 +224,14 @@ pub struct Command {
     pub kind: CommandKind,
 }
 
-fn invalid(msg: impl Into<String>) -> WireError {
+pub(crate) fn invalid(msg: impl Into<String>) -> WireError {
     WireError::Invalid(msg.into())
 }
 
 /// 1..=[`MAX_NAME_LEN`] bytes without control characters: NUL is refused
 /// by PostgreSQL in `text` and JSONB, the others are never part of a name
 /// and would garble logs and the map.
-fn check_name(what: &str, s: &str) -> Result<(), WireError> {
+pub(crate) fn check_name(what: &str, s: &str) -> Result<(), WireError> {
     if s.is_empty() || s.len() > MAX_NAME_LEN {
         return Err(invalid(format!("{what} must be 1..={MAX_NAME_LEN} bytes")));
     }
@@ -236,7 +249,7 @@ fn check_name(what: &str, s: &str) -> Result<(), WireError> {
     }
 }
 
-fn check_ts(ts_ms: i64) -> Result<(), WireError> {
+pub(crate) fn check_ts(ts_ms: i64) -> Result<(), WireError> {
     if (0..=MAX_TS_MS).contains(&ts_ms) {
         Ok(())
     } else {
@@ -244,7 +257,7 @@ fn check_ts(ts_ms: i64) -> Result<(), WireError> {
     }
 }
 
-fn check_device(device: &str) -> Result<(), WireError> {
+pub(crate) fn check_device(device: &str) -> Result<(), WireError> {
     validate_device_id(device).map_err(|e| invalid(e.to_string()))
 }
 
@@ -361,6 +374,9 @@ impl WireMessage for Command {
                 Ok(())
             }
             CommandKind::SetConfig { key, .. } => check_name("config key", key),
+            CommandKind::Configure { version, fragment } => {
+                crate::config_report::check_fragment(*version, fragment)
+            }
             CommandKind::Model { name, version, .. } => {
                 check_name("model name", name)?;
                 check_name("model version", version)

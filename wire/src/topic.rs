@@ -16,7 +16,13 @@ pub enum TopicError {
     Unknown(String),
 }
 
-/// The five channels of the wire protocol.
+/// The channels of the wire protocol: the five of `DESIGN.md`, and
+/// `up/config` (retained), where a device reports the desired
+/// configuration it applied or refused ([`crate::ConfigReport`]). A
+/// channel of its own rather than a field of the status, whose layout is
+/// frozen (`wire/tests/status_layout.rs`): gateways that do not know it do
+/// not subscribe to it, and the broker's ACL (`up/#`) already lets the
+/// device publish it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Channel {
     UpBatch,
@@ -24,15 +30,17 @@ pub enum Channel {
     UpEvent,
     DownAck,
     DownCmd,
+    UpConfig,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 6] = [
         Channel::UpBatch,
         Channel::UpStatus,
         Channel::UpEvent,
         Channel::DownAck,
         Channel::DownCmd,
+        Channel::UpConfig,
     ];
 
     /// The topic levels after the device id.
@@ -43,6 +51,7 @@ impl Channel {
             Channel::UpEvent => "up/event",
             Channel::DownAck => "down/ack",
             Channel::DownCmd => "down/cmd",
+            Channel::UpConfig => "up/config",
         }
     }
 
@@ -117,6 +126,9 @@ impl Topics {
     }
     pub fn cmd(&self, device: &str) -> String {
         self.topic(device, Channel::DownCmd)
+    }
+    pub fn config(&self, device: &str) -> String {
+        self.topic(device, Channel::UpConfig)
     }
 
     /// A filter matching `channel` of every device.

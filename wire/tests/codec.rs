@@ -118,6 +118,8 @@ fn command() -> impl Strategy<Value = Command> {
             }
         }),
         (name(), ".{0,40}").prop_map(|(key, value)| CommandKind::SetConfig { key, value }),
+        (1..=u64::MAX, "[^\u{0}]{0,80}")
+            .prop_map(|(version, fragment)| CommandKind::Configure { version, fragment }),
         prop::collection::vec(any::<u8>(), 0..200)
             .prop_map(|manifest| CommandKind::Ota { manifest }),
         (
@@ -155,6 +157,25 @@ fn event() -> impl Strategy<Value = Event> {
         ][k as usize],
         message,
     })
+}
+
+fn config_report() -> impl Strategy<Value = ConfigReport> {
+    let refusal =
+        (any::<u64>(), "[^\u{0}]{0,80}").prop_map(|(version, reason)| Refusal { version, reason });
+    (
+        device(),
+        ts(),
+        prop::collection::vec(name(), 0..4),
+        any::<u64>(),
+        prop::option::of(refusal),
+    )
+        .prop_map(|(device, ts_ms, groups, applied, refused)| ConfigReport {
+            device,
+            ts_ms,
+            groups,
+            applied,
+            refused,
+        })
 }
 
 fn ack() -> impl Strategy<Value = Ack> {
@@ -195,6 +216,11 @@ proptest! {
         prop_assert_eq!(decode::<Command>(&encode(&c)).unwrap(), c);
     }
 
+    #[test]
+    fn config_report_round_trips(r in config_report()) {
+        prop_assert_eq!(decode::<ConfigReport>(&encode(&r)).unwrap(), r);
+    }
+
     /// Every strict prefix of a valid encoding is an error, never a panic.
     #[test]
     fn truncated_batches_are_rejected(b in batch(), cut in any::<prop::sample::Index>()) {
@@ -204,8 +230,9 @@ proptest! {
     }
 }
 
-fn decode_any(bytes: &[u8]) -> [bool; 5] {
+fn decode_any(bytes: &[u8]) -> [bool; 6] {
     [
+        decode::<ConfigReport>(bytes).is_ok(),
         decode::<Batch>(bytes).is_ok(),
         decode::<Ack>(bytes).is_ok(),
         decode::<Status>(bytes).is_ok(),
@@ -469,4 +496,37 @@ fn decode_rejects_what_the_database_would_refuse() {
         decode::<Status>(&encode(&s)).map_err(|e| e.reason()),
         Err("bad_text")
     );
+}
+
+/// A `Configure` command is variant 5 after the five earlier ones, so
+/// every earlier command keeps its bytes; version 0 ("none") and a
+/// fragment past the size cap or with a NUL are refused.
+#[test]
+fn configure_commands_are_appended_and_bounded() {
+    let cmd = |version, fragment: &str| Command {
+        id: 7,
+        kind: CommandKind::Configure {
+            version,
+            fragment: fragment.to_owned(),
+        },
+    };
+    let ok = cmd(3, "[sensors.s1]\nlat = 1.0\nlon = 2.0\n");
+    let bytes = encode(&ok);
+    assert_eq!(&bytes[..3], &[FORMAT_VERSION, 7, 5], "id 7, variant 5");
+    assert_eq!(decode::<Command>(&bytes), Ok(ok));
+    let too_big = "#".repeat(config_report::MAX_FRAGMENT_BYTES + 1);
+    for bad in [cmd(0, ""), cmd(1, "a = \"\0\""), cmd(1, &too_big)] {
+        assert_eq!(
+            decode::<Command>(&encode(&bad)).map_err(|e| e.reason()),
+            Err("invalid")
+        );
+    }
+    let report = ConfigReport {
+        device: "d1".into(),
+        ts_ms: 1,
+        groups: vec!["bad\ngroup".into()],
+        applied: 0,
+        refused: None,
+    };
+    assert!(decode::<ConfigReport>(&encode(&report)).is_err());
 }

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use crate::SinkError;
 
 /// Every migration, in order. Append only: a released migration never changes.
+/// Versions need not be contiguous: each is applied unless recorded.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         1,
@@ -47,9 +48,19 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0007_device_models_and_drain.sql"),
     ),
     (
+        8,
+        "rollouts",
+        include_str!("../../migrations/0008_rollouts.sql"),
+    ),
+    (
         9,
         "hourly_rollups",
         include_str!("../../migrations/0009_hourly_rollups.sql"),
+    ),
+    (
+        10,
+        "device_config",
+        include_str!("../../migrations/0010_device_config.sql"),
     ),
 ];
 

@@ -18,16 +18,18 @@
 
 mod collide;
 mod copy;
+mod fleet_config;
 mod migrate;
 mod ops;
 pub mod partition;
 mod queries;
+mod rollouts;
 pub mod rollup;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aeris_wire::{Batch, Status};
+use aeris_wire::{Batch, ConfigReport, Status};
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
@@ -35,8 +37,10 @@ use tracing::{info, warn};
 pub use migrate::{applied_version, run_to as migrate_to, MIGRATIONS};
 pub use ops::{device_rows, remove_device, schema_version};
 
+use crate::fleet_config::{DesiredRow, ReportedRow, Scope};
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{CurrentAqi, DeviceReport, ReadingsQuery, StoredReading};
+use crate::rollouts::{Lease, RolloutState, StoredRollout};
 use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
 
 /// `application_name` of the gateway's connections (visible in
@@ -252,5 +256,76 @@ impl Sink for PostgisSink {
 
     async fn resend_points(&self) -> Result<Vec<ResendPoint>, SinkError> {
         self.read(|c| Box::pin(ops::resend_points(c))).await
+    }
+
+    async fn save_rollout(&self, r: &StoredRollout, lease: &Lease) -> Result<bool, SinkError> {
+        let (r, lease) = (r.clone(), lease.clone());
+        self.read(move |c| Box::pin(async move { rollouts::save(c, &r, &lease).await }))
+            .await
+    }
+
+    async fn rollout(&self, id: u64) -> Result<Option<StoredRollout>, SinkError> {
+        let ids = [i64::try_from(id).unwrap_or(-1)];
+        let found = self
+            .read(move |c| Box::pin(async move { rollouts::load(c, &ids).await }))
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn claim_rollouts(&self, lease: &Lease) -> Result<Vec<StoredRollout>, SinkError> {
+        let lease = lease.clone();
+        self.read(move |c| Box::pin(async move { rollouts::claim(c, &lease).await }))
+            .await
+    }
+
+    async fn rollout_counts(&self) -> Result<Vec<(RolloutState, u64)>, SinkError> {
+        self.read(|c| Box::pin(rollouts::counts(c))).await
+    }
+
+    async fn set_config(
+        &self,
+        scope: &Scope,
+        fragment: &serde_json::Value,
+        set_by: &str,
+        devices: Option<&[String]>,
+    ) -> Result<DesiredRow, SinkError> {
+        let (scope, fragment, set_by) = (scope.clone(), fragment.clone(), set_by.to_owned());
+        let devices = devices.map(<[String]>::to_vec);
+        self.read(move |c| {
+            Box::pin(async move {
+                fleet_config::set(c, &scope, &fragment, &set_by, devices.as_deref()).await
+            })
+        })
+        .await
+    }
+
+    async fn widen_config(
+        &self,
+        version: u64,
+        devices: Option<&[String]>,
+    ) -> Result<(), SinkError> {
+        let devices = devices.map(<[String]>::to_vec);
+        self.read(move |c| {
+            Box::pin(async move { fleet_config::widen(c, version, devices.as_deref()).await })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn config_rows(&self, scopes: &[Scope]) -> Result<Vec<DesiredRow>, SinkError> {
+        let scopes = scopes.to_vec();
+        self.read(move |c| Box::pin(async move { fleet_config::rows(c, &scopes).await }))
+            .await
+    }
+
+    async fn record_config_report(&self, report: &ConfigReport) -> Result<(), SinkError> {
+        let report = report.clone();
+        self.read(move |c| Box::pin(async move { fleet_config::record_report(c, &report).await }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn config_reports(&self) -> Result<Vec<ReportedRow>, SinkError> {
+        self.read(|c| Box::pin(fleet_config::reports(c))).await
     }
 }

@@ -19,10 +19,12 @@ use aeris_wire::{Batch, Status};
 use rusqlite::{params, Connection};
 
 mod ops;
+mod rollouts;
 mod write;
 
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{DeviceReport, ReadingsQuery, StoredReading};
+use crate::rollouts::{Lease, RolloutState, StoredRollout};
 use crate::{DeadLetter, Sink, SinkError, WriteOutcome};
 
 const READINGS: &str = "SELECT seq, ts_ms, lat, lon, flags, measurements FROM readings
@@ -303,6 +305,26 @@ impl Sink for SqliteSink {
 
     async fn resend_points(&self) -> Result<Vec<ResendPoint>, SinkError> {
         self.blocking(ops::resend_points).await
+    }
+
+    async fn save_rollout(&self, r: &StoredRollout, lease: &Lease) -> Result<bool, SinkError> {
+        let (r, lease) = (r.clone(), lease.clone());
+        self.blocking(move |conn| rollouts::save(conn, &r, &lease))
+            .await
+    }
+
+    async fn rollout(&self, id: u64) -> Result<Option<StoredRollout>, SinkError> {
+        self.blocking(move |conn| rollouts::load(conn, id)).await
+    }
+
+    async fn claim_rollouts(&self, lease: &Lease) -> Result<Vec<StoredRollout>, SinkError> {
+        let lease = lease.clone();
+        self.blocking(move |conn| rollouts::claim(conn, &lease))
+            .await
+    }
+
+    async fn rollout_counts(&self) -> Result<Vec<(RolloutState, u64)>, SinkError> {
+        self.blocking(rollouts::counts).await
     }
 }
 

@@ -4,17 +4,20 @@ use aeris_wire::{Command, CommandKind};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::remote::Configurer;
 use crate::infer::models_dir::ModelCommand;
 use crate::ota;
 
 /// Hands the `down/cmd` commands the uplink passed on to the stage that
 /// acts on them: model updates to the loader (when inference runs), agent
-/// updates to the OTA installer. A stage still busy with the previous one
-/// drops the new command (the cloud may send it again).
+/// updates to the OTA installer, desired configurations to the
+/// [`Configurer`]. A stage still busy with the previous one drops the new
+/// command (the cloud may send it again).
 pub(super) async fn route_commands(
     mut commands: mpsc::UnboundedReceiver<Command>,
     models: Option<mpsc::Sender<ModelCommand>>,
     ota: mpsc::Sender<ota::OtaCommand>,
+    configurer: Configurer,
 ) {
     while let Some(Command { id, kind }) = commands.recv().await {
         match kind {
@@ -55,6 +58,9 @@ pub(super) async fn route_commands(
                 if ota.try_send(cmd).is_err() {
                     warn!(id, "an update is in progress; this one is dropped");
                 }
+            }
+            CommandKind::Configure { version, fragment } => {
+                configurer.configure(id, version, &fragment)
             }
             _ => warn!(id, "command not supported by this agent version"),
         }

@@ -4,11 +4,15 @@
 //! stop the head (ingest, loader, OTA) → let the uplink drain within
 //! `shutdown_grace` → close the buffer after its last commit → stop
 //! serving `/healthz`. Each phase is a `CancellationToken` and a
-//! `TaskTracker`.
+//! `TaskTracker`. The same sequence restarts the pipeline after a rollback
+//! and when the cloud's desired configuration changed (`remote`). One boot
+//! id per agent process: a restart of the pipeline is not a restart of
+//! the device.
 
 mod commands;
 mod inference;
 mod phase;
+mod remote;
 mod stages;
 mod telemetry;
 
@@ -16,15 +20,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::buffer::Buffer;
-use crate::config::Config;
+use crate::config::{Config, Layers, Loaded};
 use crate::ota::{self, slots::Slots, slots::Trial, trial::Supervised};
+use crate::uplink::ConfigState;
 use phase::Phases;
+use remote::{Configurer, Reconfigure};
 pub use telemetry::Telemetry;
 
 /// Runs the agent until `shutdown` is cancelled; returns once buffered work
@@ -32,19 +39,77 @@ pub use telemetry::Telemetry;
 ///
 /// When an update was installed, the pipeline stops the same way, the new
 /// version runs on trial as a child (see `ota::trial`), and after a
-/// rollback this agent's pipeline starts again.
+/// rollback this agent's pipeline starts again. Without a config loader:
+/// remote configuration is refused (see [`run_layered`]).
 pub async fn run(
     config: Config,
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = Arc::new(config);
-    let slots = Slots::new(&config.ota.root);
+    let loaded = Loaded {
+        config,
+        remote: None,
+        remote_error: None,
+    };
+    run_with(loaded, None, telemetry, shutdown).await
+}
+
+/// [`run`] for a configuration loaded from `layers`: a desired
+/// configuration from the cloud is checked against them, stored, and the
+/// pipeline restarts with it.
+pub async fn run_layered(
+    layers: Layers,
+    loaded: Loaded,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with(loaded, Some(layers), telemetry, shutdown).await
+}
+
+async fn run_with(
+    loaded: Loaded,
+    layers: Option<Layers>,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(e) = &loaded.remote_error {
+        warn!(error = %e, "stored remote configuration left out; running on the file config");
+    }
+    let applied = loaded.remote.as_ref().map(|r| r.version).unwrap_or(0);
+    let (state, _) = watch::channel(ConfigState {
+        applied,
+        refused: None,
+    });
+    let (apply, mut reconfigured) = mpsc::channel(4);
+    let mut config = Arc::new(loaded.config);
+    let boot_id = fastrand::u64(..);
     loop {
-        let run = pipeline(config.clone(), telemetry.clone(), shutdown.clone());
-        let Some(trial) = run.await? else {
-            return Ok(());
+        let configurer = Configurer {
+            layers: layers.clone(),
+            data_dir: config.data_dir.clone(),
+            state: state.clone(),
+            apply: apply.clone(),
         };
+        let cx = (boot_id, configurer, &mut reconfigured);
+        let run = pipeline(config.clone(), telemetry.clone(), shutdown.clone(), cx);
+        let trial = match run.await? {
+            Ended::Shutdown => return Ok(()),
+            Ended::Trial(trial) => trial,
+            Ended::Reconfigured(mut next) => {
+                // A newer version stored meanwhile wins.
+                while let Ok(newer) = reconfigured.try_recv() {
+                    *next = newer;
+                }
+                info!(
+                    version = next.version,
+                    "restarting the pipeline with the remote configuration"
+                );
+                remote::applied(&state, next.version);
+                config = Arc::new(next.config);
+                continue;
+            }
+        };
+        let slots = Slots::new(&config.ota.root);
         let (deadline, probation) = (config.ota.trial_deadline, config.ota.probation);
         match ota::trial::supervise(&slots, trial, deadline, probation, &shutdown).await {
             Supervised::Confirmed(status) if !status.success() => {
@@ -54,6 +119,15 @@ pub async fn run(
             Supervised::RolledBack => info!("restarting the pipeline after the rollback"),
         }
     }
+}
+
+/// Why a run of the pipeline ended.
+enum Ended {
+    Shutdown,
+    /// An update was installed: run it on trial.
+    Trial(Trial),
+    /// A desired configuration was checked and stored: start again with it.
+    Reconfigured(Box<Reconfigure>),
 }
 
 /// What the spawn step hands to the wait-and-drain step.
@@ -66,28 +140,32 @@ struct Running {
     ota: JoinHandle<Option<Trial>>,
 }
 
-/// One run of the pipeline: build → spawn → wait → drain. Returns the trial
-/// to start when an update was installed, None after a shutdown.
+/// One run of the pipeline: build → spawn → wait → drain.
 async fn pipeline(
     config: Arc<Config>,
     telemetry: Telemetry,
     shutdown: CancellationToken,
-) -> anyhow::Result<Option<Trial>> {
+    (boot_id, configurer, reconfigured): (u64, Configurer, &mut mpsc::Receiver<Reconfigure>),
+) -> anyhow::Result<Ended> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     // Held until the buffer is closed, at the end of this function.
     let _lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
-    let mut running = stages::spawn(&config, &telemetry).await?;
-    let trial = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        t = async { (&mut running.ota).await.ok().flatten() } => t,
+    let mut running = stages::spawn(&config, &telemetry, boot_id, configurer).await?;
+    let ended = tokio::select! {
+        _ = shutdown.cancelled() => Ended::Shutdown,
+        t = async { (&mut running.ota).await.ok().flatten() } => match t {
+            Some(trial) => Ended::Trial(trial),
+            None => Ended::Shutdown,
+        },
+        Some(next) = reconfigured.recv() => Ended::Reconfigured(Box::new(next)),
     };
-    if trial.is_none() {
+    if matches!(ended, Ended::Shutdown) {
         crate::health::systemd::stopping();
     }
     let result = drain(running, config.shutdown_grace).await;
     info!("agent stopped");
-    result.map(|()| trial)
+    result.map(|()| ended)
 }
 
 /// Stops the head, lets the uplink drain for up to `grace`, closes the

@@ -12,6 +12,7 @@ use tracing::info;
 use super::commands::route_commands;
 use super::inference::{start_inference, Scoring};
 use super::phase::{Phase, Phases};
+use super::remote::Configurer;
 use super::{Running, Telemetry};
 use crate::buffer::Buffer;
 use crate::config::Config;
@@ -21,8 +22,14 @@ use crate::uplink::{self, Identity};
 /// Builds every stage from its settings and spawns it into its phase. Bad
 /// settings (certificates, models folder, health port) end the start here,
 /// before any task runs.
-pub(super) async fn spawn(config: &Arc<Config>, t: &Telemetry) -> anyhow::Result<Running> {
-    let (buffer, buffer_thread, identity) = open(config, t).await?;
+pub(super) async fn spawn(
+    config: &Arc<Config>,
+    t: &Telemetry,
+    boot_id: u64,
+    configurer: Configurer,
+) -> anyhow::Result<Running> {
+    let (buffer, buffer_thread, identity) = open(config, t, boot_id).await?;
+    let config_state = configurer.state.subscribe();
     // Bad certificate files stop the start, naming the key.
     let tls = uplink::tls::client_config(&config.cloud.tls)?;
     let phases = Phases::new();
@@ -63,13 +70,13 @@ pub(super) async fn spawn(config: &Arc<Config>, t: &Telemetry) -> anyhow::Result
     // Ends when the uplink, the only sender, has ended.
     phases
         .tail
-        .spawn(|_| route_commands(command_rx, model_commands, ota_tx));
+        .spawn(|_| route_commands(command_rx, model_commands, ota_tx, configurer));
     let uplink = spawn_uplink(
         config,
         t,
         &buffer,
         tls,
-        identity,
+        (identity, config_state),
         active_models,
         &phases.tail,
         event_rx,
@@ -89,6 +96,7 @@ pub(super) async fn spawn(config: &Arc<Config>, t: &Telemetry) -> anyhow::Result
 async fn open(
     config: &Config,
     t: &Telemetry,
+    boot_id: u64,
 ) -> anyhow::Result<(Buffer, std::thread::JoinHandle<()>, Identity)> {
     let path = config.buffer_path();
     let (buffer, buffer_thread) = Buffer::open(
@@ -99,7 +107,7 @@ async fn open(
     .with_context(|| format!("cannot open buffer {}", path.display()))?;
     let snapshot = buffer.snapshot().await?;
     let identity = Identity {
-        boot_id: fastrand::u64(..),
+        boot_id,
         agent_version: ota::running_version(),
     };
     info!(
@@ -182,14 +190,15 @@ fn spawn_notify(t: &Telemetry, buffer: &Buffer, phase: &Phase) {
     phase.spawn(|stop| crate::health::systemd::run(probes, held, counts, stop));
 }
 
-/// The uplink, reporting the active models in its status.
+/// The uplink, reporting the active models in its status and the
+/// configuration state on `up/config`.
 #[allow(clippy::too_many_arguments)]
 fn spawn_uplink(
     config: &Config,
     t: &Telemetry,
     buffer: &Buffer,
     tls: Option<Arc<rustls::ClientConfig>>,
-    identity: Identity,
+    (identity, config_state): (Identity, tokio::sync::watch::Receiver<uplink::ConfigState>),
     active_models: Arc<Mutex<Vec<ModelVersion>>>,
     phase: &Phase,
     event_rx: mpsc::UnboundedReceiver<aeris_wire::Event>,
@@ -197,6 +206,7 @@ fn spawn_uplink(
 ) -> JoinHandle<anyhow::Result<()>> {
     let settings = Arc::new(uplink::Settings {
         device_id: config.device_id.clone(),
+        groups: config.groups.clone(),
         cloud: config.cloud.clone(),
         uplink: config.uplink.clone(),
         shutdown_grace: config.shutdown_grace,
@@ -205,6 +215,7 @@ fn spawn_uplink(
         metrics: t.uplink.clone(),
         probes: t.probes.clone(),
         models: Arc::new(move || active_models.lock().map(|m| m.clone()).unwrap_or_default()),
+        config_state,
     };
     let buffer = buffer.clone();
     phase.spawn(|stop| {

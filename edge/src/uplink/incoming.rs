@@ -58,6 +58,7 @@ impl Uplink {
         self.live_rows = None;
         self.cx.metrics.connects.inc();
         self.publish_status(DeviceState::Online).await?;
+        self.publish_config_report().await?;
         self.flush_events();
         Ok(())
     }

@@ -16,6 +16,7 @@
 //! layout (`aeris_wire::columnar`) unless `uplink.encoding = "postcard"`.
 
 pub mod config;
+mod config_report;
 pub mod drain;
 mod events;
 mod incoming;
@@ -39,6 +40,7 @@ use tracing::{debug, warn};
 use crate::buffer::Buffer;
 use crate::health::Probes;
 pub use config::{BatchEncoding, CloudConfig, TlsConfig, UplinkConfig};
+pub use config_report::ConfigState;
 use drain::DrainRate;
 use link::Link;
 pub use metrics::Metrics;
@@ -54,6 +56,8 @@ pub type Commands = mpsc::UnboundedSender<Command>;
 pub struct Settings {
     /// This device's id: client id and topic level.
     pub device_id: String,
+    /// Its fleet groups, named in its config report.
+    pub groups: Vec<String>,
     pub cloud: CloudConfig,
     pub uplink: UplinkConfig,
     /// How long a shutdown may spend getting held readings acked.
@@ -96,6 +100,9 @@ pub struct Context {
     pub probes: Arc<Probes>,
     /// The active models, for the status heartbeat.
     pub models: Arc<dyn Fn() -> Vec<ModelVersion> + Send + Sync>,
+    /// What the agent runs of the cloud's desired configuration; published
+    /// on `up/config` at connect and on every change.
+    pub config_state: tokio::sync::watch::Receiver<ConfigState>,
 }
 
 /// Runs until `stop` is cancelled, then tries for up to `shutdown_grace` to
@@ -208,6 +215,11 @@ impl Uplink {
                 _ = sleep_until_opt(deadline) => {
                     if self.outbox.expire(Instant::now()) {
                         debug!("ack timeout; sending held readings again");
+                    }
+                }
+                Ok(()) = self.cx.config_state.changed() => {
+                    if self.connected {
+                        self.publish_config_report().await?;
                     }
                 }
                 _ = heartbeat.tick() => {

@@ -49,16 +49,25 @@
     return 'queued ' + d.queued_readings + ', oldest unsent ' + age(d.oldest_unsent_age_s) +
       (d.drain_eta_s === null ? '' : ', drains in ' + age(d.drain_eta_s));
   }
+  // A device with a desired configuration it does not run (issue 18):
+  // 'pending 3/5' (runs 3, desired 5) or 'refused 5'; '' when converged
+  // or nothing is desired.
+  function drift(d) {
+    var c = d.config;
+    if (!c || !c.drift) { return ''; }
+    return c.state === 'refused' ? 'refused ' + c.desired :
+      'pending ' + (c.applied === null ? '–' : c.applied) + '/' + c.desired;
+  }
   function showDevices(list) {
     var rows = list.map(function (d) {
       devices[d.device] = d;
-      var cls = d.queued_readings > 0 ? ' class="indebt"' : '';
-      return '<tr' + cls + ' data-device="' + esc(d.device) + '"><td>' + esc(d.device) +
+      var cls = [d.queued_readings > 0 ? 'indebt' : '', drift(d) ? 'drift' : ''].join(' ').trim();
+      return '<tr' + (cls ? ' class="' + cls + '"' : '') + ' data-device="' + esc(d.device) + '"><td>' + esc(d.device) +
         (d.online ? '' : ' (offline)') + '</td><td class="num">' + d.queued_readings +
-        '</td><td class="num">' + age(d.oldest_unsent_age_s) + '</td></tr>';
+        '</td><td class="num">' + age(d.oldest_unsent_age_s) + '</td><td>' + esc(drift(d)) + '</td></tr>';
     });
     document.getElementById('devices').innerHTML = list.length === 0 ? '' :
-      '<table><tr><th>device</th><th>queued</th><th>oldest unsent</th></tr>' + rows.join('') + '</table>';
+      '<table><tr><th>device</th><th>queued</th><th>oldest unsent</th><th>config</th></tr>' + rows.join('') + '</table>';
     Object.keys(markers).forEach(function (id) { if (markers[id].aerisReading) { markers[id].bindPopup(popup(markers[id].aerisReading)); } });
   }
   function loadDevices() {

@@ -14,7 +14,10 @@
 //!   `to` defaults to now (+ the 5 minutes of clock skew ingest accepts),
 //!   `from` to 24 hours before `to`. Times must lie in the years 1..=9999.
 //! - `GET /api/devices`: each device's last status and data debt next to the
-//!   seq ranges never received (computed in the database).
+//!   seq ranges never received (computed in the database), and, for a
+//!   device with a desired configuration, `config`: desired and applied
+//!   versions, a refusal, `state` (`converged`, `pending`, `refused`) and
+//!   `drift` (issue 18).
 //! - `GET /api/live`: server-sent events, one `reading` event per reading
 //!   that became its sensor's latest (the Redis stream), capped per client
 //!   and in total, closed when idle ([`live`]). The only route that also
@@ -23,13 +26,15 @@
 //!   ([`rollout`]).
 //! - `GET /`: the map page; its scripts are compiled into the binary
 //!   ([`map`]), nothing is fetched from a CDN.
-//! - Operator routes ([`ops`]): re-send, the audit log.
+//! - Operator routes ([`ops`]): re-send, the audit log; desired
+//!   configuration of devices and groups ([`config`]).
 //!
 //! The `/api/*` read routes need the `read` scope and the operator routes
 //! the `operate` scope ([`auth`]); health, metrics and the map page are
 //! open.
 
 pub mod auth;
+mod config;
 pub mod live;
 mod map;
 mod ops;
@@ -82,7 +87,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(auth::protect(reads, access.clone(), auth::Scope::Read))
-        .merge(auth::protect(ops::routes(), access, auth::Scope::Operate))
+        .merge(auth::protect(
+            ops::routes(),
+            access.clone(),
+            auth::Scope::Operate,
+        ))
+        .merge(auth::protect(
+            config::routes(),
+            access,
+            auth::Scope::Operate,
+        ))
         .merge(map::routes())
         .with_state(state)
 }
@@ -303,10 +317,28 @@ async fn readings(State(s): State<ApiState>, Query(p): Query<ReadingsParams>) ->
 }
 
 async fn devices(State(s): State<ApiState>) -> Response {
-    match s.sink.devices().await {
-        Ok(d) => Json(d).into_response(),
-        Err(e) => sink_error(e),
+    let devices = match s.sink.devices().await {
+        Ok(d) => d,
+        Err(e) => return sink_error(e),
+    };
+    let names: Vec<String> = devices.iter().map(|d| d.device.clone()).collect();
+    // Without fleet configuration (the SQLite sink) the list is as before.
+    let configs = crate::fleet_config::service::drift_of(s.sink.as_ref(), &names)
+        .await
+        .unwrap_or_default();
+    let mut out = match serde_json::to_value(&devices) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    for d in out.as_array_mut().into_iter().flatten() {
+        let name = d.get("device").and_then(|n| n.as_str()).unwrap_or_default();
+        if let (Some(c), Some(obj)) = (configs.get(name), d.as_object_mut()) {
+            let mut v = serde_json::json!(c);
+            v["drift"] = serde_json::json!(c.drift());
+            obj.insert("config".into(), v);
+        }
     }
+    Json(out).into_response()
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@
 //!   "devices": ["a","b"], "percent": 100, "canary": 1, "max_failures": 0,
 //!   "device_timeout": "10m"}`; `update` is the payload of the devices'
 //! `CommandKind::Ota` (what cross/build.sh's package gives). The answer is
-//! 202 with the rollout id; the rollout runs in the gateway until done.
+//! 202 with the rollout id once the rollout is stored; a gateway drives it
+//! until done ([`crate::rollout::driver`]), also across restarts. The GET
+//! reads the database, so any gateway answers it, also after a restart
+//! and after the rollout finished.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aeris_sink::Sink;
@@ -19,17 +21,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
-use tracing::{error, info};
+use tracing::info;
 
 use super::auth::Caller;
-use crate::config::BrokerConfig;
-use crate::rollout::{self, Plan, Summary};
+use crate::rollout::store::Meta;
+use crate::rollout::{self, Driver, Plan};
 use crate::stats::Stats;
 
 #[derive(Clone)]
 struct RolloutState {
-    broker: BrokerConfig,
-    rollouts: Arc<Mutex<HashMap<u64, Summary>>>,
+    driver: Arc<Driver>,
     /// Where starting a rollout is written to the audit log.
     audit: Option<(Arc<dyn Sink>, Arc<Stats>)>,
 }
@@ -59,17 +60,14 @@ fn ten_minutes() -> Duration {
     Duration::from_secs(600)
 }
 
-/// The rollout routes, with their own state (the broker to publish on, and
-/// the sink of the audit log). They belong behind the `operate` scope.
-pub fn routes(broker: BrokerConfig, audit: Option<(Arc<dyn Sink>, Arc<Stats>)>) -> Router {
+/// The rollout routes, with their own state (the driver that stores and
+/// runs rollouts, and the sink of the audit log). They belong behind the
+/// `operate` scope.
+pub fn routes(driver: Arc<Driver>, audit: Option<(Arc<dyn Sink>, Arc<Stats>)>) -> Router {
     Router::new()
         .route("/api/rollouts", post(start))
         .route("/api/rollouts/{id}", get(show))
-        .with_state(RolloutState {
-            broker,
-            rollouts: Arc::default(),
-            audit,
-        })
+        .with_state(RolloutState { driver, audit })
 }
 
 async fn start(
@@ -77,11 +75,11 @@ async fn start(
     caller: Option<Extension<Caller>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let result = begin(&s, &body);
+    let actor = caller
+        .map(|c| c.0.name)
+        .unwrap_or_else(|| "anonymous".into());
+    let result = begin(&s, &body, &actor).await;
     if let Some((sink, stats)) = &s.audit {
-        let actor = caller
-            .map(|c| c.0.name)
-            .unwrap_or_else(|| "anonymous".into());
         let target = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .map(|v| v["devices"].to_string())
@@ -101,7 +99,11 @@ fn error(status: StatusCode, message: String) -> Response {
 
 /// Checks the request and starts the rollout; the answer's body, or the
 /// refusal.
-fn begin(s: &RolloutState, body: &[u8]) -> Result<serde_json::Value, (StatusCode, String)> {
+async fn begin(
+    s: &RolloutState,
+    body: &[u8],
+    actor: &str,
+) -> Result<serde_json::Value, (StatusCode, String)> {
     let req: Request = serde_json::from_slice(body)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad rollout request: {e}")))?;
     let fields = ["url", "manifest", "signature"];
@@ -139,40 +141,34 @@ fn begin(s: &RolloutState, body: &[u8]) -> Result<serde_json::Value, (StatusCode
         req.max_failures,
         req.device_timeout,
     );
-    let payload = req.update.to_string().into_bytes();
-    let give_up = req.device_timeout * 2 + Duration::from_secs(60);
-    let (broker, rollouts) = (s.broker.clone(), s.rollouts.clone());
-    if let Ok(mut m) = rollouts.lock() {
-        m.insert(id, plan.summary());
-    }
+    let meta = Meta {
+        id,
+        update: req.update,
+        started_by: actor.to_owned(),
+        created_ms: aeris_wire::now_ms(),
+        stages: plan.waves().to_vec(),
+        max_failures: req.max_failures,
+        timeout: req.device_timeout,
+    };
+    s.driver.start(meta, plan).await.map_err(|e| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("rollout not stored: {e}"),
+        )
+    })?;
     info!(
         id,
         devices = req.devices.len(),
         percent = req.percent,
         "rollout started"
     );
-    tokio::spawn(async move {
-        let store = rollouts.clone();
-        let result = rollout::run(&broker, payload, plan, give_up, move |summary| {
-            if let Ok(mut m) = store.lock() {
-                m.insert(id, summary.clone());
-            }
-        })
-        .await;
-        match result {
-            Ok(s) => {
-                info!(id, confirmed = s.confirmed, failed = s.failed, halted = ?s.halted, "rollout ended")
-            }
-            Err(e) => error!(id, error = %e, "rollout stopped"),
-        }
-    });
     Ok(serde_json::json!({ "id": id, "url": format!("/api/rollouts/{id}") }))
 }
 
 async fn show(State(s): State<RolloutState>, Path(id): Path<u64>) -> Response {
-    let found = s.rollouts.lock().ok().and_then(|m| m.get(&id).cloned());
-    match found {
-        Some(summary) => Json(summary).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no rollout {id}")),
+    match s.driver.get(id).await {
+        Ok(Some(r)) => Json(rollout::store::view(&r)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no rollout {id}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -40,6 +40,30 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Hourly rollups of the readings (PostGIS only).
     pub rollups: RollupsConfig,
+    /// Who drives the stored rollouts started over HTTP.
+    pub rollout: RolloutConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// This gateway's name as the owner of the rollouts it drives; empty =
+    /// the host name (a pod's name), so a restarted gateway takes its own
+    /// rollouts back at once.
+    pub instance: String,
+    /// How long a gateway owns a rollout without renewing (it renews every
+    /// third of it); another gateway takes over an expired one.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            instance: String::new(),
+            lease: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +109,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             retention: RetentionConfig::default(),
             rollups: RollupsConfig::default(),
+            rollout: RolloutConfig::default(),
         }
     }
 }
@@ -150,6 +175,11 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   rollups.sample_interval           the interval sensors sample at: an hour expects 1h / interval
                                     readings and is valid with 75 % of them [1m]
   rollups.sensor_intervals          per sensor id where it differs: { \"s1\" = \"10s\" }
+  rollout.instance                  this gateway's name as the owner of the rollouts it drives
+                                    (POST /api/rollouts, stored in the database); empty = host name
+  rollout.lease                     a gateway drives a stored rollout while it holds its lease,
+                                    renewed every third of it; another gateway resumes a rollout
+                                    whose lease expired, the same instance at its next start [30s]
 ";
 
 /// A configuration that could not be loaded; the message names the key and

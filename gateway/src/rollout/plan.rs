@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use aeris_sink::rollouts::RolloutState;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,6 +32,15 @@ pub struct Summary {
     /// Why the rollout stopped early, if it did.
     pub halted: Option<String>,
     pub done: bool,
+    /// The stage in progress, 0 = canary (the last one once done).
+    pub stage: usize,
+    pub stages: usize,
+    /// Running until done or halted; halted as soon as failures pass
+    /// the threshold (devices in flight still report).
+    pub state: RolloutState,
+    /// When each device was sent the update (for storing, not shown).
+    #[serde(skip)]
+    pub sent: BTreeMap<String, Instant>,
 }
 
 #[derive(Debug)]
@@ -95,6 +105,50 @@ impl Plan {
         }
     }
 
+    /// A plan as it stood: `devices` holds every target's outcome and when
+    /// it was sent (`Sent` without a time is sent at `now`'s timeout
+    /// start). The stage in progress follows from the outcomes.
+    pub fn restore(
+        command_id: u64,
+        waves: Vec<Vec<String>>,
+        devices: BTreeMap<String, (DeviceOutcome, Option<Instant>)>,
+        max_failures: usize,
+        timeout: Duration,
+        halted: Option<String>,
+    ) -> Plan {
+        let mut waves = waves;
+        waves.retain(|w| !w.is_empty());
+        let mut plan = Plan {
+            command_id,
+            waves,
+            wave: 0,
+            devices,
+            max_failures,
+            timeout,
+            halted,
+        };
+        plan.advance();
+        plan
+    }
+
+    /// Device ids per stage, canary first.
+    pub fn waves(&self) -> &[Vec<String>] {
+        &self.waves
+    }
+
+    /// When `device` was sent the update.
+    pub fn sent_at(&self, device: &str) -> Option<Instant> {
+        self.devices.get(device).and_then(|e| e.1)
+    }
+
+    pub fn max_failures(&self) -> usize {
+        self.max_failures
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The devices to send the update to now; they are marked sent.
     pub fn to_send(&mut self, now: Instant) -> Vec<String> {
         self.advance();
@@ -131,6 +185,20 @@ impl Plan {
             entry.0 = DeviceOutcome::Confirmed;
         } else if rest.starts_with("rolled back") || rest.starts_with("refused") {
             entry.0 = DeviceOutcome::Failed(rest.to_owned());
+        }
+    }
+
+    /// An outcome of a sent device learnt otherwise than from an OTA event
+    /// (a staged configuration change reads the device's config report):
+    /// `Ok` confirms, `Err` fails with its reason.
+    pub fn record(&mut self, device: &str, outcome: Result<(), String>) {
+        if let Some(entry) = self.devices.get_mut(device) {
+            if entry.0 == DeviceOutcome::Sent {
+                entry.0 = match outcome {
+                    Ok(()) => DeviceOutcome::Confirmed,
+                    Err(why) => DeviceOutcome::Failed(why),
+                };
+            }
         }
     }
 
@@ -189,6 +257,12 @@ impl Plan {
             .devices
             .values()
             .any(|(o, _)| *o == DeviceOutcome::Sent);
+        let done = !in_flight && (self.halted.is_some() || self.wave >= self.waves.len());
+        let state = match (&self.halted, done) {
+            (Some(_), _) => RolloutState::Halted,
+            (None, true) => RolloutState::Completed,
+            (None, false) => RolloutState::Running,
+        };
         Summary {
             command_id: self.command_id,
             devices: self
@@ -203,7 +277,15 @@ impl Plan {
                 .count(),
             failed: self.failed(),
             halted: self.halted.clone(),
-            done: !in_flight && (self.halted.is_some() || self.wave >= self.waves.len()),
+            done,
+            stage: self.wave.min(self.waves.len().saturating_sub(1)),
+            stages: self.waves.len(),
+            state,
+            sent: self
+                .devices
+                .iter()
+                .filter_map(|(d, (_, t))| Some((d.clone(), (*t)?)))
+                .collect(),
         }
     }
 }
@@ -247,6 +329,40 @@ mod tests {
         let s = p.summary();
         assert!(s.done && s.halted.is_some());
         assert_eq!(s.devices["d1"], DeviceOutcome::Pending);
+    }
+
+    #[test]
+    fn a_restored_plan_sends_only_what_was_not_sent_and_keeps_timeouts() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(9, names(4), 1, 0, Duration::from_secs(60));
+        p.to_send(t0);
+        p.on_event("d0", "ota 9: confirmed: version 0.2.0");
+        assert_eq!(p.to_send(t0), ["d1", "d2", "d3"]);
+        p.on_event("d1", "ota 9: confirmed: version 0.2.0");
+        // As the store gives it back: d2 sent 50 s ago, d3 never sent.
+        let mut devices: BTreeMap<_, _> = p
+            .summary()
+            .devices
+            .into_iter()
+            .map(|(d, o)| (d, (o, None)))
+            .collect();
+        devices.insert("d2".into(), (DeviceOutcome::Sent, Some(t0)));
+        devices.insert("d3".into(), (DeviceOutcome::Pending, None));
+        let waves = p.waves().to_vec();
+        let mut r = Plan::restore(9, waves, devices, 0, Duration::from_secs(60), None);
+        let s = r.summary();
+        assert_eq!((s.stage, s.stages, s.state), (1, 2, RolloutState::Running));
+        assert_eq!(r.to_send(t0 + Duration::from_secs(50)), ["d3"]);
+        assert!(r.to_send(t0 + Duration::from_secs(50)).is_empty());
+        assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(60)));
+        r.on_event("d3", "ota 9: confirmed: version 0.2.0");
+        r.expire(t0 + Duration::from_secs(60));
+        let s = r.summary();
+        assert!(s.done);
+        assert_eq!(
+            (s.confirmed, s.failed, s.state),
+            (3, 1, RolloutState::Halted)
+        );
     }
 
     #[test]

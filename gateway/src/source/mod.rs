@@ -20,7 +20,9 @@ use std::time::Duration;
 use aeris_runtime::Backoff;
 use aeris_sink::live::Live;
 use aeris_sink::Sink;
-use aeris_wire::{decode, Batch, Channel, Event as DeviceEvent, EventKind, Status, Topics};
+use aeris_wire::{
+    decode, Batch, Channel, ConfigReport, Event as DeviceEvent, EventKind, Status, Topics,
+};
 use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -45,6 +47,7 @@ enum Accepted {
     Batch(Incoming),
     Status(Status),
     Event(DeviceEvent),
+    Config(ConfigReport),
 }
 
 /// The sink and live view the source writes to.
@@ -76,7 +79,7 @@ pub async fn run(
         config: config.writer.clone(),
     };
     let (mut writer, tx) = start_writer(writer, shutdown.clone());
-    let status_tx = start_side_channel(out, stats.clone());
+    let status_tx = start_side_channel(out, stats.clone(), (client.clone(), topics.clone()));
     let mut source = Source::new(config, topics, client, client_id, stats, tx, status_tx);
     let mut writer_done = false;
     loop {
@@ -118,9 +121,13 @@ fn start_writer(
 }
 
 /// Spawns [`side_channel`]; returns where statuses and events go.
-fn start_side_channel(out: Outputs, stats: Arc<Stats>) -> mpsc::Sender<Accepted> {
+fn start_side_channel(
+    out: Outputs,
+    stats: Arc<Stats>,
+    commands: (AsyncClient, Topics),
+) -> mpsc::Sender<Accepted> {
     let (status_tx, status_rx) = mpsc::channel::<Accepted>(1024);
-    tokio::spawn(side_channel(status_rx, out.sink, out.live, stats));
+    tokio::spawn(side_channel(status_rx, out.sink, out.live, stats, commands));
     status_tx
 }
 
@@ -140,8 +147,8 @@ struct Source {
     topics: Topics,
     client: AsyncClient,
     client_id: String,
-    /// The shared subscriptions: batches, statuses, events.
-    filters: [String; 3],
+    /// The shared subscriptions: batches, statuses, events, config reports.
+    filters: [String; 4],
     stats: Arc<Stats>,
     /// Batches to the writer; `None` once shutting down.
     forward: Option<mpsc::Sender<Incoming>>,
@@ -161,8 +168,13 @@ impl Source {
         side: mpsc::Sender<Accepted>,
     ) -> Source {
         let group = &config.broker.share_group;
-        let filters = [Channel::UpBatch, Channel::UpStatus, Channel::UpEvent]
-            .map(|c| topics.shared(group, c));
+        let filters = [
+            Channel::UpBatch,
+            Channel::UpStatus,
+            Channel::UpEvent,
+            Channel::UpConfig,
+        ]
+        .map(|c| topics.shared(group, c));
         Source {
             config,
             topics,
@@ -306,6 +318,9 @@ fn accept(topics: &Topics, stats: &Stats, p: &Publish) -> Option<Accepted> {
         Ok((device, Channel::UpEvent)) => {
             check::<DeviceEvent>(device, &p.payload, |e| &e.device).map(Accepted::Event)
         }
+        Ok((device, Channel::UpConfig)) => {
+            check::<ConfigReport>(device, &p.payload, |r| &r.device).map(Accepted::Config)
+        }
         _ => Err(("unexpected_topic", format!("topic {}", p.topic))),
     };
     match verdict {
@@ -313,7 +328,7 @@ fn accept(topics: &Topics, stats: &Stats, p: &Publish) -> Option<Accepted> {
             match &a {
                 Accepted::Batch(_) => stats.batches_received.inc(),
                 Accepted::Status(_) => stats.statuses_received.inc(),
-                Accepted::Event(_) => 0,
+                Accepted::Event(_) | Accepted::Config(_) => 0,
             };
             Some(a)
         }
@@ -326,15 +341,23 @@ fn accept(topics: &Topics, stats: &Stats, p: &Publish) -> Option<Accepted> {
 }
 
 /// Statuses go to the database (data debt for the API); alerts to the live
-/// view's pub/sub.
+/// view's pub/sub; config reports to the database, and a device that runs
+/// another version than its desired one is sent it.
 async fn side_channel(
     mut rx: mpsc::Receiver<Accepted>,
     sink: Arc<dyn Sink>,
     live: Arc<dyn Live>,
     stats: Arc<Stats>,
+    (client, topics): (AsyncClient, Topics),
 ) {
     while let Some(msg) = rx.recv().await {
         match msg {
+            Accepted::Config(r) => {
+                crate::fleet_config::on_report(sink.as_ref(), &stats, &r, |cmd| {
+                    crate::fleet_config::send::publish_on(&client, &topics, &r.device, cmd)
+                })
+                .await
+            }
             Accepted::Status(s) => {
                 if let Err(e) = sink.record_status(&s).await {
                     stats.reject("status_not_stored");
