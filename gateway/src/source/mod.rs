@@ -12,6 +12,7 @@
 pub mod live;
 mod writer;
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use aeris_wire::{
 };
 use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, Publish, QoS};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -83,11 +85,24 @@ pub async fn run(
     let mut source = Source::new(config, topics, client, client_id, stats, tx, status_tx);
     let mut writer_done = false;
     loop {
+        let forward = source.forward.clone();
         let ev = tokio::select! {
             // On shutdown stop taking batches; keep polling so the writer's
             // last acks still go out, then disconnect.
             _ = shutdown.cancelled(), if source.forward.is_some() => {
                 source.forward = None;
+                // Never stored, never acked: their devices send them again.
+                source.waiting.clear();
+                source.waiting_bytes = 0;
+                continue;
+            }
+            // Batches waiting for room in the writer's queue go first.
+            permit = reserve(&forward), if !source.waiting.is_empty() => {
+                let (Some(permit), Some(incoming)) = (permit, source.waiting.pop_front()) else {
+                    continue;
+                };
+                source.waiting_bytes -= incoming.publish.payload.len();
+                permit.send(incoming);
                 continue;
             }
             res = &mut writer, if !writer_done => {
@@ -110,6 +125,23 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// Room for one batch in the writer's queue (`None`: no writer).
+async fn reserve(forward: &Option<mpsc::Sender<Incoming>>) -> Option<mpsc::Permit<'_, Incoming>> {
+    forward.as_ref()?.reserve().await.ok()
+}
+
+/// Batches kept by the MQTT loop while the writer's queue is full, at most
+/// this many payload bytes and [`MAX_WAITING`] batches. The loop never
+/// waits for the writer: the writer's acks leave through this loop, so
+/// waiting here for room in the writer's queue while the writer waits for
+/// room in the client's request queue stalled both for good (5,000 devices
+/// sending at once; tests/tests/burst.rs). Past the limits a batch is
+/// released to the broker unstored and counted (`writer_backlog`); its
+/// device sends it again after its ack timeout.
+const MAX_WAITING_BYTES: usize = 32 << 20;
+/// See [`MAX_WAITING_BYTES`].
+const MAX_WAITING: usize = 32_768;
 
 /// Spawns the writer task; returns it and where batches go.
 fn start_writer(
@@ -155,6 +187,10 @@ struct Source {
     /// Statuses and events to [`side_channel`].
     side: mpsc::Sender<Accepted>,
     backoff: Backoff,
+    /// Batches waiting for room in the writer's queue, oldest first
+    /// ([`MAX_WAITING_BYTES`]), and their payloads' size.
+    waiting: VecDeque<Incoming>,
+    waiting_bytes: usize,
 }
 
 impl Source {
@@ -185,6 +221,8 @@ impl Source {
             forward: Some(forward),
             side,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+            waiting: VecDeque::new(),
+            waiting_bytes: 0,
         }
     }
 
@@ -204,7 +242,7 @@ impl Source {
                 // Ready only once the broker confirmed the subscriptions.
                 self.stats.broker_connected.store(true, Relaxed);
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => return self.hand_on(&p).await,
+            Ok(Event::Incoming(Packet::Publish(p))) => return self.hand_on(&p),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return ControlFlow::Break(()),
             Ok(_) => {}
             Err(e) => {
@@ -233,17 +271,23 @@ impl Source {
     /// Batches go to the writer, which acks them after the commit;
     /// statuses, events and rejected messages are acked at once. `Break`
     /// when the writer is gone.
-    async fn hand_on(&self, p: &Publish) -> ControlFlow<()> {
+    fn hand_on(&mut self, p: &Publish) -> ControlFlow<()> {
         // Without a forward (shutting down) the message stays unacked: the
         // broker forgets it with the clean session, and the device sends it
         // again after its ack timeout.
-        let Some(tx) = &self.forward else {
+        let Some(tx) = self.forward.clone() else {
             return ControlFlow::Continue(());
         };
         match accept(&self.topics, &self.stats, p) {
             Some(Accepted::Batch(incoming)) => {
-                if tx.send(incoming).await.is_err() {
-                    return ControlFlow::Break(());
+                if !self.waiting.is_empty() {
+                    self.wait(incoming);
+                    return ControlFlow::Continue(());
+                }
+                match tx.try_send(incoming) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(incoming)) => self.wait(incoming),
+                    Err(TrySendError::Closed(_)) => return ControlFlow::Break(()),
                 }
             }
             Some(other) => {
@@ -259,6 +303,20 @@ impl Source {
             }
         }
         ControlFlow::Continue(())
+    }
+
+    /// Keeps `incoming` until the writer has room, or past the limits
+    /// releases it to the broker unstored ([`MAX_WAITING_BYTES`]).
+    fn wait(&mut self, incoming: Incoming) {
+        let size = incoming.publish.payload.len();
+        if self.waiting.len() >= MAX_WAITING || self.waiting_bytes + size > MAX_WAITING_BYTES {
+            self.stats.reject("writer_backlog");
+            debug!(device = %incoming.batch.device, "writer backlog full: batch not taken; the device sends it again");
+            let _ = self.client.try_ack(&incoming.publish);
+            return;
+        }
+        self.waiting_bytes += size;
+        self.waiting.push_back(incoming);
     }
 
     /// Logs a lost connection, or counts and logs a failed attempt.
