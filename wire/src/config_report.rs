@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{WireError, WireMessage};
 use crate::message::{check_device, check_name, check_ts, invalid};
 
-/// Largest fragment a `Configure` command may carry, in bytes.
-pub const MAX_FRAGMENT_BYTES: usize = 64 * 1024;
+pub use crate::message::MAX_FRAGMENT_BYTES;
 /// Longest refusal reason, in bytes.
 pub const MAX_REASON_BYTES: usize = 1024;
 /// Most groups a device may be in.
@@ -42,20 +41,6 @@ pub struct ConfigReport {
     /// The last version refused since the agent started, if newer than
     /// `applied`.
     pub refused: Option<Refusal>,
-}
-
-/// A fragment's bounds: a version above 0, at most
-/// [`MAX_FRAGMENT_BYTES`], no NUL (TOML never has one).
-pub(crate) fn check_fragment(version: u64, fragment: &str) -> Result<(), WireError> {
-    if version == 0 {
-        return Err(invalid("config version 0 is reserved for 'none'"));
-    }
-    if fragment.len() > MAX_FRAGMENT_BYTES || fragment.contains('\0') {
-        return Err(invalid(format!(
-            "config fragment must be at most {MAX_FRAGMENT_BYTES} bytes without NUL"
-        )));
-    }
-    Ok(())
 }
 
 impl WireMessage for ConfigReport {

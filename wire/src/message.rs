@@ -374,9 +374,7 @@ impl WireMessage for Command {
                 Ok(())
             }
             CommandKind::SetConfig { key, .. } => check_name("config key", key),
-            CommandKind::Configure { version, fragment } => {
-                crate::config_report::check_fragment(*version, fragment)
-            }
+            CommandKind::Configure { version, fragment } => check_fragment(*version, fragment),
             CommandKind::Model { name, version, .. } => {
                 check_name("model name", name)?;
                 check_name("model version", version)
@@ -390,6 +388,23 @@ impl WireMessage for Reading {
     fn validate(&self) -> Result<(), WireError> {
         self.check()
     }
+}
+
+/// Largest fragment a `Configure` command may carry, in bytes.
+pub const MAX_FRAGMENT_BYTES: usize = 64 * 1024;
+
+/// A fragment's bounds: a version above 0, at most
+/// [`MAX_FRAGMENT_BYTES`], no NUL (TOML never has one).
+pub(crate) fn check_fragment(version: u64, fragment: &str) -> Result<(), WireError> {
+    if version == 0 {
+        return Err(invalid("config version 0 is reserved for 'none'"));
+    }
+    if fragment.len() > MAX_FRAGMENT_BYTES || fragment.contains('\0') {
+        return Err(invalid(format!(
+            "config fragment must be at most {MAX_FRAGMENT_BYTES} bytes without NUL"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
