@@ -71,6 +71,18 @@ fn objects(file: &Path) -> Vec<serde_json::Value> {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The ConfigMap generated from `prefix` (kustomize appends a hash).
+fn config_map<'a>(objs: &'a [serde_json::Value], prefix: &str) -> &'a serde_json::Value {
+    objs.iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(prefix))
+        })
+        .unwrap_or_else(|| panic!("no ConfigMap {prefix}-*"))
+}
+
 fn find<'a>(objs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
     objs.iter()
         .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
@@ -179,15 +191,7 @@ async fn both_overlays_render_validate_and_match_the_gateways_probes() {
 
         // The rendered gateway config loads, listens on the container port,
         // and a gateway started with it serves the probes' paths.
-        let cm = objs
-            .iter()
-            .find(|o| {
-                o["kind"] == "ConfigMap"
-                    && o["metadata"]["name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with("aeris-gateway-config"))
-            })
-            .expect("gateway ConfigMap");
+        let cm = config_map(&objs, "aeris-gateway-config");
         let toml = cm["data"]["gateway.toml"].as_str().unwrap();
         assert!(
             toml.contains(&format!("listen = \"0.0.0.0:{container_port}\"")),
@@ -304,15 +308,7 @@ fn check_broker_cluster(objs: &[serde_json::Value], broker: &serde_json::Value) 
             .any(|p| p["port"] == port));
     }
 
-    let cm = objs
-        .iter()
-        .find(|o| {
-            o["kind"] == "ConfigMap"
-                && o["metadata"]["name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("aeris-broker-config"))
-        })
-        .expect("broker ConfigMap");
+    let cm = config_map(objs, "aeris-broker-config");
     let conf = cm["data"]["emqx.conf"].as_str().unwrap();
     for line in [
         "discovery_strategy = dns",
