@@ -45,8 +45,7 @@ pub async fn run(
         let Some(trial) = run.await? else {
             return Ok(());
         };
-        let (deadline, probation) = (config.ota.trial_deadline, config.ota.probation);
-        match ota::trial::supervise(&slots, trial, deadline, probation, &shutdown).await {
+        match ota::trial::supervise(&slots, trial, &config.ota, &shutdown).await {
             Supervised::Confirmed(status) if !status.success() => {
                 anyhow::bail!("the updated agent exited: {status}")
             }
