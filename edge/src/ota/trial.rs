@@ -184,9 +184,14 @@ async fn until_confirmed(
             crate::health::systemd::watchdog_ping();
             next_ping = Instant::now() + Duration::from_secs(1);
         }
+        // Without a relay (or should the socket fail) only the deadline
+        // and the child's exit are watched.
         let heard = async {
-            match relay {
-                Some(r) => r.recv().await.ok(),
+            match relay.map(|r| r.recv()) {
+                Some(recv) => match recv.await {
+                    Ok(msg) => Some(msg),
+                    Err(_) => std::future::pending().await,
+                },
                 None => std::future::pending().await,
             }
         };
