@@ -132,7 +132,12 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   infer.max_model_bytes         largest model file accepted [16777216]
   ota.root                      folder of the A/B slots and the `current` link [/var/lib/aeris-edge]
   ota.trusted_keys              hex ed25519 keys an update must be signed by; none = refuse all []
-  ota.trial_deadline            a new version must do real work within this, else rollback [5m]
+  ota.trial_deadline            a new version must do real work (sensor data taken, a batch acked,
+                                a model run) within this, else rollback [45s]
+  ota.ready_deadline            ...and say READY=1 (buffer open, models loaded, sensors
+                                subscribed) within this, else rollback [30s]
+  ota.trial_watchdog            ...and once ready, not go this long without a watchdog ping
+                                (it pings every half of it while its loops answer) [20s]
   ota.probation                 after that, it runs this long before `current` switches to it;
                                 a watchdog kill, crash or restart meanwhile boots the old slot [10m]
   ota.max_package_bytes         largest update package accepted [134217728]

@@ -21,9 +21,13 @@
 //! - [`files`]: an HTTP file server with Range support, for downloads.
 //! - [`browser`]: headless Chromium over the DevTools protocol.
 //! - [`stack`]: the whole pipeline with an edge agent.
+//! - [`board`]: an agent under its OTA supervisor with its sensors, the
+//!   cloud and a package server, for updates (tests/ota.rs and
+//!   `aeris-bench-rollback`).
 //! - [`bench`]: what the benchmark commands share (MQTT client, /proc usage).
 
 pub mod bench;
+pub mod board;
 pub mod browser;
 pub mod cloud;
 pub mod device;

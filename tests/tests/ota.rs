@@ -1,267 +1,19 @@
 //! Over-the-air updates of the agent, with real agent processes in A/B
 //! slots, a real Mosquitto on each side, a gateway committing to PostGIS
-//! (so batches are really acked), and an HTTP server holding the packages.
+//! (so batches are really acked), and an HTTP server holding the packages
+//! ([`aeris_tests::board`], shared with `aeris-bench-rollback`).
 //! "New versions" are the host build of the agent in a package whose signed
-//! manifest says 0.2.0; failing versions are a script that exits.
+//! manifest says 0.2.0; failing versions are scripts that exit or hang.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aeris_tests::cloud::Cloud;
-use aeris_tests::device::FakeDevice;
-use aeris_tests::files::FileServer;
-use aeris_tests::mosquitto::Mosquitto;
-use aeris_tests::process::{binary, Proc};
-use aeris_tests::sensors::{readings, Publisher};
-use aeris_tests::stack::watch_events;
-use aeris_wire::{encode, Command as WireCommand, CommandKind, Topics};
-
-const DEVICE: &str = "ota-1";
-
-/// The host agent, stripped once (the debug build is hundreds of MB).
-fn agent_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let out = dir.join("aeris-edge");
-        let st = Command::new("strip")
-            .arg("-o")
-            .arg(&out)
-            .arg(binary("aeris-edge"))
-            .status()
-            .unwrap();
-        assert!(st.success());
-        out
-    })
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Makes a signed package folder `dir` holding `agent` (copied) as the
-/// binary, at `version`.
-fn package(dir: &Path, agent: &Path, version: &str, key: &Path, extra: &[&str]) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::copy(agent, dir.join("aeris-edge")).unwrap();
-    run(Command::new(binary("aeris-package"))
-        .arg("sign")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--key")
-        .arg(key)
-        .args(["--version", version, "--target", "x86_64-test"])
-        .args(extra));
-}
-
-/// The wire payload of `CommandKind::Ota` for the package at `dir`, served
-/// at `url`.
-fn update_payload(dir: &Path, url: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "format": 1,
-        "url": url,
-        "manifest": std::fs::read_to_string(dir.join("manifest.json")).unwrap(),
-        "signature": std::fs::read_to_string(dir.join("manifest.json.sig")).unwrap(),
-    }))
-    .unwrap()
-}
-
-struct Board {
-    cloud: Cloud,
-    _local: Mosquitto,
-    dir: tempfile::TempDir,
-    root: PathBuf,
-    key: PathBuf,
-    edge: Proc,
-    health: u16,
-    operator: FakeDevice,
-    events: Arc<Mutex<Vec<String>>>,
-    server: FileServer,
-    _sensors: tokio::task::JoinHandle<()>,
-}
-
-/// How a test board differs from the default one.
-struct Setup {
-    /// The version in slot a.
-    version: &'static str,
-    /// `[ota]` keys added to the config.
-    ota: &'static str,
-    /// Environment added to the agent's.
-    env: Vec<(&'static str, String)>,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Setup {
-            version: "0.1.0",
-            // Short, so a good update becomes current soon after its
-            // confirmation.
-            ota: "probation = \"2s\"\n",
-            env: Vec::new(),
-        }
-    }
-}
-
-impl Board {
-    /// A board with version 0.1.0 in slot a (`current`), sensors publishing
-    /// a reading every 100 ms, and a package server over `<dir>/www`.
-    async fn start() -> Board {
-        Board::start_with(Setup::default()).await
-    }
-
-    async fn start_with(setup: Setup) -> Board {
-        let cloud = Cloud::start(false).await;
-        let local = Mosquitto::start();
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("ota");
-        let key = dir.path().join("signing.key");
-        let public = run(Command::new(binary("aeris-package"))
-            .arg("keygen")
-            .arg(&key));
-        package(
-            &root.join("slots/a"),
-            agent_binary(),
-            setup.version,
-            &key,
-            &[],
-        );
-        std::os::unix::fs::symlink("slots/a", root.join("current")).unwrap();
-        let config = dir.path().join("edge.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[infer]\nenabled = false\n[ota]\nroot = {root:?}\ntrusted_keys = [\"{public}\"]\ntrial_deadline = \"20s\"\n{}",
-                setup.ota
-            ),
-        )
-        .unwrap();
-        let health = aeris_tests::free_port();
-        let mut env = vec![
-            ("AERIS_DEVICE_ID", DEVICE.to_owned()),
-            ("AERIS_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
-            (
-                "AERIS_DATA_DIR",
-                dir.path().join("data").display().to_string(),
-            ),
-            ("AERIS_LOCAL__PORT", local.port.to_string()),
-            ("AERIS_CLOUD__PORT", cloud.broker.port.to_string()),
-            ("AERIS_CLOUD__STATUS_INTERVAL", "300ms".to_owned()),
-            ("AERIS_UPLINK__BATCH_MAX_AGE", "100ms".to_owned()),
-        ];
-        env.extend(setup.env);
-        let edge = Proc::start_program(
-            "aeris-edge",
-            root.join("current/aeris-edge"),
-            vec!["--config".into(), config.display().to_string()],
-            &env,
-            dir.path().join("edge.log"),
-        );
-        let events = watch_events(cloud.broker.port, DEVICE).await;
-        let operator = FakeDevice::connect(cloud.broker.port, "operator").await;
-        let sensors = Publisher::connect(local.port).await;
-        let sensors = tokio::spawn(async move {
-            for r in readings(100_000, 4) {
-                sensors.publish(&r).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        std::fs::create_dir_all(dir.path().join("www")).unwrap();
-        let server = FileServer::start(dir.path().join("www")).await;
-        let board = Board {
-            cloud,
-            _local: local,
-            dir,
-            root,
-            key,
-            edge,
-            health,
-            operator,
-            events,
-            server,
-            _sensors: sensors,
-        };
-        board.wait_rows_grow().await;
-        board
-    }
-
-    /// A package named `name` under the server's folder.
-    fn publish_package(&self, name: &str, agent: &Path, version: &str, extra: &[&str]) -> PathBuf {
-        let dir = self.dir.path().join("www").join(name);
-        package(&dir, agent, version, &self.key, extra);
-        dir
-    }
-
-    async fn send_update(&self, id: u64, payload: Vec<u8>) {
-        let cmd = WireCommand {
-            id,
-            kind: CommandKind::Ota { manifest: payload },
-        };
-        self.operator
-            .publish(Topics::default().cmd(DEVICE), encode(&cmd))
-            .await;
-    }
-
-    fn events(&self) -> Vec<String> {
-        self.events.lock().unwrap().clone()
-    }
-
-    async fn wait_event(&self, needle: &str, timeout: Duration) -> String {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(e) = self.events().into_iter().find(|e| e.contains(needle)) {
-                return e;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "no event with {needle:?} after {timeout:?}; events: {:#?}\n--- edge ---\n{}",
-                self.events(),
-                self.edge.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn current(&self) -> String {
-        std::fs::read_link(self.root.join("current"))
-            .unwrap()
-            .display()
-            .to_string()
-    }
-
-    /// Waits until more rows reach PostGIS than now: the running agent
-    /// takes readings and gets them acked.
-    async fn wait_rows_grow(&self) {
-        let before = self.cloud.rows(DEVICE).await;
-        let start = std::time::Instant::now();
-        while self.cloud.rows(DEVICE).await <= before + 2 {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "no new rows\n--- edge ---\n{}\n{}",
-                self.edge.log(),
-                self.cloud.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Board {
-    /// SIGTERM, so an agent supervising a new version stops it too.
-    fn drop(&mut self) {
-        self.edge.terminate();
-    }
-}
-
-/// Shell script standing in for a broken new version.
-fn failing_agent(dir: &Path) -> PathBuf {
-    let p = dir.join("broken-agent");
-    std::fs::write(&p, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").unwrap();
-    p
-}
+use aeris_tests::board::{
+    agent_binary, failing_agent, package_script, run, update_payload, Board, Setup, DEVICE,
+};
+use aeris_tests::process::binary;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_update_is_tried_confirmed_and_becomes_current() {
@@ -433,6 +185,114 @@ async fn new_version_that_never_proves_itself_is_rolled_back_at_the_deadline() {
     assert!(e.contains("not confirmed within 20s"), "{e}");
     assert_eq!(board.current(), "slots/a");
     board.wait_rows_grow().await;
+}
+
+/// The board with the default trial settings (`trial_deadline`,
+/// `ready_deadline`, `trial_watchdog`); a short probation only.
+fn default_trial() -> Setup {
+    Setup {
+        ota: "probation = \"2s\"\n",
+        ..Setup::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_new_version_is_rolled_back_within_the_ready_deadline_by_default() {
+    // With the old defaults (trial deadline 5 min, nothing else watched)
+    // this waited five minutes.
+    let board = Board::start_with(default_trial()).await;
+    let hangs = board.dir.path().join("hanging-agent");
+    std::fs::write(&hangs, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    let pkg = board.publish_package("v2", &hangs, "0.2.0", &[]);
+    board
+        .send_update(
+            30,
+            update_payload(&pkg, &format!("{}v2/", board.server.url())),
+        )
+        .await;
+    board
+        .wait_event("ota 30: installed", Duration::from_secs(30))
+        .await;
+    let installed = std::time::Instant::now();
+    let e = board
+        .wait_event("ota 30: rolled back", Duration::from_secs(60))
+        .await;
+    assert!(e.contains("not ready within 30s"), "{e}");
+    // 30 s ready deadline, the old pipeline back up and reporting.
+    assert!(
+        installed.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        installed.elapsed()
+    );
+    assert_eq!(board.current(), "slots/a");
+    board.wait_rows_grow().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_version_that_stops_pinging_after_it_is_ready_is_rolled_back_before_the_deadline() {
+    let board = Board::start_with(default_trial()).await;
+    // The real agent, cut off from the cloud (so it cannot confirm), ready
+    // and pinging, then frozen 5 s after its start: alive, answering nothing.
+    let pkg = board.dir.path().join("www/v2");
+    package_script(
+        &pkg,
+        &board.key,
+        "0.2.0",
+        // The agent is the supervisor's child itself (exec), so the kill
+        // that ends the trial ends it.
+        "(sleep 5; echo 'test: freezing the new version' >&2; kill -STOP $$) &\n\
+         exec env AERIS_CLOUD__PORT=1 \"$here/agent\" \"$@\"\n",
+    );
+    board
+        .send_update(
+            31,
+            update_payload(&pkg, &format!("{}v2/", board.server.url())),
+        )
+        .await;
+    board
+        .wait_event("ota 31: installed", Duration::from_secs(30))
+        .await;
+    let installed = std::time::Instant::now();
+    let e = board
+        .wait_event("ota 31: rolled back", Duration::from_secs(60))
+        .await;
+    assert!(e.contains("hung: no watchdog ping for 20s"), "{e}");
+    // Frozen at 5 s, 20 s without a ping: well before the 45 s deadline.
+    assert!(
+        installed.elapsed() < Duration::from_secs(35),
+        "{:?}",
+        installed.elapsed()
+    );
+    assert!(board.edge.log().contains("test: freezing the new version"));
+    board.wait_rows_grow().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_starting_new_version_is_confirmed_with_the_default_settings() {
+    let board = Board::start_with(default_trial()).await;
+    // 15 s before the real agent even starts (a cold SD card, a loaded
+    // board), then the usual start: not a hang.
+    let pkg = board.dir.path().join("www/v2");
+    package_script(
+        &pkg,
+        &board.key,
+        "0.2.0",
+        "sleep 15\nexec \"$here/agent\" \"$@\"\n",
+    );
+    board
+        .send_update(
+            32,
+            update_payload(&pkg, &format!("{}v2/", board.server.url())),
+        )
+        .await;
+    board
+        .wait_event("ota 32: confirmed", Duration::from_secs(90))
+        .await;
+    board
+        .wait_event("ota 32: kept", Duration::from_secs(30))
+        .await;
+    assert!(board.events().iter().all(|e| !e.contains("rolled back")));
+    assert_eq!(board.current(), "slots/b");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

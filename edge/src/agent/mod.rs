@@ -110,8 +110,7 @@ async fn run_with(
             }
         };
         let slots = Slots::new(&config.ota.root);
-        let (deadline, probation) = (config.ota.trial_deadline, config.ota.probation);
-        match ota::trial::supervise(&slots, trial, deadline, probation, &shutdown).await {
+        match ota::trial::supervise(&slots, trial, &config.ota, &shutdown).await {
             Supervised::Confirmed(status) if !status.success() => {
                 anyhow::bail!("the updated agent exited: {status}")
             }

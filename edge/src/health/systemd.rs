@@ -12,8 +12,8 @@
 //! - `STOPPING=1` when shutdown starts.
 //! - While an update is on trial, the supervising old agent pings
 //!   ([`watchdog_ping`]) until the new version confirms; after that only
-//!   the new version does, so a hang during its probation starves the
-//!   watchdog.
+//!   the new version's pings, relayed by the old agent (`ota::notify`),
+//!   reach systemd, so a hang during its probation starves the watchdog.
 //!
 //! Without `NOTIFY_SOCKET` every send is a no-op; without `WATCHDOG_USEC`
 //! no watchdog pings are sent.

@@ -15,9 +15,20 @@ pub struct OtaConfig {
     /// Hex ed25519 public keys an update must be signed by; with none,
     /// every update is refused.
     pub trusted_keys: Vec<String>,
-    /// The new version must have done real work within this time.
+    /// The new version must have done real work (sensor subscription up,
+    /// a batch acked by the cloud, a model run when models are configured)
+    /// within this time. docs/operations.md, "Time to roll back", says why
+    /// 45 s.
     #[serde(with = "humantime_serde")]
     pub trial_deadline: Duration,
+    /// The new version must say `READY=1` (buffer open, models loaded,
+    /// sensor subscription up) within this time (see `ota::notify`).
+    #[serde(with = "humantime_serde")]
+    pub ready_deadline: Duration,
+    /// Once ready, a gap this long in the new version's watchdog pings
+    /// (sent every half of it while its loops answer) fails its trial.
+    #[serde(with = "humantime_serde")]
+    pub trial_watchdog: Duration,
     /// After its confirmation the new version runs this long under the old
     /// one before `current` switches to it; a watchdog kill, crash or
     /// restart in this time boots the previous slot (see `ota::trial`).
@@ -32,7 +43,9 @@ impl Default for OtaConfig {
         OtaConfig {
             root: PathBuf::from("/var/lib/aeris-edge"),
             trusted_keys: Vec::new(),
-            trial_deadline: Duration::from_secs(300),
+            trial_deadline: Duration::from_secs(45),
+            ready_deadline: Duration::from_secs(30),
+            trial_watchdog: Duration::from_secs(20),
             probation: Duration::from_secs(600),
             max_package_bytes: 128 << 20,
         }

@@ -15,10 +15,13 @@
 //! - [`config`]: the `[ota]` keys.
 //! - [`download`]: resumable, size-capped fetching with a progress counter.
 //! - [`metrics`]: the `aeris_edge_ota_*` metrics.
+//! - [`notify`]: the new version's readiness and watchdog pings, relayed
+//!   through its supervisor, which fail a hung trial before its deadline.
 
 pub mod config;
 pub mod download;
 pub mod metrics;
+pub mod notify;
 pub mod package;
 pub mod slots;
 pub mod trial;

@@ -34,8 +34,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::notify::{self, Relay, Signs};
 use super::slots::{Slots, Trial};
-use super::Reporter;
+use super::{OtaConfig, Reporter};
 
 /// Set for the child on trial.
 pub const TRIAL_ENV: &str = "AERIS_OTA_TRIAL";
@@ -77,38 +78,81 @@ fn fail(slots: &Slots, mut trial: Trial, why: String) -> Supervised {
 
 /// Runs the trial of `trial.slot` as a child process until it is confirmed
 /// and has passed its `probation`, fails, or shutdown is asked for; after
-/// the switch, until the child ends.
+/// the switch, until the child ends. Before the confirmation the child's
+/// sd_notify messages come to this process ([`super::notify`]), which fails
+/// it early when it is not ready or stops pinging.
 pub async fn supervise(
     slots: &Slots,
     trial: Trial,
-    deadline: Duration,
-    probation: Duration,
+    config: &OtaConfig,
     shutdown: &CancellationToken,
 ) -> Supervised {
+    let (mut child, relay) = match start(slots, &trial, config) {
+        Ok(started) => started,
+        Err(why) => return fail(slots, trial, why),
+    };
+    info!(slot = %trial.slot, version = %trial.version, pid = child.id(), "update trial started");
+    let signs = Signs::new(
+        Instant::now(),
+        config.ready_deadline,
+        notify::child_watchdog(config.trial_watchdog),
+    );
+    let watch = relay.as_ref().map(|r| (r, signs));
+    let confirmed =
+        until_confirmed(slots, &mut child, config.trial_deadline, watch, shutdown).await;
+    // From the confirmation on the child's pings feed the service's watchdog.
+    let forward = relay
+        .filter(|_| confirmed.is_ok())
+        .map(|r| tokio::spawn(r.forward()));
+    let passed = match confirmed {
+        Ok(()) => {
+            info!(slot = %trial.slot, version = %trial.version, probation = %humantime::format_duration(config.probation), "update confirmed; on probation before current switches");
+            through_probation(&mut child, config.probation, shutdown).await
+        }
+        Err(stop) => Err(stop),
+    };
+    let outcome = match passed {
+        Ok(()) => switch_and_run(slots, &trial, &mut child, shutdown).await,
+        Err(Stop::Shutdown) => Supervised::Shutdown,
+        Err(Stop::Failed(why)) => fail(slots, trial, why),
+    };
+    if let Some(f) = forward {
+        f.abort();
+    }
+    outcome
+}
+
+/// Starts the new version from `trial.slot`, with its notify socket when
+/// one can be bound.
+fn start(
+    slots: &Slots,
+    trial: &Trial,
+    config: &OtaConfig,
+) -> Result<(tokio::process::Child, Option<Relay>), String> {
     let exe = slots.dir(&trial.slot).join("aeris-edge");
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.args(std::env::args_os().skip(1))
         .env(TRIAL_ENV, "1")
-        // The child pings the watchdog itself (the unit has NotifyAccess=all).
+        // The child's watchdog pings are its own (relayed, or straight to
+        // systemd: the unit has NotifyAccess=all).
         .env_remove("WATCHDOG_PID")
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return fail(slots, trial, format!("cannot start {}: {e}", exe.display())),
-    };
-    info!(slot = %trial.slot, version = %trial.version, pid = child.id(), "update trial started");
-    let passed = match until_confirmed(slots, &mut child, deadline, shutdown).await {
-        Ok(()) => {
-            info!(slot = %trial.slot, version = %trial.version, probation = %humantime::format_duration(probation), "update confirmed; on probation before current switches");
-            through_probation(&mut child, probation, shutdown).await
+    let relay = match Relay::bind(&slots.root) {
+        Ok(r) => {
+            let period = notify::child_watchdog(config.trial_watchdog);
+            cmd.env("NOTIFY_SOCKET", r.path())
+                .env("WATCHDOG_USEC", period.as_micros().to_string());
+            Some(r)
         }
-        Err(stop) => Err(stop),
+        Err(e) => {
+            warn!(error = %e, "cannot bind the trial's notify socket; the trial deadline alone guards the new version");
+            None
+        }
     };
-    match passed {
-        Ok(()) => switch_and_run(slots, &trial, &mut child, shutdown).await,
-        Err(Stop::Shutdown) => Supervised::Shutdown,
-        Err(Stop::Failed(why)) => fail(slots, trial, why),
-    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    Ok((child, relay))
 }
 
 /// Why a phase of the trial ended early.
@@ -121,14 +165,17 @@ enum Stop {
     Failed(String),
 }
 
-/// Waits for the child to write `confirmed` within `deadline`. Until then
+/// Waits for the child to write `confirmed` within `deadline`, failing it
+/// earlier when `watch` (the relay and what it heard) says so. Until then
 /// the old agent keeps the watchdog fed (the new one may still be starting).
 async fn until_confirmed(
     slots: &Slots,
     child: &mut tokio::process::Child,
     deadline: Duration,
+    watch: Option<(&Relay, Signs)>,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
+    let (relay, mut signs) = watch.unzip();
     let end = Instant::now() + deadline;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut next_ping = Instant::now();
@@ -137,6 +184,17 @@ async fn until_confirmed(
             crate::health::systemd::watchdog_ping();
             next_ping = Instant::now() + Duration::from_secs(1);
         }
+        // Without a relay (or should the socket fail) only the deadline
+        // and the child's exit are watched.
+        let heard = async {
+            match relay.map(|r| r.recv()) {
+                Some(recv) => match recv.await {
+                    Ok(msg) => Some(msg),
+                    Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => {
                 terminate(child);
@@ -149,18 +207,26 @@ async fn until_confirmed(
                     Err(e) => format!("new version lost: {e}"),
                 }));
             }
+            msg = heard => {
+                if let (Some(msg), Some(signs)) = (msg, signs.as_mut()) {
+                    signs.heard(&msg, Instant::now());
+                }
+            }
             _ = tick.tick() => {}
         }
         if slots.read_trial().is_some_and(|t| t.state == "confirmed") {
             return Ok(());
         }
-        if Instant::now() >= end {
+        let early = signs.as_ref().and_then(|s| s.failed(Instant::now()));
+        if early.is_some() || Instant::now() >= end {
             let _ = child.start_kill();
             let _ = child.wait().await;
-            return Err(Stop::Failed(format!(
-                "not confirmed within {}",
-                humantime::format_duration(deadline)
-            )));
+            return Err(Stop::Failed(early.unwrap_or_else(|| {
+                format!(
+                    "not confirmed within {}",
+                    humantime::format_duration(deadline)
+                )
+            })));
         }
     }
 }
