@@ -67,3 +67,82 @@ async fn a_burst_larger_than_the_writer_queue_while_the_database_is_slow_is_stor
         assert_eq!(cloud.rows(&d.id).await, per_device as i64, "{}", d.id);
     }
 }
+
+/// A database that cannot keep up and a gateway allowed to keep only a few
+/// KiB of batches while its writer is behind: the batches past that are
+/// counted and left to their devices, which send them again after their
+/// ack timeout; in the end each is stored once and acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_past_the_waiting_limit_are_counted_and_stored_once_when_sent_again() {
+    let cloud = Cloud::start_with(
+        false,
+        &[("AERIS_WRITER__MAX_WAITING_BYTES", "4096".to_owned())],
+    )
+    .await;
+    let t0 = aeris_tests::now_ms() - 3_600_000;
+    let mut devices = Vec::new();
+    for d in 0..DEVICES {
+        devices.push(FakeDevice::connect(cloud.broker.port, &format!("shed-{d:02}")).await);
+    }
+    let db = cloud.db.client().await;
+    db.batch_execute(
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
+         'BEGIN PERFORM pg_sleep(0.02); RETURN NULL; END'; \
+         CREATE TRIGGER slow AFTER INSERT ON reading_keys \
+         FOR EACH STATEMENT EXECUTE FUNCTION slow()",
+    )
+    .await
+    .expect("slow trigger");
+    let per_device = 150u64;
+    let shed = "aeris_gateway_messages_rejected_total{reason=\"writer_backlog\"}";
+    let acked = |d: &FakeDevice| -> std::collections::BTreeSet<u64> {
+        d.acks().iter().map(|a| a.last_seq).collect()
+    };
+    // The devices' first send, then rounds of sending again what was not
+    // acked once the gateway has gone quiet (an ack timeout).
+    let mut rounds = 0;
+    loop {
+        for seq in 1..=per_device {
+            for d in &devices {
+                if !acked(d).contains(&seq) {
+                    d.send(&batch(&d.id, seq, 1, t0)).await;
+                }
+            }
+        }
+        let mut last = (f64::NAN, Instant::now());
+        loop {
+            let n =
+                cloud.gateway.metric("aeris_gateway_acks_sent_total") + cloud.gateway.metric(shed);
+            if n != last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        rounds += 1;
+        if devices.iter().all(|d| acked(d).len() as u64 == per_device) {
+            break;
+        }
+        assert!(
+            rounds < 20,
+            "not all acked after {rounds} rounds\n{}",
+            cloud.logs()
+        );
+    }
+    assert!(
+        cloud.gateway.metric(shed) > 0.0,
+        "nothing was left to the devices: the test did not reach the limit"
+    );
+    assert!(rounds > 1);
+    for d in &devices {
+        assert_eq!(cloud.rows(&d.id).await, per_device as i64, "{}", d.id);
+    }
+    assert_eq!(
+        cloud
+            .gateway
+            .metric("aeris_gateway_readings_duplicate_total"),
+        0.0,
+        "a batch left to its device had been stored"
+    );
+}

@@ -95,6 +95,10 @@ pub struct WriterConfig {
     /// `/readyz` answers 503 once writes have been failing this long.
     #[serde(with = "humantime_serde")]
     pub stall_after: Duration,
+    /// Payload bytes of batches the MQTT loop keeps while the writer's
+    /// queue is full; past it a batch is handed back to the broker unstored
+    /// (counted as `writer_backlog`) and its device sends it again.
+    pub max_waiting_bytes: usize,
 }
 
 impl Default for Config {
@@ -120,6 +124,7 @@ impl Default for WriterConfig {
             max_batches_per_commit: 64,
             max_retry_delay: Duration::from_secs(10),
             stall_after: Duration::from_secs(5),
+            max_waiting_bytes: 32 << 20,
         }
     }
 }
@@ -142,6 +147,8 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   writer.max_batches_per_commit     batches per transaction, at most [64]
   writer.max_retry_delay            longest wait between retries of a failed write [10s]
   writer.stall_after                /readyz says 503 once writes have failed for this long [5s]
+  writer.max_waiting_bytes          batches kept while the writer is behind, in payload bytes; past
+                                    it a batch is left to its device's re-send, counted [33554432]
   redis_url                         Redis URL for the live view; unset = kept in memory
   redis.prefix                      prefix of the Redis keys [aeris:]
   redis.stream_len                  approximate cap of the live stream [10000]

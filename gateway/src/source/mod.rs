@@ -131,16 +131,14 @@ async fn reserve(forward: &Option<mpsc::Sender<Incoming>>) -> Option<mpsc::Permi
     forward.as_ref()?.reserve().await.ok()
 }
 
-/// Batches kept by the MQTT loop while the writer's queue is full, at most
-/// this many payload bytes and [`MAX_WAITING`] batches. The loop never
-/// waits for the writer: the writer's acks leave through this loop, so
-/// waiting here for room in the writer's queue while the writer waits for
-/// room in the client's request queue stalled both for good (5,000 devices
-/// sending at once; tests/tests/burst.rs). Past the limits a batch is
-/// released to the broker unstored and counted (`writer_backlog`); its
-/// device sends it again after its ack timeout.
-const MAX_WAITING_BYTES: usize = 32 << 20;
-/// See [`MAX_WAITING_BYTES`].
+/// Most batches the MQTT loop keeps while the writer's queue is full
+/// (besides `writer.max_waiting_bytes`). The loop never waits for the
+/// writer: the writer's acks leave through this loop, so waiting here for
+/// room in the writer's queue while the writer waited for room in the
+/// client's request queue stalled both for good (5,000 devices sending at
+/// once; tests/tests/burst.rs). Past the limits a batch is released to the
+/// broker unstored and counted (`writer_backlog`); its device sends it
+/// again after its ack timeout.
 const MAX_WAITING: usize = 32_768;
 
 /// Spawns the writer task; returns it and where batches go.
@@ -188,7 +186,7 @@ struct Source {
     side: mpsc::Sender<Accepted>,
     backoff: Backoff,
     /// Batches waiting for room in the writer's queue, oldest first
-    /// ([`MAX_WAITING_BYTES`]), and their payloads' size.
+    /// ([`MAX_WAITING`]), and their payloads' size.
     waiting: VecDeque<Incoming>,
     waiting_bytes: usize,
 }
@@ -306,10 +304,11 @@ impl Source {
     }
 
     /// Keeps `incoming` until the writer has room, or past the limits
-    /// releases it to the broker unstored ([`MAX_WAITING_BYTES`]).
+    /// releases it to the broker unstored ([`MAX_WAITING`]).
     fn wait(&mut self, incoming: Incoming) {
         let size = incoming.publish.payload.len();
-        if self.waiting.len() >= MAX_WAITING || self.waiting_bytes + size > MAX_WAITING_BYTES {
+        let max_bytes = self.config.writer.max_waiting_bytes;
+        if self.waiting.len() >= MAX_WAITING || self.waiting_bytes + size > max_bytes {
             self.stats.reject("writer_backlog");
             debug!(device = %incoming.batch.device, "writer backlog full: batch not taken; the device sends it again");
             let _ = self.client.try_ack(&incoming.publish);
