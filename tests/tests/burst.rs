@@ -17,16 +17,9 @@ use aeris_tests::device::{batch, FakeDevice};
 const BATCHES: u64 = 6_000;
 const DEVICES: u64 = 20;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_larger_than_the_writer_queue_while_the_database_is_slow_is_stored_and_acked() {
-    let cloud = Cloud::start(false).await;
-    let t0 = aeris_tests::now_ms() - 3_600_000;
-    let mut devices = Vec::new();
-    for d in 0..DEVICES {
-        devices.push(FakeDevice::connect(cloud.broker.port, &format!("burst-{d:02}")).await);
-    }
-
-    // A slow database: every insert into the key table waits 20 ms.
+/// Makes `cloud`'s database slow (every insert into the key table waits
+/// 20 ms) and connects [`DEVICES`] devices named `{prefix}-NN`.
+async fn slow_database_and_devices(cloud: &Cloud, prefix: &str) -> Vec<FakeDevice> {
     let db = cloud.db.client().await;
     db.batch_execute(
         "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
@@ -36,6 +29,18 @@ async fn a_burst_larger_than_the_writer_queue_while_the_database_is_slow_is_stor
     )
     .await
     .expect("slow trigger");
+    let mut devices = Vec::new();
+    for d in 0..DEVICES {
+        devices.push(FakeDevice::connect(cloud.broker.port, &format!("{prefix}-{d:02}")).await);
+    }
+    devices
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_writer_queue_while_the_database_is_slow_is_stored_and_acked() {
+    let cloud = Cloud::start(false).await;
+    let devices = slow_database_and_devices(&cloud, "burst").await;
+    let t0 = aeris_tests::now_ms() - 3_600_000;
     let per_device = BATCHES / DEVICES;
     for seq in 1..=per_device {
         for d in &devices {
@@ -79,20 +84,8 @@ async fn batches_past_the_waiting_limit_are_counted_and_stored_once_when_sent_ag
         &[("AERIS_WRITER__MAX_WAITING_BYTES", "4096".to_owned())],
     )
     .await;
+    let devices = slow_database_and_devices(&cloud, "shed").await;
     let t0 = aeris_tests::now_ms() - 3_600_000;
-    let mut devices = Vec::new();
-    for d in 0..DEVICES {
-        devices.push(FakeDevice::connect(cloud.broker.port, &format!("shed-{d:02}")).await);
-    }
-    let db = cloud.db.client().await;
-    db.batch_execute(
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
-         'BEGIN PERFORM pg_sleep(0.02); RETURN NULL; END'; \
-         CREATE TRIGGER slow AFTER INSERT ON reading_keys \
-         FOR EACH STATEMENT EXECUTE FUNCTION slow()",
-    )
-    .await
-    .expect("slow trigger");
     let per_device = 150u64;
     let shed = "aeris_gateway_messages_rejected_total{reason=\"writer_backlog\"}";
     let acked = |d: &FakeDevice| -> std::collections::BTreeSet<u64> {

@@ -548,33 +548,18 @@ fn process_tree(pid: u32) -> Vec<u32> {
 /// and freezes it (SIGSTOP: alive, answering nothing) a second after its
 /// trial was confirmed.
 fn package_hanging_after_confirmation(dir: &Path, root: &Path, key: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::copy(agent_binary(), dir.join("agent")).unwrap();
-    std::fs::write(
-        dir.join("aeris-edge"),
-        format!(
-            "#!/bin/sh\n\
-             here=$(dirname \"$0\")\n\
-             chmod +x \"$here/agent\"\n\
-             \"$here/agent\" \"$@\" &\n\
-             agent=$!\n\
-             trap 'kill -TERM $agent; kill -CONT $agent; wait $agent; exit 0' TERM\n\
-             until grep -q '\"confirmed\"' {trial:?} 2>/dev/null; do sleep 0.2; done\n\
-             sleep 1\n\
-             echo 'test: freezing the new version after its confirmation' >&2\n\
-             kill -STOP $agent\n\
-             wait $agent\n",
-            trial = root.join("trial.json"),
-        ),
-    )
-    .unwrap();
-    run(Command::new(binary("aeris-package"))
-        .arg("sign")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--key")
-        .arg(key)
-        .args(["--version", "0.2.0", "--target", "x86_64-test"]));
+    let body = format!(
+        "\"$here/agent\" \"$@\" &\n\
+         agent=$!\n\
+         trap 'kill -TERM $agent; kill -CONT $agent; wait $agent; exit 0' TERM\n\
+         until grep -q '\"confirmed\"' {trial:?} 2>/dev/null; do sleep 0.2; done\n\
+         sleep 1\n\
+         echo 'test: freezing the new version after its confirmation' >&2\n\
+         kill -STOP $agent\n\
+         wait $agent\n",
+        trial = root.join("trial.json"),
+    );
+    package_script(dir, key, "0.2.0", &body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
