@@ -85,7 +85,13 @@ pub async fn run(
     let mut source = Source::new(config, topics, client, client_id, stats, tx, status_tx);
     let mut writer_done = false;
     loop {
-        let forward = source.forward.clone();
+        // A sender of its own only while batches wait (the shutdown arm
+        // clears `source.forward` while this one may be borrowed).
+        let forward = if source.waiting.is_empty() {
+            None
+        } else {
+            source.forward.clone()
+        };
         let ev = tokio::select! {
             // On shutdown stop taking batches; keep polling so the writer's
             // last acks still go out, then disconnect.
