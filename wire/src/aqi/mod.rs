@@ -17,10 +17,13 @@
 //!   standard defines, and the overall AQI with its responsible pollutant.
 //! - [`rollup`]: one sensor's hourly rollup of one pollutant: the hour's
 //!   statistics, its NowCast and its AQI (what the cloud stores per hour).
+//! - [`daily`]: a pollutant's daily value (24-hour mean, maximum 8-hour
+//!   average, maximum hour) and its index, as EPA's daily AQI reports it.
 //!
 //! Formulas, sources and choices are written down in `docs/air-quality.md`.
 
 pub mod averaging;
+pub mod daily;
 pub mod hourly;
 pub mod nowcast;
 pub mod rollup;

@@ -72,7 +72,7 @@ pub const MAX_WINDOW_HOURS: i64 = 24;
 
 /// Table units per stored unit (µg/m³) of `quantity`; `None` for a
 /// quantity without an AQI table.
-fn table_factor(quantity: &str, r: &Reference) -> Option<f64> {
+pub(crate) fn table_factor(quantity: &str, r: &Reference) -> Option<f64> {
     match quantity {
         "pm25" | "pm10" => Some(1.0),
         "no2" | "so2" => r.ppb_from_ugm3(quantity, 1.0),
