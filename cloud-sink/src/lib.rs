@@ -118,6 +118,12 @@ pub trait Sink: Send + Sync {
         Ok(BTreeMap::new())
     }
 
+    /// Hourly rollups matching `q`, and how many match without its limit
+    /// and offset. Sinks without rollups (SQLite) do not support it.
+    async fn hours(&self, _q: &query::HoursQuery) -> Result<(Vec<query::HourRow>, u64), SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
     /// Every device that reported a status, with its gaps.
     async fn devices(&self) -> Result<Vec<query::DeviceReport>, SinkError>;
 

@@ -119,3 +119,41 @@ pub struct CurrentAqi {
     /// The hour (its beginning, UTC ms) the index is for.
     pub hour_ms: i64,
 }
+
+/// Hourly rollups (`readings_hourly`) with `from_ms <= hour < to_ms`,
+/// optionally of one device, sensor and pollutant; ordered by device,
+/// sensor, pollutant and hour, `limit` rows from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HoursQuery {
+    pub device: Option<String>,
+    pub sensor: Option<String>,
+    pub pollutant: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One stored hourly rollup: an hour (its beginning, UTC) of one sensor
+/// and pollutant, as the gateway computed it (`aeris_wire::aqi::rollup`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HourRow {
+    pub device: String,
+    pub sensor: String,
+    pub pollutant: String,
+    /// The hour's beginning, UTC ms (hour-beginning label).
+    pub hour_ms: i64,
+    /// Statistics of the hour's readings, in the stored unit (µg/m³).
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: u32,
+    pub expected: u32,
+    pub completeness: f64,
+    /// `count` reached 75 % (configurable) of `expected`.
+    pub valid: bool,
+    /// The NowCast ending with this hour, in the AQI table's unit.
+    pub nowcast: Option<f64>,
+    pub aqi: Option<u32>,
+    pub aqi_averaging: Option<String>,
+}

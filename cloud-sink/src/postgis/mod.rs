@@ -19,6 +19,7 @@
 mod collide;
 mod copy;
 mod fleet_config;
+mod hours;
 mod migrate;
 mod ops;
 pub mod partition;
@@ -39,7 +40,7 @@ pub use ops::{device_rows, remove_device, schema_version};
 
 use crate::fleet_config::{DesiredRow, ReportedRow, Scope};
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
-use crate::query::{CurrentAqi, DeviceReport, ReadingsQuery, StoredReading};
+use crate::query::{CurrentAqi, DeviceReport, HourRow, HoursQuery, ReadingsQuery, StoredReading};
 use crate::rollouts::{Lease, RolloutState, StoredRollout};
 use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
 
@@ -227,6 +228,12 @@ impl Sink for PostgisSink {
         }
         let sensors = sensors.to_vec();
         self.read(move |c| Box::pin(async move { rollup::current(c, &sensors, since_ms).await }))
+            .await
+    }
+
+    async fn hours(&self, q: &HoursQuery) -> Result<(Vec<HourRow>, u64), SinkError> {
+        let q = q.clone();
+        self.read(move |c| Box::pin(async move { hours::hours(c, &q).await }))
             .await
     }
 

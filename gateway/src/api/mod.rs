@@ -13,6 +13,8 @@
 //!   readings over `[from, to)` (Unix ms or RFC 3339), from the database;
 //!   `to` defaults to now (+ the 5 minutes of clock skew ingest accepts),
 //!   `from` to 24 hours before `to`. Times must lie in the years 1..=9999.
+//! - `GET /api/hours?device=&sensor=[&pollutant=&from=&to=&limit=]`: a
+//!   sensor's hourly rollups, by default of the last 24 hours ([`hours`]).
 //! - `GET /api/devices`: each device's last status and data debt next to the
 //!   seq ranges never received (computed in the database), and, for a
 //!   device with a desired configuration, `config`: desired and applied
@@ -35,6 +37,7 @@
 
 pub mod auth;
 mod config;
+mod hours;
 pub mod live;
 mod map;
 mod ops;
@@ -80,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/sensors", get(sensors))
         .route("/api/readings", get(readings))
         .route("/api/devices", get(devices))
+        .route("/api/hours", get(hours::handler))
         .route(LIVE_PATH, get(live::handler));
     let access = state.access.clone();
     Router::new()
