@@ -157,3 +157,23 @@ pub struct HourRow {
     pub aqi: Option<u32>,
     pub aqi_averaging: Option<String>,
 }
+
+/// One pollutant of one sensor as the OpenAQ-style API lists it: its
+/// stable ids (migration 0013), where it is, and the hours it has.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CatalogSensor {
+    /// The API sensor id (device, sensor, pollutant).
+    pub id: i64,
+    /// The API location id (device, sensor).
+    pub location_id: i64,
+    pub device: String,
+    pub sensor: String,
+    pub pollutant: String,
+    /// First and last rollup hour (beginnings, UTC ms).
+    pub first_hour_ms: i64,
+    pub last_hour_ms: i64,
+    /// The position of the sensor's latest stored reading, if any is
+    /// left (retention may have dropped them).
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+}
