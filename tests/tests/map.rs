@@ -195,6 +195,16 @@ async fn map_draws_outlines_clusters_and_nowcast_colours_and_follows_live_readin
             |v| v.as_u64().unwrap_or(0) > 200,
         );
         eprintln!("countries drawn: {countries}");
+        // Under the tile pane: configured tiles cover the outlines.
+        let z = browser.eval(
+            "[aerisMap.getPane('aeris-outlines'), aerisMap.getPane('tilePane')]
+               .map(p => Number(getComputedStyle(p).zIndex))",
+        );
+        let (outlines, tiles) = (
+            z[0].as_f64().unwrap_or(f64::MAX),
+            z[1].as_f64().unwrap_or(0.0),
+        );
+        assert!(outlines < tiles, "z-index outlines, tiles: {z}");
         let want = serde_json::json!({
             id("hamburg"): aqi_colour(orange),
             id("munich"): aqi_colour(green),
