@@ -62,17 +62,20 @@ LEFT JOIN LATERAL (
 WHERE $1::int8 IS NULL OR s.id = $1 OR l.id = $2
 ORDER BY l.id, s.id";
 
-/// Registers new keys, then lists the catalogue: everything, or (with
-/// `sensor` / `location`) one sensor or one location's sensors.
+/// Lists the catalogue: everything, after registering new keys, or (with
+/// `sensor` / `location`) one sensor or one location's sensors. A lookup
+/// by id registers nothing: an id exists only once a listing gave it.
 pub(super) async fn catalog(
     client: &Client,
     sensor: Option<i64>,
     location: Option<i64>,
 ) -> Result<Vec<CatalogSensor>, tokio_postgres::Error> {
-    client.query_one(&format!("{KEYS}{REGISTER}"), &[]).await?;
-    client
-        .execute(&format!("{KEYS}{REGISTER_SENSORS}"), &[])
-        .await?;
+    if sensor.is_none() && location.is_none() {
+        client.query_one(&format!("{KEYS}{REGISTER}"), &[]).await?;
+        client
+            .execute(&format!("{KEYS}{REGISTER_SENSORS}"), &[])
+            .await?;
+    }
     // `$1 IS NULL` lists everything; a location alone passes -1 as $1.
     let (one, loc) = match (sensor, location) {
         (Some(s), _) => (Some(s), -1),
