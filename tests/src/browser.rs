@@ -142,6 +142,28 @@ impl Browser {
         }
     }
 
+    /// A left click at viewport position `(x, y)`, as a user's mouse.
+    pub fn click(&mut self, x: f64, y: f64) {
+        for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                serde_json::json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            );
+        }
+    }
+
+    /// Clicks the centre of the first element matching the CSS `selector`.
+    pub fn click_on(&mut self, selector: &str) {
+        let r = self.eval(&format!(
+            "(() => {{ const e = document.querySelector({selector:?}); if (!e) return null;
+                       const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+        ));
+        let (Some(x), Some(y)) = (r[0].as_f64(), r[1].as_f64()) else {
+            panic!("nothing to click matches {selector}");
+        };
+        self.click(x, y);
+    }
+
     /// Saves a PNG of the viewport and returns its bytes.
     pub fn screenshot(&mut self, path: &Path) -> Vec<u8> {
         let r = self.call(

@@ -288,9 +288,11 @@ async fn map_draws_outlines_clusters_and_nowcast_colours_and_follows_live_readin
         browser.wait_for(
             "the popup inside the window",
             "(() => { const r = document.querySelector('.leaflet-popup').getBoundingClientRect();
-                      return r.top >= 0 && r.bottom <= 800; })()",
-            Duration::from_secs(5),
-            |v| v == true,
+                      return [r.top, r.bottom]; })()",
+            Duration::from_secs(15),
+            |v| {
+                v[0].as_f64().is_some_and(|t| t >= 0.0) && v[1].as_f64().is_some_and(|b| b <= 800.0)
+            },
         );
         std::thread::sleep(Duration::from_millis(500));
         let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("aeris-map.png");
@@ -331,8 +333,9 @@ async fn map_draws_outlines_clusters_and_nowcast_colours_and_follows_live_readin
             updates.as_u64().unwrap_or(0) >= 4,
             "live updates: {updates}"
         );
-        // Zoomed in, the cluster splits into its three markers.
-        browser.eval("aerisMap.setView([52.53, 13.41], 12) && true");
+        // A click on the cluster zooms in: it splits into its markers.
+        browser.eval("(aerisMap.closePopup(), true)");
+        browser.click_on(".aeris-cluster");
         browser.wait_for("Berlin's markers", FILLS, Duration::from_secs(10), |v| {
             berlin.iter().all(|b| v[b] == aqi_colour(high))
         });
@@ -457,10 +460,12 @@ async fn map_works_with_a_read_token() {
             browser.eval("sessionStorage.getItem('aeris-read-token')"),
             VIEWER
         );
-        assert_eq!(
-            browser.eval(&format!("aerisOpen({:?})", id("munich"))),
-            true
-        );
+        // A click on the marker opens its popup, whose chart is read
+        // with the token.
+        browser.click_on(&format!(
+            "path.aeris-sensor[data-sensor={:?}]",
+            id("munich")
+        ));
         browser.wait_for("the popup chart", BARS, Duration::from_secs(10), |v| {
             v.as_array().is_some_and(|a| a.len() == 4)
         });

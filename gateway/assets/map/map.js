@@ -130,17 +130,34 @@
       var mine = rows.filter(function (x) { return x.pollutant === chosen; });
       holder.textContent = '';
       holder.appendChild(layers.chart(mine, Date.now(), pollutantName(chosen) + ' hourly means, last 24 h', 'µg/m³', colour));
+      refit(id);
     }).catch(function (e) { holder.textContent = 'hourly means not loaded: ' + e; });
     return el;
   }
 
+  // Leaflet evaluates a popup's content function on every update: the
+  // element is built once per opening and kept until it closes, so an
+  // update only lays it out again and pans the map to show all of it
+  // (after the chart arrived, or a zoom that was running when it opened).
+  function refit(id) {
+    var s = sensors[id];
+    if (s && s.popupEl && s.marker.isPopupOpen()) { s.marker.getPopup().update(); }
+  }
+  var openId = null;
   function marker(id) {
     var m = L.circleMarker(sensors[id].latlng, {
       radius: 9, color: '#222', weight: 1, fillOpacity: 0.9, className: 'aeris-sensor'
     });
-    m.bindPopup(function () { return popup(id); }, { minWidth: 290, maxWidth: 320 });
+    m.bindPopup(function () {
+      var s = sensors[id];
+      if (!s.popupEl) { s.popupEl = popup(id); }
+      return s.popupEl;
+    }, { minWidth: 290, maxWidth: 320 });
+    m.on('popupopen', function () { openId = id; });
+    m.on('popupclose', function () { sensors[id].popupEl = null; if (openId === id) { openId = null; } });
     return m;
   }
+  map.on('zoomend', function () { if (openId) { refit(openId); } });
 
   // Updates a sensor from a reading; `nowcast` is the rollups' current AQI
   // (`undefined` for a live reading, which has none: the last one stays).
