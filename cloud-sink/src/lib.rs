@@ -118,6 +118,23 @@ pub trait Sink: Send + Sync {
         Ok(BTreeMap::new())
     }
 
+    /// Hourly rollups matching `q`, and how many match without its limit
+    /// and offset. Sinks without rollups (SQLite) do not support it.
+    async fn hours(&self, _q: &query::HoursQuery) -> Result<(Vec<query::HourRow>, u64), SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// The OpenAQ-style catalogue (every sensor and pollutant with hourly
+    /// rollups, with stable ids, registering new ones), or one API sensor
+    /// (`sensor`), or one location's sensors (`location`).
+    async fn catalog(
+        &self,
+        _sensor: Option<i64>,
+        _location: Option<i64>,
+    ) -> Result<Vec<query::CatalogSensor>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
     /// Every device that reported a status, with its gaps.
     async fn devices(&self) -> Result<Vec<query::DeviceReport>, SinkError>;
 

@@ -119,3 +119,61 @@ pub struct CurrentAqi {
     /// The hour (its beginning, UTC ms) the index is for.
     pub hour_ms: i64,
 }
+
+/// Hourly rollups (`readings_hourly`) with `from_ms <= hour < to_ms`,
+/// optionally of one device, sensor and pollutant; ordered by device,
+/// sensor, pollutant and hour, `limit` rows from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HoursQuery {
+    pub device: Option<String>,
+    pub sensor: Option<String>,
+    pub pollutant: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One stored hourly rollup: an hour (its beginning, UTC) of one sensor
+/// and pollutant, as the gateway computed it (`aeris_wire::aqi::rollup`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HourRow {
+    pub device: String,
+    pub sensor: String,
+    pub pollutant: String,
+    /// The hour's beginning, UTC ms (hour-beginning label).
+    pub hour_ms: i64,
+    /// Statistics of the hour's readings, in the stored unit (µg/m³).
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: u32,
+    pub expected: u32,
+    pub completeness: f64,
+    /// `count` reached 75 % (configurable) of `expected`.
+    pub valid: bool,
+    /// The NowCast ending with this hour, in the AQI table's unit.
+    pub nowcast: Option<f64>,
+    pub aqi: Option<u32>,
+    pub aqi_averaging: Option<String>,
+}
+
+/// One pollutant of one sensor as the OpenAQ-style API lists it: its
+/// stable ids (migration 0013), where it is, and the hours it has.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CatalogSensor {
+    /// The API sensor id (device, sensor, pollutant).
+    pub id: i64,
+    /// The API location id (device, sensor).
+    pub location_id: i64,
+    pub device: String,
+    pub sensor: String,
+    pub pollutant: String,
+    /// First and last rollup hour (beginnings, UTC ms).
+    pub first_hour_ms: i64,
+    pub last_hour_ms: i64,
+    /// The position of the sensor's latest stored reading, if any is
+    /// left (retention may have dropped them).
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+}

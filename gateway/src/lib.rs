@@ -7,6 +7,7 @@
 //!   device must be the topic's).
 //! - [`api`]: HTTP: health, metrics, sensors, readings, devices, the live
 //!   map and its event stream.
+//! - [`export`]: the hourly rollups in EPA's AQCSV exchange format.
 //! - [`rollout`]: staged agent updates: canary first, outcomes from
 //!   `up/event`, halt past a failure threshold; those started over HTTP
 //!   are stored and resume after a restart (or on another gateway).
@@ -26,6 +27,7 @@
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod export;
 pub mod fleet;
 pub mod fleet_config;
 pub mod mqtt;

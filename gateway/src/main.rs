@@ -63,6 +63,17 @@ enum Cmd {
     /// current as data arrives; rebuild a range after a restore.
     #[command(subcommand)]
     Rollups(RollupsCmd),
+    /// Exports of the hourly rollups in the field's exchange formats.
+    #[command(subcommand)]
+    Export(ExportCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ExportCmd {
+    /// The valid hourly rollups whose hour begins in [--from, --to) as
+    /// EPA AQCSV (AirNow-I exchange format; hour-beginning UTC times), to
+    /// --out or stdout: the records `GET /api/export/aqcsv` serves.
+    Aqcsv(aeris_gateway::export::command::AqcsvArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,6 +177,9 @@ fn main() -> std::process::ExitCode {
         Some(Cmd::Rollups(RollupsCmd::Rebuild(args))) => {
             tool(&cli.logging.log, rollups_rebuild(config, args))
         }
+        Some(Cmd::Export(ExportCmd::Aqcsv(args))) => tool(&cli.logging.log, async move {
+            aeris_gateway::export::command::aqcsv(&config, &args).await
+        }),
     }
 }
 

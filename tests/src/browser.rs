@@ -42,7 +42,7 @@ impl Browser {
                 "--disable-component-update",
                 "--disable-sync",
                 "--disable-dev-shm-usage",
-                "--window-size=1024,768",
+                "--window-size=1280,800",
             ])
             .arg(format!("--remote-debugging-port={port}"))
             .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -75,12 +75,19 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         };
         let (ws, _) = tungstenite::connect(ws_url.as_str()).expect("DevTools websocket");
-        Browser {
+        let mut browser = Browser {
             child,
             _profile: profile,
             ws,
             next_id: 1,
-        }
+        };
+        // The window size includes the headless browser's frame: fix the
+        // page's viewport itself, so screenshots are 1280×800.
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            serde_json::json!({ "width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false }),
+        );
+        browser
     }
 
     /// Sends one DevTools command and returns its `result`.
@@ -135,8 +142,30 @@ impl Browser {
         }
     }
 
-    /// Saves a PNG of the viewport.
-    pub fn screenshot(&mut self, path: &Path) {
+    /// A left click at viewport position `(x, y)`, as a user's mouse.
+    pub fn click(&mut self, x: f64, y: f64) {
+        for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                serde_json::json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            );
+        }
+    }
+
+    /// Clicks the centre of the first element matching the CSS `selector`.
+    pub fn click_on(&mut self, selector: &str) {
+        let r = self.eval(&format!(
+            "(() => {{ const e = document.querySelector({selector:?}); if (!e) return null;
+                       const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()"
+        ));
+        let (Some(x), Some(y)) = (r[0].as_f64(), r[1].as_f64()) else {
+            panic!("nothing to click matches {selector}");
+        };
+        self.click(x, y);
+    }
+
+    /// Saves a PNG of the viewport and returns its bytes.
+    pub fn screenshot(&mut self, path: &Path) -> Vec<u8> {
         let r = self.call(
             "Page.captureScreenshot",
             serde_json::json!({ "format": "png" }),
@@ -144,7 +173,54 @@ impl Browser {
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().unwrap_or_default())
             .expect("screenshot base64");
-        std::fs::write(path, png).expect("write screenshot");
+        std::fs::write(path, &png).expect("write screenshot");
+        png
+    }
+
+    /// Counts the pixels of a PNG (a [`Browser::screenshot`]) within
+    /// `[x, y, width, height]` whose colour is within `tolerance` per
+    /// channel of each of `colours`. The browser decodes the image (a
+    /// canvas in the page), so the test needs no image library.
+    pub fn pixel_counts(
+        &mut self,
+        png: &[u8],
+        rect: [f64; 4],
+        colours: &[[u8; 3]],
+        tolerance: u8,
+    ) -> Vec<u64> {
+        let data = base64::engine::general_purpose::STANDARD.encode(png);
+        let script = format!(
+            "new Promise((ok, fail) => {{
+               const img = new Image();
+               img.onerror = () => fail('png not decoded');
+               img.onload = () => {{
+                 const c = document.createElement('canvas');
+                 c.width = img.width; c.height = img.height;
+                 const g = c.getContext('2d');
+                 g.drawImage(img, 0, 0);
+                 const [x, y, w, h] = {rect:?}.map(Math.round);
+                 const d = g.getImageData(x, y, Math.max(1, w), Math.max(1, h)).data;
+                 const want = {colours:?};
+                 const n = want.map(() => 0);
+                 for (let i = 0; i < d.length; i += 4) {{
+                   want.forEach((c, k) => {{
+                     if (Math.abs(d[i] - c[0]) <= {tolerance} && Math.abs(d[i + 1] - c[1]) <= {tolerance}
+                         && Math.abs(d[i + 2] - c[2]) <= {tolerance}) {{ n[k]++; }}
+                   }});
+                 }}
+                 ok(n);
+               }};
+               img.src = 'data:image/png;base64,{data}';
+             }})"
+        );
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({ "expression": script, "returnByValue": true, "awaitPromise": true }),
+        );
+        r["result"]["value"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect())
+            .unwrap_or_else(|| panic!("pixel counts: {r}"))
     }
 }
 

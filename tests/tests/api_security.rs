@@ -88,6 +88,18 @@ async fn operator_endpoints_need_an_operate_token_and_every_action_is_audited() 
         request(port, "GET", "/api/devices", Some(OPS)).unwrap().0,
         200
     );
+    // Issue 16 (6): the OpenAQ-style reads, the hours and the AQCSV
+    // export are reads like the others.
+    for path in [
+        "/v3/locations",
+        "/v3/sensors/1/hours",
+        "/api/hours?device=d&sensor=s",
+        "/api/export/aqcsv",
+    ] {
+        assert_eq!(get(port, path).unwrap().0, 401, "{path}");
+        let (code, body) = request(port, "GET", path, Some(VIEWER)).unwrap();
+        assert!(matches!(code, 200 | 404), "{path}: {code} {body}");
+    }
 
     // The operator endpoint: no token, a wrong token, a read-only token.
     let resend = "/api/ops/resend";

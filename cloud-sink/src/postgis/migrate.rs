@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "device_config",
         include_str!("../../migrations/0010_device_config.sql"),
     ),
+    (
+        13,
+        "api_ids",
+        include_str!("../../migrations/0013_api_ids.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -16,9 +16,11 @@
 //! Writes and API reads use separate connections, so a slow query never
 //! delays a commit (and its acks).
 
+mod catalog;
 mod collide;
 mod copy;
 mod fleet_config;
+mod hours;
 mod migrate;
 mod ops;
 pub mod partition;
@@ -39,7 +41,9 @@ pub use ops::{device_rows, remove_device, schema_version};
 
 use crate::fleet_config::{DesiredRow, ReportedRow, Scope};
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
-use crate::query::{CurrentAqi, DeviceReport, ReadingsQuery, StoredReading};
+use crate::query::{
+    CatalogSensor, CurrentAqi, DeviceReport, HourRow, HoursQuery, ReadingsQuery, StoredReading,
+};
 use crate::rollouts::{Lease, RolloutState, StoredRollout};
 use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
 
@@ -227,6 +231,21 @@ impl Sink for PostgisSink {
         }
         let sensors = sensors.to_vec();
         self.read(move |c| Box::pin(async move { rollup::current(c, &sensors, since_ms).await }))
+            .await
+    }
+
+    async fn hours(&self, q: &HoursQuery) -> Result<(Vec<HourRow>, u64), SinkError> {
+        let q = q.clone();
+        self.read(move |c| Box::pin(async move { hours::hours(c, &q).await }))
+            .await
+    }
+
+    async fn catalog(
+        &self,
+        sensor: Option<i64>,
+        location: Option<i64>,
+    ) -> Result<Vec<CatalogSensor>, SinkError> {
+        self.read(move |c| Box::pin(async move { catalog::catalog(c, sensor, location).await }))
             .await
     }
 

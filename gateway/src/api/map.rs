@@ -1,6 +1,9 @@
 //! The live map page. Leaflet 1.9.4 (BSD-2-Clause, from the npm registry,
 //! `gateway/assets/leaflet/`) and the page's own script are compiled into
 //! the binary: the map works offline and never loads code from a CDN.
+//! So are the country outlines it draws under any tile layer: Natural
+//! Earth 1:50m (public domain) from the npm package `world-atlas` 2.0.2
+//! (`gateway/assets/natural-earth/README.md`).
 
 use axum::extract::State;
 use axum::http::header;
@@ -12,8 +15,10 @@ use super::ApiState;
 
 const INDEX: &str = include_str!("../../assets/map/index.html");
 const MAP_JS: &str = include_str!("../../assets/map/map.js");
+const LAYERS_JS: &str = include_str!("../../assets/map/layers.js");
 const LEAFLET_JS: &str = include_str!("../../assets/leaflet/leaflet.js");
 const LEAFLET_CSS: &str = include_str!("../../assets/leaflet/leaflet.css");
+const COUNTRIES: &str = include_str!("../../assets/natural-earth/countries-50m.json");
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()
@@ -21,8 +26,16 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/map", get(index))
         .route("/assets/map.js", get(|| asset("text/javascript", MAP_JS)))
         .route(
+            "/assets/layers.js",
+            get(|| asset("text/javascript", LAYERS_JS)),
+        )
+        .route(
             "/assets/leaflet.js",
             get(|| asset("text/javascript", LEAFLET_JS)),
+        )
+        .route(
+            "/assets/countries-50m.json",
+            get(|| asset("application/json", COUNTRIES)),
         )
         .route(
             "/assets/leaflet.css",

@@ -13,6 +13,12 @@
 //!   readings over `[from, to)` (Unix ms or RFC 3339), from the database;
 //!   `to` defaults to now (+ the 5 minutes of clock skew ingest accepts),
 //!   `from` to 24 hours before `to`. Times must lie in the years 1..=9999.
+//! - `GET /api/hours?device=&sensor=[&pollutant=&from=&to=&limit=]`: a
+//!   sensor's hourly rollups, by default of the last 24 hours ([`hours`]).
+//! - `GET /api/export/aqcsv?from=&to=`: the valid hourly rollups of a
+//!   range in EPA's AQCSV exchange format ([`export`]).
+//! - `GET /v3/locations`, `/v3/locations/{id}`, `/v3/sensors/{id}` and its
+//!   `/measurements`, `/hours`, `/days`: OpenAQ v3-style reads ([`openaq`]).
 //! - `GET /api/devices`: each device's last status and data debt next to the
 //!   seq ranges never received (computed in the database), and, for a
 //!   device with a desired configuration, `config`: desired and applied
@@ -29,14 +35,17 @@
 //! - Operator routes ([`ops`]): re-send, the audit log; desired
 //!   configuration of devices and groups ([`config`]).
 //!
-//! The `/api/*` read routes need the `read` scope and the operator routes
+//! The `/api/*` and `/v3/*` read routes need the `read` scope and the operator routes
 //! the `operate` scope ([`auth`]); health, metrics and the map page are
 //! open.
 
 pub mod auth;
 mod config;
+mod export;
+mod hours;
 pub mod live;
 mod map;
+mod openaq;
 mod ops;
 pub mod rollout;
 
@@ -80,6 +89,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/sensors", get(sensors))
         .route("/api/readings", get(readings))
         .route("/api/devices", get(devices))
+        .route("/api/hours", get(hours::handler))
+        .route("/api/export/aqcsv", get(export::aqcsv))
+        .merge(openaq::routes())
         .route(LIVE_PATH, get(live::handler));
     let access = state.access.clone();
     Router::new()
