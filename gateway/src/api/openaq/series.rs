@@ -1,7 +1,9 @@
 //! A sensor's values over time, OpenAQ-style: raw `measurements`, `hours`
 //! (the rollups as stored) and `days` (computed from the stored hours with
 //! `aeris_wire::aqi::hourly::daily_mean`: the mean of the valid hours, a
-//! valid day needs 18 of 24). `datetime_from` / `datetime_to` (RFC 3339
+//! valid day needs 18 of 24; and, under `aeris.daily`, EPA's daily value
+//! and index from `aeris_wire::aqi::daily`: the maximum 8-hour average for
+//! O3 and CO, the highest hour for NO2 and SO2). `datetime_from` / `datetime_to` (RFC 3339
 //! or Unix ms) select `[from, to)` by the period's beginning; without
 //! them the last 24 hours (`days`: the last 30 days).
 //!
@@ -10,7 +12,9 @@
 //! and `percentComplete` = observed / expected × 100.
 
 use aeris_sink::query::{CatalogSensor, HourRow, HoursQuery, ReadingsQuery};
+use aeris_wire::aqi::daily::day_rollup;
 use aeris_wire::aqi::hourly::{daily_mean, Completeness, HourlyMean, DAY_MS, HOUR_MS};
+use aeris_wire::units::Reference;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -144,16 +148,19 @@ pub(super) async fn days(
         Err(r) => return r.into_response(),
     };
     let first_day = from.div_euclid(DAY_MS) * DAY_MS;
-    // A year of hours fits one read (8,784 rows).
-    let q = hours_query(&c, first_day, to, 9_000, 0);
+    // A year of hours fits one read (8,784 rows), with the 7 hours after
+    // `to` that the last day's 8-hour averages (O3, CO) reach into.
+    let q = hours_query(&c, first_day, to + 7 * HOUR_MS, 9_000, 0);
     let rows = match s.sink.hours(&q).await {
         Ok((rows, _)) => rows,
         Err(e) => return sink_error(e),
     };
     let rules = Completeness::default();
+    let means: Vec<HourlyMean> = rows.iter().map(hourly_mean).collect();
     let days: Vec<Value> = rows
         .chunk_by(|a, b| a.hour_ms.div_euclid(DAY_MS) == b.hour_ms.div_euclid(DAY_MS))
-        .map(|day| day_value(day, &c.pollutant, &rules))
+        .filter(|day| day[0].hour_ms < to)
+        .map(|day| day_value(day, &means, &c.pollutant, &rules))
         .collect();
     let found = days.len();
     let skip = usize::try_from(pg.offset()).unwrap_or(usize::MAX);
@@ -165,29 +172,33 @@ pub(super) async fn days(
     )
 }
 
-/// One UTC day from its stored hours (non-empty, one day).
-fn day_value(day: &[HourRow], pollutant: &str, rules: &Completeness) -> Value {
+fn hourly_mean(h: &HourRow) -> HourlyMean {
+    HourlyMean {
+        hour_start_ms: h.hour_ms,
+        mean: h.mean,
+        min: h.min,
+        max: h.max,
+        count: h.count,
+        expected: h.expected,
+        valid: h.valid,
+    }
+}
+
+/// One UTC day from its stored hours (`day`: non-empty, one day; `all`:
+/// every hour read, sorted, for the 8-hour averages reaching past midnight).
+fn day_value(day: &[HourRow], all: &[HourlyMean], pollutant: &str, rules: &Completeness) -> Value {
     let start = day[0].hour_ms.div_euclid(DAY_MS) * DAY_MS;
-    let means: Vec<HourlyMean> = day
-        .iter()
-        .map(|h| HourlyMean {
-            hour_start_ms: h.hour_ms,
-            mean: h.mean,
-            min: h.min,
-            max: h.max,
-            count: h.count,
-            expected: h.expected,
-            valid: h.valid,
-        })
-        .collect();
+    let means: Vec<HourlyMean> = day.iter().map(hourly_mean).collect();
     let d = daily_mean(&means, start, rules);
-    // The daily index only where the standard's averaging time is 24 h.
-    let table = match pollutant {
-        "pm25" => Some(&aeris_wire::aqi::PM25),
-        "pm10" => Some(&aeris_wire::aqi::PM10),
-        _ => None,
-    };
-    let aqi = table.and_then(|t| d.reportable_mean().and_then(|m| t.index(m)));
+    // EPA's daily value and index: the 24-hour mean for PM, the maximum
+    // 8-hour average for O3 and CO, the highest hour for NO2 and SO2.
+    let epa = day_rollup(pollutant, all, start, &Reference::default(), rules);
+    let aqi = epa.and_then(|e| e.aqi).map(|a| a.aqi);
+    let daily = epa.map(|e| {
+        json!({ "value": e.value, "averaging": e.averaging.label(), "observed": e.observed,
+                "expected": e.expected, "valid": e.valid,
+                "aqiAveraging": e.aqi.map(|a| a.averaging.label()) })
+    });
     let valid_means = day.iter().filter(|h| h.valid).map(|h| h.mean);
     let min = valid_means
         .clone()
@@ -211,7 +222,7 @@ fn day_value(day: &[HourRow], pollutant: &str, rules: &Completeness) -> Value {
             "datetimeFrom": datetime(start),
             "datetimeTo": datetime(start + DAY_MS),
         },
-        "aeris": { "valid": d.valid, "validHours": d.valid_hours, "aqi": aqi },
+        "aeris": { "valid": d.valid, "validHours": d.valid_hours, "aqi": aqi, "daily": daily },
     })
 }
 
