@@ -144,9 +144,10 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   sensors.<id>.lat, .lon        fixed position of a sensor without GPS
 
 REMOTE CONFIGURATION: the cloud may set sensors.*, ingest.allow_list, preprocess.*,
-uplink.batch_max_readings, uplink.batch_max_age, infer.cadence.* and cloud.status_interval;
-the agent keeps what it applied in <data_dir>/remote-config.toml. Precedence:
-defaults < file < remote < environment.
+uplink.batch_max_readings, uplink.batch_max_age, infer.cadence.*, cloud.status_interval
+and cloud.keep_alive; the agent keeps what it applied in <data_dir>/remote-config.toml.
+All but cloud.keep_alive apply to the running stages; cloud.keep_alive restarts the
+pipeline (drain, reconnect). Precedence: defaults < file < remote < environment.
 ";
 
 /// A configuration that could not be loaded; the message names the key and
@@ -341,6 +342,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("uplink.batch_max_readings"), "{e}");
+        // Zero would panic tokio's interval in the uplink; rumqttc refuses
+        // a keep-alive under a second.
+        for (text, key) in [
+            ("[cloud]\nstatus_interval = \"0s\"\n", "cloud.status_interval"),
+            ("[cloud]\nkeep_alive = \"500ms\"\n", "cloud.keep_alive"),
+            ("[cloud]\nkeep_alive = \"70000s\"\n", "cloud.keep_alive"),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(load("[cloud]\nkeep_alive = \"0s\"\n").is_ok(), "0 = off");
         let e = load("health_listen = \"9750\"\n").unwrap_err().to_string();
         assert!(e.contains("health_listen") && e.contains("port"), "{e}");
     }
