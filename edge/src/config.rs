@@ -140,6 +140,8 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
                                 (it pings every half of it while its loops answer) [20s]
   ota.probation                 after that, it runs this long before `current` switches to it;
                                 a watchdog kill, crash or restart meanwhile boots the old slot [10m]
+  ota.stop_grace                a stop during a trial or probation gives the new version this long
+                                after SIGTERM, then SIGKILL; the old slot runs next [5s]
   ota.max_package_bytes         largest update package accepted [134217728]
   sensors.<id>.lat, .lon        fixed position of a sensor without GPS
 
@@ -348,6 +350,7 @@ mod tests {
             ("[cloud]\nstatus_interval = \"0s\"\n", "cloud.status_interval"),
             ("[cloud]\nkeep_alive = \"500ms\"\n", "cloud.keep_alive"),
             ("[cloud]\nkeep_alive = \"70000s\"\n", "cloud.keep_alive"),
+            ("[ota]\nstop_grace = \"1m\"\n", "ota.stop_grace"),
         ] {
             let e = load(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
