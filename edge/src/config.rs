@@ -347,7 +347,10 @@ mod tests {
         // Zero would panic tokio's interval in the uplink; rumqttc refuses
         // a keep-alive under a second.
         for (text, key) in [
-            ("[cloud]\nstatus_interval = \"0s\"\n", "cloud.status_interval"),
+            (
+                "[cloud]\nstatus_interval = \"0s\"\n",
+                "cloud.status_interval",
+            ),
             ("[cloud]\nkeep_alive = \"500ms\"\n", "cloud.keep_alive"),
             ("[cloud]\nkeep_alive = \"70000s\"\n", "cloud.keep_alive"),
             ("[ota]\nstop_grace = \"1m\"\n", "ota.stop_grace"),

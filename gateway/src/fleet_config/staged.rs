@@ -264,7 +264,7 @@ pub fn runner(sink: Arc<dyn Sink>, broker: BrokerConfig) -> ConfigRunner {
                 };
                 let give_up = crate::rollout::driver::give_up(meta.timeout);
                 let run = (group.as_str(), version, plan);
-                drive(sink.as_ref(), &broker, run, give_up, stop, |s| save(s)).await
+                drive(sink.as_ref(), &broker, run, give_up, stop, &mut save).await
             })
         },
     )
