@@ -19,6 +19,12 @@ const EDGE: &str = "groups = [\"north\"]\n[sensors.s1]\nlat = 47.0\nlon = 6.0\n"
 const OTHER: &str = "zz-other";
 
 async fn start() -> (Stack, tempfile::TempDir, FakeDevice) {
+    start_with_member(OTHER).await
+}
+
+/// The stack, and `member` (played by the test) in group north beside the
+/// real agent.
+async fn start_with_member(member: &str) -> (Stack, tempfile::TempDir, FakeDevice) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
     std::fs::write(
@@ -31,8 +37,8 @@ async fn start() -> (Stack, tempfile::TempDir, FakeDevice) {
     .unwrap();
     let env = [("AERIS_GATEWAY_CONFIG", config.display().to_string())];
     let stack = Stack::start_with_gateway_env(EDGE, &env).await;
-    let other = FakeDevice::connect(stack.cloud.port, OTHER).await;
-    report(&other, 0).await;
+    let other = FakeDevice::connect(stack.cloud.port, member).await;
+    report_as(&other, member, 0).await;
     aeris_tests::wait_for("both reports stored", Duration::from_secs(20), || async {
         let client = stack.db.client().await;
         let row = client
@@ -47,15 +53,19 @@ async fn start() -> (Stack, tempfile::TempDir, FakeDevice) {
 
 /// `zz-other` reports that it runs version `applied`.
 async fn report(other: &FakeDevice, applied: u64) {
+    report_as(other, OTHER, applied).await;
+}
+
+async fn report_as(other: &FakeDevice, name: &str, applied: u64) {
     let r = ConfigReport {
-        device: OTHER.into(),
+        device: name.into(),
         ts_ms: aeris_tests::now_ms(),
         groups: vec!["north".into()],
         applied,
         refused: None,
     };
     other
-        .publish(Topics::default().config(OTHER), aeris_wire::encode(&r))
+        .publish(Topics::default().config(name), aeris_wire::encode(&r))
         .await;
 }
 
@@ -72,8 +82,12 @@ async fn call(stack: &Stack, method: &str, path: &str, body: &str) -> (u16, Valu
 
 /// Starts a staged change of group north; its rollout id.
 async fn stage(stack: &Stack, fragment: &str) -> u64 {
-    let path = "/api/groups/north/config?canary=1&device_timeout=30s";
-    let (status, body) = call(stack, "PUT", path, fragment).await;
+    stage_with(stack, fragment, "30s").await
+}
+
+async fn stage_with(stack: &Stack, fragment: &str, device_timeout: &str) -> u64 {
+    let path = format!("/api/groups/north/config?canary=1&device_timeout={device_timeout}");
+    let (status, body) = call(stack, "PUT", &path, fragment).await;
     assert_eq!(status, 202, "{body}");
     let id = body["id"].as_u64().unwrap_or_else(|| panic!("{body}"));
     assert_eq!(body["url"], format!("/api/rollouts/{id}"));
@@ -208,4 +222,71 @@ async fn http_staged_change_that_the_canary_applies_reaches_the_whole_group() {
     );
     let (_, view) = call(&stack, "GET", &format!("/api/devices/{DEVICE}/config"), "").await;
     assert_eq!(view["status"]["state"], "converged", "{view}");
+}
+
+const MOVED: &str = r#"{"sensors": {"s1": {"lat": 48.5, "lon": 7.25}}}"#;
+/// First by name: the canary, ahead of the real agent.
+const CANARY: &str = "aa-canary";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_staged_change_halts_when_the_canary_stops_reporting() {
+    let (stack, _dir, canary) = start_with_member(CANARY).await;
+    let id = stage_with(&stack, MOVED, "3s").await;
+    // The canary is sent it and never answers.
+    let got = aeris_tests::wait_for("the canary sent it", Duration::from_secs(20), || async {
+        configures(&canary).into_iter().next()
+    })
+    .await;
+    assert_eq!(got.0, id);
+    let r = finished(&stack, id).await;
+    assert_eq!(r["state"], "halted", "{r}");
+    assert_eq!(r["devices"][CANARY]["state"], "failed", "{r}");
+    assert_eq!(r["devices"][DEVICE]["state"], "pending", "{r}");
+    let (_, view) = call(&stack, "GET", &format!("/api/devices/{DEVICE}/config"), "").await;
+    assert_eq!(
+        view["effective"]["version"], 0,
+        "the agent never got it: {view}"
+    );
+    assert_eq!(view["reported"]["applied"], 0, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_staged_change_resumes_after_the_gateway_is_killed() {
+    let (mut stack, _dir, canary) = start_with_member(CANARY).await;
+    let id = stage_with(&stack, MOVED, "60s").await;
+    aeris_tests::wait_for("the canary sent it", Duration::from_secs(20), || async {
+        configures(&canary).into_iter().next()
+    })
+    .await;
+    stack.gateway.restart();
+    // Same host: the restarted gateway takes its rollout back at once.
+    aeris_tests::wait_for("the rollout resumed", Duration::from_secs(30), || async {
+        stack
+            .gateway
+            .log()
+            .contains("rollout resumed")
+            .then_some(())
+    })
+    .await;
+    report_as(&canary, CANARY, id).await;
+    let r = finished(&stack, id).await;
+    assert_eq!(r["state"], "completed", "{r}");
+    assert_eq!(r["confirmed"], 2, "{r}");
+    assert_eq!(
+        configures(&canary).len(),
+        1,
+        "the canary was not sent it again: {:?}",
+        canary.commands()
+    );
+    // The stored report follows (the run reads it from the broker first).
+    aeris_tests::wait_for(
+        "the agent's report stored",
+        Duration::from_secs(10),
+        || async {
+            let path = format!("/api/devices/{DEVICE}/config");
+            let (_, view) = call(&stack, "GET", &path, "").await;
+            (view["reported"]["applied"] == id).then_some(())
+        },
+    )
+    .await;
 }
