@@ -140,13 +140,16 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
                                 (it pings every half of it while its loops answer) [20s]
   ota.probation                 after that, it runs this long before `current` switches to it;
                                 a watchdog kill, crash or restart meanwhile boots the old slot [10m]
+  ota.stop_grace                a stop during a trial or probation gives the new version this long
+                                after SIGTERM, then SIGKILL; the old slot runs next [5s]
   ota.max_package_bytes         largest update package accepted [134217728]
   sensors.<id>.lat, .lon        fixed position of a sensor without GPS
 
 REMOTE CONFIGURATION: the cloud may set sensors.*, ingest.allow_list, preprocess.*,
-uplink.batch_max_readings, uplink.batch_max_age, infer.cadence.* and cloud.status_interval;
-the agent keeps what it applied in <data_dir>/remote-config.toml. Precedence:
-defaults < file < remote < environment.
+uplink.batch_max_readings, uplink.batch_max_age, infer.cadence.*, cloud.status_interval
+and cloud.keep_alive; the agent keeps what it applied in <data_dir>/remote-config.toml.
+All but cloud.keep_alive apply to the running stages; cloud.keep_alive restarts the
+pipeline (drain, reconnect). Precedence: defaults < file < remote < environment.
 ";
 
 /// A configuration that could not be loaded; the message names the key and
@@ -341,6 +344,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("uplink.batch_max_readings"), "{e}");
+        // Zero would panic tokio's interval in the uplink; rumqttc refuses
+        // a keep-alive under a second.
+        for (text, key) in [
+            (
+                "[cloud]\nstatus_interval = \"0s\"\n",
+                "cloud.status_interval",
+            ),
+            ("[cloud]\nkeep_alive = \"500ms\"\n", "cloud.keep_alive"),
+            ("[cloud]\nkeep_alive = \"70000s\"\n", "cloud.keep_alive"),
+            ("[ota]\nstop_grace = \"1m\"\n", "ota.stop_grace"),
+        ] {
+            let e = load(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(load("[cloud]\nkeep_alive = \"0s\"\n").is_ok(), "0 = off");
         let e = load("health_listen = \"9750\"\n").unwrap_err().to_string();
         assert!(e.contains("health_listen") && e.contains("port"), "{e}");
     }

@@ -5,8 +5,8 @@
 //! - A fragment names only the keys an operator may change remotely
 //!   ([`ALLOWED`]): sensor positions, the ingest allow-list, the
 //!   preprocess thresholds and windows (and its unit references), the
-//!   uplink's batch settings, the models' cadence and the status interval;
-//!   never identities, keys, certificates, addresses or paths. Any other
+//!   uplink's batch settings, the models' cadence, the status interval
+//!   and the cloud link's keep-alive; never identities, keys, certificates, addresses or paths. Any other
 //!   key refuses the whole fragment.
 //! - Types and ranges are checked by the code that checks the file: the
 //!   agent loads defaults → file → fragment → environment with the one
@@ -33,17 +33,55 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The keys a fragment may set, as dotted paths; a path covers
-/// everything under it (`sensors` covers `sensors.<id>.lat`).
-pub const ALLOWED: &[&str] = &[
-    "sensors",
-    "ingest.allow_list",
-    "preprocess",
-    "uplink.batch_max_readings",
-    "uplink.batch_max_age",
-    "infer.cadence",
-    "cloud.status_interval",
+/// How a change of a key takes effect on a running agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// The stage named owns the key and reads it from a `watch` of its
+    /// settings, per reading or tick: no restart, no reconnect.
+    Live(&'static str),
+    /// The stage named cannot take it while running (the value is part of
+    /// a connection); the pipeline restarts in its usual order.
+    Restart(&'static str),
+}
+
+/// The keys a fragment may set, as dotted paths, and how each applies; a
+/// path covers everything under it (`sensors` covers `sensors.<id>.lat`),
+/// and the longest path that covers a key decides. docs/operations.md
+/// holds the same table for operators.
+pub const ALLOWED: &[(&str, Apply)] = &[
+    ("sensors", Apply::Live("ingest")),
+    ("ingest.allow_list", Apply::Live("ingest")),
+    ("preprocess", Apply::Live("ingest")),
+    // The disk budget aggregates old readings into these windows.
+    ("preprocess.window", Apply::Live("buffer")),
+    ("preprocess.windows", Apply::Live("buffer")),
+    ("infer.cadence", Apply::Live("ingest")),
+    ("uplink.batch_max_readings", Apply::Live("uplink")),
+    ("uplink.batch_max_age", Apply::Live("uplink")),
+    ("cloud.status_interval", Apply::Live("uplink")),
+    // Sent in CONNECT: only a new connection carries it.
+    ("cloud.keep_alive", Apply::Restart("uplink")),
 ];
+
+/// How a change of `key` (a dotted path) applies: the entry of the
+/// longest [`ALLOWED`] path covering it; a key no entry covers cannot
+/// change remotely, so a change of it (none should reach here) restarts.
+pub fn apply_of(key: &str) -> Apply {
+    ALLOWED
+        .iter()
+        .filter(|(path, _)| {
+            key == *path
+                || key
+                    .strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .max_by_key(|(path, _)| path.len())
+        .map_or(Apply::Restart("agent"), |(_, apply)| *apply)
+}
+
+fn allowed_paths() -> impl Iterator<Item = &'static str> {
+    ALLOWED.iter().map(|(path, _)| *path)
+}
 
 /// The file's name inside `data_dir`.
 pub const FILE_NAME: &str = "remote-config.toml";
@@ -80,16 +118,16 @@ impl Fragment {
 fn check_keys(table: &toml::Table, prefix: &str) -> Result<(), String> {
     for (key, value) in table {
         let path = format!("{prefix}{key}");
-        if ALLOWED.contains(&path.as_str()) {
+        if allowed_paths().any(|a| a == path) {
             continue;
         }
         let inner = format!("{path}.");
         match value.as_table() {
-            Some(t) if ALLOWED.iter().any(|a| a.starts_with(&inner)) => check_keys(t, &inner)?,
+            Some(t) if allowed_paths().any(|a| a.starts_with(&inner)) => check_keys(t, &inner)?,
             _ => {
                 return Err(format!(
                     "`{path}` may not be set remotely (allowed: {})",
-                    ALLOWED.join(", ")
+                    allowed_paths().collect::<Vec<_>>().join(", ")
                 ))
             }
         }
@@ -184,6 +222,19 @@ mod tests {
             assert!(e.contains(&format!("`{key}`")), "{bad}: {e}");
         }
         assert!(Fragment::parse("not toml [").is_err());
+    }
+
+    #[test]
+    fn the_longest_path_decides_how_a_key_applies() {
+        assert_eq!(apply_of("sensors.s1.lat"), Apply::Live("ingest"));
+        assert_eq!(apply_of("preprocess.spike_ratio"), Apply::Live("ingest"));
+        assert_eq!(apply_of("preprocess.windows.s1"), Apply::Live("buffer"));
+        assert_eq!(apply_of("preprocess.window"), Apply::Live("buffer"));
+        // Not a prefix at a dot: `preprocess.windowing` is no window key.
+        assert_eq!(apply_of("preprocess.windowing"), Apply::Live("ingest"));
+        assert_eq!(apply_of("cloud.keep_alive"), Apply::Restart("uplink"));
+        assert_eq!(apply_of("cloud.host"), Apply::Restart("agent"));
+        assert_eq!(apply_of("sensorsx"), Apply::Restart("agent"));
     }
 
     #[test]

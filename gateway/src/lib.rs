@@ -100,7 +100,13 @@ pub async fn run(
         config.broker.clone(),
         &config.rollout,
         stats.rollouts.clone(),
-        background.clone(),
+        (
+            background.clone(),
+            Some(fleet_config::staged::runner(
+                sink.clone(),
+                config.broker.clone(),
+            )),
+        ),
     );
     let api = serve_api(&config, &sink, &live, &stats, &rollouts, &background).await?;
     let rollouts = tokio::spawn(rollouts.run());
@@ -183,6 +189,7 @@ async fn serve_api(
         access: access.clone(),
         config: Arc::new(config.clone()),
         streams: api::live::Streams::new(config.api.live.clone(), stats.clone()),
+        rollouts: rollouts.clone(),
     })
     .merge(api::auth::protect(
         api::rollout::routes(rollouts.clone(), Some((sink.clone(), stats.clone()))),

@@ -54,11 +54,7 @@ pub(super) async fn start_inference(
     let engine = Engine::new(EngineConfig {
         shadow_windows: infer.shadow_windows,
         utc_offset_ms: (infer.utc_offset_hours * 3_600_000.0) as i64,
-        cadence_ms: infer
-            .cadence
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_millis() as i64))
-            .collect(),
+        cadence_ms: infer.cadence_ms(),
     });
     let mut scorer = Scorer {
         engine,

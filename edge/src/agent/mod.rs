@@ -5,12 +5,16 @@
 //! `shutdown_grace` → close the buffer after its last commit → stop
 //! serving `/healthz`. Each phase is a `CancellationToken` and a
 //! `TaskTracker`. The same sequence restarts the pipeline after a rollback
-//! and when the cloud's desired configuration changed (`remote`). One boot
+//! and when the cloud's desired configuration changed a key that cannot
+//! apply live (`remote`, `live`); the others reach the running stages on
+//! their `watch` of their settings. One boot
 //! id per agent process: a restart of the pipeline is not a restart of
 //! the device.
 
 mod commands;
 mod inference;
+mod live;
+mod metrics;
 mod phase;
 mod remote;
 mod stages;
@@ -91,7 +95,7 @@ async fn run_with(
             apply: apply.clone(),
         };
         let cx = (boot_id, configurer, &mut reconfigured);
-        let run = pipeline(config.clone(), telemetry.clone(), shutdown.clone(), cx);
+        let run = pipeline(&mut config, telemetry.clone(), shutdown.clone(), cx);
         let trial = match run.await? {
             Ended::Shutdown => return Ok(()),
             Ended::Trial(trial) => trial,
@@ -105,6 +109,7 @@ async fn run_with(
                     "restarting the pipeline with the remote configuration"
                 );
                 remote::applied(&state, next.version);
+                telemetry.agent.pipeline_restarts.inc();
                 config = Arc::new(next.config);
                 continue;
             }
@@ -115,7 +120,10 @@ async fn run_with(
                 anyhow::bail!("the updated agent exited: {status}")
             }
             Supervised::Confirmed(_) | Supervised::Shutdown => return Ok(()),
-            Supervised::RolledBack => info!("restarting the pipeline after the rollback"),
+            Supervised::RolledBack => {
+                info!("restarting the pipeline after the rollback");
+                telemetry.agent.pipeline_restarts.inc();
+            }
         }
     }
 }
@@ -125,13 +133,16 @@ enum Ended {
     Shutdown,
     /// An update was installed: run it on trial.
     Trial(Trial),
-    /// A desired configuration was checked and stored: start again with it.
+    /// A desired configuration was checked and stored, and a key it
+    /// changes cannot apply live: start again with it.
     Reconfigured(Box<Reconfigure>),
 }
 
 /// What the spawn step hands to the wait-and-drain step.
 struct Running {
     phases: Phases,
+    /// Each stage's live settings.
+    live: live::Live,
     buffer: Buffer,
     buffer_thread: std::thread::JoinHandle<()>,
     ingest: JoinHandle<()>,
@@ -139,9 +150,11 @@ struct Running {
     ota: JoinHandle<Option<Trial>>,
 }
 
-/// One run of the pipeline: build → spawn → wait → drain.
+/// One run of the pipeline: build → spawn → wait → drain. A remote
+/// configuration whose changes all apply live goes to the stages here and
+/// becomes `config`; the run goes on.
 async fn pipeline(
-    config: Arc<Config>,
+    config: &mut Arc<Config>,
     telemetry: Telemetry,
     shutdown: CancellationToken,
     (boot_id, configurer, reconfigured): (u64, Configurer, &mut mpsc::Receiver<Reconfigure>),
@@ -150,14 +163,29 @@ async fn pipeline(
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     // Held until the buffer is closed, at the end of this function.
     let _lock = crate::lock::DataDirLock::acquire(&config.data_dir)?;
-    let mut running = stages::spawn(&config, &telemetry, boot_id, configurer).await?;
-    let ended = tokio::select! {
-        _ = shutdown.cancelled() => Ended::Shutdown,
-        t = async { (&mut running.ota).await.ok().flatten() } => match t {
-            Some(trial) => Ended::Trial(trial),
-            None => Ended::Shutdown,
-        },
-        Some(next) = reconfigured.recv() => Ended::Reconfigured(Box::new(next)),
+    let state = configurer.state.clone();
+    let mut running = stages::spawn(config, &telemetry, boot_id, configurer).await?;
+    let ended = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ended::Shutdown,
+            t = async { (&mut running.ota).await.ok().flatten() } => break match t {
+                Some(trial) => Ended::Trial(trial),
+                None => Ended::Shutdown,
+            },
+            Some(next) = reconfigured.recv() => match live::plan(config, &next.config) {
+                live::Plan::Live(keys) => {
+                    running.live.apply(&next.config).await;
+                    info!(version = next.version, ?keys, "remote configuration applied live");
+                    telemetry.agent.config_applied_live.inc();
+                    remote::applied(&state, next.version);
+                    *config = Arc::new(next.config);
+                }
+                live::Plan::Restart(keys) => {
+                    info!(version = next.version, ?keys, "these keys need a restart of the pipeline");
+                    break Ended::Reconfigured(Box::new(next));
+                }
+            },
+        }
     };
     if matches!(ended, Ended::Shutdown) {
         crate::health::systemd::stopping();
@@ -172,6 +200,7 @@ async fn pipeline(
 async fn drain(running: Running, grace: Duration) -> anyhow::Result<()> {
     let Running {
         phases,
+        live,
         buffer,
         buffer_thread,
         ingest,
@@ -195,7 +224,8 @@ async fn drain(running: Running, grace: Duration) -> anyhow::Result<()> {
     } else {
         Ok(())
     };
-    drop(buffer);
+    // `live` holds a buffer handle too.
+    drop((live, buffer));
     // The thread ends after the last handle is gone and its queue is empty.
     tokio::task::spawn_blocking(move || buffer_thread.join())
         .await

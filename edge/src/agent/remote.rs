@@ -5,12 +5,12 @@
 //! file → fragment → environment) through the loader and
 //! `Config::validate`. A fragment that fails changes nothing: the agent
 //! keeps running as it was and reports the refusal with its reason. One
-//! that passes is stored (atomically, in `data_dir`), then the pipeline
-//! restarts in its usual order (head, tail, buffer) with the new
-//! configuration: the stages are built from their config sections once,
-//! and an ordered restart is the one way of changing them that the drain
-//! already proves loses nothing. The applied version is reported when the
-//! uplink connects again.
+//! that passes is stored (atomically, in `data_dir`), then handed to the
+//! pipeline: what can change live goes to the running stages (`live`),
+//! and only a key that cannot restarts the pipeline in its usual order
+//! (head, tail, buffer), the path the drain proves loses nothing. The
+//! applied version is reported on `up/config` at once when it applied
+//! live, when the uplink connects again after a restart.
 
 use std::path::PathBuf;
 
@@ -50,10 +50,7 @@ impl Configurer {
         }
         match self.check(version, fragment) {
             Ok(config) => {
-                info!(
-                    id,
-                    version, "remote configuration stored; restarting the pipeline"
-                );
+                info!(id, version, "remote configuration stored; applying it");
                 if self
                     .apply
                     .try_send(Reconfigure { version, config })

@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use aeris_wire::ModelVersion;
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
 use super::commands::route_commands;
 use super::inference::{start_inference, Scoring};
+use super::live::Live;
 use super::phase::{Phase, Phases};
 use super::remote::Configurer;
 use super::{Running, Telemetry};
@@ -52,13 +53,7 @@ pub(super) async fn spawn(
         tx: event_tx,
     };
     let (ota, ota_tx) = spawn_ota(config, t, report, &phases.head);
-    let ingest_settings = Arc::new(crate::ingest::Settings {
-        device_id: config.device_id.clone(),
-        local: config.local.clone(),
-        ingest: config.ingest.clone(),
-        sensors: config.sensors.clone(),
-        preprocess: config.preprocess.clone(),
-    });
+    let (ingest_live, ingest_settings) = watch::channel(Arc::new(ingest_settings(config)));
     let ingest = {
         let (buffer, metrics, probes) = (buffer.clone(), t.ingest.clone(), t.probes.clone());
         phases.head.spawn(|stop| {
@@ -71,19 +66,25 @@ pub(super) async fn spawn(
     phases
         .tail
         .spawn(|_| route_commands(command_rx, model_commands, ota_tx, configurer));
+    let (uplink_live, uplink_settings) = watch::channel(Arc::new(uplink_settings(config)));
     let uplink = spawn_uplink(
-        config,
         t,
         &buffer,
         tls,
-        (identity, config_state),
+        (identity, config_state, uplink_settings),
         active_models,
         &phases.tail,
         event_rx,
         command_tx,
     );
+    let live = Live {
+        ingest: ingest_live,
+        uplink: uplink_live,
+        buffer: buffer.clone(),
+    };
     Ok(Running {
         phases,
+        live,
         buffer,
         buffer_thread,
         ingest,
@@ -190,32 +191,53 @@ fn spawn_notify(t: &Telemetry, buffer: &Buffer, phase: &Phase) {
     phase.spawn(|stop| crate::health::systemd::run(probes, held, counts, stop));
 }
 
-/// The uplink, reporting the active models in its status and the
-/// configuration state on `up/config`.
-#[allow(clippy::too_many_arguments)]
-fn spawn_uplink(
-    config: &Config,
-    t: &Telemetry,
-    buffer: &Buffer,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    (identity, config_state): (Identity, tokio::sync::watch::Receiver<uplink::ConfigState>),
-    active_models: Arc<Mutex<Vec<ModelVersion>>>,
-    phase: &Phase,
-    event_rx: mpsc::UnboundedReceiver<aeris_wire::Event>,
-    command_tx: mpsc::UnboundedSender<aeris_wire::Command>,
-) -> JoinHandle<anyhow::Result<()>> {
-    let settings = Arc::new(uplink::Settings {
+/// Ingest's settings within `config`.
+pub(super) fn ingest_settings(config: &Config) -> crate::ingest::Settings {
+    crate::ingest::Settings {
+        device_id: config.device_id.clone(),
+        local: config.local.clone(),
+        ingest: config.ingest.clone(),
+        sensors: config.sensors.clone(),
+        preprocess: config.preprocess.clone(),
+        cadence_ms: config.infer.cadence_ms(),
+    }
+}
+
+/// The uplink's settings within `config`.
+pub(super) fn uplink_settings(config: &Config) -> uplink::Settings {
+    uplink::Settings {
         device_id: config.device_id.clone(),
         groups: config.groups.clone(),
         cloud: config.cloud.clone(),
         uplink: config.uplink.clone(),
         shutdown_grace: config.shutdown_grace,
-    });
+    }
+}
+
+/// The uplink, reporting the active models in its status and the
+/// configuration state on `up/config`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_uplink(
+    t: &Telemetry,
+    buffer: &Buffer,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    (identity, config_state, mut live): (
+        Identity,
+        watch::Receiver<uplink::ConfigState>,
+        watch::Receiver<Arc<uplink::Settings>>,
+    ),
+    active_models: Arc<Mutex<Vec<ModelVersion>>>,
+    phase: &Phase,
+    event_rx: mpsc::UnboundedReceiver<aeris_wire::Event>,
+    command_tx: mpsc::UnboundedSender<aeris_wire::Command>,
+) -> JoinHandle<anyhow::Result<()>> {
+    let settings = live.borrow_and_update().clone();
     let cx = uplink::Context {
         metrics: t.uplink.clone(),
         probes: t.probes.clone(),
         models: Arc::new(move || active_models.lock().map(|m| m.clone()).unwrap_or_default()),
         config_state,
+        settings: live,
     };
     let buffer = buffer.clone();
     phase.spawn(|stop| {

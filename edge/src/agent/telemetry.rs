@@ -19,6 +19,7 @@ pub struct Telemetry {
     pub uplink: Arc<uplink::Metrics>,
     pub infer: Arc<crate::infer::Metrics>,
     pub ota: Arc<ota::Metrics>,
+    pub agent: Arc<super::metrics::Metrics>,
 }
 
 impl Telemetry {
@@ -30,6 +31,7 @@ impl Telemetry {
         self.uplink.register(&mut registry);
         self.infer.register(&mut registry);
         self.ota.register(&mut registry);
+        self.agent.register(&mut registry);
         registry
     }
 }

@@ -59,6 +59,16 @@ pub(super) enum Request {
     Snapshot {
         reply: oneshot::Sender<Result<Snapshot, BufferError>>,
     },
+    /// New aggregation windows for the disk budget (a live configuration
+    /// change); the next budget pass uses them.
+    Windows(Windows),
+}
+
+/// The disk budget's aggregation windows: by sensor id, and for the others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Windows {
+    pub by_sensor: std::collections::HashMap<String, i64>,
+    pub default_ms: i64,
 }
 
 /// A cheap, cloneable handle to the buffer thread.
@@ -181,6 +191,15 @@ impl Buffer {
     /// asked for a re-send); returns how many were acked.
     pub async fn unack_from(&self, from: u64) -> Result<usize, BufferError> {
         self.call(|reply| Request::UnackFrom { from, reply }).await
+    }
+
+    /// Replaces the disk budget's aggregation windows; readings already
+    /// aggregated keep the window they were aggregated into.
+    pub async fn set_windows(&self, windows: Windows) -> Result<(), BufferError> {
+        self.tx
+            .send(Request::Windows(windows))
+            .await
+            .map_err(|_| BufferError::Closed)
     }
 
     /// What the buffer holds, the next seq, and the losses so far.

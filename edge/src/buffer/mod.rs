@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use crate::preprocess::PreprocessConfig;
 pub use config::BufferConfig;
-pub use handle::Buffer;
+pub use handle::{Buffer, Windows};
 pub use metrics::Metrics;
 pub use store::{
     Appended, BufferError, Columns, CorruptRow, Delivery, Depth, Evicted, Message, Options,
@@ -69,27 +69,40 @@ impl Default for Settings {
     }
 }
 
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+impl Windows {
+    /// The windows of `[preprocess]`; 0 means the 5-minute default.
+    pub fn from_config(preprocess: &PreprocessConfig) -> Windows {
+        Windows {
+            by_sensor: preprocess
+                .windows
+                .iter()
+                .filter(|(_, d)| !d.is_zero())
+                .map(|(k, d)| (k.clone(), ms(**d)))
+                .collect(),
+            default_ms: if preprocess.window.is_zero() {
+                300_000
+            } else {
+                ms(preprocess.window)
+            },
+        }
+    }
+}
+
 impl Settings {
     /// From `[buffer]`, and the aggregation windows of `[preprocess]`
     /// (the budget replaces raw readings by aggregates of those windows).
     pub fn from_config(c: &BufferConfig, preprocess: &PreprocessConfig) -> Settings {
-        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
-        let default_window = if preprocess.window.is_zero() {
-            300_000
-        } else {
-            ms(preprocess.window)
-        };
+        let windows = Windows::from_config(preprocess);
         Settings {
             store: Options {
                 max_bytes: c.max_bytes,
                 acked_grace_ms: ms(c.acked_grace),
-                window_ms: preprocess
-                    .windows
-                    .iter()
-                    .filter(|(_, d)| !d.is_zero())
-                    .map(|(k, d)| (k.clone(), ms(**d)))
-                    .collect(),
-                default_window_ms: default_window,
+                window_ms: windows.by_sensor,
+                default_window_ms: windows.default_ms,
             },
             memory_readings: c.memory_readings,
             retry_interval: c.retry_interval,

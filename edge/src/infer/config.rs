@@ -55,6 +55,14 @@ impl InferConfig {
         crate::keys::parse_keys(&self.trusted_keys)
     }
 
+    /// `cadence` in milliseconds, as the engine takes it.
+    pub fn cadence_ms(&self) -> std::collections::BTreeMap<String, i64> {
+        self.cadence
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_millis().min(i64::MAX as u128) as i64))
+            .collect()
+    }
+
     /// Checks serde cannot express; the error names the key within `[infer]`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Err(e) = self.verifying_keys() {

@@ -108,6 +108,11 @@ impl Engine {
     }
 
     /// Name and version of each active model.
+    /// New spacings of the models' input series; the history stays.
+    pub fn set_cadence(&mut self, cadence_ms: BTreeMap<String, i64>) {
+        self.config.cadence_ms = cadence_ms;
+    }
+
     pub fn active(&self) -> Vec<(String, String)> {
         self.slots
             .values()

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use aeris_runtime::Backoff;
 use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -97,9 +97,11 @@ pub fn parse_message(
     }
 }
 
-/// What ingest is built from: its own sections, and `[preprocess]` for the
-/// preprocessor it runs on each reading.
-#[derive(Debug, Clone)]
+/// What ingest is built from: its own sections, `[preprocess]` for the
+/// preprocessor it runs on each reading, and the models' cadence for the
+/// scorer. Handed over on a `watch`: a new value applies from the next
+/// message on (the local connection's keys only at the next start).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// This device's id; the local client id is `<device_id>-ingest`.
     pub device_id: String,
@@ -108,18 +110,21 @@ pub struct Settings {
     /// Fixed positions of sensors without GPS, by sensor id.
     pub sensors: BTreeMap<String, SensorConfig>,
     pub preprocess: PreprocessConfig,
+    /// Spacing of each model's input series, in ms, by model name.
+    pub cadence_ms: BTreeMap<String, i64>,
 }
 
 /// Runs until `shutdown`; then disconnects, leaving uncommitted messages
 /// unacknowledged for the broker to deliver again.
 pub async fn run(
-    config: Arc<Settings>,
+    mut live: watch::Receiver<Arc<Settings>>,
     buffer: Buffer,
     metrics: Arc<Metrics>,
     probes: Arc<Probes>,
     shutdown: CancellationToken,
     inference: Option<Inference>,
 ) {
+    let config = live.borrow_and_update().clone();
     // Acks wait in `acks` and enter the client's queue a window at a time.
     let (client, mut events) = AsyncClient::new(connection::options(&config), acks::CLIENT_QUEUE);
     let mut ingest = Ingest {
@@ -137,12 +142,21 @@ pub async fn run(
     let mut beat = tokio::time::interval(crate::health::systemd::BEAT_EVERY);
     loop {
         ingest.tick();
+        // Also here, not only in the select below: a message that arrives
+        // with the change is handled with the new settings.
+        if live.has_changed().unwrap_or(false) {
+            ingest.reconfigure(live.borrow_and_update().clone());
+        }
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = beat.tick() => continue,
             _ = ingest.acks.pushed.notified() => continue,
             ev = events.poll() => ev,
             _ = ingest.models.update() => continue,
+            Ok(()) = live.changed() => {
+                ingest.reconfigure(live.borrow_and_update().clone());
+                continue;
+            }
         };
         if let Some(wait) = ingest.on_event(event).await {
             tokio::select! {
@@ -178,6 +192,22 @@ impl Ingest {
         self.metrics
             .acks_pending
             .set(self.acks.pending.load(Relaxed).min(i64::MAX as u64) as i64);
+    }
+
+    /// New settings, from the next message on. The preprocessor and the
+    /// scorer keep their history: a spike is still judged against the
+    /// readings before the change.
+    fn reconfigure(&mut self, next: Arc<Settings>) {
+        if next.preprocess != self.config.preprocess {
+            self.pre.reconfigure(next.preprocess.clone());
+        }
+        if next.cadence_ms != self.config.cadence_ms {
+            if let Some(scorer) = self.models.scorer.as_mut() {
+                scorer.engine.set_cadence(next.cadence_ms.clone());
+            }
+        }
+        info!("ingest settings changed; they apply from the next message");
+        self.config = next;
     }
 
     /// Acts on one event of the MQTT event loop; after a lost connection,

@@ -34,6 +34,13 @@ pub struct OtaConfig {
     /// restart in this time boots the previous slot (see `ota::trial`).
     #[serde(with = "humantime_serde")]
     pub probation: Duration,
+    /// A stop (SIGTERM) during a trial or probation gives the new version
+    /// this long to end after its own SIGTERM, then kills it (SIGKILL): a
+    /// frozen new version cannot hold the old agent past systemd's
+    /// `TimeoutStopSec` (30 s). The trial is then failed: the next start
+    /// runs the old slot and reports the rollback.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
     /// Largest package (all files together) accepted.
     pub max_package_bytes: u64,
 }
@@ -47,6 +54,7 @@ impl Default for OtaConfig {
             ready_deadline: Duration::from_secs(30),
             trial_watchdog: Duration::from_secs(20),
             probation: Duration::from_secs(600),
+            stop_grace: Duration::from_secs(5),
             max_package_bytes: 128 << 20,
         }
     }
@@ -57,6 +65,12 @@ impl OtaConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Err(e) = crate::keys::parse_keys(&self.trusted_keys) {
             return Err(("trusted_keys", e));
+        }
+        if self.stop_grace > Duration::from_secs(20) {
+            return Err((
+                "stop_grace",
+                "at most 20s (systemd's TimeoutStopSec is 30s)".into(),
+            ));
         }
         Ok(())
     }

@@ -24,6 +24,11 @@
 //! ordinary one: a hang is a watchdog restart of the new version, with no
 //! rollback.
 //!
+//! Stop (SIGTERM) during the trial or probation: the new version gets
+//! SIGTERM, and SIGKILL after `ota.stop_grace`, then the old agent exits;
+//! the trial is recorded failed ("stopped by a shutdown"), so the next
+//! start runs the old slot (still `current`) and reports the rollback.
+//!
 //! Power loss at any moment: before the switch `current` names the old slot
 //! and `trial.json` is left behind, so the old agent boots and reports the
 //! trial as rolled back; after it, the confirmed new slot boots.
@@ -67,6 +72,31 @@ fn terminate(child: &mut tokio::process::Child) {
     }
 }
 
+/// Stops the child for a shutdown: SIGTERM, then SIGKILL once `grace`
+/// has passed (a frozen or stuck version never answers the first, and the
+/// old agent must exit within systemd's stop timeout).
+async fn stop(child: &mut tokio::process::Child, grace: Duration) {
+    terminate(child);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        warn!(grace = %humantime::format_duration(grace), "the new version did not stop after SIGTERM; killing it");
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+/// A shutdown stopped the trial before `current` switched: recorded as
+/// failed, so that it is never taken for confirmed (the child may have
+/// confirmed just before it was stopped) and the next start, which runs
+/// the old slot, reports the rollback.
+fn interrupted(slots: &Slots, mut trial: Trial, phase: &str) -> Supervised {
+    warn!(slot = %trial.slot, version = %trial.version, phase, "shutdown during the update's trial; the old version runs at the next start");
+    trial.state = format!("failed: stopped by a shutdown during its {phase}");
+    if let Err(e) = slots.write_trial(&trial) {
+        error!(error = %e, "cannot record the interrupted trial");
+    }
+    Supervised::Shutdown
+}
+
 fn fail(slots: &Slots, mut trial: Trial, why: String) -> Supervised {
     warn!(slot = %trial.slot, version = %trial.version, reason = %why, "update trial failed; rolling back");
     trial.state = format!("failed: {why}");
@@ -98,8 +128,9 @@ pub async fn supervise(
         notify::child_watchdog(config.trial_watchdog),
     );
     let watch = relay.as_ref().map(|r| (r, signs));
+    let stopping = (shutdown, config.stop_grace);
     let confirmed =
-        until_confirmed(slots, &mut child, config.trial_deadline, watch, shutdown).await;
+        until_confirmed(slots, &mut child, config.trial_deadline, watch, stopping).await;
     // From the confirmation on the child's pings feed the service's watchdog.
     let forward = relay
         .filter(|_| confirmed.is_ok())
@@ -107,13 +138,13 @@ pub async fn supervise(
     let passed = match confirmed {
         Ok(()) => {
             info!(slot = %trial.slot, version = %trial.version, probation = %humantime::format_duration(config.probation), "update confirmed; on probation before current switches");
-            through_probation(&mut child, config.probation, shutdown).await
+            through_probation(&mut child, config.probation, stopping).await
         }
         Err(stop) => Err(stop),
     };
     let outcome = match passed {
-        Ok(()) => switch_and_run(slots, &trial, &mut child, shutdown).await,
-        Err(Stop::Shutdown) => Supervised::Shutdown,
+        Ok(()) => switch_and_run(slots, &trial, &mut child, stopping).await,
+        Err(Stop::Shutdown(phase)) => interrupted(slots, trial, phase),
         Err(Stop::Failed(why)) => fail(slots, trial, why),
     };
     if let Some(f) = forward {
@@ -157,10 +188,11 @@ fn start(
 
 /// Why a phase of the trial ended early.
 enum Stop {
-    /// Shutdown was asked for; the child was stopped. Before the switch,
-    /// the next start runs the old slot and reports the rollback (a
-    /// restart during probation is not a pass).
-    Shutdown,
+    /// Shutdown was asked for in this phase (`trial`, `probation`); the
+    /// child was stopped. Before the switch, the next start runs the old
+    /// slot and reports the rollback (a restart during probation is not a
+    /// pass).
+    Shutdown(&'static str),
     /// The new version failed: why.
     Failed(String),
 }
@@ -173,7 +205,7 @@ async fn until_confirmed(
     child: &mut tokio::process::Child,
     deadline: Duration,
     watch: Option<(&Relay, Signs)>,
-    shutdown: &CancellationToken,
+    (shutdown, grace): (&CancellationToken, Duration),
 ) -> Result<(), Stop> {
     let (relay, mut signs) = watch.unzip();
     let end = Instant::now() + deadline;
@@ -197,9 +229,8 @@ async fn until_confirmed(
         };
         tokio::select! {
             _ = shutdown.cancelled() => {
-                terminate(child);
-                let _ = child.wait().await;
-                return Err(Stop::Shutdown);
+                stop(child, grace).await;
+                return Err(Stop::Shutdown("trial"));
             }
             st = child.wait() => {
                 return Err(Stop::Failed(match st {
@@ -235,14 +266,13 @@ async fn until_confirmed(
 async fn through_probation(
     child: &mut tokio::process::Child,
     probation: Duration,
-    shutdown: &CancellationToken,
+    (shutdown, grace): (&CancellationToken, Duration),
 ) -> Result<(), Stop> {
     let end = Instant::now() + probation;
     tokio::select! {
         _ = shutdown.cancelled() => {
-            terminate(child);
-            let _ = child.wait().await;
-            Err(Stop::Shutdown)
+            stop(child, grace).await;
+            Err(Stop::Shutdown("probation"))
         }
         st = child.wait() => Err(Stop::Failed(match st {
             Ok(s) => format!("new version exited ({s}) during its probation after confirmation"),
@@ -257,7 +287,7 @@ async fn switch_and_run(
     slots: &Slots,
     trial: &Trial,
     child: &mut tokio::process::Child,
-    shutdown: &CancellationToken,
+    (shutdown, grace): (&CancellationToken, Duration),
 ) -> Supervised {
     if let Err(e) = slots.switch(&trial.slot) {
         // The new version stays on trial until the next start, where the
@@ -268,7 +298,10 @@ async fn switch_and_run(
     }
     let status = tokio::select! {
         st = child.wait() => st,
-        _ = shutdown.cancelled() => { terminate(child); child.wait().await }
+        _ = shutdown.cancelled() => {
+            stop(child, grace).await;
+            return Supervised::Shutdown;
+        }
     };
     match status {
         Ok(s) => Supervised::Confirmed(s),

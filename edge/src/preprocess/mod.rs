@@ -38,6 +38,11 @@ impl Preprocessor {
         }
     }
 
+    /// New thresholds and references; the tracks of recent values stay.
+    pub fn reconfigure(&mut self, config: PreprocessConfig) {
+        self.config = config;
+    }
+
     /// Flags and attaches AQI values to `r`, whose values are measurements
     /// in canonical units.
     pub fn process(&mut self, r: &mut Reading) {

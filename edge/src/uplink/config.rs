@@ -42,6 +42,17 @@ impl CloudConfig {
         if let Err(e) = aeris_wire::Topics::new(&self.prefix) {
             return Err(("prefix", e.to_string()));
         }
+        // tokio's interval panics on a zero period.
+        if self.status_interval < Duration::from_millis(100) {
+            return Err(("status_interval", "must be at least 100ms".into()));
+        }
+        // MQTT carries it as whole seconds in 16 bits; rumqttc refuses
+        // anything under a second but zero (off).
+        let ka = self.keep_alive;
+        if !(ka.is_zero() || (ka >= Duration::from_secs(1) && ka.as_secs() <= u64::from(u16::MAX)))
+        {
+            return Err(("keep_alive", "must be 0s (off) or 1s..=65535s".into()));
+        }
         let tls = &self.tls;
         let has_identity =
             !tls.cert_file.as_os_str().is_empty() || !tls.key_file.as_os_str().is_empty();

@@ -35,7 +35,7 @@ use aeris_wire::{Command, DeviceState, Event as WireEvent, ModelVersion, Topics}
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::buffer::Buffer;
 use crate::health::Probes;
@@ -51,8 +51,10 @@ use outbox::Outbox;
 pub type Commands = mpsc::UnboundedSender<Command>;
 
 /// What the uplink is built from: its own sections and the agent's id and
-/// shutdown grace.
-#[derive(Debug, Clone)]
+/// shutdown grace. A new value on [`Context::settings`] applies from the
+/// next tick (batch size and age, status interval); the connection's keys
+/// only at the next start.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// This device's id: client id and topic level.
     pub device_id: String,
@@ -103,6 +105,8 @@ pub struct Context {
     /// What the agent runs of the cloud's desired configuration; published
     /// on `up/config` at connect and on every change.
     pub config_state: tokio::sync::watch::Receiver<ConfigState>,
+    /// This uplink's settings as they change while it runs.
+    pub settings: tokio::sync::watch::Receiver<Arc<Settings>>,
 }
 
 /// Runs until `stop` is cancelled, then tries for up to `shutdown_grace` to
@@ -221,6 +225,14 @@ impl Uplink {
                     if self.connected {
                         self.publish_config_report().await?;
                     }
+                }
+                Ok(()) = self.cx.settings.changed() => {
+                    let next = self.cx.settings.borrow_and_update().clone();
+                    if next.cloud.status_interval != self.config.cloud.status_interval {
+                        heartbeat = tokio::time::interval(next.cloud.status_interval);
+                    }
+                    info!("uplink settings changed; they apply from now on");
+                    self.config = next;
                 }
                 _ = heartbeat.tick() => {
                     if self.connected {

@@ -78,6 +78,8 @@ pub struct ApiState {
     pub config: Arc<crate::Config>,
     /// The open `/api/live` streams and their caps.
     pub streams: Arc<live::Streams>,
+    /// Stores and drives the staged changes started over HTTP.
+    pub rollouts: Arc<crate::rollout::Driver>,
 }
 
 /// The event stream's path: the one route whose token may come in the

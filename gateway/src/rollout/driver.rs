@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use aeris_sink::rollouts::{Lease, RolloutState, StoredRollout};
 use aeris_sink::{Sink, SinkError};
+use futures_util::future::BoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -79,8 +80,24 @@ impl Metrics {
     }
 }
 
+/// Stores a running rollout's new summary; an `Err` stops the run.
+pub type Save = Box<dyn FnMut(Summary) -> BoxFuture<'static, anyhow::Result<()>> + Send>;
+
+/// Runs a stored staged configuration change ([`Meta::config_change`]) to
+/// its end, from its plan, until the token is cancelled, saving each
+/// summary. Handed in by the gateway's start (it is
+/// `fleet_config::staged::drive`), so that this module does not depend on
+/// the fleet configuration.
+pub type ConfigRunner = Arc<
+    dyn Fn(Meta, Plan, CancellationToken, Save) -> BoxFuture<'static, anyhow::Result<Summary>>
+        + Send
+        + Sync,
+>;
+
 pub struct Driver {
     sink: Arc<dyn Sink>,
+    /// Runs the staged configuration changes; `None`: they stay stored.
+    config_runner: Option<ConfigRunner>,
     broker: BrokerConfig,
     lease: Lease,
     every: Duration,
@@ -105,7 +122,7 @@ fn host_name() -> String {
 }
 
 /// Each run may take the device timeout per stage, plus time to connect.
-fn give_up(timeout: Duration) -> Duration {
+pub fn give_up(timeout: Duration) -> Duration {
     timeout * 2 + Duration::from_secs(60)
 }
 
@@ -117,7 +134,7 @@ impl Driver {
         broker: BrokerConfig,
         config: &RolloutConfig,
         metrics: Arc<Metrics>,
-        stop: CancellationToken,
+        (stop, config_runner): (CancellationToken, Option<ConfigRunner>),
     ) -> Arc<Driver> {
         let owner = match config.instance.as_str() {
             "" => host_name(),
@@ -126,6 +143,7 @@ impl Driver {
         let millis = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
         Arc::new(Driver {
             sink,
+            config_runner,
             broker,
             lease: Lease { owner, millis },
             every: (config.lease / 3).max(Duration::from_millis(100)),
@@ -258,6 +276,25 @@ impl Driver {
         // writes the rollout row only, later ones the devices that changed.
         let mut prev = Some(plan.summary());
         let (sink, lease) = (self.sink.clone(), self.lease.clone());
+        if meta.config_change().is_some() {
+            let Some(runner) = &self.config_runner else {
+                anyhow::bail!("this gateway does not run staged configuration changes");
+            };
+            let saved = meta.clone();
+            let save: Save = Box::new(move |s: Summary| {
+                let stored = store::to_stored(
+                    &saved,
+                    &s,
+                    prev.as_ref(),
+                    aeris_wire::now_ms(),
+                    Instant::now(),
+                );
+                prev = Some(s);
+                let (sink, lease) = (sink.clone(), lease.clone());
+                Box::pin(async move { saved_or_taken(sink.as_ref(), &stored, &lease).await })
+            });
+            return runner(meta, plan, token, save).await;
+        }
         let timeout = meta.timeout;
         let payload = meta.payload();
         super::run(
@@ -277,16 +314,21 @@ impl Driver {
                 );
                 prev = Some(s);
                 let (sink, lease) = (sink.clone(), lease.clone());
-                async move {
-                    match sink.save_rollout(&stored, &lease).await? {
-                        true => Ok(()),
-                        false => {
-                            anyhow::bail!("rollout {} belongs to another gateway now", stored.id)
-                        }
-                    }
-                }
+                async move { saved_or_taken(sink.as_ref(), &stored, &lease).await }
             },
         )
         .await
+    }
+}
+
+/// Saves `stored` under `lease`; an error when another gateway owns it now.
+async fn saved_or_taken(
+    sink: &dyn Sink,
+    stored: &StoredRollout,
+    lease: &Lease,
+) -> anyhow::Result<()> {
+    match sink.save_rollout(stored, lease).await? {
+        true => Ok(()),
+        false => anyhow::bail!("rollout {} belongs to another gateway now", stored.id),
     }
 }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
-pub use driver::{Driver, Metrics};
+pub use driver::{ConfigRunner, Driver, Metrics, Save};
 pub use plan::{select, DeviceOutcome, Plan, Summary};
 
 /// The broker session a rollout follows events with.

@@ -24,8 +24,20 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// The update's version, from the manifest it carries ("" if none).
+    /// A staged configuration change (`fleet_config::staged`) stores
+    /// `{"config": {"group": .., "version": ..}}` where an update stores
+    /// its payload: the group and the fragment's version.
+    pub fn config_change(&self) -> Option<(String, u64)> {
+        let c = &self.update["config"];
+        Some((c["group"].as_str()?.to_owned(), c["version"].as_u64()?))
+    }
+
+    /// The update's version, from the manifest it carries ("" if none);
+    /// `config <version>` for a staged configuration change.
     pub fn version(&self) -> String {
+        if let Some((_, v)) = self.config_change() {
+            return format!("config {v}");
+        }
         self.update["manifest"]
             .as_str()
             .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())

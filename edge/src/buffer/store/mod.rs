@@ -278,6 +278,12 @@ impl Store {
         })
     }
 
+    /// Replaces the aggregation windows of the next budget passes.
+    pub fn set_windows(&mut self, by_sensor: HashMap<String, i64>, default_ms: i64) {
+        self.options.window_ms = by_sensor;
+        self.options.default_window_ms = default_ms;
+    }
+
     /// The seq the next appended reading will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

@@ -38,6 +38,15 @@ impl Worker {
                 }
                 let _ = reply.send(s);
             }
+            Request::Windows(w) => {
+                // Kept in the settings too: a store reopened after a
+                // failure is opened with them.
+                self.settings.store.window_ms = w.by_sensor.clone();
+                self.settings.store.default_window_ms = w.default_ms;
+                if let Some(store) = self.store.as_mut() {
+                    store.set_windows(w.by_sensor, w.default_ms);
+                }
+            }
         }
     }
 
