@@ -119,3 +119,21 @@ pub struct CurrentAqi {
     /// The hour (its beginning, UTC ms) the index is for.
     pub hour_ms: i64,
 }
+
+/// How often a two-channel sensor's channels disagreed over a window of
+/// hours (`aeris_wire::aqi::channels`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelHealth {
+    pub device: String,
+    pub sensor: String,
+    /// The channelled pollutant (`pm25`, ...).
+    pub pollutant: String,
+    /// Hours with both channels, judged.
+    pub judged_hours: u32,
+    /// Of those, hours whose channels disagreed (invalid).
+    pub disagree_hours: u32,
+    /// Hours with one channel only (not judged).
+    pub one_channel_hours: u32,
+    /// `disagree_hours / judged_hours`; `None` when nothing was judged.
+    pub disagreement_ratio: Option<f64>,
+}

@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "device_config",
         include_str!("../../migrations/0010_device_config.sql"),
     ),
+    (
+        12,
+        "correction_and_channel_qc",
+        include_str!("../../migrations/0012_correction_and_channel_qc.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

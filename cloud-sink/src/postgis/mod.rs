@@ -16,6 +16,7 @@
 //! Writes and API reads use separate connections, so a slow query never
 //! delays a commit (and its acks).
 
+mod channels;
 mod collide;
 mod copy;
 mod fleet_config;
@@ -39,7 +40,7 @@ pub use ops::{device_rows, remove_device, schema_version};
 
 use crate::fleet_config::{DesiredRow, ReportedRow, Scope};
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
-use crate::query::{CurrentAqi, DeviceReport, ReadingsQuery, StoredReading};
+use crate::query::{ChannelHealth, CurrentAqi, DeviceReport, ReadingsQuery, StoredReading};
 use crate::rollouts::{Lease, RolloutState, StoredRollout};
 use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
 
@@ -227,6 +228,11 @@ impl Sink for PostgisSink {
         }
         let sensors = sensors.to_vec();
         self.read(move |c| Box::pin(async move { rollup::current(c, &sensors, since_ms).await }))
+            .await
+    }
+
+    async fn channel_health(&self, since_ms: i64) -> Result<Vec<ChannelHealth>, SinkError> {
+        self.read(move |c| Box::pin(async move { channels::health(c, since_ms).await }))
             .await
     }
 

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub buffer_errors: Counter,
     /// Readings preprocessing flagged, by flag (spike, stuck).
     flagged: ByLabel,
+    /// Readings of sensors configured for a PM2.5 correction, by outcome
+    /// (corrected, or the reason it was withheld).
+    corrections: ByLabel,
 }
 
 impl Default for Metrics {
@@ -41,6 +44,7 @@ impl Default for Metrics {
             arrival_stamped: Counter::default(),
             buffer_errors: Counter::default(),
             flagged: ByLabel::default(),
+            corrections: ByLabel::default(),
         };
         // Both flags are shown from the start, at 0.
         for flag in ["spike", "stuck"] {
@@ -59,6 +63,12 @@ impl Metrics {
     /// Sensor messages rejected so far, all reasons.
     pub fn rejected(&self) -> u64 {
         self.rejected_all.load(Relaxed)
+    }
+
+    pub fn corrected(&self, outcome: &'static str) {
+        self.corrections
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
     }
 
     pub fn flagged(&self, flag: &'static str) {
@@ -98,6 +108,11 @@ impl Metrics {
             "aeris_edge_preprocess_flagged",
             "Readings flagged by preprocessing (kept, not dropped), by flag",
             self.flagged.clone(),
+        );
+        registry.register(
+            "aeris_edge_preprocess_corrections",
+            "Readings of sensors configured for a PM2.5 correction, by outcome (corrected; no_rh, rh_out_of_range, bad_input, no_room: withheld, raw kept)",
+            self.corrections.clone(),
         );
     }
 }
