@@ -1,12 +1,51 @@
-//! How often each two-channel sensor's channels disagreed lately, from
-//! the checks the rollups stored (`readings_hourly.channel_qc`, migration
-//! 0012): what the gateway's `aeris_gateway_sensor_channel_disagreement_ratio`
-//! and `/api/devices` report.
+//! Dual-channel QC in the rollups (migration 0012): each hour's check of
+//! a two-channel sensor ([`checks`], called by a rollup round), and how
+//! often each sensor's channels disagreed lately ([`health`]), from the
+//! checks stored in `readings_hourly.channel_qc`: what the gateway's
+//! `aeris_gateway_sensor_channel_disagreement_ratio` and `/api/devices`
+//! report.
 
-use aeris_wire::aqi::channels::{disagreement_ratio, ChannelCheck};
+use std::collections::{BTreeMap, BTreeSet};
+
+use aeris_wire::aqi::channels::{disagreement_ratio, ChannelCheck, ChannelRule, CHANNELLED};
+use aeris_wire::aqi::hourly::{hourly_means, Completeness, Sample};
 use tokio_postgres::Client;
 
 use crate::query::ChannelHealth;
+
+/// Per (pollutant, hour): the channels' hourly means and the hour's check.
+pub(super) type Channels = BTreeMap<(&'static str, i64), (Option<f64>, Option<f64>, ChannelCheck)>;
+
+/// Each hour's check of each channelled pollutant, from the samples of
+/// its channels (A then B for each of [`CHANNELLED`], in order): every
+/// value of a channel in the hour counts, whichever reading carried it.
+pub(super) fn checks(
+    samples: &[Vec<Sample>],
+    interval: i64,
+    rules: &Completeness,
+    rule: &ChannelRule,
+) -> Channels {
+    let mut out = Channels::new();
+    for (q, pair) in CHANNELLED.iter().zip(samples.chunks(2)) {
+        let mean_of = |i: usize| -> BTreeMap<i64, f64> {
+            pair.get(i)
+                .map(|s| hourly_means(s, interval, rules))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| (h.hour_start_ms, h.mean))
+                .collect()
+        };
+        let (a, b) = (mean_of(0), mean_of(1));
+        let hours: BTreeSet<i64> = a.keys().chain(b.keys()).copied().collect();
+        for h in hours {
+            let (ma, mb) = (a.get(&h).copied(), b.get(&h).copied());
+            if let Some(qc) = rule.check(ma, mb) {
+                out.insert((*q, h), (ma, mb, qc));
+            }
+        }
+    }
+    out
+}
 
 /// Per device, sensor and channelled pollutant, the hours since `$1` by
 /// check.

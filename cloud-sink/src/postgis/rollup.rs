@@ -30,6 +30,7 @@ use aeris_wire::units::Reference;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_postgres::{Client, Transaction};
 
+use super::channels::{self, Channels};
 use crate::query::{ChannelHealth, CurrentAqi};
 use crate::SinkError;
 
@@ -473,9 +474,6 @@ async fn recompute_cluster(
     .map_err(err)
 }
 
-/// Per (pollutant, hour): the channels' hourly means and the hour's check.
-type Channels = BTreeMap<(&'static str, i64), (Option<f64>, Option<f64>, ChannelCheck)>;
-
 /// The hourly means of the marked `hours`, per pollutant, from the raw
 /// readings ([`aeris_wire::aqi::hourly::hourly_means`]), and the
 /// dual-channel check of each hour that has channel values.
@@ -503,39 +501,13 @@ async fn fresh_means(
     }
     let interval = p.interval_ms(sensor);
     let channel_samples = samples.split_off(POLLUTANTS.len());
-    let channels = channel_checks(&channel_samples, interval, p);
+    let channels = channels::checks(&channel_samples, interval, &p.rules, &p.channels);
     let means = POLLUTANTS
         .iter()
         .zip(samples)
         .map(|(q, s)| (*q, hourly_means(&s, interval, &p.rules)))
         .collect();
     Ok((means, channels))
-}
-
-/// Each hour's check of each channelled pollutant, from the samples of
-/// its channels (A then B for each of [`CHANNELLED`], in order): every
-/// value of a channel in the hour counts, whichever reading carried it.
-fn channel_checks(samples: &[Vec<Sample>], interval: i64, p: &Params) -> Channels {
-    let mut out = Channels::new();
-    for (q, pair) in CHANNELLED.iter().zip(samples.chunks(2)) {
-        let mean_of = |i: usize| -> BTreeMap<i64, f64> {
-            pair.get(i)
-                .map(|s| hourly_means(s, interval, &p.rules))
-                .unwrap_or_default()
-                .into_iter()
-                .map(|h| (h.hour_start_ms, h.mean))
-                .collect()
-        };
-        let (a, b) = (mean_of(0), mean_of(1));
-        let hours: BTreeSet<i64> = a.keys().chain(b.keys()).copied().collect();
-        for h in hours {
-            let (ma, mb) = (a.get(&h).copied(), b.get(&h).copied());
-            if let Some(qc) = p.channels.check(ma, mb) {
-                out.insert((*q, h), (ma, mb, qc));
-            }
-        }
-    }
-    out
 }
 
 /// Consecutive marked hours as `[from, to)` ranges.
