@@ -111,6 +111,8 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   preprocess.correction         PM2.5 correction of sensors not listed below: none,
                                 epa-barkjohn-2021, epa-barkjohn-2022 [none]
   preprocess.corrections.<sensor>  that correction for one sensor []
+  preprocess.sample_interval     the interval sensors sample at, for the local hourly AQI:
+                                an hour is valid with 75 % of 1h / interval readings [1m]
   preprocess.correction_rh_max_age  a reading without rh uses its sensor's latest rh
                                 this far apart at most; else withheld, raw kept [5m]
   uplink.batch_max_readings     readings per batch, at most [2000]

@@ -27,6 +27,9 @@ pa-split = "epa-barkjohn-2021"
 pa-dry = "epa-barkjohn-2022"
 "#;
 
+/// A sensor message: (sensor, seconds after t0, values).
+type Published = (&'static str, i64, Vec<(&'static str, f64)>);
+
 /// What a stored row says of PM2.5: (pm25, pm25_raw, pm25_correction, flags).
 type Stored = (Option<f64>, Option<f64>, Option<String>, i32);
 
@@ -67,7 +70,7 @@ async fn corrected_pm25_lands_beside_its_raw_value_and_formula() {
     let sensors = Publisher::connect(stack.local.port).await;
     let t0 = aeris_tests::now_ms() - 600_000;
     // (sensor, ts offset s, values) as the sensors publish them.
-    let sent: Vec<(&str, i64, Vec<(&str, f64)>)> = vec![
+    let sent: Vec<Published> = vec![
         ("pa-2021", 0, vec![("pm25", 100.0), ("rh", 30.0)]),
         ("pa-2021", 1, vec![("pm25", 0.0), ("rh", 90.0)]),
         // 2022: below, inside and above the 570..611 blend, in smoke.

@@ -121,7 +121,11 @@ async fn append(
 
 /// Runs preprocessing on one reading and counts what it flagged.
 fn preprocess(pre: &mut Preprocessor, metrics: &Metrics, reading: &mut Reading) {
-    match pre.process(reading) {
+    let processed = pre.process(reading);
+    if let Some(hour) = &processed.hour {
+        metrics.local_aqi(hour);
+    }
+    match processed.correction {
         Some(Outcome::Corrected { .. }) => metrics.corrected("corrected"),
         Some(Outcome::Withheld(why)) => {
             metrics.corrected(why.reason());

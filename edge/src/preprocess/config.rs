@@ -41,6 +41,11 @@ pub struct PreprocessConfig {
     /// apart in time; else its PM2.5 is withheld (raw kept).
     #[serde(with = "humantime_serde")]
     pub correction_rh_max_age: Duration,
+    /// The interval sensors sample at, for the local hourly AQI: an hour
+    /// expects `1h / sample_interval` readings and is valid with 75 %
+    /// (the gateway's `rollups.sample_interval`).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
 }
 
 impl Default for PreprocessConfig {
@@ -57,6 +62,7 @@ impl Default for PreprocessConfig {
             correction: "none".into(),
             corrections: BTreeMap::new(),
             correction_rh_max_age: Duration::from_secs(300),
+            sample_interval: Duration::from_secs(60),
         }
     }
 }
@@ -73,6 +79,12 @@ impl PreprocessConfig {
         }
         if !(self.spike_ratio >= 0.0 && self.spike_min_delta >= 0.0) {
             return Err(("spike_ratio", "thresholds must be >= 0".into()));
+        }
+        if self.sample_interval.is_zero() || self.sample_interval > Duration::from_secs(3600) {
+            return Err((
+                "sample_interval",
+                "must be more than 0 and at most 1h".into(),
+            ));
         }
         let known = |name: &str| name == "none" || Formula::parse(name).is_some();
         let names = std::iter::once(&self.correction).chain(self.corrections.values());

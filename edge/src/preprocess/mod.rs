@@ -20,9 +20,13 @@
 //!   `correction_rh_max_age`; without one the PM2.5 is withheld.
 //! - [`aqi`]: US EPA AQI per pollutant (`aqi_pm25`, ...) and overall (`aqi`),
 //!   attached to the reading as values.
+//! - [`local_aqi`]: the agent's own hourly means and NowCast AQI per
+//!   sensor (its local status), from the cloud's code in
+//!   `aeris_wire::aqi`.
 
 pub mod aqi;
 pub mod config;
+pub mod local_aqi;
 pub mod quality;
 pub mod units;
 
@@ -31,6 +35,7 @@ use std::collections::HashMap;
 use aeris_wire::aqi::channels;
 use aeris_wire::correction::{self, Outcome};
 use aeris_wire::{Reading, Value};
+pub use local_aqi::{HourAqi, LocalAqi};
 
 pub use config::PreprocessConfig;
 pub use quality::{Quality, Thresholds, Verdict};
@@ -44,21 +49,35 @@ pub struct Preprocessor {
     quality: Quality,
     /// Each corrected sensor's latest relative humidity: (ts_ms, %).
     last_rh: HashMap<String, (i64, f64)>,
+    /// Hourly means and NowCast per sensor, when `aqi` is on.
+    local: Option<LocalAqi>,
+}
+
+/// What preprocessing found besides the reading's own changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Processed {
+    /// What the correction did, for a sensor configured for one.
+    pub correction: Option<Outcome>,
+    /// The index of the sensor's hour this reading closed.
+    pub hour: Option<HourAqi>,
 }
 
 impl Preprocessor {
     pub fn new(config: PreprocessConfig) -> Preprocessor {
         Preprocessor {
-            config,
             quality: Quality::default(),
             last_rh: HashMap::new(),
+            local: config.aqi.then(|| {
+                let interval = i64::try_from(config.sample_interval.as_millis()).unwrap_or(60_000);
+                LocalAqi::new(interval.max(1), config.reference())
+            }),
+            config,
         }
     }
 
     /// Flags, corrects and attaches AQI values to `r`, whose values are
-    /// measurements in canonical units. Returns what the correction did,
-    /// for a sensor configured for one.
-    pub fn process(&mut self, r: &mut Reading) -> Option<Outcome> {
+    /// measurements in canonical units; then feeds the local hourly AQI.
+    pub fn process(&mut self, r: &mut Reading) -> Processed {
         channels::fill_mean(r);
         let c = &self.config;
         let t = Thresholds {
@@ -91,7 +110,11 @@ impl Preprocessor {
                 }
             }
         }
-        outcome
+        let hour = self.local.as_mut().and_then(|l| l.record(r));
+        Processed {
+            correction: outcome,
+            hour,
+        }
     }
 
     fn correct(&mut self, r: &mut Reading) -> Option<Outcome> {
@@ -172,7 +195,10 @@ mod tests {
         let t0 = 1_700_000_040_000;
         // PM2.5 before any humidity: withheld, raw kept, no PM2.5 AQI.
         let mut r = reading(t0, 100.0);
-        assert!(matches!(p.process(&mut r), Some(Outcome::Withheld(_))));
+        assert!(matches!(
+            p.process(&mut r).correction,
+            Some(Outcome::Withheld(_))
+        ));
         assert!(r
             .values
             .iter()
@@ -181,11 +207,11 @@ mod tests {
         let mut rh = reading(t0 + 1000, 0.0);
         rh.values[0].quantity = "rh".into();
         rh.values[0].value = 30.0;
-        assert_eq!(p.process(&mut rh), Some(Outcome::NotApplicable));
+        assert_eq!(p.process(&mut rh).correction, Some(Outcome::NotApplicable));
         let mut r = reading(t0 + 61_000, 100.0);
         let want = 0.524 * 100.0 - 0.0862 * 30.0 + 5.75;
         assert_eq!(
-            p.process(&mut r),
+            p.process(&mut r).correction,
             Some(Outcome::Corrected {
                 raw: 100.0,
                 corrected: want
@@ -199,11 +225,14 @@ mod tests {
         let mut p2 = Preprocessor::new(config);
         p2.process(&mut rh.clone());
         let mut r = reading(t0 + 62_000, 100.0);
-        assert!(matches!(p2.process(&mut r), Some(Outcome::Withheld(_))));
+        assert!(matches!(
+            p2.process(&mut r).correction,
+            Some(Outcome::Withheld(_))
+        ));
         // Another sensor is left alone.
         let mut other = reading(t0, 100.0);
         other.sensor = "s2".into();
-        assert_eq!(p.process(&mut other), None);
+        assert_eq!(p.process(&mut other).correction, None);
         assert_eq!(other.values[0].value, 100.0);
     }
 
