@@ -293,4 +293,41 @@ async fn disagreeing_hours_are_invalid_and_a_degrading_sensor_is_reported() {
     assert_eq!(sensors["one"]["judged_hours"], 2);
     assert_eq!(sensors["one"]["one_channel_hours"], 1);
     assert_eq!(sensors["stuck"]["disagree_hours"], 3);
+
+    // Late data: channel B of `one`'s hour 1 arrives after the hour was
+    // rolled up, at 100 µg/m³ (A about 31: 105 % apart). The hour is
+    // judged again (disagree, invalid), and hour 2, recomputed for its
+    // NowCast only, keeps its stored check.
+    let late: Vec<Reading> = (0..60)
+        .map(|m| {
+            let ts = first_hour + HOUR_MS + m * 60_000 + 15_000;
+            reading("one", ts, &[("pm25_b", 100.0), ("pm25", 100.0)])
+        })
+        .collect();
+    let n = late.len() as u64;
+    dev.send(&Batch {
+        device: DEV.into(),
+        first_seq: last_seq + 1,
+        readings: late,
+    })
+    .await;
+    assert!(dev.wait_acked(last_seq + n, Duration::from_secs(30)).await);
+    let start = std::time::Instant::now();
+    loop {
+        let got = rollups(&cloud, first_hour).await;
+        let h1 = &got[&("one".to_owned(), 1)];
+        if h1.0.as_deref() == Some("disagree") {
+            assert!(!h1.1, "a disagreeing hour is invalid: {h1:?}");
+            assert_eq!(h1.4, Some(100.0), "channel B's late mean");
+            let h2 = &got[&("one".to_owned(), 2)];
+            assert_eq!(h2.0.as_deref(), Some("ok"), "stored check kept: {h2:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{h1:?}\n{}",
+            cloud.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
