@@ -27,7 +27,9 @@ pub struct StoredReading {
     pub lat: f64,
     pub lon: f64,
     pub flags: u32,
-    /// Every measured quantity, pollutant columns and the rest together.
+    /// Every measured quantity, pollutant columns and the rest together;
+    /// a corrected PM2.5's raw value as `raw:pm25:<formula>@<version>`,
+    /// the name it travelled under.
     pub values: BTreeMap<String, f64>,
     /// `"<model>@<version>" -> output`.
     pub model_outputs: BTreeMap<String, f64>,

@@ -146,6 +146,26 @@ async fn corrected_pm25_lands_beside_its_raw_value_and_formula() {
         .expect("count")
         .get(0);
     assert_eq!(leftovers, 0);
+    // The API gives the raw value back under the name it travelled under.
+    let path = format!(
+        "/api/readings?device={}&sensor=pa-2022&from={t0}",
+        aeris_tests::stack::DEVICE
+    );
+    let api = aeris_tests::http::get_json(stack.api_port, &path);
+    let first = &api
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        first["values"]["raw:pm25:epa-barkjohn-2022@1"], 35.0,
+        "{api}"
+    );
+    assert_eq!(
+        first["values"]["pm25"],
+        y22.apply(35.0, Some(45.0)).unwrap(),
+        "{api}"
+    );
     let metric = |outcome: &str| {
         let sample = format!("aeris_edge_preprocess_corrections_total{{outcome=\"{outcome}\"}}");
         aeris_tests::http::metric(stack.edge_health, &sample)
