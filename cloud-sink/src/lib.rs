@@ -135,6 +135,12 @@ pub trait Sink: Send + Sync {
         Err(SinkError::Unsupported(self.kind()))
     }
 
+    /// Each two-channel sensor's channel checks over the hours from
+    /// `since_ms` on. Sinks without rollups return none.
+    async fn channel_health(&self, _since_ms: i64) -> Result<Vec<query::ChannelHealth>, SinkError> {
+        Ok(Vec::new())
+    }
+
     /// Every device that reported a status, with its gaps.
     async fn devices(&self) -> Result<Vec<query::DeviceReport>, SinkError>;
 

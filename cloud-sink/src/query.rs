@@ -27,7 +27,9 @@ pub struct StoredReading {
     pub lat: f64,
     pub lon: f64,
     pub flags: u32,
-    /// Every measured quantity, pollutant columns and the rest together.
+    /// Every measured quantity, pollutant columns and the rest together;
+    /// a corrected PM2.5's raw value as `raw:pm25:<formula>@<version>`,
+    /// the name it travelled under.
     pub values: BTreeMap<String, f64>,
     /// `"<model>@<version>" -> output`.
     pub model_outputs: BTreeMap<String, f64>,
@@ -176,4 +178,22 @@ pub struct CatalogSensor {
     /// left (retention may have dropped them).
     pub lat: Option<f64>,
     pub lon: Option<f64>,
+}
+
+/// How often a two-channel sensor's channels disagreed over a window of
+/// hours (`aeris_wire::aqi::channels`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelHealth {
+    pub device: String,
+    pub sensor: String,
+    /// The channelled pollutant (`pm25`, ...).
+    pub pollutant: String,
+    /// Hours with both channels, judged.
+    pub judged_hours: u32,
+    /// Of those, hours whose channels disagreed (invalid).
+    pub disagree_hours: u32,
+    /// Hours with one channel only (not judged).
+    pub one_channel_hours: u32,
+    /// `disagree_hours / judged_hours`; `None` when nothing was judged.
+    pub disagreement_ratio: Option<f64>,
 }

@@ -108,6 +108,13 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   preprocess.window             window the disk budget aggregates old readings into [5m]
   preprocess.windows.<sensor>   that window for one sensor []
   preprocess.aqi                attach US EPA AQI values aqi_<pollutant> and aqi [true]
+  preprocess.correction         PM2.5 correction of sensors not listed below: none,
+                                epa-barkjohn-2021, epa-barkjohn-2022 [none]
+  preprocess.corrections.<sensor>  that correction for one sensor []
+  preprocess.sample_interval     the interval sensors sample at, for the local hourly AQI:
+                                an hour is valid with 75 % of 1h / interval readings [1m]
+  preprocess.correction_rh_max_age  a reading without rh uses its sensor's latest rh
+                                this far apart at most; else withheld, raw kept [5m]
   uplink.batch_max_readings     readings per batch, at most [2000]
   uplink.batch_max_age          a partial batch leaves after this wait [1s]
   uplink.max_inflight_batches   batches sent but not acked, at most [8]

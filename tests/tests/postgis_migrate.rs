@@ -77,7 +77,11 @@ fn reading(seq: i64, ts_ms: i64) -> Reading {
 async fn all_rows(client: &tokio_postgres::Client) -> Vec<String> {
     client
         .query(
-            "SELECT t::text FROM readings t ORDER BY device_id, seq",
+            // The columns up to migration 6 (later ones add columns, NULL
+            // on these rows; checked apart).
+            "SELECT (device_id, seq, sensor_id, ts, geom, flags, measurements, received_at,
+                     pm1, pm25, pm10, no2, o3, co, so2, model_outputs)::text
+             FROM readings ORDER BY device_id, seq",
             &[],
         )
         .await
@@ -131,6 +135,18 @@ async fn migration_6_converts_a_table_filled_under_migration_5_in_place() {
 
     let sink = PostgisSink::connect(&db.url).await.unwrap();
     assert_eq!(all_rows(&client).await, before, "rows changed");
+    let corrected: i64 = client
+        .query_one(
+            "SELECT count(*) FROM readings WHERE pm25_raw IS NOT NULL OR pm25_correction IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        corrected, 0,
+        "migration 0012's columns are NULL on old rows"
+    );
     let keys: i64 = client
         .query_one("SELECT count(*) FROM reading_keys", &[])
         .await

@@ -76,6 +76,7 @@ fn params() -> Params {
         sensor_intervals_ms: Default::default(),
         reference: Reference::default(),
         rules: Completeness::default(),
+        channels: Default::default(),
         max_marks: 5,
     }
 }

@@ -22,6 +22,11 @@ pub const FLAG_ARRIVAL_TIME: u32 = 1 << 4;
 /// broker's stored session; measured earlier than its stamp (by up to the
 /// time the agent was away).
 pub const FLAG_REPLAYED: u32 = 1 << 5;
+/// Bit 6: the sensor is configured for a correction
+/// ([`crate::correction`]) that could not be applied (no relative
+/// humidity, ...): the reading carries its raw value under
+/// `raw:<quantity>:<formula>@<version>` and no corrected one.
+pub const FLAG_CORRECTION_WITHHELD: u32 = 1 << 6;
 
 #[cfg(test)]
 mod tests {
@@ -36,6 +41,7 @@ mod tests {
             FLAG_AGGREGATE,
             FLAG_ARRIVAL_TIME,
             FLAG_REPLAYED,
+            FLAG_CORRECTION_WITHHELD,
         ];
         for (i, f) in all.iter().enumerate() {
             assert_eq!(*f, 1 << i);

@@ -15,6 +15,9 @@
 //!   breakpoint tables, hourly means with completeness, daily and 8-hour
 //!   means, the NowCast, the AQI per pollutant on its averaging time and
 //!   overall (`docs/air-quality.md`).
+//! - [`correction`]: the US EPA corrections of PurpleAir-class PM2.5
+//!   sensors (Barkjohn et al. 2021 and 2022), applied by the edge with
+//!   the raw value kept beside the corrected one.
 //! - [`config_report`]: what a device reports of the desired
 //!   configuration the cloud sent it (`CommandKind::Configure`), retained
 //!   on `up/config`.
@@ -30,6 +33,7 @@ mod batch;
 pub mod codec;
 pub mod columnar;
 pub mod config_report;
+pub mod correction;
 pub mod flags;
 pub mod message;
 pub mod time;

@@ -7,6 +7,7 @@
 //! rollback, so a failed write leaves nothing behind. Its `batch` column is
 //! the reading's batch index in the write, for [`super::collide`].
 
+use aeris_wire::correction::{parse_raw_quantity, Formula};
 use aeris_wire::message::MODEL_PREFIX;
 use aeris_wire::{Batch, Reading};
 use futures_util::pin_mut;
@@ -21,13 +22,13 @@ pub(super) const CREATE_STAGING: &str = "
 CREATE TEMP TABLE IF NOT EXISTS aeris_staging (
     device_id text, seq int8, sensor_id text, ts_ms int8, lon float8, lat float8, flags int4,
     pm1 float8, pm25 float8, pm10 float8, no2 float8, o3 float8, co float8, so2 float8,
-    measurements jsonb, model_outputs jsonb, batch int4
+    measurements jsonb, model_outputs jsonb, batch int4, pm25_raw float8, pm25_correction text
 ) ON COMMIT DELETE ROWS";
 
 const COPY_IN: &str = "COPY aeris_staging FROM STDIN (FORMAT binary)";
 
 /// Column types of `aeris_staging`, in order.
-const TYPES: [Type; 17] = [
+const TYPES: [Type; 19] = [
     Type::TEXT,
     Type::INT8,
     Type::TEXT,
@@ -45,6 +46,8 @@ const TYPES: [Type; 17] = [
     Type::JSONB,
     Type::JSONB,
     Type::INT4,
+    Type::FLOAT8,
+    Type::TEXT,
 ];
 
 /// Staging to `readings`, through `reading_keys` (migration 0006): the
@@ -66,11 +69,13 @@ WITH fresh AS (
     RETURNING device_id, seq
 )
 INSERT INTO readings (device_id, seq, sensor_id, ts, geom, flags,
-                      pm1, pm25, pm10, no2, o3, co, so2, measurements, model_outputs)
+                      pm1, pm25, pm10, no2, o3, co, so2, measurements, model_outputs,
+                      pm25_raw, pm25_correction)
 SELECT DISTINCT ON (s.device_id, s.seq)
        s.device_id, s.seq, s.sensor_id, 'epoch'::timestamptz + s.ts_ms * interval '1 millisecond',
        ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), s.flags,
-       s.pm1, s.pm25, s.pm10, s.no2, s.o3, s.co, s.so2, s.measurements, s.model_outputs
+       s.pm1, s.pm25, s.pm10, s.no2, s.o3, s.co, s.so2, s.measurements, s.model_outputs,
+       s.pm25_raw, s.pm25_correction
 FROM aeris_staging s
 JOIN fresh f ON f.device_id = s.device_id AND f.seq = s.seq
 ORDER BY s.device_id, s.seq, s.batch";
@@ -78,6 +83,9 @@ ORDER BY s.device_id, s.seq, s.batch";
 /// A reading split into the staging table's columns.
 struct Row<'a> {
     pollutants: [Option<f64>; 7],
+    /// PM2.5's raw value and its formula label, when the edge corrected
+    /// it or withheld it (`raw:pm25:<formula>@<version>`).
+    pm25_raw: Option<(f64, String)>,
     rest: serde_json::Value,
     models: serde_json::Value,
     reading: &'a Reading,
@@ -87,8 +95,13 @@ fn split(reading: &Reading) -> Row<'_> {
     let mut pollutants = [None; 7];
     let mut rest = serde_json::Map::new();
     let mut models = serde_json::Map::new();
+    let mut pm25_raw = None;
     for v in &reading.values {
-        if let Some(i) = POLLUTANT_COLUMNS.iter().position(|c| *c == v.quantity) {
+        let raw = parse_raw_quantity(&v.quantity)
+            .filter(|(q, f)| *q == "pm25" && Formula::parse(f).is_some() && pm25_raw.is_none());
+        if let Some((_, formula)) = raw {
+            pm25_raw = Some((v.value, formula.to_owned()));
+        } else if let Some(i) = POLLUTANT_COLUMNS.iter().position(|c| *c == v.quantity) {
             pollutants[i] = Some(v.value);
         } else if let Some(model) = v.quantity.strip_prefix(MODEL_PREFIX) {
             models.insert(model.to_owned(), serde_json::json!(v.value));
@@ -98,6 +111,7 @@ fn split(reading: &Reading) -> Row<'_> {
     }
     Row {
         pollutants,
+        pm25_raw,
         rest: serde_json::Value::Object(rest),
         models: serde_json::Value::Object(models),
         reading,
@@ -119,7 +133,9 @@ pub(super) async fn write(
             let seq = i64::try_from(seq).unwrap_or(i64::MAX);
             let flags = row.reading.flags as i32;
             let [pm1, pm25, pm10, no2, o3, co, so2] = &row.pollutants;
-            let values: [&(dyn ToSql + Sync); 17] = [
+            let raw = row.pm25_raw.as_ref().map(|r| r.0);
+            let formula = row.pm25_raw.as_ref().map(|r| r.1.as_str());
+            let values: [&(dyn ToSql + Sync); 19] = [
                 &b.device,
                 &seq,
                 &r.sensor,
@@ -137,6 +153,8 @@ pub(super) async fn write(
                 &row.rest,
                 &row.models,
                 &batch,
+                &raw,
+                &formula,
             ];
             writer.as_mut().write(&values).await?;
         }

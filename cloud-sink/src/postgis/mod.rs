@@ -17,6 +17,7 @@
 //! delays a commit (and its acks).
 
 mod catalog;
+mod channels;
 mod collide;
 mod copy;
 mod fleet_config;
@@ -42,7 +43,8 @@ pub use ops::{device_rows, remove_device, schema_version};
 use crate::fleet_config::{DesiredRow, ReportedRow, Scope};
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{
-    CatalogSensor, CurrentAqi, DeviceReport, HourRow, HoursQuery, ReadingsQuery, StoredReading,
+    CatalogSensor, ChannelHealth, CurrentAqi, DeviceReport, HourRow, HoursQuery, ReadingsQuery,
+    StoredReading,
 };
 use crate::rollouts::{Lease, RolloutState, StoredRollout};
 use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
@@ -246,6 +248,11 @@ impl Sink for PostgisSink {
         location: Option<i64>,
     ) -> Result<Vec<CatalogSensor>, SinkError> {
         self.read(move |c| Box::pin(async move { catalog::catalog(c, sensor, location).await }))
+            .await
+    }
+
+    async fn channel_health(&self, since_ms: i64) -> Result<Vec<ChannelHealth>, SinkError> {
+        self.read(move |c| Box::pin(async move { channels::health(c, since_ms).await }))
             .await
     }
 

@@ -25,7 +25,9 @@ WHERE devices.status_ts <= EXCLUDED.status_ts";
 const READINGS: &str = "
 SELECT seq, (extract(epoch FROM ts) * 1000)::int8, ST_Y(geom), ST_X(geom), flags,
        jsonb_strip_nulls(jsonb_build_object('pm1', pm1, 'pm25', pm25, 'pm10', pm10, 'no2', no2,
-                                            'o3', o3, 'co', co, 'so2', so2)) || measurements,
+                                            'o3', o3, 'co', co, 'so2', so2)) || measurements
+       || CASE WHEN pm25_correction IS NULL OR pm25_raw IS NULL THEN '{}'::jsonb
+               ELSE jsonb_build_object('raw:pm25:' || pm25_correction, pm25_raw) END,
        model_outputs
 FROM readings
 WHERE device_id = $1 AND sensor_id = $2

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aeris_wire::aqi::averaging::{highest, Averaging, Pollutant, PollutantAqi};
+use aeris_wire::aqi::channels::{ChannelCheck, ChannelRule, CHANNELLED};
 use aeris_wire::aqi::hourly::{hourly_means, Completeness, HourlyMean, Sample, HOUR_MS};
 use aeris_wire::aqi::rollup::{self, HourRollup, MAX_WINDOW_HOURS, POLLUTANTS};
 use aeris_wire::aqi::table::category;
@@ -29,7 +30,8 @@ use aeris_wire::units::Reference;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_postgres::{Client, Transaction};
 
-use crate::query::CurrentAqi;
+use super::channels::{self, Channels};
+use crate::query::{ChannelHealth, CurrentAqi};
 use crate::SinkError;
 
 /// Marks the hours of the readings in the staging table, in the write's
@@ -58,14 +60,18 @@ ORDER BY hour, device_id, sensor_id
 LIMIT $1";
 
 const RAW: &str = "
-SELECT (extract(epoch FROM ts) * 1000)::int8, pm1, pm25, pm10, no2, o3, co, so2
+SELECT (extract(epoch FROM ts) * 1000)::int8, pm1, pm25, pm10, no2, o3, co, so2,
+       (measurements->>'pm1_a')::float8, (measurements->>'pm1_b')::float8,
+       (measurements->>'pm25_a')::float8, (measurements->>'pm25_b')::float8,
+       (measurements->>'pm10_a')::float8, (measurements->>'pm10_b')::float8
 FROM readings
 WHERE device_id = $1 AND sensor_id = $2
   AND ts >= 'epoch'::timestamptz + $3::int8 * interval '1 millisecond'
   AND ts <  'epoch'::timestamptz + $4::int8 * interval '1 millisecond'";
 
 const STORED: &str = "
-SELECT pollutant, (extract(epoch FROM hour) * 1000)::int8, mean, min, max, count, expected, valid
+SELECT pollutant, (extract(epoch FROM hour) * 1000)::int8, mean, min, max, count, expected, valid,
+       channel_a, channel_b, channel_qc
 FROM readings_hourly
 WHERE device_id = $1 AND sensor_id = $2
   AND hour >= 'epoch'::timestamptz + $3::int8 * interval '1 millisecond'
@@ -74,21 +80,26 @@ WHERE device_id = $1 AND sensor_id = $2
 /// Writes rows that differ from what is stored; returns those it wrote.
 const UPSERT: &str = "
 INSERT INTO readings_hourly AS r (device_id, sensor_id, pollutant, hour, mean, min, max, count,
-                                  expected, completeness, valid, nowcast, aqi, aqi_averaging)
+                                  expected, completeness, valid, nowcast, aqi, aqi_averaging,
+                                  channel_a, channel_b, channel_qc)
 SELECT $1, $2, u.p, 'epoch'::timestamptz + u.h * interval '1 millisecond', u.mean, u.min, u.max,
-       u.n, u.e, u.c, u.v, u.nc, u.aqi, u.av
+       u.n, u.e, u.c, u.v, u.nc, u.aqi, u.av, u.ca, u.cb, u.cq
 FROM unnest($3::text[], $4::int8[], $5::float8[], $6::float8[], $7::float8[], $8::int4[],
-            $9::int4[], $10::float8[], $11::bool[], $12::float8[], $13::int4[], $14::text[])
-     AS u(p, h, mean, min, max, n, e, c, v, nc, aqi, av)
+            $9::int4[], $10::float8[], $11::bool[], $12::float8[], $13::int4[], $14::text[],
+            $15::float8[], $16::float8[], $17::text[])
+     AS u(p, h, mean, min, max, n, e, c, v, nc, aqi, av, ca, cb, cq)
 ON CONFLICT (device_id, sensor_id, pollutant, hour) DO UPDATE SET
     mean = excluded.mean, min = excluded.min, max = excluded.max, count = excluded.count,
     expected = excluded.expected, completeness = excluded.completeness, valid = excluded.valid,
     nowcast = excluded.nowcast, aqi = excluded.aqi, aqi_averaging = excluded.aqi_averaging,
-    computed_at = now()
-WHERE (r.mean, r.min, r.max, r.count, r.expected, r.valid, r.nowcast, r.aqi, r.aqi_averaging)
+    channel_a = excluded.channel_a, channel_b = excluded.channel_b,
+    channel_qc = excluded.channel_qc, computed_at = now()
+WHERE (r.mean, r.min, r.max, r.count, r.expected, r.valid, r.nowcast, r.aqi, r.aqi_averaging,
+       r.channel_a, r.channel_b, r.channel_qc)
       IS DISTINCT FROM
       (excluded.mean, excluded.min, excluded.max, excluded.count, excluded.expected,
-       excluded.valid, excluded.nowcast, excluded.aqi, excluded.aqi_averaging)";
+       excluded.valid, excluded.nowcast, excluded.aqi, excluded.aqi_averaging,
+       excluded.channel_a, excluded.channel_b, excluded.channel_qc)";
 
 const CLEAR: &str = "
 WITH handled AS (
@@ -139,6 +150,8 @@ pub struct Params {
     /// Conditions the stored µg/m³ of gases are read back to ppb/ppm at.
     pub reference: Reference,
     pub rules: Completeness,
+    /// When a two-channel sensor's hour is invalid.
+    pub channels: ChannelRule,
     /// Marks handled per round, at most.
     pub max_marks: i64,
 }
@@ -205,6 +218,13 @@ impl RollupDb {
             hours: row.get(0),
             oldest_ms: row.get(1),
         })
+    }
+
+    /// Each two-channel sensor's checks over the hours from `since_ms` on.
+    pub async fn channel_health(&self, since_ms: i64) -> Result<Vec<ChannelHealth>, SinkError> {
+        super::channels::health(&self.client, since_ms)
+            .await
+            .map_err(err)
     }
 
     /// Marks every hour of `[from_ms, to_ms)` holding pollutant readings
@@ -373,7 +393,7 @@ async fn recompute_cluster(
     let (Some(&first), Some(&last)) = (hours.first(), hours.last()) else {
         return Ok(0);
     };
-    let fresh = fresh_means(tx, p, device, sensor, hours).await?;
+    let (fresh, fresh_channels) = fresh_means(tx, p, device, sensor, hours).await?;
     let window = (MAX_WINDOW_HOURS - 1) * HOUR_MS;
     let stored = tx
         .query(
@@ -383,6 +403,7 @@ async fn recompute_cluster(
         .await
         .map_err(err)?;
     let mut series: BTreeMap<&str, BTreeMap<i64, HourlyMean>> = BTreeMap::new();
+    let mut channels: Channels = BTreeMap::new();
     for row in &stored {
         let pollutant: String = row.get(0);
         let Some(q) = POLLUTANTS.iter().find(|q| **q == pollutant) else {
@@ -397,11 +418,24 @@ async fn recompute_cluster(
             expected: u32::try_from(row.get::<_, i32>(6)).unwrap_or(1),
             valid: row.get(7),
         };
+        let qc = row
+            .get::<_, Option<&str>>(10)
+            .and_then(ChannelCheck::from_label);
+        if let Some(qc) = qc {
+            channels.insert((q, h.hour_start_ms), (row.get(8), row.get(9), qc));
+        }
         series.entry(q).or_default().insert(h.hour_start_ms, h);
     }
     for (q, means) in fresh {
         let s = series.entry(q).or_default();
-        for h in means {
+        for mut h in means {
+            // A recomputed hour's check replaces the stored one (or its
+            // absence); a disagreeing hour is invalid, like an incomplete one.
+            channels.remove(&(q, h.hour_start_ms));
+            if let Some(&(a, b, qc)) = fresh_channels.get(&(q, h.hour_start_ms)) {
+                h.valid &= qc != ChannelCheck::Disagree;
+                channels.insert((q, h.hour_start_ms), (a, b, qc));
+            }
             s.insert(h.hour_start_ms, h);
         }
     }
@@ -410,7 +444,8 @@ async fn recompute_cluster(
         let means: Vec<HourlyMean> = s.values().copied().collect();
         let until = rollup::affected_until(q, last);
         for r in rollup::rollups(q, &means, first, until, &p.reference, &p.rules) {
-            rows.push(q, &r);
+            let c = channels.get(&(*q, r.hour.hour_start_ms)).copied();
+            rows.push(q, &r, c);
         }
     }
     tx.execute(
@@ -430,6 +465,9 @@ async fn recompute_cluster(
             &rows.nowcast,
             &rows.aqi,
             &rows.averaging,
+            &rows.channel_a,
+            &rows.channel_b,
+            &rows.channel_qc,
         ],
     )
     .await
@@ -437,15 +475,16 @@ async fn recompute_cluster(
 }
 
 /// The hourly means of the marked `hours`, per pollutant, from the raw
-/// readings ([`aeris_wire::aqi::hourly::hourly_means`]).
+/// readings ([`aeris_wire::aqi::hourly::hourly_means`]), and the
+/// dual-channel check of each hour that has channel values.
 async fn fresh_means(
     tx: &Transaction<'_>,
     p: &Params,
     device: &str,
     sensor: &str,
     hours: &[i64],
-) -> Result<Vec<(&'static str, Vec<HourlyMean>)>, SinkError> {
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); POLLUTANTS.len()];
+) -> Result<(Vec<(&'static str, Vec<HourlyMean>)>, Channels), SinkError> {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); POLLUTANTS.len() + 2 * CHANNELLED.len()];
     for (from, to) in runs(hours) {
         let raw = tx
             .query(RAW, &[&device, &sensor, &from, &to])
@@ -461,11 +500,14 @@ async fn fresh_means(
         }
     }
     let interval = p.interval_ms(sensor);
-    Ok(POLLUTANTS
+    let channel_samples = samples.split_off(POLLUTANTS.len());
+    let channels = channels::checks(&channel_samples, interval, &p.rules, &p.channels);
+    let means = POLLUTANTS
         .iter()
         .zip(samples)
         .map(|(q, s)| (*q, hourly_means(&s, interval, &p.rules)))
-        .collect())
+        .collect();
+    Ok((means, channels))
 }
 
 /// Consecutive marked hours as `[from, to)` ranges.
@@ -495,10 +537,18 @@ struct Rows {
     nowcast: Vec<Option<f64>>,
     aqi: Vec<Option<i32>>,
     averaging: Vec<Option<&'static str>>,
+    channel_a: Vec<Option<f64>>,
+    channel_b: Vec<Option<f64>>,
+    channel_qc: Vec<Option<&'static str>>,
 }
 
 impl Rows {
-    fn push(&mut self, q: &'static str, r: &HourRollup) {
+    fn push(
+        &mut self,
+        q: &'static str,
+        r: &HourRollup,
+        channels: Option<(Option<f64>, Option<f64>, ChannelCheck)>,
+    ) {
         let h = &r.hour;
         self.pollutant.push(q);
         self.hour.push(h.hour_start_ms);
@@ -514,6 +564,9 @@ impl Rows {
         self.aqi
             .push(r.aqi.map(|a| i32::try_from(a.aqi).unwrap_or(i32::MAX)));
         self.averaging.push(r.aqi.map(|a| a.averaging.label()));
+        self.channel_a.push(channels.and_then(|c| c.0));
+        self.channel_b.push(channels.and_then(|c| c.1));
+        self.channel_qc.push(channels.map(|c| c.2.label()));
     }
 }
 

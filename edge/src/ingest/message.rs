@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use aeris_wire::correction::Outcome;
 use aeris_wire::flags::{FLAG_SPIKE, FLAG_STUCK};
 use aeris_wire::Reading;
 use rumqttc::{Publish, QoS};
@@ -120,7 +121,18 @@ async fn append(
 
 /// Runs preprocessing on one reading and counts what it flagged.
 fn preprocess(pre: &mut Preprocessor, metrics: &Metrics, reading: &mut Reading) {
-    pre.process(reading);
+    let processed = pre.process(reading);
+    if let Some(hour) = &processed.hour {
+        metrics.local_aqi(hour);
+    }
+    match processed.correction {
+        Some(Outcome::Corrected { .. }) => metrics.corrected("corrected"),
+        Some(Outcome::Withheld(why)) => {
+            metrics.corrected(why.reason());
+            debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, reason = why.reason(), "correction withheld");
+        }
+        _ => {}
+    }
     if reading.flags & FLAG_SPIKE != 0 {
         metrics.flagged("spike");
         debug!(sensor = %reading.sensor, ts_ms = reading.ts_ms, flag = "spike", "reading flagged");

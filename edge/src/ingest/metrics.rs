@@ -29,6 +29,11 @@ pub struct Metrics {
     pub buffer_errors: Counter,
     /// Readings preprocessing flagged, by flag (spike, stuck).
     flagged: ByLabel,
+    /// Readings of sensors configured for a PM2.5 correction, by outcome
+    /// (corrected, or the reason it was withheld).
+    corrections: ByLabel,
+    /// Each sensor's index of its last closed hour (the local NowCast).
+    sensor_aqi: Family<[(&'static str, String); 1], Gauge>,
 }
 
 impl Default for Metrics {
@@ -41,6 +46,8 @@ impl Default for Metrics {
             arrival_stamped: Counter::default(),
             buffer_errors: Counter::default(),
             flagged: ByLabel::default(),
+            corrections: ByLabel::default(),
+            sensor_aqi: Family::default(),
         };
         // Both flags are shown from the start, at 0.
         for flag in ["spike", "stuck"] {
@@ -59,6 +66,25 @@ impl Metrics {
     /// Sensor messages rejected so far, all reasons.
     pub fn rejected(&self) -> u64 {
         self.rejected_all.load(Relaxed)
+    }
+
+    pub fn corrected(&self, outcome: &'static str) {
+        self.corrections
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    /// Sets the sensor's local hourly AQI; a withheld one removes it.
+    pub fn local_aqi(&self, hour: &crate::preprocess::HourAqi) {
+        let label = [("sensor", hour.sensor.clone())];
+        match hour.aqi {
+            Some(a) => {
+                self.sensor_aqi.get_or_create(&label).set(i64::from(a.aqi));
+            }
+            None => {
+                self.sensor_aqi.remove(&label);
+            }
+        }
     }
 
     pub fn flagged(&self, flag: &'static str) {
@@ -98,6 +124,16 @@ impl Metrics {
             "aeris_edge_preprocess_flagged",
             "Readings flagged by preprocessing (kept, not dropped), by flag",
             self.flagged.clone(),
+        );
+        registry.register(
+            "aeris_edge_preprocess_corrections",
+            "Readings of sensors configured for a PM2.5 correction, by outcome (corrected; no_rh, rh_out_of_range, bad_input, no_room: withheld, raw kept)",
+            self.corrections.clone(),
+        );
+        registry.register(
+            "aeris_edge_sensor_aqi",
+            "Each sensor's AQI of its last complete hour, computed on the agent with aeris_wire::aqi (NowCast for PM and O3, highest pollutant); absent while withheld",
+            self.sensor_aqi.clone(),
         );
     }
 }

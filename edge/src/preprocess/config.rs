@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use aeris_wire::correction::Formula;
 use serde::{Deserialize, Serialize};
 
 /// Preprocessing between validation and inference (see `preprocess`).
@@ -29,6 +30,22 @@ pub struct PreprocessConfig {
     pub windows: BTreeMap<String, humantime_serde::Serde<Duration>>,
     /// Attach US EPA AQI values (`aqi_<pollutant>`, `aqi`) to readings.
     pub aqi: bool,
+    /// The PM2.5 correction of sensors not listed in `corrections`:
+    /// `"none"`, `"epa-barkjohn-2021"` or `"epa-barkjohn-2022"`
+    /// (`aeris_wire::correction`).
+    pub correction: String,
+    /// The correction by sensor id, where it differs.
+    pub corrections: BTreeMap<String, String>,
+    /// A reading without its own `rh` is corrected with its sensor's
+    /// latest `rh` from another message if that is at most this far
+    /// apart in time; else its PM2.5 is withheld (raw kept).
+    #[serde(with = "humantime_serde")]
+    pub correction_rh_max_age: Duration,
+    /// The interval sensors sample at, for the local hourly AQI: an hour
+    /// expects `1h / sample_interval` readings and is valid with 75 %
+    /// (the gateway's `rollups.sample_interval`).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
 }
 
 impl Default for PreprocessConfig {
@@ -42,6 +59,10 @@ impl Default for PreprocessConfig {
             window: Duration::from_secs(300),
             windows: BTreeMap::new(),
             aqi: true,
+            correction: "none".into(),
+            corrections: BTreeMap::new(),
+            correction_rh_max_age: Duration::from_secs(300),
+            sample_interval: Duration::from_secs(60),
         }
     }
 }
@@ -59,6 +80,30 @@ impl PreprocessConfig {
         if !(self.spike_ratio >= 0.0 && self.spike_min_delta >= 0.0) {
             return Err(("spike_ratio", "thresholds must be >= 0".into()));
         }
+        if self.sample_interval.is_zero() || self.sample_interval > Duration::from_secs(3600) {
+            return Err((
+                "sample_interval",
+                "must be more than 0 and at most 1h".into(),
+            ));
+        }
+        let known = |name: &str| name == "none" || Formula::parse(name).is_some();
+        let names = std::iter::once(&self.correction).chain(self.corrections.values());
+        if let Some(bad) = names.into_iter().find(|n| !known(n)) {
+            let all: Vec<&str> = Formula::ALL.iter().map(|f| f.name()).collect();
+            return Err((
+                "corrections",
+                format!(
+                    "unknown correction {bad:?} (known: none, {})",
+                    all.join(", ")
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The correction configured for `sensor`, if any.
+    pub fn correction_of(&self, sensor: &str) -> Option<Formula> {
+        let name = self.corrections.get(sensor).unwrap_or(&self.correction);
+        Formula::parse(name)
     }
 }

@@ -23,7 +23,10 @@
 //!   seq ranges never received (computed in the database), and, for a
 //!   device with a desired configuration, `config`: desired and applied
 //!   versions, a refusal, `state` (`converged`, `pending`, `refused`) and
-//!   `drift` (issue 18).
+//!   `drift` (issue 18); `channels`: each two-channel sensor's hours
+//!   judged, disagreeing and one-channel over `rollups.degrading_window`,
+//!   its `disagreement_ratio` and `degrading` (above
+//!   `rollups.degrading_ratio`).
 //! - `GET /api/live`: server-sent events, one `reading` event per reading
 //!   that became its sensor's latest (the Redis stream), capped per client
 //!   and in total, closed when idle ([`live`]). The only route that also
@@ -49,6 +52,7 @@ mod openaq;
 mod ops;
 pub mod rollout;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -330,6 +334,33 @@ async fn readings(State(s): State<ApiState>, Query(p): Query<ReadingsParams>) ->
     }
 }
 
+/// Per device, its two-channel sensors' disagreement over
+/// `rollups.degrading_window`, each marked `degrading` above
+/// `rollups.degrading_ratio`. Empty without rollups (or if unread).
+async fn channel_report(s: &ApiState) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let r = &s.config.rollups;
+    let window = i64::try_from(r.degrading_window.as_millis()).unwrap_or(i64::MAX);
+    let since = aeris_wire::now_ms().saturating_sub(window);
+    let health = match s.sink.channel_health(since).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "channel disagreement from the rollups not read");
+            Vec::new()
+        }
+    };
+    let mut out: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for h in health {
+        let degrading = h.disagreement_ratio.is_some_and(|x| x > r.degrading_ratio);
+        let mut v = serde_json::json!(h);
+        v["degrading"] = serde_json::json!(degrading);
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("device");
+        }
+        out.entry(h.device).or_default().push(v);
+    }
+    out
+}
+
 async fn devices(State(s): State<ApiState>) -> Response {
     let devices = match s.sink.devices().await {
         Ok(d) => d,
@@ -344,12 +375,17 @@ async fn devices(State(s): State<ApiState>) -> Response {
         Ok(v) => v,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    let channels = channel_report(&s).await;
     for d in out.as_array_mut().into_iter().flatten() {
         let name = d.get("device").and_then(|n| n.as_str()).unwrap_or_default();
+        let sensors = channels.get(name).cloned().unwrap_or_default();
         if let (Some(c), Some(obj)) = (configs.get(name), d.as_object_mut()) {
             let mut v = serde_json::json!(c);
             v["drift"] = serde_json::json!(c.drift());
             obj.insert("config".into(), v);
+        }
+        if let Some(obj) = d.as_object_mut() {
+            obj.insert("channels".into(), serde_json::Value::Array(sensors));
         }
     }
     Json(out).into_response()

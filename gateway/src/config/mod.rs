@@ -182,6 +182,12 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
   rollups.sample_interval           the interval sensors sample at: an hour expects 1h / interval
                                     readings and is valid with 75 % of them [1m]
   rollups.sensor_intervals          per sensor id where it differs: { \"s1\" = \"10s\" }
+  rollups.channel_max_abs           two-channel sensors (pm25_a/pm25_b): an hour is invalid when
+                                    the channel means differ by more than this, ug/m3 [5]
+  rollups.channel_max_relative      ...and by more than this share of their mean [0.7]
+  rollups.degrading_window          window of the channel disagreement ratio [24h]
+  rollups.degrading_ratio           a sensor disagreeing in more than this share of its judged
+                                    hours is reported as degrading [0.25]
   rollout.instance                  this gateway's name as the owner of the rollouts it drives
                                     (POST /api/rollouts, stored in the database); empty = host name
   rollout.lease                     a gateway drives a stored rollout while it holds its lease,

@@ -23,6 +23,17 @@ pub struct RollupsConfig {
     pub sample_interval: Duration,
     /// Sample interval per sensor id, where it differs.
     pub sensor_intervals: BTreeMap<String, humantime_serde::Serde<Duration>>,
+    /// Two-channel sensors (`pm25_a`/`pm25_b`): an hour is invalid when
+    /// the channels' means differ by more than this (µg/m³)...
+    pub channel_max_abs: f64,
+    /// ...and by more than this share of their mean (0.7 = 70 %).
+    pub channel_max_relative: f64,
+    /// The window the channel disagreement ratio is computed over.
+    #[serde(with = "humantime_serde")]
+    pub degrading_window: Duration,
+    /// A sensor whose channels disagreed in more than this share of the
+    /// judged hours of the window is reported as degrading.
+    pub degrading_ratio: f64,
 }
 
 impl Default for RollupsConfig {
@@ -32,6 +43,10 @@ impl Default for RollupsConfig {
             max_hours_per_round: 1000,
             sample_interval: Duration::from_secs(60),
             sensor_intervals: BTreeMap::new(),
+            channel_max_abs: 5.0,
+            channel_max_relative: 0.70,
+            degrading_window: Duration::from_secs(24 * 3600),
+            degrading_ratio: 0.25,
         }
     }
 }
@@ -50,6 +65,17 @@ impl RollupsConfig {
             return Err(
                 "invalid `rollups.sample_interval`: must be more than 0 and at most 1h".into(),
             );
+        }
+        if !(self.channel_max_abs >= 0.0 && self.channel_max_relative >= 0.0) {
+            return Err(
+                "invalid `rollups.channel_max_abs` / `channel_max_relative`: must be >= 0".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.degrading_ratio) {
+            return Err("invalid `rollups.degrading_ratio`: must be within 0..=1".into());
+        }
+        if self.degrading_window < Duration::from_secs(3600) {
+            return Err("invalid `rollups.degrading_window`: must be at least 1h".into());
         }
         if let Some((sensor, _)) = self.sensor_intervals.iter().find(|(_, d)| bad(d)) {
             return Err(format!(

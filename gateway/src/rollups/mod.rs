@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aeris_sink::postgis::rollup::{self, Params, RollupDb, Round};
+use aeris_sink::query::ChannelHealth;
 use aeris_sink::SinkError;
+use aeris_wire::aqi::channels::ChannelRule;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -33,6 +35,13 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SensorLabel {
+    pub device: String,
+    pub sensor: String,
+    pub pollutant: String,
+}
+
 /// The component's metrics; names are stable (alerts and dashboards).
 #[derive(Debug)]
 pub struct Metrics {
@@ -41,6 +50,8 @@ pub struct Metrics {
     recomputed: Counter,
     rows: Counter,
     rounds: Family<OutcomeLabel, Counter>,
+    disagreement: Family<SensorLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    degrading: Gauge,
 }
 
 impl Metrics {
@@ -51,6 +62,8 @@ impl Metrics {
             recomputed: Counter::default(),
             rows: Counter::default(),
             rounds: Family::default(),
+            disagreement: Family::default(),
+            degrading: Gauge::default(),
         };
         registry.register(
             "aeris_gateway_rollup_pending_hours",
@@ -77,6 +90,16 @@ impl Metrics {
             "Recompute rounds, by outcome (ok, busy: another gateway held the lock, error).",
             m.rounds.clone(),
         );
+        registry.register(
+            "aeris_gateway_sensor_channel_disagreement_ratio",
+            "Share of a two-channel sensor's judged hours in rollups.degrading_window whose A and B channels disagreed (hour invalid), by device, sensor and pollutant.",
+            m.disagreement.clone(),
+        );
+        registry.register(
+            "aeris_gateway_sensors_degrading",
+            "Two-channel sensors whose disagreement ratio is above rollups.degrading_ratio.",
+            m.degrading.clone(),
+        );
         for outcome in ["ok", "busy", "error"] {
             let _ = m.rounds.get_or_create(&OutcomeLabel { outcome });
         }
@@ -94,6 +117,26 @@ impl Metrics {
             Err(_) => "error",
         };
         self.rounds.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Sets the per-sensor ratios; sensors no longer judged in the window
+    /// are dropped from the family.
+    fn set_channels(&self, health: &[ChannelHealth], degrading_ratio: f64) {
+        self.disagreement.clear();
+        let mut degrading = 0;
+        for h in health {
+            let Some(ratio) = h.disagreement_ratio else {
+                continue;
+            };
+            let label = SensorLabel {
+                device: h.device.clone(),
+                sensor: h.sensor.clone(),
+                pollutant: h.pollutant.clone(),
+            };
+            self.disagreement.get_or_create(&label).set(ratio);
+            degrading += i64::from(ratio > degrading_ratio);
+        }
+        self.degrading.set(degrading);
     }
 
     fn set_pending(&self, p: rollup::Pending) {
@@ -117,6 +160,10 @@ pub fn params(config: &RollupsConfig) -> Params {
             .collect(),
         reference: Default::default(),
         rules: Default::default(),
+        channels: ChannelRule {
+            max_abs: config.channel_max_abs,
+            max_relative: config.channel_max_relative,
+        },
         max_marks: i64::from(config.max_hours_per_round),
     }
 }
@@ -137,6 +184,21 @@ pub async fn drain(db: &mut RollupDb, p: &Params, metrics: &Metrics) -> Result<u
     }
     metrics.set_pending(db.pending().await?);
     Ok(done)
+}
+
+/// Sets the channel disagreement metrics from the checks of the last
+/// `config.degrading_window`.
+async fn report_channels(
+    db: &RollupDb,
+    config: &RollupsConfig,
+    metrics: &Metrics,
+) -> Result<(), SinkError> {
+    let window = i64::try_from(config.degrading_window.as_millis()).unwrap_or(i64::MAX);
+    let health = db
+        .channel_health(aeris_wire::now_ms().saturating_sub(window))
+        .await?;
+    metrics.set_channels(&health, config.degrading_ratio);
+    Ok(())
 }
 
 /// Recomputes marked hours every `config.every` until `shutdown`. Marks
@@ -168,6 +230,11 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             r = drain(c, &p, &metrics) => r,
         };
+        if result.is_ok() {
+            if let Err(e) = report_channels(c, &config, &metrics).await {
+                warn!(error = %e, "rollups: channel disagreement not read");
+            }
+        }
         match result {
             Ok(0) => {}
             Ok(n) => debug!(hours = n, "rollups recomputed"),

@@ -15,6 +15,8 @@
 //!   floored at 0.5) and AirNow's 8-hour ozone form, over hourly means.
 //! - [`averaging`]: the AQI of each pollutant on the averaging time the
 //!   standard defines, and the overall AQI with its responsible pollutant.
+//! - [`channels`]: dual-channel QC (PurpleAir A/B): an hour whose
+//!   channels disagree by more than 5 µg/m³ and 70 % is invalid.
 //! - [`rollup`]: one sensor's hourly rollup of one pollutant: the hour's
 //!   statistics, its NowCast and its AQI (what the cloud stores per hour).
 //! - [`daily`]: a pollutant's daily value (24-hour mean, maximum 8-hour
@@ -23,6 +25,7 @@
 //! Formulas, sources and choices are written down in `docs/air-quality.md`.
 
 pub mod averaging;
+pub mod channels;
 pub mod daily;
 pub mod hourly;
 pub mod nowcast;
