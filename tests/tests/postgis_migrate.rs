@@ -129,37 +129,10 @@ async fn migration_6_converts_a_table_filled_under_migration_5_in_place() {
     let before = all_rows(&client).await;
     assert_eq!(before.len(), rows.len());
 
-    let sink = PostgisSink::connect(&db.url).await.unwrap();
-    assert_eq!(all_rows(&client).await, before, "rows changed");
-    let keys: i64 = client
-        .query_one("SELECT count(*) FROM reading_keys", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(keys, rows.len() as i64);
-
-    // The old table is a partition now, from 1970-01-02 to tomorrow; the
-    // year-9000 row waits in the default partition.
-    let parts = partition::partitions(&db.url).await.unwrap();
-    let tomorrow = (now / DAY_MS + 1) * DAY_MS;
-    assert_eq!(parts.len(), 2, "{parts:?}");
-    assert_eq!(parts[0].name, "readings_legacy");
-    assert_eq!(
-        (parts[0].from_ms, parts[0].to_ms),
-        (Some(DAY_MS), Some(tomorrow))
-    );
-    assert_eq!(parts[1].name, "readings_default");
-    let in_default: Vec<i64> = client
-        .query("SELECT seq FROM readings_default", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(in_default, vec![11]);
-
+    assert_eq!(migrate_to(&mut client, 10).await.unwrap(), 10);
     // Every index of the parent is valid: each partition has its own,
-    // the old table's reused.
+    // the old table's reused. (As of migration 10: 0011 replaces the set,
+    // tests/postgis_indexes.rs.)
     let indexes = client
         .query(
             "SELECT c.relname::text, i.indisvalid,
@@ -195,6 +168,35 @@ async fn migration_6_converts_a_table_filled_under_migration_5_in_place() {
         .unwrap()
         .get(0);
     assert_eq!(legacy_indexes, 3, "the old indexes are reused, not rebuilt");
+
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    assert_eq!(all_rows(&client).await, before, "rows changed");
+    let keys: i64 = client
+        .query_one("SELECT count(*) FROM reading_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, rows.len() as i64);
+
+    // The old table is a partition now, from 1970-01-02 to tomorrow; the
+    // year-9000 row waits in the default partition.
+    let parts = partition::partitions(&db.url).await.unwrap();
+    let tomorrow = (now / DAY_MS + 1) * DAY_MS;
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[0].name, "readings_legacy");
+    assert_eq!(
+        (parts[0].from_ms, parts[0].to_ms),
+        (Some(DAY_MS), Some(tomorrow))
+    );
+    assert_eq!(parts[1].name, "readings_default");
+    let in_default: Vec<i64> = client
+        .query("SELECT seq FROM readings_default", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(in_default, vec![11]);
 
     // The API answers from the old rows: a sensor's readings over a time
     // range, the devices' counts and gaps, the re-send points.

@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "device_config",
         include_str!("../../migrations/0010_device_config.sql"),
     ),
+    (
+        11,
+        "readings_write_indexes",
+        include_str!("../../migrations/0011_readings_write_indexes.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.
