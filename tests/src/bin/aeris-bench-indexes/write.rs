@@ -18,8 +18,13 @@ pub enum Method {
     Copy,
     /// The gateway's sink (`PostgisSink::write`), `group` batches of 500
     /// per transaction, over `conns` connections at once (each its own
-    /// sink, taking every `conns`-th group).
-    Sink { group: usize, conns: usize },
+    /// sink, taking every `conns`-th group), with the server's `work_mem`
+    /// or `work_mem_mb` set on the writer's connection.
+    Sink {
+        group: usize,
+        conns: usize,
+        work_mem_mb: u32,
+    },
 }
 
 pub struct Variant {
@@ -33,8 +38,20 @@ impl Variant {
     pub fn name(&self) -> String {
         let how = match self.method {
             Method::Copy => "\\copy CSV".to_owned(),
-            Method::Sink { group, conns: 1 } => format!("sink {group}x500"),
-            Method::Sink { group, conns } => format!("sink {group}x500 x{conns} connections"),
+            Method::Sink {
+                group,
+                conns,
+                work_mem_mb,
+            } => {
+                let mut name = format!("sink {group}x500");
+                if conns > 1 {
+                    name += &format!(" x{conns} connections");
+                }
+                if work_mem_mb > 0 {
+                    name += &format!(" work_mem {work_mem_mb}MB");
+                }
+                name
+            }
         };
         let table = if self.unpartitioned {
             ", unpartitioned"
@@ -53,68 +70,29 @@ pub fn variants() -> Vec<Variant> {
         method,
         unpartitioned,
     };
-    let sink = Method::Sink {
-        group: 64,
-        conns: 1,
+    let sink = |group, conns, work_mem_mb| Method::Sink {
+        group,
+        conns,
+        work_mem_mb,
     };
     let mut all = vec![
         v(set(0), Method::Copy, false),
-        v(set(0), sink, false),
-        v(
-            set(0),
-            Method::Sink {
-                group: 16,
-                conns: 1,
-            },
-            false,
-        ),
-        v(
-            set(0),
-            Method::Sink {
-                group: 256,
-                conns: 1,
-            },
-            false,
-        ),
+        v(set(0), sink(64, 1, 0), false),
+        v(set(0), sink(16, 1, 0), false),
+        v(set(0), sink(256, 1, 0), false),
         v(set(0), Method::Copy, true),
-        v(set(0), sink, true),
+        v(set(0), sink(64, 1, 0), true),
     ];
-    all.extend((1..WRITE_SETS.len()).map(|i| v(set(i), sink, false)));
+    all.extend((1..WRITE_SETS.len()).map(|i| v(set(i), sink(64, 1, 0), false)));
     let chosen = WRITE_SETS.iter().position(|s| s.name.starts_with("0011"));
     let chosen = set(chosen.unwrap_or(0));
     all.push(v(chosen, Method::Copy, false));
-    all.push(v(
-        chosen,
-        Method::Sink {
-            group: 16,
-            conns: 1,
-        },
-        false,
-    ));
-    all.push(v(
-        chosen,
-        Method::Sink {
-            group: 256,
-            conns: 1,
-        },
-        false,
-    ));
-    all.push(v(
-        chosen,
-        Method::Sink {
-            group: 64,
-            conns: 2,
-        },
-        false,
-    ));
-    all.push(v(
-        set(0),
-        Method::Sink {
-            group: 64,
-            conns: 2,
-        },
-        false,
-    ));
+    all.push(v(chosen, sink(16, 1, 0), false));
+    all.push(v(chosen, sink(256, 1, 0), false));
+    all.push(v(chosen, sink(64, 2, 0), false));
+    all.push(v(set(0), sink(64, 2, 0), false));
+    all.push(v(chosen, sink(64, 1, 64), false));
+    all.push(v(chosen, sink(256, 1, 64), false));
     all.push(v(set(WRITE_SETS.len() - 1), Method::Copy, false));
     all
 }
@@ -133,7 +111,8 @@ FROM generate_series((('epoch'::timestamptz + $1::int8 * interval '1 ms') AT TIM
                      interval '1 day') d";
 
 const SIZES: &str = "
-SELECT (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('readings'))::int8,
+SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('readings'))::int8,
+                pg_total_relation_size('readings')),
        pg_total_relation_size('reading_keys'),
        (SELECT count(*) FROM readings)";
 
@@ -165,10 +144,18 @@ pub async fn run_one(
     client.batch_execute("CHECKPOINT").await?;
     let secs = match v.method {
         Method::Copy => psql_copy(&db.url, "readings", csv_path)?,
-        Method::Sink { group, conns } => {
+        Method::Sink {
+            group,
+            conns,
+            work_mem_mb,
+        } => {
+            let url = match work_mem_mb {
+                0 => db.url.clone(),
+                mb => format!("{}?options=-c%20work_mem%3D{mb}MB", db.url),
+            };
             let mut sinks = Vec::new();
             for _ in 0..conns {
-                sinks.push(PostgisSink::connect(&db.url).await?);
+                sinks.push(PostgisSink::connect(&url).await?);
             }
             let start = Instant::now();
             let chunks: Vec<&[aeris_wire::Batch]> = data.chunks(group).collect();
