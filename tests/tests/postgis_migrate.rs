@@ -133,6 +133,46 @@ async fn migration_6_converts_a_table_filled_under_migration_5_in_place() {
     let before = all_rows(&client).await;
     assert_eq!(before.len(), rows.len());
 
+    assert_eq!(migrate_to(&mut client, 10).await.unwrap(), 10);
+    // Every index of the parent is valid: each partition has its own,
+    // the old table's reused. (As of migration 10: 0011 replaces the set,
+    // tests/postgis_indexes.rs.)
+    let indexes = client
+        .query(
+            "SELECT c.relname::text, i.indisvalid,
+                    (SELECT count(*) FROM pg_inherits h WHERE h.inhparent = c.oid)
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = 'readings'::regclass ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let indexes: Vec<(String, bool, i64)> = indexes
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let expect = |name: &str| (name.to_owned(), true, 2);
+    assert_eq!(
+        indexes,
+        vec![
+            expect("readings_geom_gist"),
+            expect("readings_pkey"),
+            expect("readings_sensor_ts"),
+            expect("readings_ts_brin"),
+        ]
+    );
+    let legacy_indexes: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'readings_legacy'
+             AND indexname IN ('readings_legacy_geom_gist', 'readings_legacy_ts_brin',
+                               'readings_legacy_sensor_ts')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(legacy_indexes, 3, "the old indexes are reused, not rebuilt");
+
     let sink = PostgisSink::connect(&db.url).await.unwrap();
     assert_eq!(all_rows(&client).await, before, "rows changed");
     let corrected: i64 = client
@@ -173,44 +213,6 @@ async fn migration_6_converts_a_table_filled_under_migration_5_in_place() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(in_default, vec![11]);
-
-    // Every index of the parent is valid: each partition has its own,
-    // the old table's reused.
-    let indexes = client
-        .query(
-            "SELECT c.relname::text, i.indisvalid,
-                    (SELECT count(*) FROM pg_inherits h WHERE h.inhparent = c.oid)
-             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-             WHERE i.indrelid = 'readings'::regclass ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap();
-    let indexes: Vec<(String, bool, i64)> = indexes
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let expect = |name: &str| (name.to_owned(), true, 2);
-    assert_eq!(
-        indexes,
-        vec![
-            expect("readings_geom_gist"),
-            expect("readings_pkey"),
-            expect("readings_sensor_ts"),
-            expect("readings_ts_brin"),
-        ]
-    );
-    let legacy_indexes: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_indexes WHERE tablename = 'readings_legacy'
-             AND indexname IN ('readings_legacy_geom_gist', 'readings_legacy_ts_brin',
-                               'readings_legacy_sensor_ts')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(legacy_indexes, 3, "the old indexes are reused, not rebuilt");
 
     // The API answers from the old rows: a sensor's readings over a time
     // range, the devices' counts and gaps, the re-send points.

@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0010_device_config.sql"),
     ),
     (
+        11,
+        "readings_write_indexes",
+        include_str!("../../migrations/0011_readings_write_indexes.sql"),
+    ),
+    (
         12,
         "correction_and_channel_qc",
         include_str!("../../migrations/0012_correction_and_channel_qc.sql"),

@@ -39,6 +39,9 @@ use tracing::{info, warn};
 
 pub use migrate::{applied_version, run_to as migrate_to, MIGRATIONS};
 pub use ops::{device_rows, remove_device, schema_version};
+/// The SQL behind `/api/readings`, for `aeris-bench-indexes query`, which
+/// times it on large tables ($1 device, $2 sensor, $3..$4 Unix ms, $5 limit).
+pub use queries::READINGS as READINGS_SQL;
 
 use crate::fleet_config::{DesiredRow, ReportedRow, Scope};
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};

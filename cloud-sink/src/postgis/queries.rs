@@ -22,7 +22,7 @@ ON CONFLICT (device_id) DO UPDATE SET
     models = EXCLUDED.models, drain_eta_s = EXCLUDED.drain_eta_s, updated_at = now()
 WHERE devices.status_ts <= EXCLUDED.status_ts";
 
-const READINGS: &str = "
+pub const READINGS: &str = "
 SELECT seq, (extract(epoch FROM ts) * 1000)::int8, ST_Y(geom), ST_X(geom), flags,
        jsonb_strip_nulls(jsonb_build_object('pm1', pm1, 'pm25', pm25, 'pm10', pm10, 'no2', no2,
                                             'o3', o3, 'co', co, 'so2', so2)) || measurements

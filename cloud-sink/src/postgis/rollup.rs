@@ -59,7 +59,9 @@ FROM readings_hourly_dirty
 ORDER BY hour, device_id, sensor_id
 LIMIT $1";
 
-const RAW: &str = "
+/// A sensor's raw readings of `[$3, $4)` (Unix ms), what a recompute reads
+/// (public for `aeris-bench-indexes query`).
+pub const RAW: &str = "
 SELECT (extract(epoch FROM ts) * 1000)::int8, pm1, pm25, pm10, no2, o3, co, so2,
        (measurements->>'pm1_a')::float8, (measurements->>'pm1_b')::float8,
        (measurements->>'pm25_a')::float8, (measurements->>'pm25_b')::float8,
@@ -130,8 +132,9 @@ ORDER BY 1, 2, 3
 ON CONFLICT (device_id, sensor_id, hour) DO UPDATE SET gen = d.gen + 1";
 
 /// The latest hour with an index of each pollutant of the given sensors
-/// since `$3`.
-const CURRENT: &str = "
+/// since `$3`: the rollups' part of `/api/sensors` (public for
+/// `aeris-bench-indexes query`).
+pub const CURRENT: &str = "
 SELECT DISTINCT ON (h.device_id, h.sensor_id, h.pollutant)
        h.device_id, h.sensor_id, h.pollutant, (extract(epoch FROM h.hour) * 1000)::int8,
        h.aqi, h.aqi_averaging
