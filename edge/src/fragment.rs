@@ -4,7 +4,8 @@
 //! Invariants:
 //! - A fragment names only the keys an operator may change remotely
 //!   ([`ALLOWED`]): sensor positions, the ingest allow-list, the
-//!   preprocess thresholds and windows (and its unit references), the
+//!   preprocess thresholds, windows, per-sensor corrections
+//!   (`preprocess.corrections.<sensor>`) and unit references, the
 //!   uplink's batch settings, the models' cadence, the status interval
 //!   and the cloud link's keep-alive; never identities, keys, certificates, addresses or paths. Any other
 //!   key refuses the whole fragment.

@@ -3,7 +3,9 @@
 //! reach the readings while the agent keeps its connections (no pipeline
 //! restart, no reconnect, every reading stored once, the old position up
 //! to one message and the new one from the next), and a key that cannot
-//! change live restarts the pipeline and is counted.
+//! change live restarts the pipeline and is counted; a per-sensor
+//! correction set remotely applies to the next reading, an unknown formula
+//! is refused.
 
 use std::time::Duration;
 
@@ -12,6 +14,9 @@ use aeris_tests::http::metric;
 use aeris_tests::sensors::Publisher;
 use aeris_tests::stack::{Stack, DEVICE};
 use aeris_wire::flags::FLAG_SPIKE;
+use aeris_wire::ConfigReport;
+
+type Reports = tokio::sync::watch::Receiver<Option<ConfigReport>>;
 
 const FILE: &str = "[sensors.s1]\nlat = 47.0\nlon = 6.0\n[sensors.s2]\nlat = 47.0\nlon = 6.0\n";
 /// s1 moves; a jump of 30 over a median of 10 becomes a spike (it is not
@@ -48,6 +53,20 @@ async fn stored(stack: &Stack, sensor: &str) -> Vec<(i64, f64, f64, f64, i32)> {
         .collect()
 }
 
+/// The stack on [`FILE`], once the agent reported its configuration.
+async fn started() -> (Stack, Reports) {
+    let stack = Stack::start_with(FILE).await;
+    let mut reports = watch_reports(stack.cloud.port, DEVICE).await;
+    wait_report(
+        &mut reports,
+        Duration::from_secs(10),
+        |_| true,
+        || stack.logs(),
+    )
+    .await;
+    (stack, reports)
+}
+
 fn edge_metric(stack: &Stack, name: &str) -> f64 {
     metric(stack.edge_health, name)
 }
@@ -58,15 +77,7 @@ fn count(stack: &Stack, line: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn position_and_threshold_change_apply_live_without_reconnecting_or_losing_a_reading() {
-    let stack = Stack::start_with(FILE).await;
-    let mut reports = watch_reports(stack.cloud.port, DEVICE).await;
-    wait_report(
-        &mut reports,
-        Duration::from_secs(10),
-        |_| true,
-        || stack.logs(),
-    )
-    .await;
+    let (stack, mut reports) = started().await;
     let connects = edge_metric(&stack, "aeris_edge_uplink_connects_total");
     assert_eq!(connects, 1.0, "{}", stack.logs());
     let sensors = Publisher::connect(stack.local.port).await;
@@ -157,15 +168,7 @@ async fn position_and_threshold_change_apply_live_without_reconnecting_or_losing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_that_cannot_change_live_restarts_the_pipeline_and_is_counted() {
-    let stack = Stack::start_with(FILE).await;
-    let mut reports = watch_reports(stack.cloud.port, DEVICE).await;
-    wait_report(
-        &mut reports,
-        Duration::from_secs(10),
-        |_| true,
-        || stack.logs(),
-    )
-    .await;
+    let (stack, mut reports) = started().await;
     let sensors = Publisher::connect(stack.local.port).await;
     publish_unplaced(&sensors, "s1", 1.0).await;
     stack.wait_rows(1, Duration::from_secs(20)).await;
@@ -212,4 +215,90 @@ async fn key_that_cannot_change_live_restarts_the_pipeline_and_is_counted() {
     .await;
     assert_eq!(r.applied, 4);
     assert_eq!(count(&stack, "agent starting"), 2, "{}", stack.logs());
+}
+
+/// PM2.5 as stored for `sensor`, by seq: (pm25, pm25_raw, pm25_correction).
+async fn corrections(
+    stack: &Stack,
+    sensor: &str,
+) -> Vec<(Option<f64>, Option<f64>, Option<String>)> {
+    let client = stack.db.client().await;
+    client
+        .query(
+            "SELECT pm25, pm25_raw, pm25_correction FROM readings
+             WHERE sensor_id = $1 ORDER BY seq",
+            &[&sensor],
+        )
+        .await
+        .expect("query readings")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensors_correction_set_remotely_applies_live_and_an_unknown_formula_is_refused() {
+    let (stack, mut reports) = started().await;
+    let sensors = Publisher::connect(stack.local.port).await;
+    let publish = |pm25: f64| {
+        let body = serde_json::json!({
+            "ts": aeris_tests::now_ms() as f64 / 1000.0, "pm25": pm25, "rh": 50.0,
+        });
+        sensors.publish_raw("sensors/s1/air", body.to_string().into_bytes())
+    };
+    publish(100.0).await;
+    stack.wait_rows(1, Duration::from_secs(20)).await;
+    let fragment = "[preprocess.corrections]\ns1 = \"epa-barkjohn-2021\"\n";
+    send_configure(stack.cloud.port, DEVICE, 6, fragment).await;
+    let r = wait_report(
+        &mut reports,
+        Duration::from_secs(20),
+        |r| r.applied == 6,
+        || stack.logs(),
+    )
+    .await;
+    assert_eq!(r.refused, None);
+    publish(100.0).await;
+    stack.wait_rows(2, Duration::from_secs(20)).await;
+    // A formula the agent does not know: refused, the correction stays.
+    send_configure(
+        stack.cloud.port,
+        DEVICE,
+        7,
+        "[preprocess.corrections]\ns1 = \"epa-barkjohn-2099\"\n",
+    )
+    .await;
+    let r = wait_report(
+        &mut reports,
+        Duration::from_secs(10),
+        |r| r.refused.as_ref().is_some_and(|f| f.version == 7),
+        || stack.logs(),
+    )
+    .await;
+    assert_eq!(r.applied, 6);
+    publish(200.0).await;
+    stack.wait_rows(3, Duration::from_secs(20)).await;
+
+    let rows = corrections(&stack, "s1").await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[0], (Some(100.0), None, None), "before the change");
+    // 0.524 × PA − 0.0862 × RH + 5.75 at PA 100 and 200, RH 50 %.
+    for (row, raw, want) in [(&rows[1], 100.0, 53.84), (&rows[2], 200.0, 106.24)] {
+        let (pm25, stored_raw, formula) = row;
+        assert!(
+            pm25.is_some_and(|v| (v - want).abs() < 1e-6),
+            "corrected {pm25:?}, want {want}: {rows:?}"
+        );
+        assert_eq!(*stored_raw, Some(raw), "the raw value is kept");
+        assert_eq!(formula.as_deref(), Some("epa-barkjohn-2021@1"));
+    }
+    assert_eq!(
+        edge_metric(&stack, "aeris_edge_pipeline_restarts_total"),
+        0.0
+    );
+    assert_eq!(
+        edge_metric(&stack, "aeris_edge_config_applied_live_total"),
+        1.0
+    );
+    assert_eq!(edge_metric(&stack, "aeris_edge_uplink_connects_total"), 1.0);
 }
