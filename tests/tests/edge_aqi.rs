@@ -1,18 +1,20 @@
 //! The agent's local hourly AQI (its status while offline) is the cloud's:
 //! the same readings through a real agent and gateway give the agent's
 //! `aeris_edge_sensor_aqi` and the rollups' AQI of the same hour, both
-//! from `aeris_wire::aqi`.
+//! from `aeris_wire::aqi`; a change of its category is one `Alert` event
+//! on `up/event`.
 
 use std::time::Duration;
 
 use aeris_tests::sensors::Publisher;
-use aeris_tests::stack::Stack;
+use aeris_tests::stack::{watch_events, Stack, DEVICE};
 use aeris_wire::aqi::hourly::HOUR_MS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_hourly_aqi_matches_the_clouds_rollup() {
     let gateway_env = [("AERIS_ROLLUPS__EVERY", "1s".to_owned())];
     let stack = Stack::start_with_gateway_env("", &gateway_env).await;
+    let events = watch_events(stack.cloud.port, DEVICE).await;
     let sensors = Publisher::connect(stack.local.port).await;
     // Four hours ago to one hour ago, one reading a minute, PM2.5 rising
     // hour by hour; then one reading of the last hour closes the third.
@@ -69,4 +71,24 @@ async fn the_agents_hourly_aqi_matches_the_clouds_rollup() {
     );
     // Hour 2's NowCast over 12, 40, 90 µg/m³ is far above the hour-0 level.
     assert!(cloud > 150, "{cloud}");
+
+    // Hour 0 alone has no NowCast (2 of the last 3 hours needed); hour 1's
+    // (about 33 µg/m³) is Moderate, hour 2's Unhealthy: one event.
+    let start = std::time::Instant::now();
+    let alerts = loop {
+        let seen: Vec<String> = events
+            .lock()
+            .map(|e| e.iter().filter(|m| m.contains("AQI")).cloned().collect())
+            .unwrap_or_default();
+        if !seen.is_empty() || start.elapsed() > Duration::from_secs(20) {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(alerts.len(), 1, "{alerts:?}\n{}", stack.logs());
+    assert!(
+        alerts[0].contains(&format!("sensor s1: AQI {cloud} Unhealthy (pm25, nowcast)"))
+            && alerts[0].ends_with("was Moderate"),
+        "{alerts:?}"
+    );
 }

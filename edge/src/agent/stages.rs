@@ -48,6 +48,7 @@ pub(super) async fn spawn(
     } else {
         (None, None)
     };
+    let alerts = event_tx.clone();
     let report = ota::Reporter {
         device: config.device_id.clone(),
         tx: event_tx,
@@ -57,7 +58,15 @@ pub(super) async fn spawn(
     let ingest = {
         let (buffer, metrics, probes) = (buffer.clone(), t.ingest.clone(), t.probes.clone());
         phases.head.spawn(|stop| {
-            crate::ingest::run(ingest_settings, buffer, metrics, probes, stop, inference)
+            crate::ingest::run(
+                ingest_settings,
+                buffer,
+                metrics,
+                probes,
+                stop,
+                inference,
+                Some(alerts),
+            )
         })
     };
     spawn_notify(t, &buffer, &phases.head);

@@ -123,12 +123,17 @@ pub async fn run(
     probes: Arc<Probes>,
     shutdown: CancellationToken,
     inference: Option<Inference>,
+    alerts: Option<mpsc::UnboundedSender<aeris_wire::Event>>,
 ) {
     let config = live.borrow_and_update().clone();
     // Acks wait in `acks` and enter the client's queue a window at a time.
     let (client, mut events) = AsyncClient::new(connection::options(&config), acks::CLIENT_QUEUE);
     let mut ingest = Ingest {
-        pre: Preprocessor::new(config.preprocess.clone()),
+        pre: match alerts {
+            Some(tx) => Preprocessor::new(config.preprocess.clone())
+                .with_alerts(config.device_id.clone(), tx),
+            None => Preprocessor::new(config.preprocess.clone()),
+        },
         config,
         buffer,
         metrics,

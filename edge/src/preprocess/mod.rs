@@ -24,6 +24,7 @@
 //!   sensor (its local status), from the cloud's code in
 //!   `aeris_wire::aqi`.
 
+pub mod alerts;
 pub mod aqi;
 pub mod config;
 pub mod local_aqi;
@@ -34,8 +35,9 @@ use std::collections::HashMap;
 
 use aeris_wire::aqi::channels;
 use aeris_wire::correction::{self, Outcome};
-use aeris_wire::{Reading, Value};
+use aeris_wire::{Event, Reading, Value};
 pub use local_aqi::{HourAqi, LocalAqi};
+use tokio::sync::mpsc::UnboundedSender;
 
 pub use config::PreprocessConfig;
 pub use quality::{Quality, Thresholds, Verdict};
@@ -51,6 +53,8 @@ pub struct Preprocessor {
     last_rh: HashMap<String, (i64, f64)>,
     /// Hourly means and NowCast per sensor, when `aqi` is on.
     local: Option<LocalAqi>,
+    /// Where a change of a sensor's local AQI category goes (`up/event`).
+    alerts: Option<alerts::CategoryAlerts>,
 }
 
 /// The local hourly AQI tracker `config` asks for.
@@ -76,8 +80,16 @@ impl Preprocessor {
             quality: Quality::default(),
             last_rh: HashMap::new(),
             local: local_aqi(&config),
+            alerts: None,
             config,
         }
+    }
+
+    /// Sends an `Alert` event on `tx` when a sensor's local AQI changes
+    /// category ([`alerts`]).
+    pub fn with_alerts(mut self, device: String, tx: UnboundedSender<Event>) -> Preprocessor {
+        self.alerts = Some(alerts::CategoryAlerts::new(device, tx));
+        self
     }
 
     /// New thresholds, corrections and references; the tracks of recent
@@ -137,6 +149,9 @@ impl Preprocessor {
             }
         }
         let hour = self.local.as_mut().and_then(|l| l.record(r));
+        if let (Some(h), Some(a)) = (&hour, self.alerts.as_mut()) {
+            a.observe(h);
+        }
         Processed {
             correction: outcome,
             hour,
