@@ -24,7 +24,7 @@
 //! - [`board`]: an agent under its OTA supervisor with its sensors, the
 //!   cloud and a package server, for updates (tests/ota.rs and
 //!   `aeris-bench-rollback`).
-//! - [`bench`]: what the benchmark commands share (MQTT client, /proc usage);
+//! - [`bench`](mod@bench): what the benchmark commands share (MQTT client, /proc usage);
 //!   [`bench_rows`]: the readings of the PostGIS write benchmarks.
 
 pub mod bench;

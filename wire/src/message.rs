@@ -312,7 +312,7 @@ impl Batch {
     /// The batch invariants: a valid device id, 1..=[`MAX_BATCH_READINGS`]
     /// readings, a seq range that ends at most at [`MAX_SEQ`], every
     /// reading valid. [`WireMessage::validate`] for a batch (in
-    /// [`crate::batch`], which also picks its layout) calls this.
+    /// `wire/src/batch.rs`, which also picks its layout) calls this.
     pub fn check(&self) -> Result<(), WireError> {
         check_device(&self.device)?;
         if self.readings.is_empty() || self.readings.len() > MAX_BATCH_READINGS {

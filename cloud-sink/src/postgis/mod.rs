@@ -3,11 +3,11 @@
 //! Invariants: a write is one transaction (binary COPY into a staging table,
 //! then one statement inserting the keys into `reading_keys` with `ON
 //! CONFLICT DO NOTHING` and the readings whose key was new into the
-//! partitioned `readings`, see [`copy`]); rows conflicting on
+//! partitioned `readings`, see `copy`); rows conflicting on
 //! `(device_id, seq)` are skipped, so a batch sent twice is stored once,
 //! also after its day's partition was dropped, and when any were skipped,
 //! those whose stored row is another reading are reported as collisions
-//! ([`collide`]); the same transaction marks the hours it stored readings
+//! (`collide`); the same transaction marks the hours it stored readings
 //! for, whose rollups [`rollup`] recomputes off the write path. `readings`
 //! is partitioned by day; [`partition`] creates
 //! the partitions ahead and drops expired ones (retention). A lost

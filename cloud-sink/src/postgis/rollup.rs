@@ -3,9 +3,9 @@
 //!
 //! Invariants:
 //! - A write marks, in its own transaction, each (device, sensor, hour) it
-//!   stored a pollutant reading for ([`MARK_DIRTY`]); a mark is never lost
+//!   stored a pollutant reading for (`MARK_DIRTY`); a mark is never lost
 //!   with a committed reading and never left by a rolled-back one.
-//! - A round ([`recompute`]) runs in one transaction under an advisory lock
+//! - A round (`recompute`) runs in one transaction under an advisory lock
 //!   (one recompute at a time per database, whatever the gateways): it reads
 //!   marks, then the raw readings of the marked hours (so it sees every
 //!   reading whose mark it read), recomputes those hours' statistics and

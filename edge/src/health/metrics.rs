@@ -33,7 +33,7 @@ where
     }
 }
 
-/// Registers `metric` as [`Described`]; `help` ends with its period.
+/// Registers `metric` as `Described`; `help` ends with its period.
 pub fn register_described<M>(
     registry: &mut Registry,
     name: &'static str,

@@ -14,11 +14,11 @@
 //!   `to` defaults to now (+ the 5 minutes of clock skew ingest accepts),
 //!   `from` to 24 hours before `to`. Times must lie in the years 1..=9999.
 //! - `GET /api/hours?device=&sensor=[&pollutant=&from=&to=&limit=]`: a
-//!   sensor's hourly rollups, by default of the last 24 hours ([`hours`]).
+//!   sensor's hourly rollups, by default of the last 24 hours (`hours`).
 //! - `GET /api/export/aqcsv?from=&to=`: the valid hourly rollups of a
-//!   range in EPA's AQCSV exchange format ([`export`]).
+//!   range in EPA's AQCSV exchange format (`export`).
 //! - `GET /v3/locations`, `/v3/locations/{id}`, `/v3/sensors/{id}` and its
-//!   `/measurements`, `/hours`, `/days`: OpenAQ v3-style reads ([`openaq`]).
+//!   `/measurements`, `/hours`, `/days`: OpenAQ v3-style reads (`openaq`).
 //! - `GET /api/devices`: each device's last status and data debt next to the
 //!   seq ranges never received (computed in the database), and, for a
 //!   device with a desired configuration, `config`: desired and applied
@@ -34,9 +34,9 @@
 //! - `POST /api/rollouts`, `GET /api/rollouts/{id}`: staged agent updates
 //!   ([`rollout`]).
 //! - `GET /`: the map page; its scripts are compiled into the binary
-//!   ([`map`]), nothing is fetched from a CDN.
-//! - Operator routes ([`ops`]): re-send, the audit log; desired
-//!   configuration of devices and groups ([`config`]).
+//!   (`map`), nothing is fetched from a CDN.
+//! - Operator routes (`ops`): re-send, the audit log; desired
+//!   configuration of devices and groups (`config`).
 //!
 //! The `/api/*` and `/v3/*` read routes need the `read` scope and the operator routes
 //! the `operate` scope ([`auth`]); health, metrics and the map page are

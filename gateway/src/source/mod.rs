@@ -3,7 +3,7 @@
 //! Invariants: an `Ack` is published only after the sink committed the
 //! batch, and never for a seq that holds another reading in the database
 //! (a seq collision: the device is asked to renumber instead, see
-//! [`writer`]); a batch that fails decoding or authorization is counted and
+//! `writer`); a batch that fails decoding or authorization is counted and
 //! dropped (never stored, never acked); a failed write is retried with
 //! backoff while its acks are held. Several gateways may share the
 //! subscription, so nothing here assumes it sees all of a device's batches
