@@ -130,24 +130,12 @@ async fn staged(s: ApiState, caller: Caller, scope: Scope, stage: Stage, body: &
         }
         Err(e) => Err(SetError::Invalid(format!("body is not JSON: {e}"))),
     };
-    let audited = match &result {
-        Ok(v) => Ok(serde_json::json!({ "staged": v })),
-        Err(e) => Err(e.to_string()),
-    };
-    crate::audit::record(
-        s.sink.as_ref(),
-        &s.stats,
-        &caller.name,
-        "config_set",
-        &target,
-        &audited,
-    )
-    .await;
-    match result {
-        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
-        Err(SetError::Invalid(e)) => error(StatusCode::BAD_REQUEST, e),
-        Err(SetError::Sink(e)) => sink_error(e),
-    }
+    let audited = result
+        .as_ref()
+        .map(|v| serde_json::json!({ "staged": v }))
+        .map_err(|e| e.to_string());
+    let answer = result.map(|v| (StatusCode::ACCEPTED, Json(v)).into_response());
+    audited_answer(&s, &caller, &target, audited, answer).await
 }
 
 async fn show(s: ApiState, scope: Scope) -> Response {
@@ -179,17 +167,30 @@ async fn put(s: ApiState, caller: Caller, scope: Scope, body: &[u8]) -> Response
         Ok(o) => serde_json::to_value(o).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
+    let answer = result.map(|outcome| Json(outcome).into_response());
+    audited_answer(&s, &caller, &target, audited, answer).await
+}
+
+/// Records the `config_set` as `audited` and answers: the response on
+/// success, 400 for a refused fragment, the sink's error otherwise.
+async fn audited_answer(
+    s: &ApiState,
+    caller: &Caller,
+    target: &str,
+    audited: Result<serde_json::Value, String>,
+    answer: Result<Response, SetError>,
+) -> Response {
     crate::audit::record(
         s.sink.as_ref(),
         &s.stats,
         &caller.name,
         "config_set",
-        &target,
+        target,
         &audited,
     )
     .await;
-    match result {
-        Ok(outcome) => Json(outcome).into_response(),
+    match answer {
+        Ok(response) => response,
         Err(SetError::Invalid(e)) => error(StatusCode::BAD_REQUEST, e),
         Err(SetError::Sink(e)) => sink_error(e),
     }
