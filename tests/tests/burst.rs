@@ -17,14 +17,14 @@ use aeris_tests::device::{batch, FakeDevice};
 const BATCHES: u64 = 6_000;
 const DEVICES: u64 = 20;
 
-/// Makes `cloud`'s database slow (every insert into the key table waits
+/// Makes `cloud`'s database slow (every insert into the runs table waits
 /// 20 ms) and connects [`DEVICES`] devices named `{prefix}-NN`.
 async fn slow_database_and_devices(cloud: &Cloud, prefix: &str) -> Vec<FakeDevice> {
     let db = cloud.db.client().await;
     db.batch_execute(
         "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
          'BEGIN PERFORM pg_sleep(0.02); RETURN NULL; END'; \
-         CREATE TRIGGER slow AFTER INSERT ON reading_keys \
+         CREATE TRIGGER slow AFTER INSERT ON reading_runs \
          FOR EACH STATEMENT EXECUTE FUNCTION slow()",
     )
     .await

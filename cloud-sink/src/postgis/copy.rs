@@ -1,11 +1,12 @@
-//! The bulk write path: binary `COPY` of every reading of a group into a
-//! session-local staging table, then one `INSERT ... SELECT ... ON CONFLICT
-//! DO NOTHING` into `readings`, all in one transaction.
+//! The bulk write path's rows: binary `COPY` of a write's new readings
+//! straight into `readings` (which routes each to its day's partition),
+//! and of the readings to compare with a stored row into a session-local
+//! staging table, for [`super::collide`].
 //!
 //! The staging table is `TEMP ... ON COMMIT DELETE ROWS`: private to the
 //! connection, never WAL-logged, and empty again after each commit or
 //! rollback, so a failed write leaves nothing behind. Its `batch` column is
-//! the reading's batch index in the write, for [`super::collide`].
+//! the reading's batch index in the write.
 
 use aeris_wire::correction::{parse_raw_quantity, Formula};
 use aeris_wire::message::MODEL_PREFIX;
@@ -14,6 +15,8 @@ use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
+
+use super::runs::Entry;
 
 use crate::query::POLLUTANT_COLUMNS;
 
@@ -49,36 +52,6 @@ const TYPES: [Type; 19] = [
     Type::FLOAT8,
     Type::TEXT,
 ];
-
-/// Staging to `readings`, through `reading_keys` (migration 0006): the
-/// keys are inserted first, and only readings whose key was new go into
-/// the partitioned table, so a `(device_id, seq)` is stored once whatever
-/// its timestamp and whether its partition still exists. `DISTINCT ON`
-/// keeps the first of a key staged twice in one write (the lowest batch
-/// index, as the copy order did before); the rest are conflicts that
-/// [`super::collide`] sorts into duplicates and collisions. The timestamp
-/// is built from integer milliseconds (exact, unlike a float division).
-const MERGE: &str = "
-WITH fresh AS (
-    INSERT INTO reading_keys (device_id, seq, ts)
-    SELECT DISTINCT ON (device_id, seq)
-           device_id, seq, 'epoch'::timestamptz + ts_ms * interval '1 millisecond'
-    FROM aeris_staging
-    ORDER BY device_id, seq, batch
-    ON CONFLICT (device_id, seq) DO NOTHING
-    RETURNING device_id, seq
-)
-INSERT INTO readings (device_id, seq, sensor_id, ts, geom, flags,
-                      pm1, pm25, pm10, no2, o3, co, so2, measurements, model_outputs,
-                      pm25_raw, pm25_correction)
-SELECT DISTINCT ON (s.device_id, s.seq)
-       s.device_id, s.seq, s.sensor_id, 'epoch'::timestamptz + s.ts_ms * interval '1 millisecond',
-       ST_SetSRID(ST_MakePoint(s.lon, s.lat), 4326), s.flags,
-       s.pm1, s.pm25, s.pm10, s.no2, s.o3, s.co, s.so2, s.measurements, s.model_outputs,
-       s.pm25_raw, s.pm25_correction
-FROM aeris_staging s
-JOIN fresh f ON f.device_id = s.device_id AND f.seq = s.seq
-ORDER BY s.device_id, s.seq, s.batch";
 
 /// A reading split into the staging table's columns.
 struct Row<'a> {
@@ -118,47 +91,181 @@ fn split(reading: &Reading) -> Row<'_> {
     }
 }
 
-/// Copies `batches` into staging and merges them; returns the rows inserted.
-pub(super) async fn write(
+/// Whether two readings under one key are the same reading: the sensor,
+/// timestamp, flags and every value as stored (the comparison
+/// [`super::collide`] makes against a stored row).
+pub(super) fn same(a: &Reading, b: &Reading) -> bool {
+    let (x, y) = (split(a), split(b));
+    a.sensor == b.sensor
+        && a.ts_ms == b.ts_ms
+        && a.flags == b.flags
+        && x.pollutants == y.pollutants
+        && x.rest == y.rest
+        && x.models == y.models
+}
+
+/// Copies `entries` (readings of `batches`) into the staging table.
+pub(super) async fn stage(
     tx: &Transaction<'_>,
     batches: &[Batch],
-) -> Result<u64, tokio_postgres::Error> {
+    entries: &[Entry<'_>],
+) -> Result<(), tokio_postgres::Error> {
     let sink = tx.copy_in(COPY_IN).await?;
     let writer = BinaryCopyInWriter::new(sink, &TYPES);
     pin_mut!(writer);
-    for (i, b) in batches.iter().enumerate() {
-        let batch = i32::try_from(i).unwrap_or(i32::MAX);
-        for (seq, r) in b.with_seqs() {
-            let row = split(r);
-            let seq = i64::try_from(seq).unwrap_or(i64::MAX);
-            let flags = row.reading.flags as i32;
-            let [pm1, pm25, pm10, no2, o3, co, so2] = &row.pollutants;
-            let raw = row.pm25_raw.as_ref().map(|r| r.0);
-            let formula = row.pm25_raw.as_ref().map(|r| r.1.as_str());
-            let values: [&(dyn ToSql + Sync); 19] = [
-                &b.device,
-                &seq,
-                &r.sensor,
-                &r.ts_ms,
-                &r.lon,
-                &r.lat,
-                &flags,
-                pm1,
-                pm25,
-                pm10,
-                no2,
-                o3,
-                co,
-                so2,
-                &row.rest,
-                &row.models,
-                &batch,
-                &raw,
-                &formula,
-            ];
-            writer.as_mut().write(&values).await?;
+    for (i, seq, r) in entries {
+        let Some(b) = batches.get(*i) else { continue };
+        let row = split(r);
+        let batch = i32::try_from(*i).unwrap_or(i32::MAX);
+        let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+        let flags = row.reading.flags as i32;
+        let [pm1, pm25, pm10, no2, o3, co, so2] = &row.pollutants;
+        let raw = row.pm25_raw.as_ref().map(|r| r.0);
+        let formula = row.pm25_raw.as_ref().map(|r| r.1.as_str());
+        let values: [&(dyn ToSql + Sync); 19] = [
+            &b.device,
+            &seq,
+            &r.sensor,
+            &r.ts_ms,
+            &r.lon,
+            &r.lat,
+            &flags,
+            pm1,
+            pm25,
+            pm10,
+            no2,
+            o3,
+            co,
+            so2,
+            &row.rest,
+            &row.models,
+            &batch,
+            &raw,
+            &formula,
+        ];
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await.map(|_| ())
+}
+
+/// Straight into `readings`. Binary `COPY` carries no type per field: the
+/// server reads each with its column's receive function, so `ts` is sent
+/// as `timestamptz`'s binary form (int8 microseconds since 2000-01-01 UTC)
+/// and `geom` as the EWKB that `geometry`'s receive function reads.
+const COPY_READINGS: &str = "
+COPY readings (device_id, seq, sensor_id, ts, geom, flags, pm1, pm25, pm10, no2, o3, co, so2,
+               measurements, model_outputs, pm25_raw, pm25_correction)
+FROM STDIN (FORMAT binary)";
+
+/// Field types as sent (see [`COPY_READINGS`]).
+const READING_TYPES: [Type; 17] = [
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::BYTEA,
+    Type::INT4,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::JSONB,
+    Type::JSONB,
+    Type::FLOAT8,
+    Type::TEXT,
+];
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// `timestamptz`'s binary form of a Unix-ms time (saturating; readings'
+/// times are validated far inside the range).
+fn pg_timestamp(ts_ms: i64) -> i64 {
+    ts_ms.saturating_mul(1000).saturating_sub(PG_EPOCH_US)
+}
+
+/// A WGS 84 point as little-endian EWKB: byte order, type (point with
+/// the SRID flag), SRID 4326, x, y.
+fn ewkb_point(lon: f64, lat: f64) -> [u8; 25] {
+    let mut out = [0u8; 25];
+    out[0] = 1;
+    out[1..5].copy_from_slice(&0x2000_0001u32.to_le_bytes());
+    out[5..9].copy_from_slice(&4326u32.to_le_bytes());
+    out[9..17].copy_from_slice(&lon.to_le_bytes());
+    out[17..25].copy_from_slice(&lat.to_le_bytes());
+    out
+}
+
+/// The hour (Unix ms, its beginning) a rollup must recompute for a new
+/// reading: `(device, sensor, hour)` of each one carrying a pollutant.
+pub(super) type Mark<'a> = (&'a str, &'a str, i64);
+
+/// Copies the new readings `fresh` into `readings`; returns the rollup
+/// marks they need, sorted and distinct.
+pub(super) async fn store<'a>(
+    tx: &Transaction<'_>,
+    batches: &'a [Batch],
+    fresh: &[Entry<'a>],
+) -> Result<Vec<Mark<'a>>, tokio_postgres::Error> {
+    let mut marks = std::collections::BTreeSet::new();
+    let sink = tx.copy_in(COPY_READINGS).await?;
+    let writer = BinaryCopyInWriter::new(sink, &READING_TYPES);
+    pin_mut!(writer);
+    for (i, seq, r) in fresh {
+        let Some(b) = batches.get(*i) else { continue };
+        let row = split(r);
+        if row.pollutants.iter().any(Option::is_some) {
+            let hour = r.ts_ms - r.ts_ms.rem_euclid(3_600_000);
+            marks.insert((b.device.as_str(), r.sensor.as_str(), hour));
         }
+        let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+        let ts = pg_timestamp(r.ts_ms);
+        let geom = ewkb_point(r.lon, r.lat);
+        let geom = &geom[..];
+        let flags = row.reading.flags as i32;
+        let [pm1, pm25, pm10, no2, o3, co, so2] = &row.pollutants;
+        let raw = row.pm25_raw.as_ref().map(|r| r.0);
+        let formula = row.pm25_raw.as_ref().map(|r| r.1.as_str());
+        let values: [&(dyn ToSql + Sync); 17] = [
+            &b.device,
+            &seq,
+            &r.sensor,
+            &ts,
+            &geom,
+            &flags,
+            pm1,
+            pm25,
+            pm10,
+            no2,
+            o3,
+            co,
+            so2,
+            &row.rest,
+            &row.models,
+            &raw,
+            &formula,
+        ];
+        writer.as_mut().write(&values).await?;
     }
     writer.finish().await?;
-    tx.execute(MERGE, &[]).await
+    Ok(marks.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_and_points_have_postgres_binary_forms() {
+        // 2000-01-01T00:00:00.001Z is 1,000 µs after PostgreSQL's epoch.
+        assert_eq!(pg_timestamp(946_684_800_001), 1000);
+        assert_eq!(pg_timestamp(0), -PG_EPOCH_US);
+        let p = ewkb_point(13.4, 52.5);
+        assert_eq!(&p[..9], &[1, 1, 0, 0, 0x20, 0xE6, 0x10, 0, 0]);
+        assert_eq!(f64::from_le_bytes(p[9..17].try_into().unwrap()), 13.4);
+        assert_eq!(f64::from_le_bytes(p[17..25].try_into().unwrap()), 52.5);
+    }
 }

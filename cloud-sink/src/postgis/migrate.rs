@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "api_ids",
         include_str!("../../migrations/0013_api_ids.sql"),
     ),
+    (
+        14,
+        "reading_runs",
+        include_str!("../../migrations/0014_reading_runs.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -1,12 +1,11 @@
 //! The PostGIS sink.
 //!
-//! Invariants: a write is one transaction (binary COPY into a staging table,
-//! then one statement inserting the keys into `reading_keys` with `ON
-//! CONFLICT DO NOTHING` and the readings whose key was new into the
-//! partitioned `readings`, see `copy`); rows conflicting on
-//! `(device_id, seq)` are skipped, so a batch sent twice is stored once,
-//! also after its day's partition was dropped, and when any were skipped,
-//! those whose stored row is another reading are reported as collisions
+//! Invariants: a write is one transaction (under a lock per device, the
+//! stored runs of seqs it overlaps are read, and only readings whose
+//! `(device_id, seq)` no run holds are copied into the partitioned
+//! `readings`, their runs into `reading_runs`: see `runs`); a batch sent
+//! twice is stored once, also after its day's partition was dropped, and
+//! readings whose key holds another reading are reported as collisions
 //! (`collide`); the same transaction marks the hours it stored readings
 //! for, whose rollups [`rollup`] recomputes off the write path. `readings`
 //! is partitioned by day; [`partition`] creates
@@ -28,6 +27,7 @@ pub mod partition;
 mod queries;
 mod rollouts;
 pub mod rollup;
+mod runs;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -128,6 +128,39 @@ async fn ensure<'a>(
         .ok_or_else(|| SinkError::Unavailable("no connection".into()))
 }
 
+/// One write, in `tx` (see [`runs`] for the steps): the rows stored, and
+/// the collisions with each colliding device's highest seq.
+async fn write(
+    tx: &tokio_postgres::Transaction<'_>,
+    batches: &[Batch],
+) -> Result<(u64, collide::Found), tokio_postgres::Error> {
+    let mut devices: Vec<&str> = batches.iter().map(|b| b.device.as_str()).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    runs::lock(tx, &devices).await?;
+    let known = runs::known(tx, batches).await?;
+    let plan = runs::classify(batches, &known, copy::same);
+    if !plan.fresh.is_empty() {
+        let marks = copy::store(tx, batches, &plan.fresh).await?;
+        runs::insert(tx, &runs::runs_of(batches, &plan.fresh)).await?;
+        if !marks.is_empty() {
+            let devices: Vec<&str> = marks.iter().map(|m| m.0).collect();
+            let sensors: Vec<&str> = marks.iter().map(|m| m.1).collect();
+            let hours: Vec<i64> = marks.iter().map(|m| m.2).collect();
+            tx.execute(rollup::MARK_DIRTY, &[&devices, &sensors, &hours])
+                .await?;
+        }
+    }
+    if !plan.recheck.is_empty() {
+        copy::stage(tx, batches, &plan.recheck).await?;
+    }
+    let found = match plan.collisions.is_empty() && plan.recheck.is_empty() {
+        true => Default::default(),
+        false => collide::find(tx, batches, plan.collisions, !plan.recheck.is_empty()).await?,
+    };
+    Ok((plan.fresh.len() as u64, found))
+}
+
 impl PostgisSink {
     /// Connects and brings the schema to the latest migration.
     pub async fn connect(url: &str) -> Result<PostgisSink, SinkError> {
@@ -177,16 +210,9 @@ impl Sink for PostgisSink {
         let client = ensure(&mut guard, &self.url, true).await?;
         let result = async {
             let tx = client.transaction().await?;
-            let inserted = copy::write(&tx, batches).await?;
-            if inserted > 0 {
-                tx.execute(rollup::MARK_DIRTY, &[]).await?;
-            }
-            let found = match inserted < n {
-                true => collide::find(&tx).await?,
-                false => Default::default(),
-            };
+            let written = write(&tx, batches).await?;
             tx.commit().await?;
-            Ok::<_, tokio_postgres::Error>((inserted, found))
+            Ok::<_, tokio_postgres::Error>(written)
         }
         .await;
         match result {

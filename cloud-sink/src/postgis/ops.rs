@@ -13,27 +13,28 @@ const LIST_AUDIT: &str = "SELECT id, (extract(epoch FROM at) * 1000)::int8, acto
     target, outcome, detail FROM audit_log ORDER BY id DESC LIMIT $1";
 
 /// Every device with a status or a stored reading, and the lowest seq it
-/// lacks (see [`ResendPoint`]); one index scan of `reading_keys`' primary
-/// key per device. The keys outlive retention, so readings dropped with
-/// their partition are not asked for again.
+/// lacks (see [`ResendPoint`]); one index scan of `reading_runs`' primary
+/// key per device, a row per run of seqs. The runs outlive retention, so
+/// readings dropped with their partition are not asked for again.
 const RESEND_POINTS: &str = "
 WITH known AS (
     SELECT device_id FROM devices
     UNION
-    SELECT DISTINCT device_id FROM reading_keys
+    SELECT DISTINCT device_id FROM reading_runs
 )
 SELECT k.device_id, s.stored,
        coalesce(h.first_missing, s.max_seq + 1) AS from_seq
 FROM known k
 CROSS JOIN LATERAL (
-    SELECT count(*) AS stored, coalesce(max(seq), 0) AS max_seq
-    FROM reading_keys r WHERE r.device_id = k.device_id
+    SELECT coalesce(sum(last_seq - first_seq + 1), 0)::int8 AS stored,
+           coalesce(max(last_seq), 0) AS max_seq
+    FROM reading_runs r WHERE r.device_id = k.device_id
 ) s
 CROSS JOIN LATERAL (
     SELECT min(prev + 1) AS first_missing
-    FROM (SELECT seq, lag(seq, 1, 0::int8) OVER (ORDER BY seq) AS prev
-          FROM reading_keys r WHERE r.device_id = k.device_id) w
-    WHERE seq - prev > 1
+    FROM (SELECT first_seq, lag(last_seq, 1, 0::int8) OVER (ORDER BY last_seq) AS prev
+          FROM reading_runs r WHERE r.device_id = k.device_id) w
+    WHERE first_seq - prev > 1
 ) h
 ORDER BY k.device_id";
 
@@ -114,17 +115,21 @@ pub async fn device_rows(url: &str, device: &str) -> Result<i64, crate::SinkErro
     Ok(row.get(0))
 }
 
-/// Deletes every row of `device` (readings, their keys and status):
+/// Deletes every row of `device` (readings, their runs and status), under
+/// the device's write lock:
 /// removes the canary of `aeris-gateway verify`. Returns the readings
 /// removed. A small DELETE of one device's rows, not retention.
 pub async fn remove_device(url: &str, device: &str) -> Result<u64, crate::SinkError> {
     let mut client = super::connect(url).await?;
     let tx = client.transaction().await.map_err(super::unavailable)?;
+    super::runs::lock(&tx, &[device])
+        .await
+        .map_err(super::unavailable)?;
     let n = tx
         .execute("DELETE FROM readings WHERE device_id = $1", &[&device])
         .await
         .map_err(super::unavailable)?;
-    tx.execute("DELETE FROM reading_keys WHERE device_id = $1", &[&device])
+    tx.execute("DELETE FROM reading_runs WHERE device_id = $1", &[&device])
         .await
         .map_err(super::unavailable)?;
     tx.execute("DELETE FROM devices WHERE device_id = $1", &[&device])

@@ -5,7 +5,7 @@
 //! Invariants: a partition is only ever dropped whole (`DROP TABLE`, no
 //! `DELETE`), and only when all of its range is older than the retention
 //! limit; the default partition is never dropped; every reading's key
-//! stays in `reading_keys`, so dropping a partition never lets a reading be
+//! stays in `reading_runs`, so dropping a partition never lets a reading be
 //! stored again. Each step is its own transaction under an advisory lock,
 //! so gateways running it at the same time take turns, and with a
 //! `lock_timeout`, so a step that waits for a long query gives up (and the

@@ -36,11 +36,11 @@ WHERE device_id = $1 AND sensor_id = $2
 ORDER BY ts, seq
 LIMIT $5";
 
-/// Counts and gaps are computed in the database from `reading_keys`'
-/// primary key (migration 0006): each stored seq compared with the one
-/// before it (`lag`), the first against 0. The keys outlive retention, so
-/// a reading whose partition was dropped still counts as received and is
-/// not reported as a gap.
+/// Counts and gaps are computed in the database from `reading_runs`
+/// (migration 0014): each run compared with the one before it (`lag`), the
+/// first against 0, a row per run of seqs rather than per reading. The
+/// runs outlive retention, so a reading whose partition was dropped still
+/// counts as received and is not reported as a gap.
 const DEVICES: &str = "
 SELECT d.device_id, d.online, d.agent_version, (extract(epoch FROM d.status_ts) * 1000)::int8,
        d.last_seq, d.queued_readings, d.queued_bytes,
@@ -50,16 +50,17 @@ SELECT d.device_id, d.online, d.agent_version, (extract(epoch FROM d.status_ts) 
        d.boot_id, d.models, d.drain_eta_s
 FROM devices d
 CROSS JOIN LATERAL (
-    SELECT count(*) AS received, coalesce(max(seq), 0) AS max_seq
-    FROM reading_keys r WHERE r.device_id = d.device_id
+    SELECT coalesce(sum(last_seq - first_seq + 1), 0)::int8 AS received,
+           coalesce(max(last_seq), 0) AS max_seq
+    FROM reading_runs r WHERE r.device_id = d.device_id
 ) s
 CROSS JOIN LATERAL (
     SELECT coalesce(jsonb_agg(jsonb_build_array(first, last) ORDER BY first), '[]') AS gaps
     FROM (
-        SELECT prev + 1 AS first, seq - 1 AS last
-        FROM (SELECT seq, lag(seq, 1, 0::int8) OVER (ORDER BY seq) AS prev
-              FROM reading_keys r WHERE r.device_id = d.device_id) w
-        WHERE seq - prev > 1
+        SELECT prev + 1 AS first, first_seq - 1 AS last
+        FROM (SELECT first_seq, lag(last_seq, 1, 0::int8) OVER (ORDER BY last_seq) AS prev
+              FROM reading_runs r WHERE r.device_id = d.device_id) w
+        WHERE first_seq - prev > 1
         ORDER BY first
         LIMIT 100
     ) h

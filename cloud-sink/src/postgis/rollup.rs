@@ -34,15 +34,13 @@ use super::channels::{self, Channels};
 use crate::query::{ChannelHealth, CurrentAqi};
 use crate::SinkError;
 
-/// Marks the hours of the readings in the staging table, in the write's
-/// transaction (after the merge; only when it stored something). Hours
-/// without any pollutant value (weather only) are not marked.
+/// Marks `($1, $2, $3)` (device, sensor, hour's first Unix ms; distinct),
+/// the hours of the readings a write stored, in the write's transaction.
+/// Hours without any pollutant value (weather only) are not marked.
 pub(super) const MARK_DIRTY: &str = "
 INSERT INTO readings_hourly_dirty AS d (device_id, sensor_id, hour)
-SELECT DISTINCT device_id, sensor_id,
-       'epoch'::timestamptz + (ts_ms - ((ts_ms % 3600000) + 3600000) % 3600000) * interval '1 millisecond'
-FROM aeris_staging
-WHERE coalesce(pm1, pm25, pm10, no2, o3, co, so2) IS NOT NULL
+SELECT u.device_id, u.sensor_id, 'epoch'::timestamptz + u.hour_ms * interval '1 millisecond'
+FROM unnest($1::text[], $2::text[], $3::int8[]) AS u(device_id, sensor_id, hour_ms)
 ORDER BY 1, 2, 3
 ON CONFLICT (device_id, sensor_id, hour) DO UPDATE SET gen = d.gen + 1";
 

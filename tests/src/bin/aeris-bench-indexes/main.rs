@@ -20,7 +20,7 @@ write   Each variant (an index set of `readings` and a write path: `psql \\copy`
         writes the same N readings (default 300000, into today's day
         partition) into a fresh database; R runs (default 3), the variants
         interleaved. Prints rows/s (median, min-max), bytes per row of
-        `readings` and of `reading_keys` (pg_total_relation_size / rows), and
+        `readings` and of `reading_runs` (pg_total_relation_size / rows), and
         the median relative to variant 0 (`\\copy` into 0006's table, today's).
         --variants runs only the listed variant numbers (0 is always useful).
 

@@ -113,7 +113,7 @@ FROM generate_series((('epoch'::timestamptz + $1::int8 * interval '1 ms') AT TIM
 const SIZES: &str = "
 SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('readings'))::int8,
                 pg_total_relation_size('readings')),
-       pg_total_relation_size('reading_keys'),
+       pg_total_relation_size('reading_runs'),
        (SELECT count(*) FROM readings)";
 
 /// One measured write.
