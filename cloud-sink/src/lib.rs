@@ -135,6 +135,20 @@ pub trait Sink: Send + Sync {
         Err(SinkError::Unsupported(self.kind()))
     }
 
+    /// Sets a location's site code and UTC offset (see
+    /// [`query::LocationUpdate`]), registering it if new.
+    async fn set_location(
+        &self,
+        _update: &query::LocationUpdate,
+    ) -> Result<query::LocationRow, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
+    /// Every registered location with its operator-set fields, by id.
+    async fn locations(&self) -> Result<Vec<query::LocationRow>, SinkError> {
+        Err(SinkError::Unsupported(self.kind()))
+    }
+
     /// Each two-channel sensor's channel checks over the hours from
     /// `since_ms` on. Sinks without rollups return none.
     async fn channel_health(&self, _since_ms: i64) -> Result<Vec<query::ChannelHealth>, SinkError> {

@@ -178,6 +178,33 @@ pub struct CatalogSensor {
     /// left (retention may have dropped them).
     pub lat: Option<f64>,
     pub lon: Option<f64>,
+    /// The location's AQCSV site code (12 digits), if an operator set one.
+    pub site: Option<String>,
+    /// Its local standard time's offset from UTC (minutes), if set: its
+    /// days run from local midnight.
+    pub utc_offset_min: Option<i32>,
+}
+
+/// What an operator says of a location (`aeris-gateway locations set`):
+/// `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocationUpdate {
+    pub device: String,
+    pub sensor: String,
+    /// `Some(None)` clears the site code.
+    pub site: Option<Option<String>>,
+    /// `Some(None)` clears the offset (UTC days).
+    pub utc_offset_min: Option<Option<i32>>,
+}
+
+/// A location as stored, with its operator-set fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocationRow {
+    pub id: i64,
+    pub device: String,
+    pub sensor: String,
+    pub site: Option<String>,
+    pub utc_offset_min: Option<i32>,
 }
 
 /// How often a two-channel sensor's channels disagreed over a window of

@@ -30,6 +30,7 @@ pub mod config;
 pub mod export;
 pub mod fleet;
 pub mod fleet_config;
+pub mod locations;
 pub mod mqtt;
 pub mod opstats;
 pub mod ownership;

@@ -66,6 +66,11 @@ enum Cmd {
     /// Exports of the hourly rollups in the field's exchange formats.
     #[command(subcommand)]
     Export(ExportCmd),
+    /// Locations (one sensor of one device) as the field knows them: the
+    /// AQCSV site code and the local standard time that bounds their days.
+    /// `set` is written to the audit log.
+    #[command(subcommand)]
+    Locations(aeris_gateway::locations::LocationsCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +184,9 @@ fn main() -> std::process::ExitCode {
         }
         Some(Cmd::Export(ExportCmd::Aqcsv(args))) => tool(&cli.logging.log, async move {
             aeris_gateway::export::command::aqcsv(&config, &args).await
+        }),
+        Some(Cmd::Locations(cmd)) => tool(&cli.logging.log, async move {
+            aeris_gateway::locations::run(&config, cmd).await
         }),
     }
 }

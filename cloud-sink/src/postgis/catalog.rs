@@ -4,7 +4,7 @@
 
 use tokio_postgres::Client;
 
-use crate::query::CatalogSensor;
+use crate::query::{CatalogSensor, LocationRow, LocationUpdate};
 
 /// The distinct (device, sensor, pollutant)s of `readings_hourly`, by a
 /// loose index scan of its primary key (one probe per key, not a scan of
@@ -51,7 +51,7 @@ SELECT s.id, l.id, l.device_id, l.sensor_id, s.pollutant,
        (SELECT (extract(epoch FROM h.hour) * 1000)::int8 FROM readings_hourly h
         WHERE h.device_id = l.device_id AND h.sensor_id = l.sensor_id AND h.pollutant = s.pollutant
         ORDER BY h.hour DESC LIMIT 1),
-       p.lat, p.lon
+       p.lat, p.lon, l.aqs_site, l.utc_offset_min
 FROM api_sensors s
 JOIN api_locations l ON l.id = s.location_id
 LEFT JOIN LATERAL (
@@ -96,7 +96,64 @@ pub(super) async fn catalog(
                 last_hour_ms: r.get::<_, Option<i64>>(6)?,
                 lat: r.get(7),
                 lon: r.get(8),
+                site: r.get(9),
+                utc_offset_min: r.get(10),
             })
         })
+        .collect())
+}
+
+/// Sets what `u` says of its location, registering the location if the
+/// catalogue has not listed it yet (an operator may name it ahead of its
+/// first rollup); `$3`/`$5` false leave the site / the offset as stored.
+const SET: &str = "
+INSERT INTO api_locations AS l (device_id, sensor_id, aqs_site, utc_offset_min)
+VALUES ($1, $2, $4, $6)
+ON CONFLICT (device_id, sensor_id) DO UPDATE SET
+    aqs_site = CASE WHEN $3 THEN EXCLUDED.aqs_site ELSE l.aqs_site END,
+    utc_offset_min = CASE WHEN $5 THEN EXCLUDED.utc_offset_min ELSE l.utc_offset_min END
+RETURNING id, device_id, sensor_id, aqs_site, utc_offset_min";
+
+const LOCATIONS: &str = "
+SELECT id, device_id, sensor_id, aqs_site, utc_offset_min FROM api_locations ORDER BY id";
+
+fn location_row(r: &tokio_postgres::Row) -> LocationRow {
+    LocationRow {
+        id: r.get(0),
+        device: r.get(1),
+        sensor: r.get(2),
+        site: r.get(3),
+        utc_offset_min: r.get(4),
+    }
+}
+
+pub(super) async fn set_location(
+    client: &Client,
+    u: &LocationUpdate,
+) -> Result<LocationRow, tokio_postgres::Error> {
+    let site = u.site.clone().flatten();
+    let offset = u.utc_offset_min.flatten();
+    let row = client
+        .query_one(
+            SET,
+            &[
+                &u.device,
+                &u.sensor,
+                &u.site.is_some(),
+                &site,
+                &u.utc_offset_min.is_some(),
+                &offset,
+            ],
+        )
+        .await?;
+    Ok(location_row(&row))
+}
+
+pub(super) async fn locations(client: &Client) -> Result<Vec<LocationRow>, tokio_postgres::Error> {
+    Ok(client
+        .query(LOCATIONS, &[])
+        .await?
+        .iter()
+        .map(location_row)
         .collect())
 }

@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "reading_runs",
         include_str!("../../migrations/0014_reading_runs.sql"),
     ),
+    (
+        15,
+        "location_sites",
+        include_str!("../../migrations/0015_location_sites.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -46,8 +46,8 @@ pub use queries::READINGS as READINGS_SQL;
 use crate::fleet_config::{DesiredRow, ReportedRow, Scope};
 use crate::ops::{AuditEntry, AuditRecord, ResendPoint};
 use crate::query::{
-    CatalogSensor, ChannelHealth, CurrentAqi, DeviceReport, HourRow, HoursQuery, ReadingsQuery,
-    StoredReading,
+    CatalogSensor, ChannelHealth, CurrentAqi, DeviceReport, HourRow, HoursQuery, LocationRow,
+    LocationUpdate, ReadingsQuery, StoredReading,
 };
 use crate::rollouts::{Lease, RolloutState, StoredRollout};
 use crate::{reading_count, DeadLetter, Sink, SinkError, WriteOutcome};
@@ -278,6 +278,16 @@ impl Sink for PostgisSink {
     ) -> Result<Vec<CatalogSensor>, SinkError> {
         self.read(move |c| Box::pin(async move { catalog::catalog(c, sensor, location).await }))
             .await
+    }
+
+    async fn set_location(&self, update: &LocationUpdate) -> Result<LocationRow, SinkError> {
+        let update = update.clone();
+        self.read(move |c| Box::pin(async move { catalog::set_location(c, &update).await }))
+            .await
+    }
+
+    async fn locations(&self) -> Result<Vec<LocationRow>, SinkError> {
+        self.read(|c| Box::pin(catalog::locations(c))).await
     }
 
     async fn channel_health(&self, since_ms: i64) -> Result<Vec<ChannelHealth>, SinkError> {

@@ -7,7 +7,9 @@
 //! uncertainty,qualifiers`
 //!
 //! What Aeris writes (`docs/air-quality.md`, "AQCSV export"):
-//! - `site`: 12 characters, `000` (no ISO country configured) and the
+//! - `site`: 12 characters: the code an operator set for the location
+//!   (`aeris-gateway locations set --site`: ISO 3166 numeric country and
+//!   the 9-digit monitor location code), else `000` (no country) and the
 //!   location's API id (migration 0013) as 9 digits; `poc` 1.
 //! - `datetime`: the hour's **beginning** in UTC, `YYYYMMDDThhmm+0000`
 //!   (AQCSV labels the begin time of the sampling period; so do the
@@ -72,9 +74,13 @@ pub fn datetime(ms: i64) -> String {
     )
 }
 
-/// The site code of an API location id.
-pub fn site(location_id: i64) -> String {
-    format!("000{location_id:09}")
+/// The site code of a location: the one set for it, else `000` and its
+/// API id.
+pub fn site(place: &CatalogSensor) -> String {
+    match &place.site {
+        Some(code) => code.clone(),
+        None => format!("000{:09}", place.location_id),
+    }
 }
 
 /// The records of `rows` (valid hours of known pollutants), in the order
@@ -105,7 +111,7 @@ pub fn write(rows: &[HourRow], catalog: &[CatalogSensor], reference: &Reference)
         let _ = writeln!(
             out,
             "{},0,,{},{},60,,{value:.6},{},0,1,{},{},WGS84,,,,,,",
-            site(place.location_id),
+            site(place),
             datetime(r.hour_ms),
             p.code,
             p.unit,
@@ -149,8 +155,22 @@ mod tests {
     fn times_and_sites_have_the_formats_aqcsv_names() {
         assert_eq!(datetime(1_700_000_000_000), "20231114T2213+0000");
         assert_eq!(datetime(0), "19700101T0000+0000");
-        assert_eq!(site(17), "000000000017");
-        assert_eq!(site(17).len(), 12);
+        let mut place = CatalogSensor {
+            id: 3,
+            location_id: 17,
+            device: "d".into(),
+            sensor: "s1".into(),
+            pollutant: "pm25".into(),
+            first_hour_ms: 0,
+            last_hour_ms: 0,
+            lat: None,
+            lon: None,
+            site: None,
+            utc_offset_min: None,
+        };
+        assert_eq!(site(&place), "000000000017");
+        place.site = Some("840060371103".into());
+        assert_eq!(site(&place), "840060371103");
         assert!(parameter("pm1").is_none());
         assert_eq!(parameter("no2").map(|p| p.code), Some("42602"));
     }

@@ -121,11 +121,32 @@ fn envelope(page: Page, found: Value, results: Vec<Value>) -> Response {
 
 /// `{"utc": ..., "local": ...}` of a Unix ms (both UTC).
 fn datetime(ms: i64) -> Value {
-    let t =
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    let utc = humantime::format_rfc3339_seconds(t).to_string();
-    let local = utc.replace('Z', "+00:00");
+    local_datetime(ms, None)
+}
+
+/// OpenAQ's `{utc, local}` of a time at a location whose local standard
+/// time is `offset_min` from UTC (`None`: UTC).
+fn local_datetime(ms: i64, offset_min: Option<i32>) -> Value {
+    let rfc = |ms: i64| {
+        let t = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let utc = rfc(ms);
+    let off = offset_min.unwrap_or(0);
+    let shifted = rfc(ms + i64::from(off) * 60_000);
+    let local = shifted.replace('Z', &crate::locations::format_offset(off));
     json!({ "utc": utc, "local": local })
+}
+
+/// OpenAQ's `timezone` of a location: an IANA name for UTC or a whole-hour
+/// offset (`Etc/GMT-8` is UTC+8: the POSIX sign), else the offset itself.
+fn timezone(offset_min: Option<i32>) -> String {
+    match offset_min {
+        None | Some(0) => "UTC".into(),
+        Some(m) if m % 60 == 0 => format!("Etc/GMT{:+}", -m / 60),
+        Some(m) => format!("UTC{}", crate::locations::format_offset(m)),
+    }
 }
 
 /// OpenAQ's parameter object; ids as OpenAQ's `/v3/parameters` gives
@@ -176,7 +197,7 @@ fn location_values(catalog: &[CatalogSensor]) -> Vec<Value> {
                 "id": c.location_id,
                 "name": format!("{}/{}", c.device, c.sensor),
                 "locality": null,
-                "timezone": "UTC",
+                "timezone": timezone(c.utc_offset_min),
                 "country": null,
                 "owner": null,
                 "provider": { "id": 0, "name": "aeris" },
@@ -189,7 +210,8 @@ fn location_values(catalog: &[CatalogSensor]) -> Vec<Value> {
                 "distance": null,
                 "datetimeFirst": datetime(first),
                 "datetimeLast": datetime(last + aeris_wire::aqi::hourly::HOUR_MS),
-                "aeris": { "device": c.device, "sensor": c.sensor },
+                "aeris": { "device": c.device, "sensor": c.sensor, "site": c.site,
+                           "utcOffset": c.utc_offset_min.map(crate::locations::format_offset) },
             })
         })
         .collect()
@@ -310,5 +332,14 @@ mod tests {
         let d = datetime(1_700_000_000_000);
         assert_eq!(d["utc"], "2023-11-14T22:13:20Z");
         assert_eq!(d["local"], "2023-11-14T22:13:20+00:00");
+        let beijing = local_datetime(1_700_000_000_000, Some(480));
+        assert_eq!(beijing["utc"], "2023-11-14T22:13:20Z");
+        assert_eq!(beijing["local"], "2023-11-15T06:13:20+08:00");
+        let kathmandu = local_datetime(1_700_000_000_000, Some(345));
+        assert_eq!(kathmandu["local"], "2023-11-15T03:58:20+05:45");
+        assert_eq!(timezone(Some(480)), "Etc/GMT-8");
+        assert_eq!(timezone(Some(-300)), "Etc/GMT+5");
+        assert_eq!(timezone(Some(345)), "UTC+05:45");
+        assert_eq!(timezone(None), "UTC");
     }
 }

@@ -20,7 +20,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::{datetime, envelope, error, find_sensor, page, parameter, ListParams, Page, Refusal};
+use super::{
+    datetime, envelope, error, find_sensor, local_datetime, page, parameter, ListParams, Page,
+    Refusal,
+};
 use crate::api::{sink_error, window, ApiState};
 
 /// Longest ranges: raw readings (a month) and hours or days (a year).
@@ -137,7 +140,9 @@ pub(super) async fn hours(
     }
 }
 
-/// The days from `from`'s UTC midnight to `to`, from the stored hours.
+/// The days from `from`'s midnight to `to`, from the stored hours. A day
+/// runs from the location's local midnight (its UTC offset, `aeris-gateway
+/// locations set --utc-offset`; UTC when none is set).
 pub(super) async fn days(
     State(s): State<ApiState>,
     Path(raw): Path<String>,
@@ -147,7 +152,9 @@ pub(super) async fn days(
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    let first_day = from.div_euclid(DAY_MS) * DAY_MS;
+    let offset = c.utc_offset_min.map_or(0, |m| i64::from(m) * 60_000);
+    let day_of = |ms: i64| (ms + offset).div_euclid(DAY_MS);
+    let first_day = day_of(from) * DAY_MS - offset;
     // A year of hours fits one read (8,784 rows), with the 7 hours after
     // `to` that the last day's 8-hour averages (O3, CO) reach into.
     let q = hours_query(&c, first_day, to + 7 * HOUR_MS, 9_000, 0);
@@ -158,9 +165,12 @@ pub(super) async fn days(
     let rules = Completeness::default();
     let means: Vec<HourlyMean> = rows.iter().map(hourly_mean).collect();
     let days: Vec<Value> = rows
-        .chunk_by(|a, b| a.hour_ms.div_euclid(DAY_MS) == b.hour_ms.div_euclid(DAY_MS))
+        .chunk_by(|a, b| day_of(a.hour_ms) == day_of(b.hour_ms))
         .filter(|day| day[0].hour_ms < to)
-        .map(|day| day_value(day, &means, &c.pollutant, &rules))
+        .map(|day| {
+            let start = day_of(day[0].hour_ms) * DAY_MS - offset;
+            day_value(day, start, &means, &c, &rules)
+        })
         .collect();
     let found = days.len();
     let skip = usize::try_from(pg.offset()).unwrap_or(usize::MAX);
@@ -184,10 +194,18 @@ fn hourly_mean(h: &HourRow) -> HourlyMean {
     }
 }
 
-/// One UTC day from its stored hours (`day`: non-empty, one day; `all`:
-/// every hour read, sorted, for the 8-hour averages reaching past midnight).
-fn day_value(day: &[HourRow], all: &[HourlyMean], pollutant: &str, rules: &Completeness) -> Value {
-    let start = day[0].hour_ms.div_euclid(DAY_MS) * DAY_MS;
+/// One day of `c`'s location from its stored hours (`day`: non-empty,
+/// one day, beginning at `start`; `all`: every hour read, sorted, for the
+/// 8-hour averages reaching past midnight).
+fn day_value(
+    day: &[HourRow],
+    start: i64,
+    all: &[HourlyMean],
+    c: &CatalogSensor,
+    rules: &Completeness,
+) -> Value {
+    let pollutant = c.pollutant.as_str();
+    let when = |ms: i64| local_datetime(ms, c.utc_offset_min);
     let means: Vec<HourlyMean> = day.iter().map(hourly_mean).collect();
     let d = daily_mean(&means, start, rules);
     // EPA's daily value and index: the 24-hour mean for PM, the maximum
@@ -208,7 +226,12 @@ fn day_value(day: &[HourRow], all: &[HourlyMean], pollutant: &str, rules: &Compl
         "value": d.mean,
         "flagInfo": { "hasFlags": !d.valid },
         "parameter": parameter(pollutant),
-        "period": period("1day", start, start + DAY_MS),
+        "period": {
+            "label": "1day",
+            "interval": hms(DAY_MS),
+            "datetimeFrom": when(start),
+            "datetimeTo": when(start + DAY_MS),
+        },
         "coordinates": null,
         "summary": { "min": min, "max": max, "avg": d.mean,
                      "q02": null, "q25": null, "median": null, "q75": null, "q98": null, "sd": null },
@@ -219,8 +242,8 @@ fn day_value(day: &[HourRow], all: &[HourlyMean], pollutant: &str, rules: &Compl
             "observedInterval": hms(i64::from(d.valid_hours) * HOUR_MS),
             "percentComplete": percent(f64::from(d.valid_hours), 24.0),
             "percentCoverage": percent(f64::from(d.valid_hours), 24.0),
-            "datetimeFrom": datetime(start),
-            "datetimeTo": datetime(start + DAY_MS),
+            "datetimeFrom": when(start),
+            "datetimeTo": when(start + DAY_MS),
         },
         "aeris": { "valid": d.valid, "validHours": d.valid_hours, "aqi": aqi, "daily": daily },
     })
