@@ -76,6 +76,20 @@ fn a_bad_config_exits_2_naming_the_key_and_the_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("broker.port"));
+
+    // A commit of more batches than PostgreSQL's lock table can hold the
+    // locks of (one per device) is refused, not retried forever.
+    let out = Command::new(binary("aeris-gateway"))
+        .env("AERIS_WRITER__MAX_BATCHES_PER_COMMIT", "5000")
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("writer.max_batches_per_commit") && err.contains("1 to 1024"),
+        "{err}"
+    );
 }
 
 #[test]

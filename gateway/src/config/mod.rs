@@ -84,6 +84,12 @@ impl Default for RedisConfig {
     }
 }
 
+/// Most batches in one transaction: a write holds an advisory lock per
+/// distinct device until its commit (cloud-sink `postgis/runs.rs`), and
+/// PostgreSQL's shared lock table holds `max_locks_per_transaction` ×
+/// `max_connections` locks (6,400 by default) for every session at once.
+pub const MAX_BATCHES_PER_COMMIT: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WriterConfig {
@@ -144,7 +150,7 @@ CONFIG KEYS (TOML file; each also settable as AERIS_<KEY>, with '.' written as '
                                     empty = none
   database_url                      PostgreSQL+PostGIS URL; unset = embedded SQLite
   sqlite_path                       embedded sink file when database_url is unset [aeris-cloud.db]
-  writer.max_batches_per_commit     batches per transaction, at most [64]
+  writer.max_batches_per_commit     batches per transaction, at most (1..=1024) [64]
   writer.max_retry_delay            longest wait between retries of a failed write [10s]
   writer.stall_after                /readyz says 503 once writes have failed for this long [5s]
   writer.max_waiting_bytes          batches kept while the writer is behind, in payload bytes; past
@@ -222,10 +228,11 @@ impl Config {
         if let Err(e) = config.rollups.validate() {
             return Err(ConfigError(e));
         }
-        if config.writer.max_batches_per_commit == 0 {
-            return Err(ConfigError(
-                "invalid `writer.max_batches_per_commit`: must be at least 1".into(),
-            ));
+        if !(1..=MAX_BATCHES_PER_COMMIT).contains(&config.writer.max_batches_per_commit) {
+            return Err(ConfigError(format!(
+                "invalid `writer.max_batches_per_commit`: must be 1 to {MAX_BATCHES_PER_COMMIT} \
+                 (each batch's device holds a PostgreSQL lock until the commit)"
+            )));
         }
         Ok(config)
     }
