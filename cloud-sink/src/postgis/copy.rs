@@ -23,9 +23,9 @@ use crate::query::POLLUTANT_COLUMNS;
 /// Created once per connection.
 pub(super) const CREATE_STAGING: &str = "
 CREATE TEMP TABLE IF NOT EXISTS aeris_staging (
-    device_id text, seq int8, sensor_id text, ts_ms int8, lon float8, lat float8, flags int4,
-    pm1 float8, pm25 float8, pm10 float8, no2 float8, o3 float8, co float8, so2 float8,
-    measurements jsonb, model_outputs jsonb, batch int4, pm25_raw float8, pm25_correction text
+    device_id text, seq int8, sensor_id text, ts_ms int8, lon float8, lat float8, batch int4,
+    flags int4, pm1 float8, pm25 float8, pm10 float8, no2 float8, o3 float8, co float8, so2 float8,
+    measurements jsonb, model_outputs jsonb, pm25_raw float8, pm25_correction text
 ) ON COMMIT DELETE ROWS";
 
 const COPY_IN: &str = "COPY aeris_staging FROM STDIN (FORMAT binary)";
@@ -39,16 +39,16 @@ const TYPES: [Type; 19] = [
     Type::FLOAT8,
     Type::FLOAT8,
     Type::INT4,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::JSONB,
-    Type::JSONB,
     Type::INT4,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::JSONB,
+    Type::JSONB,
     Type::FLOAT8,
     Type::TEXT,
 ];
@@ -104,6 +104,30 @@ pub(super) fn same(a: &Reading, b: &Reading) -> bool {
         && x.models == y.models
 }
 
+/// Writes one row: `head`, then the columns both copies end with (flags,
+/// the seven pollutants, measurements, model outputs, PM2.5's raw value
+/// and its formula).
+async fn put(
+    writer: std::pin::Pin<&mut BinaryCopyInWriter>,
+    head: &[&(dyn ToSql + Sync)],
+    row: &Row<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    let flags = row.reading.flags as i32;
+    let raw = row.pm25_raw.as_ref().map(|r| r.0);
+    let formula = row.pm25_raw.as_ref().map(|r| r.1.as_str());
+    let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(head.len() + 12);
+    values.extend_from_slice(head);
+    values.push(&flags);
+    values.extend(row.pollutants.iter().map(|p| p as &(dyn ToSql + Sync)));
+    values.extend([
+        &row.rest as &(dyn ToSql + Sync),
+        &row.models,
+        &raw,
+        &formula,
+    ]);
+    writer.write(&values).await
+}
+
 /// Copies `entries` (readings of `batches`) into the staging table.
 pub(super) async fn stage(
     tx: &Transaction<'_>,
@@ -115,35 +139,11 @@ pub(super) async fn stage(
     pin_mut!(writer);
     for (i, seq, r) in entries {
         let Some(b) = batches.get(*i) else { continue };
-        let row = split(r);
         let batch = i32::try_from(*i).unwrap_or(i32::MAX);
         let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-        let flags = row.reading.flags as i32;
-        let [pm1, pm25, pm10, no2, o3, co, so2] = &row.pollutants;
-        let raw = row.pm25_raw.as_ref().map(|r| r.0);
-        let formula = row.pm25_raw.as_ref().map(|r| r.1.as_str());
-        let values: [&(dyn ToSql + Sync); 19] = [
-            &b.device,
-            &seq,
-            &r.sensor,
-            &r.ts_ms,
-            &r.lon,
-            &r.lat,
-            &flags,
-            pm1,
-            pm25,
-            pm10,
-            no2,
-            o3,
-            co,
-            so2,
-            &row.rest,
-            &row.models,
-            &batch,
-            &raw,
-            &formula,
-        ];
-        writer.as_mut().write(&values).await?;
+        let head: [&(dyn ToSql + Sync); 7] =
+            [&b.device, &seq, &r.sensor, &r.ts_ms, &r.lon, &r.lat, &batch];
+        put(writer.as_mut(), &head, &split(r)).await?;
     }
     writer.finish().await.map(|_| ())
 }
@@ -225,30 +225,8 @@ pub(super) async fn store<'a>(
         let ts = pg_timestamp(r.ts_ms);
         let geom = ewkb_point(r.lon, r.lat);
         let geom = &geom[..];
-        let flags = row.reading.flags as i32;
-        let [pm1, pm25, pm10, no2, o3, co, so2] = &row.pollutants;
-        let raw = row.pm25_raw.as_ref().map(|r| r.0);
-        let formula = row.pm25_raw.as_ref().map(|r| r.1.as_str());
-        let values: [&(dyn ToSql + Sync); 17] = [
-            &b.device,
-            &seq,
-            &r.sensor,
-            &ts,
-            &geom,
-            &flags,
-            pm1,
-            pm25,
-            pm10,
-            no2,
-            o3,
-            co,
-            so2,
-            &row.rest,
-            &row.models,
-            &raw,
-            &formula,
-        ];
-        writer.as_mut().write(&values).await?;
+        let head: [&(dyn ToSql + Sync); 5] = [&b.device, &seq, &r.sensor, &ts, &geom];
+        put(writer.as_mut(), &head, &row).await?;
     }
     writer.finish().await?;
     Ok(marks.into_iter().collect())
