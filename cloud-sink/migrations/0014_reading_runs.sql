@@ -20,7 +20,9 @@
 -- Converting in place: the keys are read once, grouped into runs of
 -- consecutive seqs (a run of at most 4,096, the writer's limit), and the
 -- table dropped. `btree_gist` (a trusted extension in contrib) gives the
--- exclusion constraint its `=` on text.
+-- exclusion constraint its `=` on text. The ranges are `numrange`: an
+-- `int8range` holding the highest seq (i64::MAX, a valid seq) cannot be
+-- built (its canonical form's upper bound is one past it).
 
 CREATE EXTENSION IF NOT EXISTS btree_gist;
 
@@ -33,7 +35,7 @@ CREATE TABLE reading_runs (
     CONSTRAINT reading_runs_shape
         CHECK (first_seq <= last_seq AND cardinality(ts_ms) = last_seq - first_seq + 1),
     CONSTRAINT reading_runs_disjoint
-        EXCLUDE USING gist (device_id WITH =, int8range(first_seq, last_seq, '[]') WITH &&)
+        EXCLUDE USING gist (device_id WITH =, numrange(first_seq, last_seq, '[]') WITH &&)
 );
 
 COMMENT ON TABLE reading_runs IS

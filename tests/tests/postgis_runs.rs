@@ -87,6 +87,25 @@ async fn two_writers_with_the_same_readings_batched_differently_store_each_once(
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_highest_seqs_are_stored_once_like_any_other() {
+    let db = TestDb::create().await;
+    let sink = PostgisSink::connect(&db.url).await.unwrap();
+    // A device numbering at the very top of the seq space (a hostile or
+    // corrupted counter is still a valid key): seqs MAX_SEQ - 4 ..= MAX_SEQ.
+    let top = Batch {
+        first_seq: aeris_wire::message::MAX_SEQ - 4,
+        ..batch_at("top", 1, 5, T0)
+    };
+    let out = sink.write(std::slice::from_ref(&top)).await.unwrap();
+    assert_eq!((out.inserted, out.duplicates), (5, 0));
+    let out = sink.write(&[top]).await.unwrap();
+    assert_eq!((out.inserted, out.duplicates), (0, 5));
+    assert_eq!(count(&db, RUN_SEQS).await, 5);
+    let points = sink.resend_points().await.unwrap();
+    assert_eq!(points[0].stored, 5);
+}
+
 /// How the sink of migrations 6 to 13 stored readings: a key per reading
 /// in `reading_keys`, the row in `readings`; the rows are `batch_at`'s
 /// (seq `s`: sensor `s{(s-1) % 3}`, `T0 + (s-1) s`, PM2.5 `3.5 + s - 1`).
