@@ -37,28 +37,41 @@ impl Acks {
         if qos != QoS::AtLeastOnce {
             return;
         }
+        // Counted before it can be handed over: the buffer's thread pushes
+        // while the ingest task hands over and counts writes, and a write
+        // counted before its push would leave `pending` one too high for
+        // good (`written` never goes below zero). The lock orders the two.
         let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        self.pending.fetch_add(1, Relaxed);
         w.push_back(pkid);
         drop(w);
-        self.pending.fetch_add(1, Relaxed);
         self.pushed.notify_one();
     }
 
     /// Moves waiting acks into `client`'s request queue until it is full.
     /// Returns how many still wait here.
     pub fn hand_over(&self, client: &AsyncClient) -> usize {
-        let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(&pkid) = w.front() {
+        self.hand_over_to(|pkid| {
             let mut ack = Publish::new("", QoS::AtLeastOnce, Vec::new());
             ack.pkid = pkid;
             match client.try_ack(&ack) {
-                Ok(()) => {
-                    w.pop_front();
-                }
+                Ok(()) => true,
                 // Full: the rest goes on a later turn. Closed: the loop is
                 // ending; unacked messages come again on the next start.
-                Err(ClientError::TryRequest(_) | ClientError::Request(_)) => break,
+                Err(ClientError::TryRequest(_) | ClientError::Request(_)) => false,
             }
+        })
+    }
+
+    /// Gives waiting acks to `take` in order until it refuses one; returns
+    /// how many still wait here.
+    fn hand_over_to(&self, mut take: impl FnMut(u16) -> bool) -> usize {
+        let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(&pkid) = w.front() {
+            if !take(pkid) {
+                break;
+            }
+            w.pop_front();
         }
         // Keep memory in line with what is waiting after a flood.
         if w.capacity() > 4096 && w.len() < w.capacity() / 4 {
@@ -80,10 +93,8 @@ impl Acks {
     /// recognises it), so acks of the old connection are dropped, as
     /// rumqttc drops those in its queue.
     pub fn connection_lost(&self) {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        w.clear();
         self.pending.store(0, Relaxed);
     }
 }
@@ -92,6 +103,38 @@ impl Acks {
 mod tests {
     use super::*;
     use rumqttc::MqttOptions;
+
+    /// The buffer's thread pushes acks (after each commit) while the
+    /// ingest task hands them over and counts each one written: every
+    /// written ack must find its push counted, or `pending` stays above
+    /// zero for good (the ingest flood test once saw 1 left).
+    #[test]
+    fn pending_returns_to_zero_when_pushes_race_the_writes() {
+        const N: u64 = 2_000_000;
+        let acks = std::sync::Arc::new(Acks::default());
+        let pusher = {
+            let acks = acks.clone();
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    acks.push(QoS::AtLeastOnce, (i % 65_535) as u16 + 1);
+                }
+            })
+        };
+        let mut written = 0;
+        while written < N {
+            let mut taken = 0;
+            acks.hand_over_to(|_| {
+                taken += 1;
+                true
+            });
+            for _ in 0..taken {
+                acks.written();
+            }
+            written += taken;
+        }
+        pusher.join().unwrap();
+        assert_eq!(acks.pending.load(Relaxed), 0);
+    }
 
     #[test]
     fn acks_wait_here_while_the_client_queue_is_full() {
