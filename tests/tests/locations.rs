@@ -54,6 +54,13 @@ fn gateway(cloud: &Cloud, args: &[&str]) -> std::process::Output {
         .expect("run aeris-gateway")
 }
 
+/// `aeris-gateway locations set` of the device's s1 with `args`.
+fn set_s1(cloud: &Cloud, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["locations", "set", "--device", DEV, "--sensor", "s1"];
+    all.extend_from_slice(args);
+    gateway(cloud, &all)
+}
+
 fn utc(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
     humantime::format_rfc3339_seconds(t).to_string()
@@ -164,39 +171,13 @@ async fn a_locations_site_code_and_local_days_reach_the_export_and_the_api() {
         ("--utc-offset", "8", "not a UTC offset"),
         ("--site", "060371103", "12 digits"),
     ] {
-        let out = gateway(
-            &cloud,
-            &[
-                "locations",
-                "set",
-                "--device",
-                DEV,
-                "--sensor",
-                "s1",
-                arg,
-                value,
-            ],
-        );
+        let out = set_s1(&cloud, &[arg, value]);
         assert_eq!(out.status.code(), Some(2), "{arg} {value}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{arg} {value}: {err}");
     }
 
-    let out = gateway(
-        &cloud,
-        &[
-            "locations",
-            "set",
-            "--device",
-            DEV,
-            "--sensor",
-            "s1",
-            "--site",
-            SITE,
-            "--utc-offset",
-            "+08:00",
-        ],
-    );
+    let out = set_s1(&cloud, &["--site", SITE, "--utc-offset", "+08:00"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -243,21 +224,7 @@ async fn a_locations_site_code_and_local_days_reach_the_export_and_the_api() {
     assert!(listed.contains(SITE), "{listed}");
 
     // Cleared: UTC days and the default code again.
-    let out = gateway(
-        &cloud,
-        &[
-            "locations",
-            "set",
-            "--device",
-            DEV,
-            "--sensor",
-            "s1",
-            "--site",
-            "none",
-            "--utc-offset",
-            "none",
-        ],
-    );
+    let out = set_s1(&cloud, &["--site", "none", "--utc-offset", "none"]);
     assert!(out.status.success());
     assert_eq!(days(port, &pm, day1).len(), 2);
     assert!(sites(port, day1, s1_lat)

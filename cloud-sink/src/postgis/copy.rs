@@ -30,15 +30,8 @@ CREATE TEMP TABLE IF NOT EXISTS aeris_staging (
 
 const COPY_IN: &str = "COPY aeris_staging FROM STDIN (FORMAT binary)";
 
-/// Column types of `aeris_staging`, in order.
-const TYPES: [Type; 19] = [
-    Type::TEXT,
-    Type::INT8,
-    Type::TEXT,
-    Type::INT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::INT4,
+/// Field types of the columns both copies end with (see [`put`]).
+const TAIL_TYPES: [Type; 12] = [
     Type::INT4,
     Type::FLOAT8,
     Type::FLOAT8,
@@ -51,6 +44,22 @@ const TYPES: [Type; 19] = [
     Type::JSONB,
     Type::FLOAT8,
     Type::TEXT,
+];
+
+/// `head`'s field types followed by [`TAIL_TYPES`].
+fn types(head: &[Type]) -> Vec<Type> {
+    head.iter().chain(&TAIL_TYPES).cloned().collect()
+}
+
+/// Column types of `aeris_staging` before the common tail, in order.
+const STAGING_HEAD: [Type; 7] = [
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::INT4,
 ];
 
 /// A reading split into the staging table's columns.
@@ -135,7 +144,7 @@ pub(super) async fn stage(
     entries: &[Entry<'_>],
 ) -> Result<(), tokio_postgres::Error> {
     let sink = tx.copy_in(COPY_IN).await?;
-    let writer = BinaryCopyInWriter::new(sink, &TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &types(&STAGING_HEAD));
     pin_mut!(writer);
     for (i, seq, r) in entries {
         let Some(b) = batches.get(*i) else { continue };
@@ -157,26 +166,8 @@ COPY readings (device_id, seq, sensor_id, ts, geom, flags, pm1, pm25, pm10, no2,
                measurements, model_outputs, pm25_raw, pm25_correction)
 FROM STDIN (FORMAT binary)";
 
-/// Field types as sent (see [`COPY_READINGS`]).
-const READING_TYPES: [Type; 17] = [
-    Type::TEXT,
-    Type::INT8,
-    Type::TEXT,
-    Type::INT8,
-    Type::BYTEA,
-    Type::INT4,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::JSONB,
-    Type::JSONB,
-    Type::FLOAT8,
-    Type::TEXT,
-];
+/// Field types as sent before the common tail (see [`COPY_READINGS`]).
+const READING_HEAD: [Type; 5] = [Type::TEXT, Type::INT8, Type::TEXT, Type::INT8, Type::BYTEA];
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
@@ -212,7 +203,7 @@ pub(super) async fn store<'a>(
 ) -> Result<Vec<Mark<'a>>, tokio_postgres::Error> {
     let mut marks = std::collections::BTreeSet::new();
     let sink = tx.copy_in(COPY_READINGS).await?;
-    let writer = BinaryCopyInWriter::new(sink, &READING_TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &types(&READING_HEAD));
     pin_mut!(writer);
     for (i, seq, r) in fresh {
         let Some(b) = batches.get(*i) else { continue };

@@ -31,7 +31,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
 /// Longest run stored in one row (its `ts_ms` array: 32 KiB).
-pub(super) const RUN_MAX: usize = 4096;
+const RUN_MAX: usize = 4096;
 
 /// First key of the per-device write lock (the second is the device's
 /// `hashtext`); the two-key form never meets the single-key locks of the
@@ -41,7 +41,7 @@ const LOCK_CLASS: i32 = 0x0AE1;
 /// Locks each device of `$1` for the transaction, in the order of the lock
 /// keys (a subquery with `ORDER BY` is not flattened, so the aggregate
 /// takes the locks in that order).
-pub(super) const LOCK: &str = "
+const LOCK: &str = "
 SELECT count(pg_advisory_xact_lock($2::int4, k))
 FROM (SELECT DISTINCT hashtext(d) AS k FROM unnest($1::text[]) d ORDER BY 1) s";
 

@@ -136,6 +136,23 @@ mod tests {
         assert_eq!(acks.pending.load(Relaxed), 0);
     }
 
+    /// The client's state machine refuses a request only a broker sends
+    /// with an error instead of panicking the event loop (vendored
+    /// rumqttc had `unimplemented!()` there).
+    #[test]
+    fn the_mqtt_state_refuses_a_broker_only_request_without_panicking() {
+        let mut state = rumqttc::MqttState::new(10, true);
+        for request in [
+            rumqttc::Request::PingResp(rumqttc::PingResp),
+            rumqttc::Request::PubComp(rumqttc::PubComp::new(1)),
+        ] {
+            assert!(matches!(
+                state.handle_outgoing_packet(request),
+                Err(rumqttc::StateError::InvalidState)
+            ));
+        }
+    }
+
     #[test]
     fn acks_wait_here_while_the_client_queue_is_full() {
         let (client, _events) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 4);

@@ -148,7 +148,9 @@ impl MqttState {
             Request::Disconnect(_) => self.outgoing_disconnect()?,
             Request::PubAck(puback) => self.outgoing_puback(puback)?,
             Request::PubRec(pubrec) => self.outgoing_pubrec(pubrec)?,
-            _ => unimplemented!(),
+            // A packet only a broker sends (PubComp, PingResp, SubAck,
+            // UnsubAck): refused as an error, not a panic of the event loop.
+            _ => return Err(StateError::InvalidState),
         };
 
         self.last_outgoing = Instant::now();
